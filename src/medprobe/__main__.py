@@ -1,0 +1,3 @@
+from medprobe.cli import main
+
+main()

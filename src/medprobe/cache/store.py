@@ -1,0 +1,211 @@
+"""Reading and writing one HDF5 feature cache. numpy and h5py only: probes import this without torch."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from medprobe.cache import layout
+from medprobe.errors import MedprobeError
+
+_STR = h5py.string_dtype("utf-8")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _decode(values: Iterable) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _open(path: Path, mode: str) -> h5py.File:
+    try:
+        return h5py.File(path, mode)
+    except OSError as exc:
+        raise MedprobeError(
+            f"cache {path} cannot be opened ({exc}); it may be damaged by an interrupted write: "
+            f"remove it with `medprobe cache rm {path}` and extract again"
+        ) from exc
+
+
+@dataclass
+class CacheContents:
+    """Everything but the features: cheap to read, enough to plan an extraction or check freshness."""
+
+    path: Path
+    attrs: dict
+    ids: list[str]
+    fingerprints: list[str]
+    stats: list[str]
+    done: np.ndarray
+    dims: dict[str, int]
+
+    @property
+    def row_of(self) -> dict[str, int]:
+        return {sample_id: row for row, sample_id in enumerate(self.ids)}
+
+
+def read_attrs(handle: h5py.File) -> dict:
+    attrs = {}
+    for key, value in handle.attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        if key in layout.JSON_ATTRS and isinstance(value, str):
+            value = json.loads(value)
+        elif isinstance(value, np.generic):
+            value = value.item()
+        attrs[key] = value
+    return attrs
+
+
+def read_contents(path: Path) -> CacheContents:
+    with _open(path, "r") as handle:
+        try:
+            features = handle[layout.FEATURES]
+            return CacheContents(
+                path=Path(path),
+                attrs=read_attrs(handle),
+                ids=_decode(handle[layout.IDS][()]),
+                fingerprints=_decode(handle[layout.FINGERPRINT][()]),
+                stats=_decode(handle[layout.STAT][()]),
+                done=handle[layout.DONE][()].astype(bool),
+                dims={pool: int(features[pool].shape[1]) for pool in features},
+            )
+        except KeyError as exc:
+            raise MedprobeError(
+                f"cache {path} lacks {exc}; it is not a medprobe cache or is damaged: remove it and extract again"
+            ) from exc
+
+
+def read_features(path: Path, ids: list[str], pool: str) -> np.ndarray:
+    """Rows for `ids`, in that order, as float32. Every id must be present and done."""
+    contents = read_contents(path)
+    if pool not in contents.dims:
+        raise MedprobeError(f"cache {path} has no pool {pool!r}; it holds: {', '.join(contents.dims)}")
+    row_of = contents.row_of
+    missing = [i for i in ids if i not in row_of or not contents.done[row_of[i]]]
+    if missing:
+        raise MedprobeError(
+            f"cache {path} lacks {len(missing)} sample(s) (first: {missing[0]}); run `medprobe extract` again"
+        )
+    rows = np.array([row_of[i] for i in ids], dtype=np.int64)
+    order = np.argsort(rows)
+    with _open(path, "r") as handle:
+        block = handle[layout.FEATURES][pool][rows[order]] if len(rows) else np.empty((0, contents.dims[pool]))
+    out = np.empty_like(block, dtype=np.float32)
+    out[order] = block
+    return out
+
+
+class CacheWriter:
+    """Appends and rewrites rows of one cache file under an exclusive lock.
+
+    A row's `done` flag is set in the same write as its features, and the file is flushed after every
+    batch, so an interruption loses at most the batch in flight and a rerun resumes from the flags.
+    """
+
+    def __init__(self, path: Path, provenance: dict) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path.with_suffix(".lock"), "w")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._lock.close()
+            raise MedprobeError(
+                f"another medprobe process is writing {self.path}; wait for it to finish, then run again"
+            ) from exc
+        self.file = _open(self.path, "a")
+        if layout.IDS not in self.file:
+            self._initialise()
+        self.set_attrs(provenance)
+
+    def _initialise(self) -> None:
+        handle = self.file
+        handle.create_dataset(layout.IDS, shape=(0,), maxshape=(None,), dtype=_STR, chunks=(layout.ROW_CHUNK,))
+        handle.create_dataset(layout.FINGERPRINT, shape=(0,), maxshape=(None,), dtype=_STR,
+                              chunks=(layout.ROW_CHUNK,))
+        handle.create_dataset(layout.STAT, shape=(0,), maxshape=(None,), dtype=_STR, chunks=(layout.ROW_CHUNK,))
+        handle.create_dataset(layout.DONE, shape=(0,), maxshape=(None,), dtype="u1", chunks=(layout.ROW_CHUNK,))
+        handle.create_group(layout.FEATURES)
+        handle.attrs["format_version"] = layout.FORMAT_VERSION
+        handle.attrs["created_at"] = now_iso()
+
+    def set_attrs(self, values: dict) -> None:
+        for key, value in values.items():
+            if value is None:
+                value = ""
+            if key in layout.JSON_ATTRS:
+                value = json.dumps(value, sort_keys=True)
+            self.file.attrs[key] = value
+
+    def clear(self) -> None:
+        """Forget every row (the weights or preprocessing changed): all samples are extracted anew."""
+        for name in (layout.IDS, layout.FINGERPRINT, layout.STAT, layout.DONE, layout.FEATURES):
+            del self.file[name]
+        self._initialise()
+
+    @property
+    def ids(self) -> list[str]:
+        return _decode(self.file[layout.IDS][()])
+
+    def append_rows(self, ids: list[str]) -> None:
+        start = self.file[layout.IDS].shape[0]
+        end = start + len(ids)
+        for name in (layout.IDS, layout.FINGERPRINT, layout.STAT, layout.DONE):
+            self.file[name].resize((end,))
+        for dataset in self.file[layout.FEATURES].values():
+            dataset.resize((end, dataset.shape[1]))
+        self.file[layout.IDS][start:end] = ids
+        self.file[layout.DONE][start:end] = 0
+
+    def update_stats(self, new_stats: dict[str, str]) -> None:
+        """Renew the stat of rows whose file was touched but whose bytes are unchanged."""
+        if not new_stats:
+            return
+        row_of = {sample_id: row for row, sample_id in enumerate(self.ids)}
+        pairs = sorted((row_of[sample_id], stat) for sample_id, stat in new_stats.items())
+        self.file[layout.STAT][[row for row, _ in pairs]] = [stat for _, stat in pairs]
+
+    def mark_pending(self, rows: list[int]) -> None:
+        if rows:
+            self.file[layout.DONE][sorted(rows)] = 0
+            self.file.flush()
+
+    def write(self, rows: np.ndarray, features: dict[str, np.ndarray], fingerprints: list[str],
+              stats: list[str]) -> None:
+        order = np.argsort(rows)
+        rows = rows[order]
+        group = self.file[layout.FEATURES]
+        total = self.file[layout.IDS].shape[0]
+        for pool, values in features.items():
+            if pool not in group:
+                dim = values.shape[1]
+                group.create_dataset(pool, shape=(total, dim), maxshape=(None, dim), dtype="f2",
+                                     chunks=(min(layout.ROW_CHUNK, max(total, 1)), dim))
+            group[pool][rows] = values[order].astype(np.float16)
+        self.file[layout.FINGERPRINT][rows] = [fingerprints[i] for i in order]
+        self.file[layout.STAT][rows] = [stats[i] for i in order]
+        self.file[layout.DONE][rows] = 1
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.attrs["updated_at"] = now_iso()
+            self.file.close()
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,211 @@
+"""The command line: parses arguments and calls the stages' public functions, nothing more.
+
+A MedprobeError (bad input) becomes one `error: ...` line on stderr and exit code 2; `--debug`, anywhere
+on the command line, shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medprobe.errors import MedprobeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Which pretrained backbone, frozen or fine-tuned, classifies your medical images best?")
+datasets_app = typer.Typer(no_args_is_help=True, help="Look at a dataset before spending compute on it.")
+cache_app = typer.Typer(no_args_is_help=True, help="List, inspect, verify and remove feature caches.")
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(cache_app, name="cache")
+out = Console(highlight=False, soft_wrap=True)
+if not out.is_terminal:  # piped output keeps whole table rows instead of wrapping at 80 columns
+    out = Console(highlight=False, soft_wrap=True, width=200)
+
+DATA_HELP = "A class-folder tree, a CSV manifest (path,label[,group,split]) or a .toml spec; default: ./medprobe.toml"
+CacheDirOption = typer.Option(None, "--cache-dir", help="Cache folder [default: $MEDPROBE_CACHE or ~/.cache/medprobe]")
+
+
+def _cache_dir(value: Path | None) -> Path:
+    from medprobe.cache.paths import default_cache_dir
+
+    return value or default_cache_dir()
+
+
+def _dataset(data: Path | None):
+    from medprobe.data import load_dataset, resolve_data_argument
+
+    return load_dataset(resolve_data_argument(data))
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the registered backbones (plus: hf:ORG/NAME, timm:NAME, or a local model folder)."""
+    from medprobe.models.registry import REGISTRY
+
+    table = Table("name", "backend", "hub id / source", "params (M)", "input", "dim", "pools", "note")
+    for spec in REGISTRY.values():
+        table.add_row(spec.name, spec.backend, spec.source, f"{spec.params_m:g}", str(spec.input_size),
+                      str(spec.embed_dim), ",".join(spec.pools or ()), spec.note)
+    out.print(table)
+    out.print("Also: hf:ORG/NAME (transformers), timm:NAME, or a folder saved by save_pretrained / save_for_hf.")
+
+
+@app.command("extract")
+def extract_command(
+    data: Path = typer.Argument(None, help=DATA_HELP, show_default=False),
+    model: list[str] = typer.Option(..., "--model", "-m", help="Backbone name (repeatable); see `medprobe models`"),
+    cache_dir: Path = CacheDirOption,
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:i"),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (auto: bf16 where supported)"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    workers: int = typer.Option(None, help="Decoding worker processes [default: CPU cores - 1, at most 8]"),
+    image_size: int = typer.Option(None, "--image-size", help="Override the input size (ViTs interpolate)"),
+    revision: str = typer.Option(None, help="Pin a hub revision (branch, tag or commit)"),
+) -> None:
+    """Embed every image once with each backbone into the HDF5 feature cache (resumable, incremental)."""
+    from medprobe.extract.runner import extract
+
+    dataset = _dataset(data)
+    for name in model:
+        report = extract(dataset=dataset, model=name, cache_dir=_cache_dir(cache_dir), device=device,
+                         precision=precision, batch_size=batch_size, workers=workers, image_size=image_size,
+                         revision=revision, show_progress=True)
+        if report.up_to_date:
+            out.print(f"{name}: up to date ({report.reused} images) {report.path}")
+        else:
+            rate = f", {report.images_per_second:.1f} img/s" if report.images_per_second else ""
+            changed = f", {report.changed} changed" if report.changed else ""
+            out.print(f"{name}: extracted {report.extracted}, reused {report.reused}{changed}{rate} {report.path}")
+
+
+@datasets_app.command("inspect")
+def inspect_command(
+    data: Path = typer.Argument(None, help=DATA_HELP, show_default=False),
+    decode: bool = typer.Option(True, "--decode/--no-decode", help="Decode every image to find unreadable ones"),
+) -> None:
+    """Counts per class, split and group, and every unreadable file."""
+    from medprobe.data.inspect import summarize
+    from medprobe.progress import progress_bar
+
+    dataset = _dataset(data)
+    with progress_bar("decode", total=len(dataset.samples), enabled=decode) as advance:
+        summary = summarize(dataset, decode=decode, on_progress=advance)
+    out.print(f"dataset {summary.name} ({summary.source}): {summary.samples} images, "
+              f"{len(summary.classes)} classes, {summary.groups} groups")
+    table = Table("split", *summary.classes, "total")
+    for split, counts in summary.splits.items():
+        table.add_row(split, *(str(counts.get(c, 0)) for c in summary.classes), str(sum(counts.values())))
+    table.add_row("all", *(str(n) for n in summary.classes.values()), str(summary.samples))
+    out.print(table)
+    if summary.samples_per_group:
+        low, high = summary.samples_per_group
+        out.print(f"images per group: {low}..{high}")
+    if summary.groups_in_several_splits:
+        out.print(f"[yellow]warning:[/] {len(summary.groups_in_several_splits)} group(s) appear in several "
+                  f"splits (leakage): {', '.join(summary.groups_in_several_splits[:5])}")
+    for path, reason in summary.unreadable:
+        out.print(f"[red]unreadable:[/] {path}: {reason}")
+    if decode:
+        out.print(f"{len(summary.unreadable)} unreadable file(s)")
+
+
+@cache_app.command("ls")
+def cache_ls(cache_dir: Path = CacheDirOption) -> None:
+    """Every cache file under the cache folder."""
+    from medprobe.cache.manage import describe
+    from medprobe.cache.paths import list_cache_files
+
+    root = _cache_dir(cache_dir)
+    table = Table("dataset", "model", "done/rows", "precision", "MB", "updated", "file")
+    for path in list_cache_files(root):
+        item = describe(path)
+        table.add_row(item.dataset, item.model, f"{item.done}/{item.rows}", item.precision, f"{item.size_mb:.1f}",
+                      item.updated, str(path.relative_to(root)))
+    out.print(f"cache folder: {root}")
+    out.print(table)
+
+
+@cache_app.command("info")
+def cache_info(path: Path = typer.Argument(..., help="A cache file (see `medprobe cache ls`)")) -> None:
+    """Provenance and contents of one cache file."""
+    from medprobe.cache.store import read_contents
+
+    if not path.is_file():
+        raise MedprobeError(f"cache file {path} does not exist; see `medprobe cache ls`")
+    contents = read_contents(path)
+    table = Table("attribute", "value")
+    for key, value in sorted(contents.attrs.items()):
+        table.add_row(key, str(value))
+    table.add_row("rows / done", f"{len(contents.ids)} / {int(contents.done.sum())}")
+    table.add_row("features", ", ".join(f"{pool} ({dim})" for pool, dim in contents.dims.items()))
+    out.print(table)
+
+
+@cache_app.command("verify")
+def cache_verify(
+    paths: list[Path] = typer.Argument(None, help="Cache files [default: all under --cache-dir]"),
+    cache_dir: Path = CacheDirOption,
+    deep: bool = typer.Option(False, "--deep", help="Re-hash every source file, not only changed ones"),
+) -> None:
+    """Check structure, finite features and that each source image is unchanged. Exit 1 on problems."""
+    from medprobe.cache.manage import verify
+    from medprobe.cache.paths import list_cache_files
+
+    targets = paths or list_cache_files(_cache_dir(cache_dir))
+    failed = 0
+    for path in targets:
+        result = verify(path, deep=deep)
+        state = "ok" if result.ok else "PROBLEMS"
+        out.print(f"{state}: {path} ({result.done}/{result.rows} rows done)")
+        for problem in result.problems:
+            out.print(f"  {problem}")
+        if result.stale:
+            out.print(f"  {len(result.stale)} changed source file(s), e.g. {result.stale[0]}: run extract again")
+        if result.missing_sources:
+            out.print(f"  {len(result.missing_sources)} source file(s) gone, e.g. {result.missing_sources[0]}")
+        failed += not result.ok
+    if failed:
+        raise typer.Exit(1)
+
+
+@cache_app.command("rm")
+def cache_rm(
+    paths: list[Path] = typer.Argument(None, help="Cache files to remove"),
+    all_files: bool = typer.Option(False, "--all", help="Remove every cache under --cache-dir"),
+    cache_dir: Path = CacheDirOption,
+) -> None:
+    """Remove cache files."""
+    from medprobe.cache.manage import remove
+    from medprobe.cache.paths import list_cache_files
+
+    if all_files == bool(paths):
+        raise MedprobeError("give cache file paths or --all (not both, not neither)")
+    for path in remove(list_cache_files(_cache_dir(cache_dir)) if all_files else list(paths)):
+        out.print(f"removed {path}")
+
+
+@app.command("demo")
+def demo_command(
+    out_dir: Path = typer.Option(Path("medprobe-demo"), "--out", help="Where the demo writes its data and cache"),
+) -> None:
+    """Offline end-to-end run on a small synthetic cohort with real ImageNet weights (efficientnet-lite0)."""
+    from medprobe.demo import run_demo
+
+    run_demo(out_dir=out_dir, console=out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="medprobe")
+    except MedprobeError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

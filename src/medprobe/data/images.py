@@ -1,0 +1,87 @@
+"""Decoding any supported image file into the 8-bit RGB picture every backbone expects.
+
+- 8-bit grayscale is replicated to 3 channels (as the reference study did).
+- 16-bit (and 32-bit int / float) grayscale is windowed to 8 bits between its own 0.5th and 99.5th
+  intensity percentiles, then replicated: medical images rarely use their full range, and a plain
+  `>> 8` would leave a 12-bit X-ray nearly black.
+- RGBA / LA lose their alpha channel; palette images are expanded; multi-page TIFFs use page 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from medprobe.errors import MedprobeError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+WINDOW_PERCENTILES = (0.5, 99.5)
+_HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def read_image_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise MedprobeError(f"cannot read image {path}: {exc.strerror}; fix the path or remove it") from exc
+
+
+def fingerprint_bytes(data: bytes) -> str:
+    """Content fingerprint of a source file: a changed image gets a new one and is re-extracted."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def window_to_uint8(pixels: np.ndarray, percentiles: tuple[float, float] = WINDOW_PERCENTILES) -> np.ndarray:
+    """Linearly map [p_low, p_high] of the finite pixel values to [0, 255]; NaNs become 0."""
+    values = pixels.astype(np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return np.zeros(values.shape, dtype=np.uint8)
+    low, high = np.percentile(finite, percentiles)
+    if high <= low:
+        high = low + 1.0
+    scaled = (np.nan_to_num(values, nan=low) - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB, following the rules in the module docstring."""
+    if image.mode in _HIGH_DEPTH_MODES:
+        gray = Image.fromarray(window_to_uint8(np.asarray(image)), mode="L")
+        return gray.convert("RGB")
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    if image.mode in ("LA", "La"):
+        image = image.convert("L")
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes, source: Path | str) -> Image.Image:
+    """Decode image bytes to RGB; `source` names the file in the error a user sees."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.seek(0)
+            image.load()
+            return to_rgb(image)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise MedprobeError(
+            f"cannot decode image {source}: {exc}; replace or remove the file (supported: PNG, JPEG, TIFF, BMP)"
+        ) from exc
+
+
+def check_image_header(path: Path) -> str | None:
+    """Cheap validity check (header only). Returns a reason when the file is unusable, else None."""
+    try:
+        with Image.open(path) as image:
+            image.size  # noqa: B018 - touching the header is the check
+            return None
+    except FileNotFoundError:
+        return "file not found"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return f"not a readable image ({exc.__class__.__name__})"

@@ -1,0 +1,159 @@
+"""Turn the DATA argument (a class-folder tree, a CSV manifest, or a TOML dataset spec) into a Dataset.
+
+Every command resolves DATA through `resolve_data_argument` + `load_dataset`, so all stages see the
+same samples in the same order.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Any
+
+from medprobe.data.images import IMAGE_SUFFIXES
+from medprobe.data.samples import SPLITS, Dataset, Sample
+from medprobe.errors import MedprobeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PROJECT_FILE = "medprobe.toml"
+SPEC_KEYS = {"manifest", "folder", "name"}
+REQUIRED_COLUMNS = ("path", "label")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise MedprobeError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise MedprobeError(f"{path} is not valid TOML ({exc}); fix the file") from exc
+
+
+def resolve_data_argument(data: str | Path | None, cwd: Path | None = None) -> Path:
+    """DATA as given, or the dataset named by ./medprobe.toml (`[dataset] path = ...`)."""
+    if data is not None:
+        path = Path(data).expanduser()
+        if not path.exists():
+            raise MedprobeError(f"DATA {path} does not exist; pass a class folder, a CSV manifest or a .toml spec")
+        return path
+    project = (cwd or Path.cwd()) / PROJECT_FILE
+    if not project.is_file():
+        raise MedprobeError(
+            f"no DATA given and no {PROJECT_FILE} here; pass DATA or write {PROJECT_FILE} with "
+            '[dataset] path = "your-data"'
+        )
+    table = read_toml(project).get("dataset")
+    if not isinstance(table, dict) or "path" not in table:
+        raise MedprobeError(f'{project} has no [dataset] path; add: [dataset] path = "your-data"')
+    path = (project.parent / str(table["path"])).expanduser()
+    if not path.exists():
+        raise MedprobeError(f"{project}: dataset path {path} does not exist; fix [dataset] path")
+    return path
+
+
+def load_dataset(path: Path) -> Dataset:
+    path = Path(path)
+    if path.is_dir():
+        return _from_folder(path, name=path.name)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _from_manifest(path, name=path.stem)
+    if suffix == ".toml":
+        return _from_spec(path)
+    raise MedprobeError(f"DATA {path} is not a folder, a .csv manifest or a .toml spec; pass one of those")
+
+
+def _from_spec(path: Path) -> Dataset:
+    spec = read_toml(path)
+    if "dataset" in spec and isinstance(spec["dataset"], dict):  # a medprobe.toml given explicitly
+        return load_dataset(resolve_data_argument(None, cwd=path.parent))
+    unknown = set(spec) - SPEC_KEYS
+    if unknown:
+        raise MedprobeError(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(SPEC_KEYS))}"
+        )
+    name = str(spec.get("name", path.stem))
+    if ("manifest" in spec) == ("folder" in spec):
+        raise MedprobeError(f'{path}: give exactly one of manifest = "file.csv" or folder = "dir"')
+    target = path.parent / str(spec.get("manifest") or spec.get("folder"))
+    if not target.exists():
+        raise MedprobeError(f"{path}: {target} does not exist; fix the path in the spec")
+    return _from_manifest(target, name=name) if "manifest" in spec else _from_folder(target, name=name)
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _from_folder(root: Path, *, name: str) -> Dataset:
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise MedprobeError(
+            f"{root} has no class sub-folders; put images in {root}/<class>/ or pass a CSV manifest"
+        )
+    samples: list[Sample] = []
+    for class_dir in class_dirs:
+        images = sorted(p for p in class_dir.rglob("*") if _is_image(p))
+        if not images:
+            raise MedprobeError(
+                f"class folder {class_dir} has no images ({', '.join(IMAGE_SUFFIXES)}); add images or remove it"
+            )
+        samples += [Sample(id=p.relative_to(root).as_posix(), path=p, label=class_dir.name) for p in images]
+    return _checked(Dataset(name=name, root=root, source=root, samples=samples), root)
+
+
+def _from_manifest(manifest: Path, *, name: str) -> Dataset:
+    root = manifest.parent
+    try:
+        with manifest.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+            if missing:
+                raise MedprobeError(
+                    f"{manifest} lacks column(s) {', '.join(missing)}; the header needs path,label "
+                    f"(optional: group, split), found: {', '.join(columns) or 'nothing'}"
+                )
+            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    except OSError as exc:
+        raise MedprobeError(f"cannot read manifest {manifest}: {exc.strerror}") from exc
+    samples = []
+    for line, row in enumerate(rows, start=2):
+        where = f"{manifest}:{line}"
+        if not row["path"] or not row["label"]:
+            raise MedprobeError(f"{where}: empty path or label; fill it in or delete the row")
+        split = row.get("split") or None
+        if split is not None and split not in SPLITS:
+            raise MedprobeError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+        file = (root / row["path"]).expanduser()
+        if not file.is_file():
+            raise MedprobeError(f"{where}: image {file} does not exist; fix the path (relative to {root})")
+        samples.append(
+            Sample(id=Path(row["path"]).as_posix(), path=file, label=row["label"],
+                   group=row.get("group") or None, split=split)
+        )
+    if not samples:
+        raise MedprobeError(f"{manifest} lists no images; add rows path,label")
+    return _checked(Dataset(name=name, root=root, source=manifest, samples=samples), manifest)
+
+
+def _checked(dataset: Dataset, source: Path) -> Dataset:
+    seen: set[str] = set()
+    for sample in dataset.samples:
+        if sample.id in seen:
+            raise MedprobeError(f"{source}: image {sample.id} is listed twice; each image may appear once")
+        seen.add(sample.id)
+    if len(dataset.classes) < 2:
+        raise MedprobeError(
+            f"{source}: only one class ({', '.join(dataset.classes)}); a classifier needs at least two"
+        )
+    splits = {s.split for s in dataset.samples}
+    if len(splits) > 1 and None in splits:
+        raise MedprobeError(f"{source}: some rows have a split and some do not; fill the split column for all")
+    return dataset

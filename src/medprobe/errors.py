@@ -1,0 +1,5 @@
+"""The one error type a user can cause. The CLI prints its message as one line and exits with code 2."""
+
+
+class MedprobeError(Exception):
+    """A problem with the user's input: the message names the file or value and the fix."""

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medprobe.data import decode_image, load_dataset, resolve_data_argument
+from medprobe.data.images import window_to_uint8
+from medprobe.data.inspect import summarize
+from medprobe.errors import MedprobeError
+
+
+def write_csv(path: Path, rows: list[dict], fields: list[str]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_folder_layout_gives_relative_ids_and_classes(image_folder):
+    dataset = load_dataset(image_folder)
+    assert dataset.classes == ["benign", "malignant"]
+    assert len(dataset.samples) == 12
+    assert dataset.samples[0].id == "benign/img0.jpg"
+    assert dataset.class_counts() == {"benign": 6, "malignant": 6}
+
+
+def test_manifest_reads_groups_and_splits(manifest):
+    dataset = load_dataset(manifest)
+    assert len(dataset.samples) == 16
+    first = dataset.samples[0]
+    assert (first.id, first.label, first.group, first.split) == ("img/s00.png", "normal", "pt0", "train")
+    assert first.path == manifest.parent / "img" / "s00.png"
+
+
+def test_toml_spec_and_project_file(manifest, image_folder, tmp_path, monkeypatch):
+    spec = manifest.parent / "xray.toml"
+    spec.write_text('manifest = "labels.csv"\nname = "chest"\n')
+    assert load_dataset(spec).name == "chest"
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "medprobe.toml").write_text(f'[dataset]\npath = "{image_folder}"\n')
+    monkeypatch.chdir(project)
+    assert resolve_data_argument(None) == image_folder
+    assert load_dataset(project / "medprobe.toml").name == "folder"
+
+
+@pytest.mark.parametrize(
+    "rows, fields, message",
+    [
+        ([{"path": "a.png"}], ["path"], "lacks column(s) label"),
+        ([{"path": "missing.png", "label": "x"}], ["path", "label"], "does not exist"),
+        ([{"path": "a.png", "label": "x", "split": "training"}], ["path", "label", "split"], "is not one of"),
+        ([{"path": "a.png", "label": "x"}, {"path": "b.png", "label": "x"}], ["path", "label"], "only one class"),
+        ([{"path": "a.png", "label": "x"}, {"path": "a.png", "label": "y"}], ["path", "label"], "listed twice"),
+    ],
+)
+def test_manifest_errors_name_the_problem(tmp_path, rows, fields, message):
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    path = write_csv(tmp_path / "m.csv", rows, fields)
+    with pytest.raises(MedprobeError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        load_dataset(path)
+    assert str(path) in str(info.value) or "m.csv" in str(info.value)
+
+
+def test_empty_class_folder_is_an_error(image_folder):
+    (image_folder / "empty").mkdir()
+    with pytest.raises(MedprobeError, match="empty has no images"):
+        load_dataset(image_folder)
+
+
+def test_missing_project_file_says_what_to_write(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MedprobeError, match=r"\[dataset\] path"):
+        resolve_data_argument(None)
+
+
+def encode(image: Image.Image, fmt: str) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "TIFF", "BMP"])
+def test_grayscale_is_replicated_to_three_channels(fmt):
+    gray = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4, mode="L")
+    rgb = np.asarray(decode_image(encode(gray, fmt), "x"))
+    assert rgb.shape == (8, 8, 3)
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+    if fmt != "JPEG":
+        assert (rgb[..., 0] == np.asarray(gray)).all()
+
+
+def test_16bit_is_windowed_by_percentiles():
+    values = np.linspace(1000, 3000, 100 * 100).reshape(100, 100).astype(np.uint16)
+    values[0, 0] = 65535  # one hot pixel must not squash the rest
+    image = Image.fromarray(values)
+    rgb = np.asarray(decode_image(encode(image, "PNG"), "x"))
+    assert rgb.shape == (100, 100, 3)
+    assert rgb[..., 0].min() == 0 and rgb[..., 0].max() == 255
+    assert 100 < rgb[50, 50, 0] < 155  # the middle intensity lands mid-range, not near black
+    np.testing.assert_array_equal(rgb[..., 0], window_to_uint8(values))
+
+
+def test_rgba_and_palette_become_rgb():
+    rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    assert np.asarray(decode_image(encode(rgba, "PNG"), "x"))[0, 0].tolist() == [10, 20, 30]
+    palette = Image.new("RGB", (4, 4), (200, 100, 50)).convert("P")
+    assert decode_image(encode(palette, "PNG"), "x").mode == "RGB"
+
+
+def test_undecodable_bytes_name_the_file():
+    with pytest.raises(MedprobeError, match="cannot decode image scan.png"):
+        decode_image(b"not an image", "scan.png")
+
+
+def test_inspect_counts_and_finds_unreadable(manifest):
+    (manifest.parent / "img" / "s03.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    summary = summarize(load_dataset(manifest))
+    assert summary.classes == {"normal": 8, "pneumonia": 8}
+    assert summary.splits["train"] == {"normal": 4, "pneumonia": 4}
+    assert summary.groups == 8 and summary.samples_per_group == (2, 2)
+    assert [Path(p).name for p, _ in summary.unreadable] == ["s03.png"]
+    assert summary.groups_in_several_splits == []

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medprobe.errors import MedprobeError
+from medprobe.models.backbone import load_backbone, resolve_preprocessing
+from medprobe.models.registry import REGISTRY, resolve_model
+from medprobe.models.transforms import ImageTransform
+
+
+def test_registry_names_required_backbones():
+    required = {"dinov2-small", "dinov2-base", "dinov2-large", "dinov2-giant", "dinov2-small-reg", "dinov2-giant-reg",
+                "rad-dino", "vgg16", "resnet50", "densenet121", "vit-base", "efficientnet-lite0"}
+    assert required <= set(REGISTRY)
+    assert REGISTRY["resnet50"].source == "resnet50.tv_in1k"
+    assert REGISTRY["dinov2-base-reg"].source == "facebook/dinov2-with-registers-base"
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(MedprobeError, match="did you mean dinov2-small"):
+        resolve_model("dinov2-smal")
+
+
+def test_prefixed_and_local_names(tiny_dinov2, tiny_timm_models):
+    assert resolve_model("hf:facebook/dinov2-small").source == "facebook/dinov2-small"
+    assert resolve_model("timm:convnext_tiny.fb_in1k", revision="main").revision == "main"
+    assert resolve_model(str(tiny_dinov2)).backend == "transformers"
+    assert resolve_model(str(tiny_timm_models["resnet"])).backend == "timm"
+    with pytest.raises(MedprobeError, match="hub models only"):
+        resolve_model(str(tiny_dinov2), revision="v1")
+
+
+def test_offline_hub_model_fails_with_one_clear_error():
+    with pytest.raises(MedprobeError, match="cannot load model 'facebook/dinov2-small'"):
+        resolve_preprocessing(resolve_model("dinov2-small"))
+
+
+def test_timm_registry_preprocessing_needs_no_download():
+    prep = resolve_preprocessing(resolve_model("resnet50"))
+    assert prep.crop == (224, 224) and prep.resize == 256 and prep.interpolation == "bilinear"
+
+
+def test_image_size_override_keeps_resize_ratio(tiny_dinov2):
+    prep = resolve_preprocessing(resolve_model(str(tiny_dinov2)), image_size=64)
+    assert prep.crop == (64, 64) and prep.resize == 74  # 37/32 * 64
+
+
+def test_registers_are_excluded_from_mean_pool(tiny_dinov2_reg):
+    backbone = load_backbone(resolve_model(str(tiny_dinov2_reg)))
+    pixels = torch.randn(2, 3, 32, 32)
+    pooled = backbone.embed(pixels)
+    tokens = backbone.module(pixel_values=pixels).last_hidden_state  # CLS, 2 registers, 16 patches
+    assert tokens.shape[1] == 1 + 2 + 16
+    torch.testing.assert_close(pooled["mean"], tokens[:, 3:].mean(1))
+    assert not torch.allclose(pooled["mean"], tokens[:, 1:].mean(1))
+
+
+def test_vit_image_size_override_interpolates_position_embeddings(tiny_vit):
+    backbone = load_backbone(resolve_model(str(tiny_vit)), image_size=48)
+    assert backbone.preprocessing.input_size == (48, 48)
+    assert backbone.embed(torch.randn(1, 3, 48, 48))["cls"].shape == (1, 32)
+
+
+def test_timm_vit_pools_match_forward_features(tiny_timm_models):
+    backbone = load_backbone(resolve_model(str(tiny_timm_models["vit"])))
+    pixels = torch.randn(2, 3, 64, 64)
+    pooled = backbone.embed(pixels)
+    tokens = backbone.module.forward_features(pixels)
+    torch.testing.assert_close(pooled["cls"], tokens[:, 0])
+    assert pooled["cls4"].shape == (2, 4 * tokens.shape[-1])
+    torch.testing.assert_close(pooled["cls4"][:, -tokens.shape[-1]:], tokens[:, 0])  # last block = final output
+
+
+def test_efficientnet_lite0_has_real_imagenet_weights():
+    """China palace and a daisy (scikit-learn's sample photos) must come out as ImageNet 698 and 985."""
+    from sklearn.datasets import load_sample_images
+
+    backbone = load_backbone(resolve_model("efficientnet-lite0"))
+    transform = ImageTransform(backbone.preprocessing)
+    pixels = torch.stack([transform(Image.fromarray(a)) for a in load_sample_images().images])
+    with torch.inference_mode():
+        logits = backbone.module(pixels)
+    assert logits.argmax(-1).tolist() == [698, 985]
+    assert backbone.num_parameters == pytest.approx(4.65e6, rel=0.02)
+    assert backbone.embed(pixels)["gap"].shape == (2, 1280)
+
+
+def test_transform_matches_torchvision_center_crop_rounding():
+    from medprobe.models.preprocess import Preprocessing
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (61, 80, 3), dtype=np.uint8))
+    prep = Preprocessing(resize=None, crop=(32, 32), mean=(0, 0, 0), std=(1, 1, 1))
+    out = ImageTransform(prep)(image)
+    import torchvision.transforms.functional as F
+
+    expected = F.to_tensor(F.center_crop(image, [32, 32]))
+    torch.testing.assert_close(out, expected)
