@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import os
+import time
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from medprobe.cache import read_contents, read_features
+from medprobe.data import load_dataset
+from medprobe.errors import MedprobeError
+from medprobe.extract import runner
+from medprobe.extract.runner import extract
+
+
+def run(dataset, model, cache_dir, **kwargs):
+    options = dict(device="cpu", precision="fp32", workers=0, batch_size=4, show_progress=False)
+    options.update(kwargs)
+    return extract(dataset=dataset, model=str(model), cache_dir=cache_dir, **options)
+
+
+@pytest.mark.parametrize("name, pools", [
+    ("resnet", {"gap": 96}), ("vgg", {"gap": 4096}), ("densenet", {"gap": 17}),
+    ("vit", {"cls": 64, "mean": 64, "cls4": 256}),
+])
+def test_timm_backbones_extract_end_to_end(name, pools, tiny_timm_models, image_folder, cache_dir):
+    dataset = load_dataset(image_folder)
+    report = run(dataset, tiny_timm_models[name], cache_dir, workers=1)
+    contents = read_contents(report.path)
+    assert contents.dims == pools
+    assert contents.done.all() and contents.ids == dataset.ids
+    assert contents.attrs["backend"] == "timm" and contents.attrs["precision"] == "fp32"
+    features = read_features(report.path, dataset.ids, next(iter(pools)))
+    assert features.shape == (12, next(iter(pools.values())))
+    assert np.isfinite(features).all() and features.std(axis=0).max() > 0
+
+
+def test_transformers_backbone_records_provenance(tiny_dinov2, manifest, cache_dir):
+    dataset = load_dataset(manifest)
+    report = run(dataset, tiny_dinov2, cache_dir)
+    contents = read_contents(report.path)
+    assert contents.dims == {"cls": 32, "mean": 32, "cls4": 128}
+    attrs = contents.attrs
+    assert attrs["weights_identity"].startswith("sha:")
+    assert attrs["preprocessing"]["crop"] == [32, 32] and attrs["preprocessing"]["resize"] == 39
+    assert attrs["num_parameters"] > 0 and attrs["images_extracted"] == 16
+    assert {"torch", "transformers", "timm"} <= set(attrs["library_versions"])
+    assert attrs["dataset_root"] == str(manifest.parent.resolve())
+    with h5py.File(report.path, "r") as handle:  # the documented layout, read with plain h5py
+        assert handle["features/cls"].dtype == np.float16
+        assert handle["ids"][0].decode() == "img/s00.png"
+        assert handle["done"][()].sum() == 16
+
+
+def test_efficientnet_lite0_bf16_matches_fp32(image_folder, cache_dir):
+    dataset = load_dataset(image_folder)
+    fp32_report = run(dataset, "efficientnet-lite0", cache_dir)
+    bf16_report = run(dataset, "efficientnet-lite0", cache_dir, precision="bf16")
+    assert bf16_report.path != fp32_report.path  # precisions never share a file
+    assert read_contents(bf16_report.path).attrs["precision"] == "bf16"
+    fp32 = read_features(fp32_report.path, dataset.ids, "gap")
+    bf16 = read_features(bf16_report.path, dataset.ids, "gap")
+    cos = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert cos.min() > 0.98
+
+
+def test_rerun_is_up_to_date_without_loading_weights(tiny_dinov2, image_folder, cache_dir, monkeypatch):
+    dataset = load_dataset(image_folder)
+    first = run(dataset, tiny_dinov2, cache_dir)
+    assert first.extracted == 12
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded for an up-to-date cache")
+
+    monkeypatch.setattr(runner, "load_backbone", refuse)
+    again = run(dataset, tiny_dinov2, cache_dir)
+    assert again.up_to_date and again.reused == 12 and again.path == first.path
+
+
+def test_interrupted_extraction_resumes_to_the_same_features(tiny_dinov2, image_folder, tmp_path, monkeypatch):
+    dataset = load_dataset(image_folder)
+    reference = run(dataset, tiny_dinov2, tmp_path / "uninterrupted")
+    original_load = runner.load_backbone
+
+    def load_then_break(*args, **kwargs):
+        backbone = original_load(*args, **kwargs)
+        embed, calls = backbone.embed, []
+
+        def embed_twice_then_interrupt(pixels):
+            calls.append(1)
+            if len(calls) > 2:
+                raise KeyboardInterrupt
+            return embed(pixels)
+
+        backbone.embed = embed_twice_then_interrupt
+        return backbone
+
+    monkeypatch.setattr(runner, "load_backbone", load_then_break)
+    with pytest.raises(KeyboardInterrupt):
+        run(dataset, tiny_dinov2, tmp_path / "resumed")
+    partial_path = reference.path.parents[1].parent / "resumed" / reference.path.relative_to(
+        reference.path.parents[1])
+    assert read_contents(partial_path).done.sum() == 8  # two batches of 4 were kept
+    with pytest.raises(MedprobeError, match="lacks 4 sample"):
+        read_features(partial_path, dataset.ids, "cls")
+    monkeypatch.setattr(runner, "load_backbone", original_load)
+    resumed = run(dataset, tiny_dinov2, tmp_path / "resumed")
+    assert resumed.extracted == 4 and resumed.reused == 8
+    for pool in ("cls", "mean", "cls4"):
+        np.testing.assert_allclose(read_features(resumed.path, dataset.ids, pool),
+                                   read_features(reference.path, dataset.ids, pool), atol=2e-3)
+
+
+def test_changed_image_is_reextracted_and_touched_image_is_not(tiny_dinov2, image_folder, cache_dir):
+    dataset = load_dataset(image_folder)
+    first = run(dataset, tiny_dinov2, cache_dir)
+    before = read_features(first.path, dataset.ids, "cls")
+    touched = image_folder / "benign" / "img1.png"
+    os.utime(touched, ns=(time.time_ns(), time.time_ns() + 10**9))  # same bytes, new mtime
+    changed = image_folder / "malignant" / "img2.jpg"
+    Image.fromarray(np.full((50, 50, 3), 255, np.uint8)).save(changed)
+    report = run(dataset, tiny_dinov2, cache_dir)
+    assert (report.extracted, report.changed, report.reused) == (1, 1, 11)
+    after = read_features(first.path, dataset.ids, "cls")
+    row = dataset.ids.index("malignant/img2.jpg")
+    assert not np.allclose(after[row], before[row])
+    np.testing.assert_array_equal(np.delete(after, row, 0), np.delete(before, row, 0))
+    assert run(dataset, tiny_dinov2, cache_dir).up_to_date  # the touched file's new stat was recorded
+
+
+def test_new_images_are_added_incrementally(tiny_dinov2, image_folder, cache_dir):
+    run(load_dataset(image_folder), tiny_dinov2, cache_dir)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image_folder / "benign" / "new.png")
+    report = run(load_dataset(image_folder), tiny_dinov2, cache_dir)
+    assert (report.extracted, report.reused) == (1, 12)
+
+
+def test_changed_weights_invalidate_every_row(tmp_path, image_folder, cache_dir):
+    from conftest import save_tiny_dinov2
+
+    model = save_tiny_dinov2(tmp_path / "model", seed=0)
+    dataset = load_dataset(image_folder)
+    first = run(dataset, model, cache_dir)
+    old = read_features(first.path, dataset.ids, "cls")
+    save_tiny_dinov2(model, seed=1)  # same folder, new weights
+    second = run(dataset, model, cache_dir)
+    assert second.path == first.path and second.extracted == 12
+    assert not np.allclose(read_features(second.path, dataset.ids, "cls"), old)
+
+
+def test_other_preprocessing_uses_another_file(tiny_dinov2, image_folder, cache_dir):
+    dataset = load_dataset(image_folder)
+    default = run(dataset, tiny_dinov2, cache_dir)
+    larger = run(dataset, tiny_dinov2, cache_dir, image_size=48)
+    assert larger.path != default.path and larger.extracted == 12
+    assert read_contents(larger.path).attrs["preprocessing"]["crop"] == [48, 48]
+
+
+def test_unreadable_image_stops_before_any_compute(tiny_dinov2, image_folder, cache_dir, monkeypatch):
+    (image_folder / "benign" / "img3.png").write_bytes(b"garbage")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded although the dataset is invalid")
+
+    monkeypatch.setattr(runner, "load_backbone", refuse)
+    with pytest.raises(MedprobeError, match=r"1 unreadable image\(s\): .*img3.png"):
+        run(load_dataset(image_folder), tiny_dinov2, cache_dir)
+    assert not list(cache_dir.rglob("*.h5"))
+
+
+def test_truncated_image_is_reported_and_its_row_left_undone(tiny_dinov2, image_folder, cache_dir):
+    path = image_folder / "malignant" / "img4.jpg"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # header intact, pixels missing
+    dataset = load_dataset(image_folder)
+    with pytest.raises(MedprobeError, match="failed to decode.*img4.jpg"):
+        run(dataset, tiny_dinov2, cache_dir)
+    contents = read_contents(next(cache_dir.rglob("*.h5")))
+    assert contents.done.sum() == 11 and not contents.done[contents.row_of["malignant/img4.jpg"]]
+
+
+def test_second_writer_is_refused(tiny_dinov2, image_folder, cache_dir):
+    from medprobe.cache import CacheWriter
+
+    dataset = load_dataset(image_folder)
+    target = runner.locate_cache(dataset=dataset, model=str(tiny_dinov2), cache_dir=cache_dir, device="cpu",
+                                 precision="fp32")
+    with CacheWriter(target.path, {}):
+        with pytest.raises(MedprobeError, match="another medprobe process is writing"):
+            run(dataset, tiny_dinov2, cache_dir)
