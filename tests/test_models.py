@@ -98,3 +98,10 @@ def test_transform_matches_torchvision_center_crop_rounding():
 
     expected = F.to_tensor(F.center_crop(image, [32, 32]))
     torch.testing.assert_close(out, expected)
+
+
+def test_timm_vit_image_size_override_resamples_position_embeddings(tiny_timm_models):
+    backbone = load_backbone(resolve_model(str(tiny_timm_models["vit"])), image_size=96)
+    assert backbone.preprocessing.input_size == (96, 96)
+    pooled = backbone.embed(torch.randn(1, 3, 96, 96))
+    assert pooled["mean"].shape == (1, 64) and torch.isfinite(pooled["cls4"]).all()

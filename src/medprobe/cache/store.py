@@ -184,6 +184,8 @@ class CacheWriter:
               stats: list[str]) -> None:
         order = np.argsort(rows)
         rows = rows[order]
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+            rows = slice(int(rows[0]), int(rows[-1]) + 1)  # h5py writes a slice far faster than a row list
         group = self.file[layout.FEATURES]
         total = self.file[layout.IDS].shape[0]
         for pool, values in features.items():
