@@ -10,7 +10,7 @@ All three rates are measured in one run, on the same machine, backbone, precisio
 The backbone is dinov2-small-shaped (ViT-S/14: 384 wide, 12 blocks, 6 heads, 224 input after a 256
 resize), built from its config with random weights: the cost is the same as the real one's. It prints
 the ratios medprobe/bare (target >= 0.85) and medprobe/naive, and the bf16-vs-fp32 feature cosine of
-the real efficientnet-lite0.
+the real efficientnet-lite0, and the bare forward's speed-up from the chosen precision over fp32.
 
     python benchmarks/extract_throughput.py [--images 256] [--batch-size 32] [--workers N] [--device cpu]
 """
@@ -145,6 +145,7 @@ def main() -> None:
         ours = report.images_per_second
         bare_after = bare_rate(model_dir, dataset, args.batch_size, device, precision)
         bare = (bare_before + bare_after) / 2
+        bare_fp32 = bare_rate(model_dir, dataset, args.batch_size, device, "fp32") if precision != "fp32" else bare
         naive = None if args.skip_naive else naive_rate(model_dir, dataset, args.batch_size, device)
         cosine = None if args.skip_fidelity else bf16_fidelity(dataset)
 
@@ -157,6 +158,8 @@ def main() -> None:
         "medprobe_img_s": round(ours, 2),
         "naive_fp32_img_s": round(naive, 2) if naive else None,
         "medprobe_over_bare": round(ours / bare, 3),
+        "bare_fp32_img_s": round(bare_fp32, 2),
+        f"bare_{precision}_over_bare_fp32": round(bare / bare_fp32, 2),
         "medprobe_over_naive": round(ours / naive, 2) if naive else None,
         "efficientnet_lite0_bf16_vs_fp32_min_cosine": round(cosine, 5) if cosine is not None else None,
         "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None,

@@ -125,6 +125,7 @@ def extract(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "aut
             writer.clear()
             plan = plan_rows(None, pairs)
             todo = list(samples)
+            validate_images(todo)
         writer.set_attrs({"weights_identity": backbone.weights_identity})
         writer.update_stats(plan.restat)
         known = set(writer.ids)
