@@ -21,9 +21,9 @@ datasets_app = typer.Typer(no_args_is_help=True, help="Look at a dataset before 
 cache_app = typer.Typer(no_args_is_help=True, help="List, inspect, verify and remove feature caches.")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(cache_app, name="cache")
-out = Console(highlight=False, soft_wrap=True)
-if not out.is_terminal:  # piped output keeps whole table rows instead of wrapping at 80 columns
-    out = Console(highlight=False, soft_wrap=True, width=200)
+console = Console(highlight=False, soft_wrap=True)
+if not console.is_terminal:  # piped output keeps whole table rows instead of wrapping at 80 columns
+    console = Console(highlight=False, soft_wrap=True, width=200)
 
 DATA_HELP = "A class-folder tree, a CSV manifest (path,label[,group,split]) or a .toml spec; default: ./medprobe.toml"
 CacheDirOption = typer.Option(None, "--cache-dir", help="Cache folder [default: $MEDPROBE_CACHE or ~/.cache/medprobe]")
@@ -50,8 +50,8 @@ def models_command() -> None:
     for spec in REGISTRY.values():
         table.add_row(spec.name, spec.backend, spec.source, f"{spec.params_m:g}", str(spec.input_size),
                       str(spec.embed_dim), ",".join(spec.pools or ()), spec.note)
-    out.print(table)
-    out.print("Also: hf:ORG/NAME (transformers), timm:NAME, or a folder saved by save_pretrained / save_for_hf.")
+    console.print(table)
+    console.print("Also: hf:ORG/NAME (transformers), timm:NAME, or a folder saved by save_pretrained / save_for_hf.")
 
 
 @app.command("extract")
@@ -75,11 +75,76 @@ def extract_command(
                          precision=precision, batch_size=batch_size, workers=workers, image_size=image_size,
                          revision=revision, show_progress=True)
         if report.up_to_date:
-            out.print(f"{name}: up to date ({report.reused} images) {report.path}")
+            console.print(f"{name}: up to date ({report.reused} images) {report.path}")
         else:
             rate = f", {report.images_per_second:.1f} img/s" if report.images_per_second else ""
             changed = f", {report.changed} changed" if report.changed else ""
-            out.print(f"{name}: extracted {report.extracted}, reused {report.reused}{changed}{rate} {report.path}")
+            console.print(f"{name}: extracted {report.extracted}, reused {report.reused}{changed}{rate} {report.path}")
+
+
+@app.command("probe")
+def probe_command(
+    data: Path = typer.Argument(None, help=DATA_HELP, show_default=False),
+    model: list[str] = typer.Option(None, "--model", "-m", help="Backbone(s) to probe [default: every cached one]"),
+    clf: list[str] = typer.Option(["logreg"], "--clf", help="logreg | svm | knn | all (repeatable or comma-separated)"),
+    pool: str = typer.Option("auto", help="auto | cls | mean | cls+mean | cls4 | gap (auto: cls+mean for ViTs, gap)"),
+    folds: int = typer.Option(5, help="k for stratified (patient-grouped) k-fold, when DATA has no split column"),
+    seed: int = typer.Option(0, help="Seed for splits, classifiers and the bootstrap"),
+    bootstrap: int = typer.Option(5000, help="Bootstrap resamples for the 95% CIs (0: none)"),
+    n_jobs: int = typer.Option(1, "--n-jobs", help="Folds run in parallel processes"),
+    out: Path = typer.Option(Path("medprobe-results"), "--out", help="Results folder"),
+    cache_dir: Path = CacheDirOption,
+    ordinal: bool = typer.Option(False, "--ordinal", help="Labels are ordered (e.g. grades): adds quadratic kappa"),
+    shots: str = typer.Option(None, "--shots", help="Label-efficiency curve, e.g. 1,4,16,all (per class)"),
+    repeats: int = typer.Option(5, "--repeats", help="Draws per --shots budget"),
+    fuse: bool = typer.Option(False, "--fuse", help="One probe on the concatenated features of all --model"),
+    with_data: list[Path] = typer.Option(None, "--with", help="Another dataset with the same sample ids (e.g. a "
+                                         "second modality) whose features are concatenated"),
+    save_model: bool = typer.Option(False, "--save-model", help="Also save the fitted probes (joblib)"),
+    full_grid: bool = typer.Option(False, "--full-grid", help="logreg: try all 45 C values, not coarse-to-fine"),
+) -> None:
+    """Logistic regression, SVM and kNN probes on cached features, with honest splits and bootstrap CIs."""
+    from medprobe.data import load_dataset
+    from medprobe.probe.classifiers import CLASSIFIERS
+    from medprobe.probe.runner import ProbeSettings, probe
+
+    methods = [c.strip() for item in clf for c in item.split(",") if c.strip()]
+    methods = list(CLASSIFIERS) if "all" in methods else methods
+    shot_list: tuple = ()
+    if shots:
+        try:
+            shot_list = tuple(s.strip() if s.strip() == "all" else int(s) for s in shots.split(",") if s.strip())
+        except ValueError as exc:
+            raise MedprobeError(f"--shots {shots!r}: give counts per class and/or all, e.g. 1,4,16,all") from exc
+        if any(s != "all" and s < 1 for s in shot_list):
+            raise MedprobeError(f"--shots {shots!r}: counts must be at least 1")
+    settings = ProbeSettings(classifiers=tuple(dict.fromkeys(methods)), pool=pool, folds=folds, seed=seed,
+                             bootstrap=bootstrap, n_jobs=n_jobs, ordinal=ordinal, shots=shot_list, repeats=repeats,
+                             fuse=fuse, full_grid=full_grid, save_model=save_model)
+    records = probe(dataset=_dataset(data), models=list(model) if model else None, cache_dir=_cache_dir(cache_dir),
+                    out_dir=out, settings=settings, with_datasets=[load_dataset(p) for p in with_data or []])
+    _print_records(records)
+    console.print(f"records: {Path(records[0]['record_path']).parent}")
+
+
+def _cell(metrics: dict, name: str) -> str:
+    entry = metrics.get(name) or {}
+    value, ci = entry.get("value"), entry.get("ci")
+    if value is None:
+        return "-"
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+
+
+def _print_records(records: list[dict]) -> None:
+    columns = ("accuracy", "balanced_accuracy", "f1_weighted", "auroc")
+    table = Table("model", "pool", "method", "protocol", *columns, title="test metrics, 95% bootstrap CI")
+    for record in records:
+        table.add_row(record["model"], record["pool"], record["method"], record["protocol"],
+                      *(_cell(record["metrics"], c) for c in columns))
+        if record.get("patient_metrics"):
+            patient = record["patient_metrics"]["metrics"]
+            table.add_row("", "", "", "per patient", *(_cell(patient, c) for c in columns))
+    console.print(table)
 
 
 @datasets_app.command("inspect")
@@ -94,23 +159,23 @@ def inspect_command(
     dataset = _dataset(data)
     with progress_bar("decode", total=len(dataset.samples), enabled=decode) as advance:
         summary = summarize(dataset, decode=decode, on_progress=advance)
-    out.print(f"dataset {summary.name} ({summary.source}): {summary.samples} images, "
+    console.print(f"dataset {summary.name} ({summary.source}): {summary.samples} images, "
               f"{len(summary.classes)} classes, {summary.groups} groups")
     table = Table("split", *summary.classes, "total")
     for split, counts in summary.splits.items():
         table.add_row(split, *(str(counts.get(c, 0)) for c in summary.classes), str(sum(counts.values())))
     table.add_row("all", *(str(n) for n in summary.classes.values()), str(summary.samples))
-    out.print(table)
+    console.print(table)
     if summary.samples_per_group:
         low, high = summary.samples_per_group
-        out.print(f"images per group: {low}..{high}")
+        console.print(f"images per group: {low}..{high}")
     if summary.groups_in_several_splits:
-        out.print(f"[yellow]warning:[/] {len(summary.groups_in_several_splits)} group(s) appear in several "
+        console.print(f"[yellow]warning:[/] {len(summary.groups_in_several_splits)} group(s) appear in several "
                   f"splits (leakage): {', '.join(summary.groups_in_several_splits[:5])}")
     for path, reason in summary.unreadable:
-        out.print(f"[red]unreadable:[/] {path}: {reason}")
+        console.print(f"[red]unreadable:[/] {path}: {reason}")
     if decode:
-        out.print(f"{len(summary.unreadable)} unreadable file(s)")
+        console.print(f"{len(summary.unreadable)} unreadable file(s)")
 
 
 @cache_app.command("ls")
@@ -125,8 +190,8 @@ def cache_ls(cache_dir: Path = CacheDirOption) -> None:
         item = describe(path)
         table.add_row(item.dataset, item.model, f"{item.done}/{item.rows}", item.precision, f"{item.size_mb:.1f}",
                       item.updated, str(path.relative_to(root)))
-    out.print(f"cache folder: {root}")
-    out.print(table)
+    console.print(f"cache folder: {root}")
+    console.print(table)
 
 
 @cache_app.command("info")
@@ -142,7 +207,7 @@ def cache_info(path: Path = typer.Argument(..., help="A cache file (see `medprob
         table.add_row(key, str(value))
     table.add_row("rows / done", f"{len(contents.ids)} / {int(contents.done.sum())}")
     table.add_row("features", ", ".join(f"{pool} ({dim})" for pool, dim in contents.dims.items()))
-    out.print(table)
+    console.print(table)
 
 
 @cache_app.command("verify")
@@ -160,13 +225,13 @@ def cache_verify(
     for path in targets:
         result = verify(path, deep=deep)
         state = "ok" if result.ok else "PROBLEMS"
-        out.print(f"{state}: {path} ({result.done}/{result.rows} rows done)")
+        console.print(f"{state}: {path} ({result.done}/{result.rows} rows done)")
         for problem in result.problems:
-            out.print(f"  {problem}")
+            console.print(f"  {problem}")
         if result.stale:
-            out.print(f"  {len(result.stale)} changed source file(s), e.g. {result.stale[0]}: run extract again")
+            console.print(f"  {len(result.stale)} changed source file(s), e.g. {result.stale[0]}: run extract again")
         if result.missing_sources:
-            out.print(f"  {len(result.missing_sources)} source file(s) gone, e.g. {result.missing_sources[0]}")
+            console.print(f"  {len(result.missing_sources)} source file(s) gone, e.g. {result.missing_sources[0]}")
         failed += not result.ok
     if failed:
         raise typer.Exit(1)
@@ -185,7 +250,7 @@ def cache_rm(
     if all_files == bool(paths):
         raise MedprobeError("give cache file paths or --all (not both, not neither)")
     for path in remove(list_cache_files(_cache_dir(cache_dir)) if all_files else list(paths)):
-        out.print(f"removed {path}")
+        console.print(f"removed {path}")
 
 
 @app.command("demo")
@@ -195,7 +260,7 @@ def demo_command(
     """Offline end-to-end run on a small synthetic cohort with real ImageNet weights (efficientnet-lite0)."""
     from medprobe.demo import run_demo
 
-    run_demo(out_dir=out_dir, console=out)
+    run_demo(out_dir=out_dir, console=console)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,8 +62,8 @@ def load_dataset(path: Path) -> Dataset:
     if path.is_dir():
         return _from_folder(path, name=path.name)
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return _from_manifest(path, name=path.stem)
+    if suffix == ".csv":  # "xray-labels" reads better in tables than a bare "labels"
+        return _from_manifest(path, name=f"{path.resolve().parent.name}-{path.stem}")
     if suffix == ".toml":
         return _from_spec(path)
     raise MedprobeError(f"DATA {path} is not a folder, a .csv manifest or a .toml spec; pass one of those")

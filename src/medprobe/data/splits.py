@@ -1,0 +1,116 @@
+"""The one split function, shared by probe and finetune: same dataset + seed + folds -> same test samples.
+
+- A `split` column is used as given; when it has no `val` rows, validation is carved out of `train`.
+- Otherwise stratified k-fold, grouped by `group` (patient) when present; validation is carved out of each
+  fold's training part only. Groups never straddle train/val/test.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from medprobe.data.samples import Dataset
+from medprobe.errors import MedprobeError
+
+VAL_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Fold:
+    index: int
+    train: np.ndarray  # positions into the dataset's samples
+    val: np.ndarray
+    test: np.ndarray
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    protocol: str  # "given-split" or "kfold<k>"
+    folds: list[Fold]
+    grouped: bool
+    seed: int
+
+
+def _group_ids(labels: Sequence[str], groups: Sequence[str | None] | None) -> np.ndarray | None:
+    if groups is None or all(g is None for g in groups):
+        return None
+    # a sample without a group is its own patient
+    return np.array([g if g is not None else f"\0sample{i}" for i, g in enumerate(groups)], dtype=object)
+
+
+def _splitter(n_splits: int, grouped: bool, seed: int):
+    cls = StratifiedGroupKFold if grouped else StratifiedKFold
+    return cls(n_splits=n_splits, shuffle=True, random_state=seed)
+
+
+def _split_once(positions: np.ndarray, y: np.ndarray, group_ids: np.ndarray | None, n_splits: int,
+                seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    splitter = _splitter(n_splits, group_ids is not None, seed)
+    with warnings.catch_warnings():  # "least populated class has only N members": we checked what matters
+        warnings.simplefilter("ignore", UserWarning)
+        parts = splitter.split(np.zeros(len(positions)), y[positions],
+                               None if group_ids is None else group_ids[positions])
+        return [(positions[a], positions[b]) for a, b in parts]
+
+
+def carve_validation(train: np.ndarray, y: np.ndarray, group_ids: np.ndarray | None, seed: int,
+                     fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) from a training part, stratified and grouped like the outer split."""
+    n_splits = max(2, round(1 / fraction))
+    unit_counts = _units_per_class(y[train], None if group_ids is None else group_ids[train])
+    if min(unit_counts.values()) < 2:
+        raise MedprobeError(
+            f"class {min(unit_counts, key=unit_counts.get)!r} has fewer than 2 "
+            f"{'patients' if group_ids is not None else 'samples'} for training; a validation split needs 2"
+        )
+    rest, val = _split_once(train, y, group_ids, n_splits, seed + 1)[0]
+    return np.sort(rest), np.sort(val)
+
+
+def _units_per_class(y: np.ndarray, group_ids: np.ndarray | None) -> Counter:
+    if group_ids is None:
+        return Counter(y.tolist())
+    return Counter(label for label, _ in {(label, g) for label, g in zip(y.tolist(), group_ids, strict=True)})
+
+
+def make_splits(labels: Sequence[str], *, groups: Sequence[str | None] | None = None,
+                splits: Sequence[str | None] | None = None, folds: int = 5, seed: int = 0) -> SplitPlan:
+    y = np.asarray(labels, dtype=object)
+    group_ids = _group_ids(labels, groups)
+    grouped = group_ids is not None
+    positions = np.arange(len(y))
+    if splits is not None and any(s is not None for s in splits):
+        split = np.asarray(splits, dtype=object)
+        test, train, val = (positions[split == name] for name in ("test", "train", "val"))
+        if len(test) == 0:
+            raise MedprobeError("the split column has no 'test' rows; add some or drop the column for k-fold")
+        if len(val) == 0:
+            train, val = carve_validation(train, y, group_ids, seed)
+        return SplitPlan("given-split", [Fold(0, train, val, test)], grouped, seed)
+    if folds < 2:
+        raise MedprobeError(f"--folds {folds} must be at least 2")
+    counts = _units_per_class(y, group_ids)
+    unit = "patients" if grouped else "samples"
+    for label, count in sorted(counts.items(), key=lambda item: item[1]):
+        if count < folds:
+            raise MedprobeError(
+                f"class {label!r} has {count} {unit}, fewer than --folds {folds}; use --folds {max(2, count)} "
+                "or add data"
+            )
+    result = []
+    for index, (train, test) in enumerate(_split_once(positions, y, group_ids, folds, seed)):
+        train, val = carve_validation(train, y, group_ids, seed + index)
+        result.append(Fold(index, train, val, np.sort(test)))
+    return SplitPlan(f"kfold{folds}", result, grouped, seed)
+
+
+def dataset_splits(dataset: Dataset, *, folds: int = 5, seed: int = 0) -> SplitPlan:
+    samples = dataset.samples
+    return make_splits([s.label for s in samples], groups=[s.group for s in samples],
+                       splits=[s.split for s in samples], folds=folds, seed=seed)

@@ -1,0 +1,202 @@
+"""The three probes. Each offers a hyperparameter search on validation data and a final fit; each
+returns per-class scores that sum to 1 (logreg: probabilities; svm: a softmax of decision values;
+knn: normalised neighbour votes).
+
+- logreg: standardised features, L2 LogisticRegression, C from DINOv2's 45-value log grid 1e-6..1e5,
+  searched coarse-to-fine (every 4th value, then the 3 neighbours each side of the two best peaks:
+  at most 24 fits instead of 45); `full_grid` tries all 45.
+- svm: standardised features; linear (LinearSVC) and RBF (SVC, gamma="scale"), each over a C grid. Above
+  RBF_EXACT_LIMIT training samples the RBF kernel is approximated (Nystroem, 1024 components) to keep the
+  cost linear in N; the record says so.
+- knn: L2-normalised features, cosine similarity, k from K_GRID capped by the training size, uniform or
+  DINOv2-style softmax(similarity / 0.07) weights.
+Validation selection maximises balanced accuracy (robust to class imbalance); ties go to the earlier,
+more regularised candidate.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.kernel_approximation import Nystroem
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
+
+from medprobe.probe.metrics import all_metrics
+
+CLASSIFIERS = ("logreg", "svm", "knn")
+LOGREG_GRID = tuple(float(c) for c in np.logspace(-6, 5, 45))
+SVM_LINEAR_GRID = tuple(float(c) for c in np.logspace(-4, 1, 6))
+SVM_RBF_GRID = tuple(float(c) for c in np.logspace(-1, 3, 5))
+K_GRID = (1, 3, 5, 10, 20, 50, 100, 200)
+KNN_TEMPERATURE = 0.07
+RBF_EXACT_LIMIT = 4000
+# fixed hyperparameters for few-shot training, where no validation data exists
+FEW_SHOT_PARAMS = {"logreg": {"C": 1.0}, "svm": {"kernel": "linear", "C": 1.0},
+                   "knn": {"k": 20, "weighting": "softmax"}}
+
+
+def balanced_accuracy(y: np.ndarray, scores: np.ndarray) -> float:
+    return float(all_metrics(y, scores, np.ones((1, len(y))), ordinal=False)["balanced_accuracy"][0])
+
+
+def softmax(values: np.ndarray) -> np.ndarray:
+    shifted = values - values.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def full_scores(model, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """Scores for every class index, also for classes a training subset happened to lack."""
+    classes = model.classes_
+    if isinstance(model[-1], LogisticRegression):
+        partial = model.predict_proba(X)
+    else:
+        decision = model.decision_function(X)
+        if decision.ndim == 1:
+            decision = np.stack([-decision, decision], axis=1) / 2
+        partial = softmax(decision)
+    out = np.zeros((len(X), n_classes))
+    out[:, classes] = partial
+    return out
+
+
+@dataclass
+class FittedProbe:
+    name: str
+    params: dict
+    model: object  # a scikit-learn estimator, or KnnIndex
+
+    def scores(self, X: np.ndarray, n_classes: int) -> np.ndarray:
+        if isinstance(self.model, KnnIndex):
+            return self.model.scores(X, self.params["k"], self.params["weighting"])
+        return full_scores(self.model, X, n_classes)
+
+
+def _fit_sklearn(name: str, params: dict, X: np.ndarray, y: np.ndarray, seed: int):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if name == "logreg":
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=params["C"], max_iter=1000, tol=1e-4))
+        elif params["kernel"] == "linear":
+            model = make_pipeline(StandardScaler(), LinearSVC(C=params["C"], max_iter=5000, random_state=seed))
+        elif params.get("approximate"):
+            model = make_pipeline(StandardScaler(), Nystroem(gamma=1.0 / X.shape[1], n_components=1024,
+                                                             random_state=seed),
+                                  LinearSVC(C=params["C"], max_iter=5000, random_state=seed))
+        else:
+            model = make_pipeline(StandardScaler(), SVC(kernel="rbf", C=params["C"], gamma="scale"))
+        return model.fit(X, y)
+
+
+class KnnIndex:
+    """Cosine kNN over L2-normalised training features."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, n_classes: int) -> None:
+        self.X = _l2_normalise(X)
+        self.y = y
+        self.n_classes = n_classes
+
+    def neighbours(self, X: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (similarity, label) per query, most similar first."""
+        queries = _l2_normalise(X)
+        k = min(k, len(self.X))
+        sims, labels = [], []
+        for start in range(0, len(queries), chunk):
+            similarity = queries[start:start + chunk] @ self.X.T
+            top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+            top_sim = np.take_along_axis(similarity, top, axis=1)
+            order = np.argsort(-top_sim, axis=1, kind="stable")
+            sims.append(np.take_along_axis(top_sim, order, axis=1))
+            labels.append(self.y[np.take_along_axis(top, order, axis=1)])
+        return np.concatenate(sims), np.concatenate(labels)
+
+    def vote(self, sims: np.ndarray, labels: np.ndarray, k: int, weighting: str) -> np.ndarray:
+        sims, labels = sims[:, :k], labels[:, :k]
+        weights = np.exp(sims / KNN_TEMPERATURE) if weighting == "softmax" else np.ones_like(sims)
+        votes = np.zeros((len(sims), self.n_classes))
+        for c in range(self.n_classes):
+            votes[:, c] = (weights * (labels == c)).sum(axis=1)
+        return votes / votes.sum(axis=1, keepdims=True)
+
+    def scores(self, X: np.ndarray, k: int, weighting: str) -> np.ndarray:
+        sims, labels = self.neighbours(X, k)
+        return self.vote(sims, labels, k, weighting)
+
+
+def _l2_normalise(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def _best(candidates: list[tuple[dict, float]]) -> tuple[dict, float]:
+    best_index = max(range(len(candidates)), key=lambda i: (candidates[i][1], -i))
+    return candidates[best_index]
+
+
+def _best_peaks(values: list[float], positions: list[int], count: int) -> list[int]:
+    """Positions of the `count` highest local maxima (a plateau counts once, at its first point): small
+    validation sets give bumpy curves, and refining around two peaks finds the grid optimum far more
+    often than refining around one (BENCHMARKS.md)."""
+    peaks = []
+    for j, value in enumerate(values):
+        left = values[j - 1] if j > 0 else -np.inf
+        right = values[j + 1] if j + 1 < len(values) else -np.inf
+        if value > left and value >= right:
+            peaks.append((-value, j))
+    return [positions[j] for _, j in sorted(peaks)[:count]]
+
+
+def _search_logreg(Xtr, ytr, Xval, yval, n_classes, seed, full_grid: bool) -> tuple[dict, float]:
+    def score(i: int) -> float:
+        fitted = FittedProbe("logreg", {"C": LOGREG_GRID[i]}, _fit_sklearn("logreg", {"C": LOGREG_GRID[i]},
+                                                                            Xtr, ytr, seed))
+        return balanced_accuracy(yval, fitted.scores(Xval, n_classes))
+
+    tried: dict[int, float] = {}
+    indices = range(len(LOGREG_GRID)) if full_grid else range(0, len(LOGREG_GRID), 4)
+    for i in indices:
+        tried[i] = score(i)
+    if not full_grid:
+        for centre in _best_peaks([tried[i] for i in indices], list(indices), count=2):
+            for i in range(max(0, centre - 3), min(len(LOGREG_GRID), centre + 4)):
+                if i not in tried:
+                    tried[i] = score(i)
+    order = sorted(tried)
+    params, value = _best([({"C": LOGREG_GRID[i]}, tried[i]) for i in order])
+    return params, value
+
+
+def search(name: str, Xtr: np.ndarray, ytr: np.ndarray, Xval: np.ndarray, yval: np.ndarray, n_classes: int,
+           seed: int, *, full_grid: bool = False) -> tuple[dict, float]:
+    """Best hyperparameters on the validation data, and their validation balanced accuracy."""
+    if name == "logreg":
+        return _search_logreg(Xtr, ytr, Xval, yval, n_classes, seed, full_grid)
+    if name == "knn":
+        index = KnnIndex(Xtr, ytr, n_classes)
+        ks = [k for k in K_GRID if k <= len(Xtr)] or [len(Xtr)]
+        sims, labels = index.neighbours(Xval, max(ks))
+        candidates = [({"k": k, "weighting": w}, balanced_accuracy(yval, index.vote(sims, labels, k, w)))
+                      for w in ("uniform", "softmax") for k in ks]
+        return _best(candidates)
+    approximate = len(Xtr) > RBF_EXACT_LIMIT
+    grid = [{"kernel": "linear", "C": c} for c in SVM_LINEAR_GRID]
+    grid += [{"kernel": "rbf", "C": c, **({"approximate": True} if approximate else {})} for c in SVM_RBF_GRID]
+    candidates = []
+    for params in grid:
+        fitted = FittedProbe("svm", params, _fit_sklearn("svm", params, Xtr, ytr, seed))
+        candidates.append((params, balanced_accuracy(yval, fitted.scores(Xval, n_classes))))
+    return _best(candidates)
+
+
+def fit(name: str, params: dict, X: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> FittedProbe:
+    if name == "knn":
+        return FittedProbe(name, params, KnnIndex(X, y, n_classes))
+    if name == "svm" and params["kernel"] == "rbf" and len(X) > RBF_EXACT_LIMIT:
+        params = {**params, "approximate": True}
+    return FittedProbe(name, params, _fit_sklearn(name, params, X, y, seed))

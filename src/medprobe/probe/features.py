@@ -1,0 +1,106 @@
+"""Finding the caches a probe reads and turning them into one feature matrix. Torch-free: model names
+resolve through the registry only, and caches are read with h5py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medprobe.cache import list_cache_files, plan_rows, read_contents, read_features
+from medprobe.data.samples import Dataset
+from medprobe.errors import MedprobeError
+from medprobe.models.registry import resolve_model
+
+POOL_CHOICES = ("auto", "cls", "mean", "cls+mean", "cls4", "gap")
+
+
+@dataclass
+class CacheRef:
+    model: str  # the name shown in tables and records
+    path: Path
+    attrs: dict
+
+
+def _extract_hint(dataset: Dataset, model: str) -> str:
+    return f"run `medprobe extract {dataset.source} --model {model}`"
+
+
+def _complete_and_fresh(dataset: Dataset, path: Path) -> tuple[bool, str]:
+    contents = read_contents(path)
+    plan = plan_rows(contents, [(s.id, s.path) for s in dataset.samples])
+    if plan.up_to_date:
+        return True, ""
+    changed = len(plan.changed)
+    missing = len(plan.todo) - changed
+    return False, f"{missing} image(s) not extracted, {changed} changed since extraction"
+
+
+def find_cache(dataset: Dataset, model: str, cache_dir: Path) -> CacheRef:
+    """The newest cache of `model` that covers every sample of `dataset` with fresh features."""
+    spec = resolve_model(model)
+    candidates = list_cache_files(cache_dir, dataset.cache_slug, spec.slug)
+    if not candidates:
+        raise MedprobeError(f"no feature cache of {model} for {dataset.name} in {cache_dir}; "
+                            f"{_extract_hint(dataset, model)}")
+    problems = []
+    usable = []
+    for path in candidates:
+        ok, why = _complete_and_fresh(dataset, path)
+        (usable if ok else problems).append(path if ok else why)
+    if not usable:
+        raise MedprobeError(f"the cache of {model} for {dataset.name} is stale ({problems[0]}); "
+                            f"{_extract_hint(dataset, model)}")
+    newest = max(usable, key=lambda p: p.stat().st_mtime)
+    return CacheRef(model, newest, read_contents(newest).attrs)
+
+
+def extracted_models(dataset: Dataset, cache_dir: Path) -> list[CacheRef]:
+    """Every backbone with a complete, fresh cache for `dataset` (the newest file per model)."""
+    refs: dict[str, CacheRef] = {}
+    for path in list_cache_files(cache_dir, dataset.cache_slug):
+        if not _complete_and_fresh(dataset, path)[0]:
+            continue
+        attrs = read_contents(path).attrs
+        name = str(attrs.get("model_name") or path.stem.split("--")[0])
+        if name not in refs or path.stat().st_mtime > refs[name].path.stat().st_mtime:
+            refs[name] = CacheRef(name, path, attrs)
+    if not refs:
+        raise MedprobeError(f"no complete feature cache for {dataset.name} in {cache_dir}; "
+                            f"run `medprobe extract {dataset.source} --model dinov2-small` (or another model)")
+    return [refs[name] for name in sorted(refs)]
+
+
+def resolve_pools(pool: str, ref: CacheRef) -> list[str]:
+    stored = list(ref.attrs.get("pools") or [])
+    if pool == "auto":
+        return ["cls", "mean"] if "cls" in stored and "mean" in stored else stored[:1]
+    wanted = pool.split("+")
+    missing = [p for p in wanted if p not in stored]
+    if missing:
+        raise MedprobeError(f"--pool {pool}: {ref.model} stores no {', '.join(missing)} features "
+                            f"(it has: {', '.join(stored)}); use one of those or auto")
+    return wanted
+
+
+def feature_matrix(datasets: list[Dataset], refs_per_dataset: list[list[CacheRef]], pool: str,
+                   ids: list[str]) -> tuple[np.ndarray, list[dict]]:
+    """Concatenate, in a fixed order, the pooled features of every (dataset, cache) pair for `ids`."""
+    blocks, sources = [], []
+    for dataset, refs in zip(datasets, refs_per_dataset, strict=True):
+        known = set(dataset.ids)
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise MedprobeError(f"{dataset.source} lacks sample {missing[0]} (and {len(missing) - 1} more) of the "
+                                "main dataset; fused datasets must share sample ids")
+        for ref in refs:
+            pools = resolve_pools(pool, ref)
+            for name in pools:
+                blocks.append(read_features(ref.path, ids, name))
+            sources.append({"dataset": dataset.name, "model": ref.model, "pools": pools, "cache": str(ref.path),
+                            "provenance": {k: ref.attrs.get(k) for k in (
+                                "backend", "source", "revision_resolved", "weights_identity", "precision",
+                                "device_name", "num_parameters", "embed_dims", "images_per_second",
+                                "preprocessing")}})
+    return np.hstack(blocks).astype(np.float32), sources

@@ -1,0 +1,299 @@
+"""`medprobe probe`: for each backbone (or fused set of caches) x classifier, choose hyperparameters on
+validation data, refit on train+val, predict the held-out test samples, and write a run record with
+bootstrap CIs. Torch is never imported on this path."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from joblib import Parallel, delayed
+
+from medprobe import __version__
+from medprobe.cache.store import now_iso
+from medprobe.data.samples import Dataset
+from medprobe.data.splits import Fold, SplitPlan, dataset_splits
+from medprobe.errors import MedprobeError
+from medprobe.probe import classifiers
+from medprobe.probe.features import CacheRef, extracted_models, feature_matrix, find_cache
+from medprobe.probe.metrics import evaluate, evaluate_mean, interval
+from medprobe.progress import progress_bar
+from medprobe.results.record import record_paths, write_predictions, write_record
+
+
+@dataclass
+class ProbeSettings:
+    classifiers: tuple[str, ...] = ("logreg",)
+    pool: str = "auto"
+    folds: int = 5
+    seed: int = 0
+    bootstrap: int = 5000
+    n_jobs: int = 1
+    ordinal: bool = False
+    shots: tuple[int | str, ...] = ()
+    repeats: int = 5
+    fuse: bool = False
+    full_grid: bool = False
+    save_model: bool = False
+
+
+@dataclass
+class Job:
+    """One feature matrix to probe: a backbone, or several fused."""
+
+    name: str
+    refs: list[list[CacheRef]]  # per dataset (main first), the caches concatenated
+    X: np.ndarray = field(default=None, repr=False)
+    sources: list[dict] = field(default_factory=list)
+
+    @property
+    def pool(self) -> str:
+        """The pools actually used, e.g. cls+mean; mixed when fused backbones differ."""
+        kinds = {"+".join(source["pools"]) for source in self.sources}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def _summary_metrics(point: dict, distributions: dict, classes: list[str]) -> tuple[dict, dict]:
+    metrics, per_class = {}, {}
+    for name, value in point.items():
+        entry = {"value": None if not np.isfinite(value) else value, "ci": interval(distributions[name])}
+        if name.startswith("recall["):
+            per_class[classes[int(name[7:-1])]] = entry
+        else:
+            metrics[name] = entry
+    return metrics, per_class
+
+
+def _group_codes(groups: list[str | None]) -> np.ndarray | None:
+    if all(g is None for g in groups):
+        return None
+    names = [g if g is not None else f"\0{i}" for i, g in enumerate(groups)]
+    _, codes = np.unique(np.asarray(names, dtype=object), return_inverse=True)
+    return codes
+
+
+def patient_level(y: np.ndarray, scores: np.ndarray, groups: list[str | None]) -> tuple | None:
+    """Mean slice scores per patient; None when a patient's slices disagree on the label."""
+    codes = _group_codes(groups)
+    if codes is None:
+        return None
+    n_groups = codes.max() + 1
+    counts = np.bincount(codes, minlength=n_groups)
+    mean_scores = np.zeros((n_groups, scores.shape[1]))
+    np.add.at(mean_scores, codes, scores)
+    mean_scores /= counts[:, None]
+    labels = np.full(n_groups, -1)
+    for code, label in zip(codes, y, strict=True):
+        if labels[code] not in (-1, label):
+            return None
+        labels[code] = label
+    return labels, mean_scores
+
+
+def _run_fold(name: str, X: np.ndarray, y: np.ndarray, fold: Fold, n_classes: int, seed: int,
+              full_grid: bool) -> dict:
+    started = time.perf_counter()
+    params, val_score = classifiers.search(name, X[fold.train], y[fold.train], X[fold.val], y[fold.val],
+                                           n_classes, seed, full_grid=full_grid)
+    train_val = np.concatenate([fold.train, fold.val])
+    fitted = classifiers.fit(name, params, X[train_val], y[train_val], n_classes, seed)
+    return {"params": params, "val_balanced_accuracy": val_score, "scores": fitted.scores(X[fold.test], n_classes),
+            "model": fitted, "seconds": time.perf_counter() - started}
+
+
+def _few_shot_indices(pool: np.ndarray, y: np.ndarray, codes: np.ndarray | None, shots: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """`shots` samples per class, or `shots` patients per class (all their samples) when grouped."""
+    chosen = []
+    for label in np.unique(y[pool]):
+        members = pool[y[pool] == label]
+        if codes is None:
+            chosen.append(rng.choice(members, size=min(shots, len(members)), replace=False))
+        else:
+            patients = np.unique(codes[members])
+            picked = rng.choice(patients, size=min(shots, len(patients)), replace=False)
+            chosen.append(members[np.isin(codes[members], picked)])
+    return np.sort(np.concatenate(chosen))
+
+
+class Prober:
+    def __init__(self, dataset: Dataset, settings: ProbeSettings, out_dir: Path) -> None:
+        self.dataset = dataset
+        self.settings = settings
+        self.out_dir = Path(out_dir)
+        self.classes = dataset.classes
+        self.y = np.array([self.classes.index(s.label) for s in dataset.samples])
+        self.groups = [s.group for s in dataset.samples]
+        self.codes = _group_codes(self.groups)
+        self.plan: SplitPlan = dataset_splits(dataset, folds=settings.folds, seed=settings.seed)
+
+    def _base_record(self, job: Job, method: str, protocol: str) -> dict:
+        s = self.settings
+        plan = self.plan
+        return {
+            "kind": "probe", "method": method, "model": job.name, "pool": job.pool, "protocol": protocol,
+            "dataset": {"name": self.dataset.name, "source": str(self.dataset.source),
+                        "samples": len(self.dataset.samples), "classes": self.classes,
+                        "class_counts": dict(self.dataset.class_counts()), "grouped": plan.grouped},
+            "seed": s.seed, "folds": len(plan.folds), "split_protocol": plan.protocol,
+            "bootstrap": {"replicates": s.bootstrap, "unit": "patient" if self.codes is not None else "sample",
+                          "seed": s.seed, "level": 95},
+            "ordinal": s.ordinal, "features": job.sources, "feature_dim": int(job.X.shape[1]),
+            "medprobe_version": __version__, "created_at": now_iso(),
+        }
+
+    def _paths(self, job: Job, method: str, protocol: str) -> tuple[Path, Path]:
+        name = f"{job.name}__{job.pool}__{method}__{protocol}-seed{self.settings.seed}"
+        return record_paths(self.out_dir, self.dataset.name, name)
+
+    def _write(self, job: Job, method: str, protocol: str, record: dict, positions: np.ndarray,
+               fold_of: np.ndarray, scores: np.ndarray, extra: dict | None = None) -> dict:
+        json_path, csv_path = self._paths(job, method, protocol)
+        samples = self.dataset.samples
+        chosen = [samples[i] for i in positions]
+        write_predictions(csv_path, ids=[s.id for s in chosen], groups=[s.group for s in chosen],
+                          folds=fold_of.tolist(), labels=[s.label for s in chosen], classes=self.classes,
+                          scores=scores, extra=extra)
+        record["predictions"] = csv_path.name
+        record["record_path"] = str(json_path)
+        write_record(json_path, record)
+        return record
+
+    def _metrics_block(self, y: np.ndarray, scores: np.ndarray, clusters: np.ndarray | None) -> tuple[dict, dict]:
+        point, distributions = evaluate(y, scores, ordinal=self.settings.ordinal, replicates=self.settings.bootstrap,
+                                        seed=self.settings.seed, clusters=clusters)
+        return _summary_metrics(point, distributions, self.classes)
+
+    def run_full(self, job: Job, method: str) -> dict:
+        s = self.settings
+        started = time.perf_counter()
+        results = Parallel(n_jobs=s.n_jobs)(
+            delayed(_run_fold)(method, job.X, self.y, fold, len(self.classes), s.seed, s.full_grid)
+            for fold in self.plan.folds)
+        fit_seconds = time.perf_counter() - started
+        positions = np.concatenate([fold.test for fold in self.plan.folds])
+        fold_of = np.concatenate([np.full(len(fold.test), fold.index) for fold in self.plan.folds])
+        scores = np.concatenate([r["scores"] for r in results])
+        y = self.y[positions]
+        clusters = None if self.codes is None else np.unique(self.codes[positions], return_inverse=True)[1]
+        metrics, per_class = self._metrics_block(y, scores, clusters)
+        fold_points = [evaluate(self.y[f.test], r["scores"], ordinal=s.ordinal, replicates=0, seed=s.seed)[0]
+                       for f, r in zip(self.plan.folds, results, strict=True)]
+        for name, entry in metrics.items():
+            values = np.array([p[name] for p in fold_points], dtype=float)
+            entry["fold_mean"] = float(np.nanmean(values)) if np.isfinite(values).any() else None
+            entry["fold_std"] = float(np.nanstd(values)) if np.isfinite(values).any() else None
+        pred = scores.argmax(axis=1)
+        confusion = np.zeros((len(self.classes),) * 2, dtype=int)
+        np.add.at(confusion, (y, pred), 1)
+        record = self._base_record(job, method, self.plan.protocol)
+        record.update({
+            "sizes": [{"fold": f.index, "train": len(f.train), "val": len(f.val), "test": len(f.test)}
+                      for f in self.plan.folds],
+            "hyperparameters": [{"fold": f.index, **r["params"], "val_balanced_accuracy": r["val_balanced_accuracy"]}
+                                for f, r in zip(self.plan.folds, results, strict=True)],
+            "metrics": metrics, "per_class_recall": per_class,
+            "confusion_matrix": {"labels": self.classes, "rows": "true", "matrix": confusion.tolist()},
+            "patient_metrics": None,
+        })
+        patients = patient_level(y, scores, [self.groups[i] for i in positions])
+        if patients is not None:
+            patient_metrics, patient_recall = self._metrics_block(patients[0], patients[1], None)
+            record["patient_metrics"] = {"patients": len(patients[0]), "aggregation": "mean slice score",
+                                         "metrics": patient_metrics, "per_class_recall": patient_recall}
+        if s.save_model:
+            import joblib
+
+            json_path = self._paths(job, method, self.plan.protocol)[0]
+            model_path = json_path.with_name(json_path.stem + ".joblib")
+            model_path.parent.mkdir(parents=True, exist_ok=True)
+            joblib.dump({"classes": self.classes, "features": job.sources,
+                         "fold_models": [r["model"] for r in results]}, model_path)
+            record["model_file"] = model_path.name
+        record["timings"] = {"fit_seconds": round(fit_seconds, 3),
+                             "total_seconds": round(time.perf_counter() - started, 3)}
+        return self._write(job, method, self.plan.protocol, record, positions, fold_of, scores)
+
+    def run_few_shot(self, job: Job, method: str, shots: int) -> dict:
+        s = self.settings
+        started = time.perf_counter()
+        params = classifiers.FEW_SHOT_PARAMS[method]
+        positions = np.concatenate([fold.test for fold in self.plan.folds])
+        fold_of = np.concatenate([np.full(len(fold.test), fold.index) for fold in self.plan.folds])
+        repeated, train_sizes = [], []
+        for repeat in range(s.repeats):
+            fold_scores = []
+            for fold in self.plan.folds:
+                rng = np.random.default_rng([s.seed, repeat, fold.index, shots])
+                train = _few_shot_indices(np.concatenate([fold.train, fold.val]), self.y, self.codes, shots, rng)
+                train_sizes.append(len(train))
+                fitted = classifiers.fit(method, params, job.X[train], self.y[train], len(self.classes), s.seed)
+                fold_scores.append(fitted.scores(job.X[fold.test], len(self.classes)))
+            repeated.append(np.concatenate(fold_scores))
+        y = self.y[positions]
+        clusters = None if self.codes is None else np.unique(self.codes[positions], return_inverse=True)[1]
+        mean, std, distributions = evaluate_mean(y, repeated, ordinal=s.ordinal, replicates=s.bootstrap,
+                                                 seed=s.seed, clusters=clusters)
+        metrics, per_class = _summary_metrics(mean, distributions, self.classes)
+        for name, entry in metrics.items():
+            entry["repeat_std"] = std[name] if np.isfinite(std[name]) else None
+        protocol = f"shots{shots}x{s.repeats}-{self.plan.protocol}"
+        record = self._base_record(job, method, protocol)
+        record.update({
+            "shots": shots, "repeats": s.repeats, "hyperparameters": [params],
+            "train_sizes": {"min": int(min(train_sizes)), "max": int(max(train_sizes))},
+            "metrics": metrics, "per_class_recall": per_class, "patient_metrics": None,
+            "note": "fixed hyperparameters (no validation data at this label budget); value = mean over "
+                    "repeats, ci = bootstrap of that mean over the shared test samples",
+            "timings": {"total_seconds": round(time.perf_counter() - started, 3)},
+        })
+        mean_scores = np.mean(repeated, axis=0)
+        return self._write(job, method, protocol, record, positions, fold_of, mean_scores)
+
+
+def build_jobs(dataset: Dataset, models: list[str] | None, cache_dir: Path, with_datasets: list[Dataset],
+               fuse: bool) -> list[Job]:
+    refs = ([find_cache(dataset, m, cache_dir) for m in models] if models else extracted_models(dataset, cache_dir))
+    per_model = []
+    for ref in refs:
+        extra = [find_cache(other, ref.model, cache_dir) for other in with_datasets]
+        per_model.append((ref, extra))
+    if fuse:
+        if len(per_model) < 2 and not with_datasets:
+            raise MedprobeError("--fuse needs at least two --model caches (or --with another dataset)")
+        name = "+".join(ref.model for ref, _ in per_model) + ("" if not with_datasets else "+" + "+".join(
+            d.name for d in with_datasets))
+        return [Job(name, [[ref for ref, _ in per_model]] + [[extra[i] for _, extra in per_model]
+                                                              for i in range(len(with_datasets))])]
+    jobs = []
+    for ref, extra in per_model:
+        name = ref.model if not with_datasets else "+".join([ref.model, *(d.name for d in with_datasets)])
+        jobs.append(Job(name, [[ref], *([e] for e in extra)]))
+    return jobs
+
+
+def probe(*, dataset: Dataset, models: list[str] | None, cache_dir: Path, out_dir: Path,
+          settings: ProbeSettings, with_datasets: list[Dataset] = (), show_progress: bool = True) -> list[dict]:
+    for name in settings.classifiers:
+        if name not in classifiers.CLASSIFIERS:
+            raise MedprobeError(f"--clf {name!r} is not one of {', '.join(classifiers.CLASSIFIERS)}, all")
+    if settings.bootstrap < 0:
+        raise MedprobeError("--bootstrap must be 0 or more")
+    prober = Prober(dataset, settings, out_dir)
+    jobs = build_jobs(dataset, models, cache_dir, list(with_datasets), settings.fuse)
+    budgets = [shot for shot in settings.shots if shot != "all"]
+    steps = len(jobs) * len(settings.classifiers) * (len(budgets) + (not settings.shots or "all" in settings.shots))
+    records = []
+    with progress_bar("probe", total=steps, enabled=show_progress, unit="run") as advance:
+        for job in jobs:
+            job.X, job.sources = feature_matrix([dataset, *with_datasets], job.refs, settings.pool, dataset.ids)
+            for method in settings.classifiers:
+                if not settings.shots or "all" in settings.shots:
+                    records.append(prober.run_full(job, method))
+                    advance(1)
+                for shots in budgets:
+                    records.append(prober.run_few_shot(job, method, int(shots)))
+                    advance(1)
+    return records

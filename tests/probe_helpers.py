@@ -1,0 +1,63 @@
+"""Datasets with synthetic features written straight into a cache, so probe tests control the signal."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from medprobe.cache import CacheWriter, cache_path
+from medprobe.cache.freshness import stat_signature
+from medprobe.data import load_dataset
+from medprobe.data.images import fingerprint_bytes
+from medprobe.models.registry import resolve_model
+
+
+def write_manifest(root: Path, labels: list[str], groups: list[str] | None = None,
+                   splits: list[str] | None = None, name: str = "labels.csv") -> Path:
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    fields = ["path", "label"] + (["group"] if groups else []) + (["split"] if splits else [])
+    rows = []
+    for i, label in enumerate(labels):
+        image = root / "img" / f"{i:05d}.png"
+        if not image.exists():
+            Image.new("L", (2, 2), i % 256).save(image)
+        row = {"path": f"img/{i:05d}.png", "label": label}
+        if groups:
+            row["group"] = groups[i]
+        if splits:
+            row["split"] = splits[i]
+        rows.append(row)
+    path = root / name
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_cache(dataset, cache_dir: Path, model: str, features: dict[str, np.ndarray]) -> Path:
+    spec = resolve_model(model)
+    path = cache_path(cache_dir, dataset.cache_slug, spec.slug, "synthetic")
+    provenance = {"model_name": model, "backend": spec.backend, "pools": list(features), "precision": "fp32",
+                  "weights_identity": "synthetic", "embed_dims": {k: v.shape[1] for k, v in features.items()}}
+    with CacheWriter(path, provenance) as writer:
+        writer.append_rows(dataset.ids)
+        writer.write(np.arange(len(dataset.ids)), features,
+                     [fingerprint_bytes(s.path.read_bytes()) for s in dataset.samples],
+                     [stat_signature(s.path) for s in dataset.samples])
+    return path
+
+
+def synthetic_study(root: Path, cache_dir: Path, labels: list[str], features: np.ndarray, *,
+                    groups: list[str] | None = None, splits: list[str] | None = None, model: str = "dinov2-small",
+                    pools: tuple[str, ...] = ("cls", "mean")):
+    dataset = load_dataset(write_manifest(root, labels, groups, splits))
+    half = features.shape[1] // 2 if len(pools) == 2 else features.shape[1]
+    blocks = {pools[0]: features[:, :half]}
+    if len(pools) == 2:
+        blocks[pools[1]] = features[:, half:]
+    write_cache(dataset, cache_dir, model, blocks)
+    return dataset
