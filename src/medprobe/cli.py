@@ -91,7 +91,7 @@ def probe_command(
     folds: int = typer.Option(5, help="k for stratified (patient-grouped) k-fold, when DATA has no split column"),
     seed: int = typer.Option(0, help="Seed for splits, classifiers and the bootstrap"),
     bootstrap: int = typer.Option(5000, help="Bootstrap resamples for the 95% CIs (0: none)"),
-    n_jobs: int = typer.Option(1, "--n-jobs", help="Folds run in parallel processes"),
+    n_jobs: int = typer.Option(-1, "--n-jobs", help="Folds in parallel processes (-1: one per core)"),
     out: Path = typer.Option(Path("medprobe-results"), "--out", help="Results folder"),
     cache_dir: Path = CacheDirOption,
     ordinal: bool = typer.Option(False, "--ordinal", help="Labels are ordered (e.g. grades): adds quadratic kappa"),
@@ -123,28 +123,11 @@ def probe_command(
                              fuse=fuse, full_grid=full_grid, save_model=save_model)
     records = probe(dataset=_dataset(data), models=list(model) if model else None, cache_dir=_cache_dir(cache_dir),
                     out_dir=out, settings=settings, with_datasets=[load_dataset(p) for p in with_data or []])
-    _print_records(records)
+    from medprobe.results.table import records_table
+
+    console.print(records_table(records))
     console.print(f"records: {Path(records[0]['record_path']).parent}")
 
-
-def _cell(metrics: dict, name: str) -> str:
-    entry = metrics.get(name) or {}
-    value, ci = entry.get("value"), entry.get("ci")
-    if value is None:
-        return "-"
-    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
-
-
-def _print_records(records: list[dict]) -> None:
-    columns = ("accuracy", "balanced_accuracy", "f1_weighted", "auroc")
-    table = Table("model", "pool", "method", "protocol", *columns, title="test metrics, 95% bootstrap CI")
-    for record in records:
-        table.add_row(record["model"], record["pool"], record["method"], record["protocol"],
-                      *(_cell(record["metrics"], c) for c in columns))
-        if record.get("patient_metrics"):
-            patient = record["patient_metrics"]["metrics"]
-            table.add_row("", "", "", "per patient", *(_cell(patient, c) for c in columns))
-    console.print(table)
 
 
 @datasets_app.command("inspect")

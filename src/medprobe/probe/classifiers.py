@@ -5,7 +5,7 @@ knn: normalised neighbour votes).
 - logreg: standardised features, L2 LogisticRegression, C from DINOv2's 45-value log grid 1e-6..1e5,
   searched coarse-to-fine (every 4th value, then the 3 neighbours each side of the two best peaks:
   at most 24 fits instead of 45); `full_grid` tries all 45.
-- svm: standardised features; linear (LinearSVC) and RBF (SVC, gamma="scale"), each over a C grid. Above
+- svm: standardised features; linear (LinearSVC, C in 1e-4..1) and RBF (SVC, gamma="scale", C in 0.1..100). Above
   RBF_EXACT_LIMIT training samples the RBF kernel is approximated (Nystroem, 1024 components) to keep the
   cost linear in N; the record says so.
 - knn: L2-normalised features, cosine similarity, k from K_GRID capped by the training size, uniform or
@@ -31,11 +31,12 @@ from medprobe.probe.metrics import all_metrics
 
 CLASSIFIERS = ("logreg", "svm", "knn")
 LOGREG_GRID = tuple(float(c) for c in np.logspace(-6, 5, 45))
-SVM_LINEAR_GRID = tuple(float(c) for c in np.logspace(-4, 1, 6))
-SVM_RBF_GRID = tuple(float(c) for c in np.logspace(-1, 3, 5))
+SVM_LINEAR_GRID = tuple(float(c) for c in np.logspace(-4, 0, 5))
+SVM_RBF_GRID = tuple(float(c) for c in np.logspace(-1, 2, 4))
 K_GRID = (1, 3, 5, 10, 20, 50, 100, 200)
 KNN_TEMPERATURE = 0.07
 RBF_EXACT_LIMIT = 4000
+NYSTROEM_COMPONENTS = 1024
 # fixed hyperparameters for few-shot training, where no validation data exists
 FEW_SHOT_PARAMS = {"logreg": {"C": 1.0}, "svm": {"kernel": "linear", "C": 1.0},
                    "knn": {"k": 20, "weighting": "softmax"}}
@@ -51,19 +52,23 @@ def softmax(values: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def full_scores(model, X: np.ndarray, n_classes: int) -> np.ndarray:
-    """Scores for every class index, also for classes a training subset happened to lack."""
-    classes = model.classes_
-    if isinstance(model[-1], LogisticRegression):
-        partial = model.predict_proba(X)
+def decision_scores(estimator, Z: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-class scores summing to 1 for every class index (also classes a training subset lacked)."""
+    if isinstance(estimator, LogisticRegression):
+        partial = estimator.predict_proba(Z)
     else:
-        decision = model.decision_function(X)
+        decision = estimator.decision_function(Z)
         if decision.ndim == 1:
             decision = np.stack([-decision, decision], axis=1) / 2
         partial = softmax(decision)
-    out = np.zeros((len(X), n_classes))
-    out[:, classes] = partial
+    out = np.zeros((len(Z), n_classes))
+    out[:, estimator.classes_] = partial
     return out
+
+
+def full_scores(model, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """decision_scores of a fitted pipeline (its last step sees the transformed features)."""
+    return decision_scores(model[-1], model[:-1].transform(X), n_classes)
 
 
 @dataclass
@@ -86,8 +91,7 @@ def _fit_sklearn(name: str, params: dict, X: np.ndarray, y: np.ndarray, seed: in
         elif params["kernel"] == "linear":
             model = make_pipeline(StandardScaler(), LinearSVC(C=params["C"], max_iter=5000, random_state=seed))
         elif params.get("approximate"):
-            model = make_pipeline(StandardScaler(), Nystroem(gamma=1.0 / X.shape[1], n_components=1024,
-                                                             random_state=seed),
+            model = make_pipeline(StandardScaler(), _nystroem(X.shape[1], seed),
                                   LinearSVC(C=params["C"], max_iter=5000, random_state=seed))
         else:
             model = make_pipeline(StandardScaler(), SVC(kernel="rbf", C=params["C"], gamma="scale"))
@@ -153,23 +157,58 @@ def _best_peaks(values: list[float], positions: list[int], count: int) -> list[i
 
 
 def _search_logreg(Xtr, ytr, Xval, yval, n_classes, seed, full_grid: bool) -> tuple[dict, float]:
-    def score(i: int) -> float:
-        fitted = FittedProbe("logreg", {"C": LOGREG_GRID[i]}, _fit_sklearn("logreg", {"C": LOGREG_GRID[i]},
-                                                                            Xtr, ytr, seed))
-        return balanced_accuracy(yval, fitted.scores(Xval, n_classes))
-
+    scaler = StandardScaler().fit(Xtr)
+    Ztr, Zval = scaler.transform(Xtr), scaler.transform(Xval)
+    # one warm-started model: each C starts from the previous solution, in increasing C order
+    model = LogisticRegression(max_iter=1000, tol=1e-4, warm_start=True)
     tried: dict[int, float] = {}
-    indices = range(len(LOGREG_GRID)) if full_grid else range(0, len(LOGREG_GRID), 4)
-    for i in indices:
-        tried[i] = score(i)
+
+    def evaluate(indices) -> None:
+        for i in sorted(set(indices) - set(tried)):
+            model.set_params(C=LOGREG_GRID[i])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                model.fit(Ztr, ytr)
+            tried[i] = balanced_accuracy(yval, decision_scores(model, Zval, n_classes))
+
+    coarse = list(range(len(LOGREG_GRID))) if full_grid else list(range(0, len(LOGREG_GRID), 4))
+    evaluate(coarse)
     if not full_grid:
-        for centre in _best_peaks([tried[i] for i in indices], list(indices), count=2):
-            for i in range(max(0, centre - 3), min(len(LOGREG_GRID), centre + 4)):
-                if i not in tried:
-                    tried[i] = score(i)
+        for centre in _best_peaks([tried[i] for i in coarse], coarse, count=2):
+            evaluate(range(max(0, centre - 3), min(len(LOGREG_GRID), centre + 4)))
     order = sorted(tried)
-    params, value = _best([({"C": LOGREG_GRID[i]}, tried[i]) for i in order])
-    return params, value
+    return _best([({"C": LOGREG_GRID[i]}, tried[i]) for i in order])
+
+
+def _search_svm(Xtr, ytr, Xval, yval, n_classes, seed) -> tuple[dict, float]:
+    """Features are standardised (and, for approximate RBF, mapped) once per search, not once per C."""
+    scaler = StandardScaler().fit(Xtr)
+    Ztr, Zval = scaler.transform(Xtr), scaler.transform(Xval)
+    candidates = []
+
+    def score(params: dict, estimator, train, val) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            estimator.fit(train, ytr)
+        candidates.append((params, balanced_accuracy(yval, decision_scores(estimator, val, n_classes))))
+
+    for c in SVM_LINEAR_GRID:
+        score({"kernel": "linear", "C": c}, LinearSVC(C=c, max_iter=5000, random_state=seed), Ztr, Zval)
+    if len(Xtr) > RBF_EXACT_LIMIT:
+        mapping = _nystroem(Xtr.shape[1], seed).fit(Ztr)
+        Ntr, Nval = mapping.transform(Ztr), mapping.transform(Zval)
+        for c in SVM_RBF_GRID:
+            score({"kernel": "rbf", "C": c, "approximate": True}, LinearSVC(C=c, max_iter=5000, random_state=seed),
+                  Ntr, Nval)
+    else:
+        for c in SVM_RBF_GRID:
+            score({"kernel": "rbf", "C": c}, SVC(kernel="rbf", C=c, gamma="scale"), Ztr, Zval)
+    return _best(candidates)
+
+
+def _nystroem(n_features: int, seed: int) -> Nystroem:
+    # gamma = 1 / n_features equals SVC's gamma="scale" on standardised features (variance 1)
+    return Nystroem(gamma=1.0 / n_features, n_components=NYSTROEM_COMPONENTS, random_state=seed)
 
 
 def search(name: str, Xtr: np.ndarray, ytr: np.ndarray, Xval: np.ndarray, yval: np.ndarray, n_classes: int,
@@ -177,20 +216,13 @@ def search(name: str, Xtr: np.ndarray, ytr: np.ndarray, Xval: np.ndarray, yval: 
     """Best hyperparameters on the validation data, and their validation balanced accuracy."""
     if name == "logreg":
         return _search_logreg(Xtr, ytr, Xval, yval, n_classes, seed, full_grid)
-    if name == "knn":
-        index = KnnIndex(Xtr, ytr, n_classes)
-        ks = [k for k in K_GRID if k <= len(Xtr)] or [len(Xtr)]
-        sims, labels = index.neighbours(Xval, max(ks))
-        candidates = [({"k": k, "weighting": w}, balanced_accuracy(yval, index.vote(sims, labels, k, w)))
-                      for w in ("uniform", "softmax") for k in ks]
-        return _best(candidates)
-    approximate = len(Xtr) > RBF_EXACT_LIMIT
-    grid = [{"kernel": "linear", "C": c} for c in SVM_LINEAR_GRID]
-    grid += [{"kernel": "rbf", "C": c, **({"approximate": True} if approximate else {})} for c in SVM_RBF_GRID]
-    candidates = []
-    for params in grid:
-        fitted = FittedProbe("svm", params, _fit_sklearn("svm", params, Xtr, ytr, seed))
-        candidates.append((params, balanced_accuracy(yval, fitted.scores(Xval, n_classes))))
+    if name == "svm":
+        return _search_svm(Xtr, ytr, Xval, yval, n_classes, seed)
+    index = KnnIndex(Xtr, ytr, n_classes)
+    ks = [k for k in K_GRID if k <= len(Xtr)] or [len(Xtr)]
+    sims, labels = index.neighbours(Xval, max(ks))
+    candidates = [({"k": k, "weighting": w}, balanced_accuracy(yval, index.vote(sims, labels, k, w)))
+                  for w in ("uniform", "softmax") for k in ks]
     return _best(candidates)
 
 

@@ -30,7 +30,7 @@ class ProbeSettings:
     folds: int = 5
     seed: int = 0
     bootstrap: int = 5000
-    n_jobs: int = 1
+    n_jobs: int = -1  # folds in parallel processes, one per core (liblinear and libsvm are single-threaded)
     ordinal: bool = False
     shots: tuple[int | str, ...] = ()
     repeats: int = 5
@@ -93,14 +93,15 @@ def patient_level(y: np.ndarray, scores: np.ndarray, groups: list[str | None]) -
 
 
 def _run_fold(name: str, X: np.ndarray, y: np.ndarray, fold: Fold, n_classes: int, seed: int,
-              full_grid: bool) -> dict:
+              full_grid: bool, keep_model: bool) -> dict:
     started = time.perf_counter()
     params, val_score = classifiers.search(name, X[fold.train], y[fold.train], X[fold.val], y[fold.val],
                                            n_classes, seed, full_grid=full_grid)
     train_val = np.concatenate([fold.train, fold.val])
     fitted = classifiers.fit(name, params, X[train_val], y[train_val], n_classes, seed)
+    # the fitted probe goes back to the parent process only when it is saved (a kNN index holds its data)
     return {"params": params, "val_balanced_accuracy": val_score, "scores": fitted.scores(X[fold.test], n_classes),
-            "model": fitted, "seconds": time.perf_counter() - started}
+            "model": fitted if keep_model else None, "seconds": time.perf_counter() - started}
 
 
 def _few_shot_indices(pool: np.ndarray, y: np.ndarray, codes: np.ndarray | None, shots: int,
@@ -129,6 +130,12 @@ class Prober:
         self.codes = _group_codes(self.groups)
         self.plan: SplitPlan = dataset_splits(dataset, folds=settings.folds, seed=settings.seed)
 
+    def _test_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every test sample once (pooled over folds), and the fold that tested it."""
+        folds = self.plan.folds
+        return (np.concatenate([f.test for f in folds]),
+                np.concatenate([np.full(len(f.test), f.index) for f in folds]))
+
     def _base_record(self, job: Job, method: str, protocol: str) -> dict:
         s = self.settings
         plan = self.plan
@@ -149,13 +156,13 @@ class Prober:
         return record_paths(self.out_dir, self.dataset.name, name)
 
     def _write(self, job: Job, method: str, protocol: str, record: dict, positions: np.ndarray,
-               fold_of: np.ndarray, scores: np.ndarray, extra: dict | None = None) -> dict:
+               fold_of: np.ndarray, scores: np.ndarray) -> dict:
         json_path, csv_path = self._paths(job, method, protocol)
         samples = self.dataset.samples
         chosen = [samples[i] for i in positions]
         write_predictions(csv_path, ids=[s.id for s in chosen], groups=[s.group for s in chosen],
                           folds=fold_of.tolist(), labels=[s.label for s in chosen], classes=self.classes,
-                          scores=scores, extra=extra)
+                          scores=scores)
         record["predictions"] = csv_path.name
         record["record_path"] = str(json_path)
         write_record(json_path, record)
@@ -170,11 +177,10 @@ class Prober:
         s = self.settings
         started = time.perf_counter()
         results = Parallel(n_jobs=s.n_jobs)(
-            delayed(_run_fold)(method, job.X, self.y, fold, len(self.classes), s.seed, s.full_grid)
+            delayed(_run_fold)(method, job.X, self.y, fold, len(self.classes), s.seed, s.full_grid, s.save_model)
             for fold in self.plan.folds)
         fit_seconds = time.perf_counter() - started
-        positions = np.concatenate([fold.test for fold in self.plan.folds])
-        fold_of = np.concatenate([np.full(len(fold.test), fold.index) for fold in self.plan.folds])
+        positions, fold_of = self._test_positions()
         scores = np.concatenate([r["scores"] for r in results])
         y = self.y[positions]
         clusters = None if self.codes is None else np.unique(self.codes[positions], return_inverse=True)[1]
@@ -220,8 +226,7 @@ class Prober:
         s = self.settings
         started = time.perf_counter()
         params = classifiers.FEW_SHOT_PARAMS[method]
-        positions = np.concatenate([fold.test for fold in self.plan.folds])
-        fold_of = np.concatenate([np.full(len(fold.test), fold.index) for fold in self.plan.folds])
+        positions, fold_of = self._test_positions()
         repeated, train_sizes = [], []
         for repeat in range(s.repeats):
             fold_scores = []

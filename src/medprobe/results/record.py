@@ -53,17 +53,14 @@ def _jsonable(value):
 
 
 def write_predictions(path: Path, *, ids: Sequence[str], groups: Sequence[str | None], folds: Sequence[int],
-                      labels: Sequence[str], classes: Sequence[str], scores: np.ndarray,
-                      extra: dict[str, Sequence] | None = None) -> None:
-    extra = extra or {}
-
+                      labels: Sequence[str], classes: Sequence[str], scores: np.ndarray) -> None:
     def write(handle) -> None:
         writer = csv.writer(handle)
-        writer.writerow(["id", "group", "fold", *extra, "label", "prediction", *(f"score_{c}" for c in classes)])
+        writer.writerow(["id", "group", "fold", "label", "prediction", *(f"score_{c}" for c in classes)])
         predictions = np.asarray(classes, dtype=object)[scores.argmax(axis=1)]
         for i, sample_id in enumerate(ids):
-            writer.writerow([sample_id, groups[i] or "", folds[i], *(column[i] for column in extra.values()),
-                             labels[i], predictions[i], *(repr(float(v)) for v in scores[i])])
+            writer.writerow([sample_id, groups[i] or "", folds[i], labels[i], predictions[i],
+                             *(repr(float(v)) for v in scores[i])])
 
     _atomic_write(path, write)
 
