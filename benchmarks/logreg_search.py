@@ -52,10 +52,10 @@ def main() -> None:
     full_time = two_time = 0.0
     for _ in range(args.problems):
         data = problem(rng)
-        full, t_full = timed_search(data, full_grid=True)
-        two, t_two = timed_search(data)
+        full, t_full = timed_search(data)
+        two, t_two = timed_search(data, coarse_to_fine=True)
         with mock.patch.object(classifiers, "_best_peaks", one_peak):
-            one, _ = timed_search(data)
+            one, _ = timed_search(data, coarse_to_fine=True)
         same_two += two == full
         same_one += one == full
         full_time += t_full

@@ -196,8 +196,9 @@ def test_coarse_to_fine_finds_the_full_grid_optimum(seed):
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(y))
     train, val = order[:80], order[80:]
-    coarse = classifiers.search("logreg", features[train], y[train], features[val], y[val], 3, 0)
-    full = classifiers.search("logreg", features[train], y[train], features[val], y[val], 3, 0, full_grid=True)
+    coarse = classifiers.search("logreg", features[train], y[train], features[val], y[val], 3, 0,
+                                coarse_to_fine=True)
+    full = classifiers.search("logreg", features[train], y[train], features[val], y[val], 3, 0)
     assert coarse[1] == full[1]  # the same best validation score
 
 

@@ -101,7 +101,8 @@ def probe_command(
     with_data: list[Path] = typer.Option(None, "--with", help="Another dataset with the same sample ids (e.g. a "
                                          "second modality) whose features are concatenated"),
     save_model: bool = typer.Option(False, "--save-model", help="Also save the fitted probes (joblib)"),
-    full_grid: bool = typer.Option(False, "--full-grid", help="logreg: try all 45 C values, not coarse-to-fine"),
+    coarse_to_fine: bool = typer.Option(False, "--coarse-to-fine",
+                                        help="logreg: ~24 of the 45 C values around the best peaks (faster)"),
 ) -> None:
     """Logistic regression, SVM and kNN probes on cached features, with honest splits and bootstrap CIs."""
     from medprobe.data import load_dataset
@@ -120,7 +121,7 @@ def probe_command(
             raise MedprobeError(f"--shots {shots!r}: counts must be at least 1")
     settings = ProbeSettings(classifiers=tuple(dict.fromkeys(methods)), pool=pool, folds=folds, seed=seed,
                              bootstrap=bootstrap, n_jobs=n_jobs, ordinal=ordinal, shots=shot_list, repeats=repeats,
-                             fuse=fuse, full_grid=full_grid, save_model=save_model)
+                             fuse=fuse, coarse_to_fine=coarse_to_fine, save_model=save_model)
     records = probe(dataset=_dataset(data), models=list(model) if model else None, cache_dir=_cache_dir(cache_dir),
                     out_dir=out, settings=settings, with_datasets=[load_dataset(p) for p in with_data or []])
     from medprobe.results.table import records_table

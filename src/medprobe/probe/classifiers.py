@@ -2,9 +2,10 @@
 returns per-class scores that sum to 1 (logreg: probabilities; svm: a softmax of decision values;
 knn: normalised neighbour votes).
 
-- logreg: standardised features, L2 LogisticRegression, C from DINOv2's 45-value log grid 1e-6..1e5,
-  searched coarse-to-fine (every 4th value, then the 3 neighbours each side of the two best peaks:
-  at most 24 fits instead of 45); `full_grid` tries all 45.
+- logreg: standardised features, L2 LogisticRegression, C from DINOv2's 45-value log grid 1e-6..1e5, all
+  45 tried (warm-started in increasing C). `coarse_to_fine` tries every 4th value, then the 3 neighbours
+  each side of the two best peaks (at most 24 fits); it is faster but does not always find the full grid's
+  optimum (BENCHMARKS.md), so it is opt-in.
 - svm: standardised features; linear (LinearSVC, C in 1e-4..1) and RBF (SVC, gamma="scale", C in 0.1..100). Above
   RBF_EXACT_LIMIT training samples the RBF kernel is approximated (Nystroem, 1024 components) to keep the
   cost linear in N; the record says so.
@@ -145,8 +146,8 @@ def _best(candidates: list[tuple[dict, float]]) -> tuple[dict, float]:
 
 def _best_peaks(values: list[float], positions: list[int], count: int) -> list[int]:
     """Positions of the `count` highest local maxima (a plateau counts once, at its first point): small
-    validation sets give bumpy curves, and refining around two peaks finds the grid optimum far more
-    often than refining around one (BENCHMARKS.md)."""
+    validation sets give bumpy curves, and refining around two peaks finds the grid optimum more often
+    than refining around one (BENCHMARKS.md)."""
     peaks = []
     for j, value in enumerate(values):
         left = values[j - 1] if j > 0 else -np.inf
@@ -156,7 +157,7 @@ def _best_peaks(values: list[float], positions: list[int], count: int) -> list[i
     return [positions[j] for _, j in sorted(peaks)[:count]]
 
 
-def _search_logreg(Xtr, ytr, Xval, yval, n_classes, seed, full_grid: bool) -> tuple[dict, float]:
+def _search_logreg(Xtr, ytr, Xval, yval, n_classes, seed, coarse_to_fine: bool) -> tuple[dict, float]:
     scaler = StandardScaler().fit(Xtr)
     Ztr, Zval = scaler.transform(Xtr), scaler.transform(Xval)
     # one warm-started model: each C starts from the previous solution, in increasing C order
@@ -171,9 +172,9 @@ def _search_logreg(Xtr, ytr, Xval, yval, n_classes, seed, full_grid: bool) -> tu
                 model.fit(Ztr, ytr)
             tried[i] = balanced_accuracy(yval, decision_scores(model, Zval, n_classes))
 
-    coarse = list(range(len(LOGREG_GRID))) if full_grid else list(range(0, len(LOGREG_GRID), 4))
+    coarse = list(range(0, len(LOGREG_GRID), 4)) if coarse_to_fine else list(range(len(LOGREG_GRID)))
     evaluate(coarse)
-    if not full_grid:
+    if coarse_to_fine:
         for centre in _best_peaks([tried[i] for i in coarse], coarse, count=2):
             evaluate(range(max(0, centre - 3), min(len(LOGREG_GRID), centre + 4)))
     order = sorted(tried)
@@ -212,10 +213,10 @@ def _nystroem(n_features: int, seed: int) -> Nystroem:
 
 
 def search(name: str, Xtr: np.ndarray, ytr: np.ndarray, Xval: np.ndarray, yval: np.ndarray, n_classes: int,
-           seed: int, *, full_grid: bool = False) -> tuple[dict, float]:
+           seed: int, *, coarse_to_fine: bool = False) -> tuple[dict, float]:
     """Best hyperparameters on the validation data, and their validation balanced accuracy."""
     if name == "logreg":
-        return _search_logreg(Xtr, ytr, Xval, yval, n_classes, seed, full_grid)
+        return _search_logreg(Xtr, ytr, Xval, yval, n_classes, seed, coarse_to_fine)
     if name == "svm":
         return _search_svm(Xtr, ytr, Xval, yval, n_classes, seed)
     index = KnnIndex(Xtr, ytr, n_classes)

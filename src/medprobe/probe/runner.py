@@ -35,7 +35,7 @@ class ProbeSettings:
     shots: tuple[int | str, ...] = ()
     repeats: int = 5
     fuse: bool = False
-    full_grid: bool = False
+    coarse_to_fine: bool = False
     save_model: bool = False
 
 
@@ -93,10 +93,10 @@ def patient_level(y: np.ndarray, scores: np.ndarray, groups: list[str | None]) -
 
 
 def _run_fold(name: str, X: np.ndarray, y: np.ndarray, fold: Fold, n_classes: int, seed: int,
-              full_grid: bool, keep_model: bool) -> dict:
+              coarse_to_fine: bool, keep_model: bool) -> dict:
     started = time.perf_counter()
     params, val_score = classifiers.search(name, X[fold.train], y[fold.train], X[fold.val], y[fold.val],
-                                           n_classes, seed, full_grid=full_grid)
+                                           n_classes, seed, coarse_to_fine=coarse_to_fine)
     train_val = np.concatenate([fold.train, fold.val])
     fitted = classifiers.fit(name, params, X[train_val], y[train_val], n_classes, seed)
     # the fitted probe goes back to the parent process only when it is saved (a kNN index holds its data)
@@ -177,7 +177,7 @@ class Prober:
         s = self.settings
         started = time.perf_counter()
         results = Parallel(n_jobs=s.n_jobs)(
-            delayed(_run_fold)(method, job.X, self.y, fold, len(self.classes), s.seed, s.full_grid, s.save_model)
+            delayed(_run_fold)(method, job.X, self.y, fold, len(self.classes), s.seed, s.coarse_to_fine, s.save_model)
             for fold in self.plan.folds)
         fit_seconds = time.perf_counter() - started
         positions, fold_of = self._test_positions()
