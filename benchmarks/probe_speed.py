@@ -72,7 +72,7 @@ def write_features(manifest: Path, cache_dir: Path, dim: int, seed: int = 0) -> 
                      [stat_signature(s.path) for s in dataset.samples])
 
 
-def one_probe(n: int, dim: int) -> dict:
+def one_probe(n: int, dim: int, methods: tuple[str, ...]) -> dict:
     """Runs in a child process: build, then time the probe re-run."""
     from medprobe.data import load_dataset
     from medprobe.probe.runner import ProbeSettings, probe
@@ -83,7 +83,7 @@ def one_probe(n: int, dim: int) -> dict:
         write_features(manifest, tmp / "cache", dim)
         started = time.perf_counter()
         records = probe(dataset=load_dataset(manifest), models=None, cache_dir=tmp / "cache", out_dir=tmp / "out",
-                        settings=ProbeSettings(classifiers=("logreg", "svm", "knn")), show_progress=False)
+                        settings=ProbeSettings(classifiers=methods), show_progress=False)
         seconds = time.perf_counter() - started
     from joblib.externals.loky import get_reusable_executor
 
@@ -124,19 +124,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--dims", default="384,1024")
+    parser.add_argument("--clf", default="logreg,svm,knn", help="classifiers to run (default: all three)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--one", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    methods = tuple(args.clf.split(","))
     if args.one:
-        print(json.dumps(one_probe(*args.one)))
+        print(json.dumps(one_probe(*args.one, methods)))
         return
     dims = [int(d) for d in args.dims.split(",")]
     rates = {dim: extraction_rate(dim) for dim in dims}
     rows = []
     for dim in dims:
         for n in (int(s) for s in args.sizes.split(",")):
-            child = subprocess.run([sys.executable, __file__, "--one", str(n), str(dim)], capture_output=True,
-                                   text=True, check=True)
+            child = subprocess.run([sys.executable, __file__, "--one", str(n), str(dim), "--clf", args.clf],
+                                   capture_output=True, text=True, check=True)
             row = json.loads(child.stdout.strip().splitlines()[-1])
             row["extraction_img_s"] = round(rates[dim], 2)
             row["extraction_seconds_estimate"] = round(n / rates[dim], 1)

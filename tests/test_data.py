@@ -129,3 +129,15 @@ def test_inspect_counts_and_finds_unreadable(manifest):
     assert summary.groups == 8 and summary.samples_per_group == (2, 2)
     assert [Path(p).name for p, _ in summary.unreadable] == ["s03.png"]
     assert summary.groups_in_several_splits == []
+
+
+def test_classes_sort_naturally_and_can_be_reordered(tmp_path):
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    rows = [{"path": "a.png", "label": "grade10"}, {"path": "b.png", "label": "grade2"},
+            {"path": "c.png", "label": "Grade3"}]
+    dataset = load_dataset(write_csv(tmp_path / "m.csv", rows, ["path", "label"]))
+    assert dataset.classes == ["grade2", "Grade3", "grade10"]
+    assert dataset.with_class_order(["grade10", "Grade3", "grade2"]).classes == ["grade10", "Grade3", "grade2"]
+    with pytest.raises(MedprobeError, match="must list each class"):
+        dataset.with_class_order(["grade2", "grade10"])

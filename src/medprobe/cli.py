@@ -95,6 +95,7 @@ def probe_command(
     out: Path = typer.Option(Path("medprobe-results"), "--out", help="Results folder"),
     cache_dir: Path = CacheDirOption,
     ordinal: bool = typer.Option(False, "--ordinal", help="Labels are ordered (e.g. grades): adds quadratic kappa"),
+    classes: str = typer.Option(None, "--classes", help="Class order, e.g. II,III,IV [default: natural sort]"),
     shots: str = typer.Option(None, "--shots", help="Label-efficiency curve, e.g. 1,4,16,all (per class)"),
     repeats: int = typer.Option(5, "--repeats", help="Draws per --shots budget"),
     fuse: bool = typer.Option(False, "--fuse", help="One probe on the concatenated features of all --model"),
@@ -122,7 +123,10 @@ def probe_command(
     settings = ProbeSettings(classifiers=tuple(dict.fromkeys(methods)), pool=pool, folds=folds, seed=seed,
                              bootstrap=bootstrap, n_jobs=n_jobs, ordinal=ordinal, shots=shot_list, repeats=repeats,
                              fuse=fuse, coarse_to_fine=coarse_to_fine, save_model=save_model)
-    records = probe(dataset=_dataset(data), models=list(model) if model else None, cache_dir=_cache_dir(cache_dir),
+    dataset = _dataset(data)
+    if classes:
+        dataset = dataset.with_class_order([c.strip() for c in classes.split(",")])
+    records = probe(dataset=dataset, models=list(model) if model else None, cache_dir=_cache_dir(cache_dir),
                     out_dir=out, settings=settings, with_datasets=[load_dataset(p) for p in with_data or []])
     from medprobe.results.table import records_table
 

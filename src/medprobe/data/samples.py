@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medprobe.errors import MedprobeError
+
 SPLITS = ("train", "val", "test")
+
+
+def natural_key(text: str) -> list:
+    """'grade2' before 'grade10': numbers inside labels compare as numbers."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,15 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if not self.classes:
-            self.classes = sorted({s.label for s in self.samples})
+            self.classes = sorted({s.label for s in self.samples}, key=natural_key)
+
+    def with_class_order(self, order: list[str]) -> Dataset:
+        """The same samples with classes in a given order (what --ordinal's kappa and tables follow)."""
+        if sorted(order) != sorted(self.classes) or len(set(order)) != len(order):
+            raise MedprobeError(
+                f"--classes {','.join(order)} must list each class of {self.source} once: {','.join(self.classes)}"
+            )
+        return Dataset(name=self.name, root=self.root, source=self.source, samples=self.samples, classes=list(order))
 
     @property
     def key(self) -> str:

@@ -38,6 +38,7 @@ K_GRID = (1, 3, 5, 10, 20, 50, 100, 200)
 KNN_TEMPERATURE = 0.07
 RBF_EXACT_LIMIT = 4000
 NYSTROEM_COMPONENTS = 1024
+SIMILARITY_BLOCK = 2**25  # float32 query x train similarities held at once (128 MB)
 # fixed hyperparameters for few-shot training, where no validation data exists
 FEW_SHOT_PARAMS = {"logreg": {"C": 1.0}, "svm": {"kernel": "linear", "C": 1.0},
                    "knn": {"k": 20, "weighting": "softmax"}}
@@ -84,19 +85,31 @@ class FittedProbe:
         return full_scores(self.model, X, n_classes)
 
 
-def _fit_sklearn(name: str, params: dict, X: np.ndarray, y: np.ndarray, seed: int):
+def _estimator(name: str, params: dict, seed: int, *, warm_start: bool = False):
+    """The final classifier of a probe; search and final fit share it."""
+    if name == "logreg":
+        return LogisticRegression(C=params["C"], max_iter=1000, tol=1e-4, warm_start=warm_start)
+    if params["kernel"] == "linear" or params.get("approximate"):
+        return LinearSVC(C=params["C"], max_iter=5000, random_state=seed)
+    return SVC(kernel="rbf", C=params["C"], gamma="scale")
+
+
+def _nystroem(n_features: int, seed: int) -> Nystroem:
+    # gamma = 1 / n_features equals SVC's gamma="scale" on standardised features (variance 1)
+    return Nystroem(gamma=1.0 / n_features, n_components=NYSTROEM_COMPONENTS, random_state=seed)
+
+
+def _fitted(estimator, Z: np.ndarray, y: np.ndarray):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        if name == "logreg":
-            model = make_pipeline(StandardScaler(), LogisticRegression(C=params["C"], max_iter=1000, tol=1e-4))
-        elif params["kernel"] == "linear":
-            model = make_pipeline(StandardScaler(), LinearSVC(C=params["C"], max_iter=5000, random_state=seed))
-        elif params.get("approximate"):
-            model = make_pipeline(StandardScaler(), _nystroem(X.shape[1], seed),
-                                  LinearSVC(C=params["C"], max_iter=5000, random_state=seed))
-        else:
-            model = make_pipeline(StandardScaler(), SVC(kernel="rbf", C=params["C"], gamma="scale"))
-        return model.fit(X, y)
+        return estimator.fit(Z, y)
+
+
+def _fit_sklearn(name: str, params: dict, X: np.ndarray, y: np.ndarray, seed: int):
+    steps = [StandardScaler()]
+    if params.get("approximate"):
+        steps.append(_nystroem(X.shape[1], seed))
+    return _fitted(make_pipeline(*steps, _estimator(name, params, seed)), X, y)
 
 
 class KnnIndex:
@@ -107,10 +120,11 @@ class KnnIndex:
         self.y = y
         self.n_classes = n_classes
 
-    def neighbours(self, X: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    def neighbours(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (similarity, label) per query, most similar first."""
         queries = _l2_normalise(X)
         k = min(k, len(self.X))
+        chunk = max(1, min(2048, SIMILARITY_BLOCK // len(self.X)))  # bounds the similarity block's memory
         sims, labels = [], []
         for start in range(0, len(queries), chunk):
             similarity = queries[start:start + chunk] @ self.X.T
@@ -161,15 +175,12 @@ def _search_logreg(Xtr, ytr, Xval, yval, n_classes, seed, coarse_to_fine: bool) 
     scaler = StandardScaler().fit(Xtr)
     Ztr, Zval = scaler.transform(Xtr), scaler.transform(Xval)
     # one warm-started model: each C starts from the previous solution, in increasing C order
-    model = LogisticRegression(max_iter=1000, tol=1e-4, warm_start=True)
+    model = _estimator("logreg", {"C": LOGREG_GRID[0]}, seed, warm_start=True)
     tried: dict[int, float] = {}
 
     def evaluate(indices) -> None:
         for i in sorted(set(indices) - set(tried)):
-            model.set_params(C=LOGREG_GRID[i])
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                model.fit(Ztr, ytr)
+            _fitted(model.set_params(C=LOGREG_GRID[i]), Ztr, ytr)
             tried[i] = balanced_accuracy(yval, decision_scores(model, Zval, n_classes))
 
     coarse = list(range(0, len(LOGREG_GRID), 4)) if coarse_to_fine else list(range(len(LOGREG_GRID)))
@@ -187,29 +198,21 @@ def _search_svm(Xtr, ytr, Xval, yval, n_classes, seed) -> tuple[dict, float]:
     Ztr, Zval = scaler.transform(Xtr), scaler.transform(Xval)
     candidates = []
 
-    def score(params: dict, estimator, train, val) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            estimator.fit(train, ytr)
+    def score(params: dict, train: np.ndarray, val: np.ndarray) -> None:
+        estimator = _fitted(_estimator("svm", params, seed), train, ytr)
         candidates.append((params, balanced_accuracy(yval, decision_scores(estimator, val, n_classes))))
 
     for c in SVM_LINEAR_GRID:
-        score({"kernel": "linear", "C": c}, LinearSVC(C=c, max_iter=5000, random_state=seed), Ztr, Zval)
+        score({"kernel": "linear", "C": c}, Ztr, Zval)
     if len(Xtr) > RBF_EXACT_LIMIT:
         mapping = _nystroem(Xtr.shape[1], seed).fit(Ztr)
         Ntr, Nval = mapping.transform(Ztr), mapping.transform(Zval)
         for c in SVM_RBF_GRID:
-            score({"kernel": "rbf", "C": c, "approximate": True}, LinearSVC(C=c, max_iter=5000, random_state=seed),
-                  Ntr, Nval)
+            score({"kernel": "rbf", "C": c, "approximate": True}, Ntr, Nval)
     else:
         for c in SVM_RBF_GRID:
-            score({"kernel": "rbf", "C": c}, SVC(kernel="rbf", C=c, gamma="scale"), Ztr, Zval)
+            score({"kernel": "rbf", "C": c}, Ztr, Zval)
     return _best(candidates)
-
-
-def _nystroem(n_features: int, seed: int) -> Nystroem:
-    # gamma = 1 / n_features equals SVC's gamma="scale" on standardised features (variance 1)
-    return Nystroem(gamma=1.0 / n_features, n_components=NYSTROEM_COMPONENTS, random_state=seed)
 
 
 def search(name: str, Xtr: np.ndarray, ytr: np.ndarray, Xval: np.ndarray, yval: np.ndarray, n_classes: int,
