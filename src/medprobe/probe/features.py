@@ -27,14 +27,13 @@ def _extract_hint(dataset: Dataset, model: str) -> str:
     return f"run `medprobe extract {dataset.source} --model {model}`"
 
 
-def _complete_and_fresh(dataset: Dataset, path: Path) -> tuple[bool, str]:
-    contents = read_contents(path)
+def _staleness(dataset: Dataset, contents) -> str | None:
+    """Why a cache cannot serve `dataset`, or None when every sample is present and fresh."""
     plan = plan_rows(contents, [(s.id, s.path) for s in dataset.samples])
     if plan.up_to_date:
-        return True, ""
+        return None
     changed = len(plan.changed)
-    missing = len(plan.todo) - changed
-    return False, f"{missing} image(s) not extracted, {changed} changed since extraction"
+    return f"{len(plan.todo) - changed} image(s) not extracted, {changed} changed since extraction"
 
 
 def find_cache(dataset: Dataset, model: str, cache_dir: Path) -> CacheRef:
@@ -45,27 +44,24 @@ def find_cache(dataset: Dataset, model: str, cache_dir: Path) -> CacheRef:
         raise MedprobeError(f"no feature cache of {model} for {dataset.name} in {cache_dir}; "
                             f"{_extract_hint(dataset, model)}")
     problems = []
-    usable = []
-    for path in candidates:
-        ok, why = _complete_and_fresh(dataset, path)
-        (usable if ok else problems).append(path if ok else why)
-    if not usable:
-        raise MedprobeError(f"the cache of {model} for {dataset.name} is stale ({problems[0]}); "
-                            f"{_extract_hint(dataset, model)}")
-    newest = max(usable, key=lambda p: p.stat().st_mtime)
-    return CacheRef(model, newest, read_contents(newest).attrs)
+    for path in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
+        contents = read_contents(path)
+        problem = _staleness(dataset, contents)
+        if problem is None:
+            return CacheRef(model, path, contents.attrs)
+        problems.append(problem)
+    raise MedprobeError(f"the cache of {model} for {dataset.name} is stale ({problems[0]}); "
+                        f"{_extract_hint(dataset, model)}")
 
 
 def extracted_models(dataset: Dataset, cache_dir: Path) -> list[CacheRef]:
     """Every backbone with a complete, fresh cache for `dataset` (the newest file per model)."""
     refs: dict[str, CacheRef] = {}
-    for path in list_cache_files(cache_dir, dataset.cache_slug):
-        if not _complete_and_fresh(dataset, path)[0]:
-            continue
-        attrs = read_contents(path).attrs
-        name = str(attrs.get("model_name") or path.stem.split("--")[0])
-        if name not in refs or path.stat().st_mtime > refs[name].path.stat().st_mtime:
-            refs[name] = CacheRef(name, path, attrs)
+    for path in sorted(list_cache_files(cache_dir, dataset.cache_slug), key=lambda p: p.stat().st_mtime):
+        contents = read_contents(path)
+        if _staleness(dataset, contents) is None:
+            name = str(contents.attrs.get("model_name") or path.stem.split("--")[0])
+            refs[name] = CacheRef(name, path, contents.attrs)  # newer files replace older ones
     if not refs:
         raise MedprobeError(f"no complete feature cache for {dataset.name} in {cache_dir}; "
                             f"run `medprobe extract {dataset.source} --model dinov2-small` (or another model)")

@@ -261,22 +261,14 @@ class Prober:
 def build_jobs(dataset: Dataset, models: list[str] | None, cache_dir: Path, with_datasets: list[Dataset],
                fuse: bool) -> list[Job]:
     refs = ([find_cache(dataset, m, cache_dir) for m in models] if models else extracted_models(dataset, cache_dir))
-    per_model = []
-    for ref in refs:
-        extra = [find_cache(other, ref.model, cache_dir) for other in with_datasets]
-        per_model.append((ref, extra))
+    extras = [[find_cache(other, ref.model, cache_dir) for ref in refs] for other in with_datasets]
+    suffix = "".join(f"+{other.name}" for other in with_datasets)
     if fuse:
-        if len(per_model) < 2 and not with_datasets:
+        if len(refs) < 2 and not with_datasets:
             raise MedprobeError("--fuse needs at least two --model caches (or --with another dataset)")
-        name = "+".join(ref.model for ref, _ in per_model) + ("" if not with_datasets else "+" + "+".join(
-            d.name for d in with_datasets))
-        return [Job(name, [[ref for ref, _ in per_model]] + [[extra[i] for _, extra in per_model]
-                                                              for i in range(len(with_datasets))])]
-    jobs = []
-    for ref, extra in per_model:
-        name = ref.model if not with_datasets else "+".join([ref.model, *(d.name for d in with_datasets)])
-        jobs.append(Job(name, [[ref], *([e] for e in extra)]))
-    return jobs
+        return [Job("+".join(ref.model for ref in refs) + suffix, [refs, *extras])]
+    return [Job(ref.model + suffix, [[ref], *([per_dataset[i]] for per_dataset in extras)])
+            for i, ref in enumerate(refs)]
 
 
 def probe(*, dataset: Dataset, models: list[str] | None, cache_dir: Path, out_dir: Path,
