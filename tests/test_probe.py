@@ -173,6 +173,8 @@ def test_label_efficiency_records(tmp_path):
     assert 0 <= one_shot["metrics"]["accuracy"]["repeat_std"] <= 0.5
     low, high = one_shot["metrics"]["accuracy"]["ci"]
     assert low <= one_shot["metrics"]["accuracy"]["value"] <= high
+    assert one_shot["patient_metrics"]["patients"] == 20
+    assert 0 <= one_shot["patient_metrics"]["metrics"]["accuracy"]["value"] <= 1
 
 
 def test_parallel_folds_and_saved_model(tmp_path):

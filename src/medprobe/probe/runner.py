@@ -173,6 +173,20 @@ class Prober:
                                         seed=self.settings.seed, clusters=clusters)
         return _summary_metrics(point, distributions, self.classes)
 
+    def _patient_block(self, y: np.ndarray, repeated_scores: list[np.ndarray], positions: np.ndarray) -> dict | None:
+        """Patient-level metrics from mean slice scores (averaged over repeats, if several); None without
+        groups or when a patient's slices disagree on the label."""
+        groups = [self.groups[i] for i in positions]
+        per_patient = [patient_level(y, scores, groups) for scores in repeated_scores]
+        if per_patient[0] is None:
+            return None
+        labels = per_patient[0][0]
+        mean, _, distributions = evaluate_mean(labels, [p[1] for p in per_patient], ordinal=self.settings.ordinal,
+                                               replicates=self.settings.bootstrap, seed=self.settings.seed)
+        metrics, per_class = _summary_metrics(mean, distributions, self.classes)
+        return {"patients": len(labels), "aggregation": "mean slice score", "metrics": metrics,
+                "per_class_recall": per_class}
+
     def run_full(self, job: Job, method: str) -> dict:
         s = self.settings
         started = time.perf_counter()
@@ -202,13 +216,8 @@ class Prober:
                                 for f, r in zip(self.plan.folds, results, strict=True)],
             "metrics": metrics, "per_class_recall": per_class,
             "confusion_matrix": {"labels": self.classes, "rows": "true", "matrix": confusion.tolist()},
-            "patient_metrics": None,
         })
-        patients = patient_level(y, scores, [self.groups[i] for i in positions])
-        if patients is not None:
-            patient_metrics, patient_recall = self._metrics_block(patients[0], patients[1], None)
-            record["patient_metrics"] = {"patients": len(patients[0]), "aggregation": "mean slice score",
-                                         "metrics": patient_metrics, "per_class_recall": patient_recall}
+        record["patient_metrics"] = self._patient_block(y, [scores], positions)
         if s.save_model:
             import joblib
 
@@ -249,11 +258,12 @@ class Prober:
         record.update({
             "shots": shots, "repeats": s.repeats, "hyperparameters": [params],
             "train_sizes": {"min": int(min(train_sizes)), "max": int(max(train_sizes))},
-            "metrics": metrics, "per_class_recall": per_class, "patient_metrics": None,
+            "metrics": metrics, "per_class_recall": per_class,
             "note": "fixed hyperparameters (no validation data at this label budget); value = mean over "
                     "repeats, ci = bootstrap of that mean over the shared test samples",
             "timings": {"total_seconds": round(time.perf_counter() - started, 3)},
         })
+        record["patient_metrics"] = self._patient_block(y, repeated, positions)
         mean_scores = np.mean(repeated, axis=0)
         return self._write(job, method, protocol, record, positions, fold_of, mean_scores)
 
