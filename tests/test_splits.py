@@ -61,3 +61,11 @@ def test_too_few_patients_per_class_for_the_folds_is_a_clear_error():
     groups = [f"p{i // 2}" for i in range(16)]  # class b: 3 patients
     with pytest.raises(MedprobeError, match="class 'b' has 3 patients, fewer than --folds 5; use --folds 3"):
         make_splits(labels, groups=groups, folds=5)
+
+
+def test_given_split_that_shares_a_patient_is_refused():
+    labels = ["a", "b"] * 6
+    groups = [f"p{i // 2}" for i in range(12)]
+    splits = ["train"] * 5 + ["test"] * 7  # patient p2 has rows 4 (train) and 5 (test)
+    with pytest.raises(MedprobeError, match=r"1 patient\(s\) \(e.g. group 'p2'\) in both train and test"):
+        make_splits(labels, groups=groups, splits=splits)

@@ -79,6 +79,20 @@ def _units_per_class(y: np.ndarray, group_ids: np.ndarray | None) -> Counter:
     return Counter(label for label, _ in {(label, g) for label, g in zip(y.tolist(), group_ids, strict=True)})
 
 
+def _refuse_shared_groups(group_ids: np.ndarray, parts: dict[str, np.ndarray]) -> None:
+    """A given split must not put one patient on two sides: that is leakage, whatever the metrics say."""
+    names = list(parts)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            shared = set(group_ids[parts[first]]) & set(group_ids[parts[second]])
+            if shared:
+                example = sorted(shared)[0]
+                raise MedprobeError(
+                    f"the split column puts {len(shared)} patient(s) (e.g. group {example!r}) in both {first} and "
+                    f"{second}; give all of a patient's rows one split, or drop the split column for grouped k-fold"
+                )
+
+
 def make_splits(labels: Sequence[str], *, groups: Sequence[str | None] | None = None,
                 splits: Sequence[str | None] | None = None, folds: int = 5, seed: int = 0) -> SplitPlan:
     y = np.asarray(labels, dtype=object)
@@ -90,6 +104,8 @@ def make_splits(labels: Sequence[str], *, groups: Sequence[str | None] | None = 
         test, train, val = (positions[split == name] for name in ("test", "train", "val"))
         if len(test) == 0:
             raise MedprobeError("the split column has no 'test' rows; add some or drop the column for k-fold")
+        if grouped:
+            _refuse_shared_groups(group_ids, {"train": train, "val": val, "test": test})
         if len(val) == 0:
             train, val = carve_validation(train, y, group_ids, seed)
         return SplitPlan("given-split", [Fold(0, train, val, test)], grouped, seed)
