@@ -1,2 +1,2 @@
-"""Probes on cached features: classifiers, splits (data.splits), metrics with bootstrap CIs. Never imports
-torch."""
+"""Probes on cached features: classifiers and the probe runner (splits live in data.splits, metrics in
+results.metrics, both shared with finetune). Never imports torch."""

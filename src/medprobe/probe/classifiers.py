@@ -28,7 +28,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-from medprobe.probe.metrics import all_metrics
+from medprobe.results.metrics import all_metrics
 
 CLASSIFIERS = ("logreg", "svm", "knn")
 LOGREG_GRID = tuple(float(c) for c in np.logspace(-6, 5, 45))

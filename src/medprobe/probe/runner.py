@@ -18,8 +18,8 @@ from medprobe.data.splits import Fold, SplitPlan, dataset_splits
 from medprobe.errors import MedprobeError
 from medprobe.probe import classifiers
 from medprobe.probe.features import CacheRef, extracted_models, feature_matrix, find_cache
-from medprobe.probe.metrics import evaluate, evaluate_mean, interval
 from medprobe.progress import progress_bar
+from medprobe.results.metrics import evaluate, evaluate_mean, interval
 from medprobe.results.record import record_paths, write_predictions, write_record
 
 

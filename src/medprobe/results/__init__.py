@@ -1,4 +1,5 @@
-"""The run record (JSON + predictions CSV) shared by probe and finetune, read by report. Torch-free."""
+"""What probe and finetune share: the run record (JSON + predictions CSV) and the metrics with bootstrap
+CIs; read by report. Torch-free."""
 
 from medprobe.results.record import RECORD_SCHEMA, read_record, record_paths, write_record
 
