@@ -243,3 +243,9 @@ def test_probe_cli_bad_input_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["probe", str(dataset.source), "--cache-dir", str(tmp_path / "cache"), "--clf", "forest"])
     assert info.value.code == 2 and "--clf 'forest' is not one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["probe", str(dataset.source), "--cache-dir", str(tmp_path / "cache"), "--clf", ","])
+    assert info.value.code == 2 and "--clf names no classifier" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["probe", str(dataset.source), "--cache-dir", str(tmp_path / "cache"), "--shots", "4,many"])
+    assert info.value.code == 2 and "--shots '4,many'" in capsys.readouterr().err

@@ -283,6 +283,8 @@ def build_jobs(dataset: Dataset, models: list[str] | None, cache_dir: Path, with
 
 def probe(*, dataset: Dataset, models: list[str] | None, cache_dir: Path, out_dir: Path,
           settings: ProbeSettings, with_datasets: list[Dataset] = (), show_progress: bool = True) -> list[dict]:
+    if not settings.classifiers:
+        raise MedprobeError(f"--clf names no classifier; use {', '.join(classifiers.CLASSIFIERS)} or all")
     for name in settings.classifiers:
         if name not in classifiers.CLASSIFIERS:
             raise MedprobeError(f"--clf {name!r} is not one of {', '.join(classifiers.CLASSIFIERS)}, all")
