@@ -19,7 +19,7 @@ from medprobe.errors import MedprobeError
 from medprobe.probe import classifiers
 from medprobe.probe.features import CacheRef, extracted_models, feature_matrix, find_cache
 from medprobe.progress import progress_bar
-from medprobe.results.metrics import evaluate, evaluate_mean, interval
+from medprobe.results.metrics import evaluate, evaluate_mean, group_codes, patient_block, summarize_metrics
 from medprobe.results.record import record_paths, write_predictions, write_record
 
 
@@ -53,43 +53,6 @@ class Job:
         """The pools actually used, e.g. cls+mean; mixed when fused backbones differ."""
         kinds = {"+".join(source["pools"]) for source in self.sources}
         return kinds.pop() if len(kinds) == 1 else "mixed"
-
-
-def _summary_metrics(point: dict, distributions: dict, classes: list[str]) -> tuple[dict, dict]:
-    metrics, per_class = {}, {}
-    for name, value in point.items():
-        entry = {"value": None if not np.isfinite(value) else value, "ci": interval(distributions[name])}
-        if name.startswith("recall["):
-            per_class[classes[int(name[7:-1])]] = entry
-        else:
-            metrics[name] = entry
-    return metrics, per_class
-
-
-def _group_codes(groups: list[str | None]) -> np.ndarray | None:
-    if all(g is None for g in groups):
-        return None
-    names = [g if g is not None else f"\0{i}" for i, g in enumerate(groups)]
-    _, codes = np.unique(np.asarray(names, dtype=object), return_inverse=True)
-    return codes
-
-
-def patient_level(y: np.ndarray, scores: np.ndarray, groups: list[str | None]) -> tuple | None:
-    """Mean slice scores per patient; None when a patient's slices disagree on the label."""
-    codes = _group_codes(groups)
-    if codes is None:
-        return None
-    n_groups = codes.max() + 1
-    counts = np.bincount(codes, minlength=n_groups)
-    mean_scores = np.zeros((n_groups, scores.shape[1]))
-    np.add.at(mean_scores, codes, scores)
-    mean_scores /= counts[:, None]
-    labels = np.full(n_groups, -1)
-    for code, label in zip(codes, y, strict=True):
-        if labels[code] not in (-1, label):
-            return None
-        labels[code] = label
-    return labels, mean_scores
 
 
 def _run_fold(name: str, X: np.ndarray, y: np.ndarray, fold: Fold, n_classes: int, seed: int,
@@ -127,7 +90,7 @@ class Prober:
         self.classes = dataset.classes
         self.y = np.array([self.classes.index(s.label) for s in dataset.samples])
         self.groups = [s.group for s in dataset.samples]
-        self.codes = _group_codes(self.groups)
+        self.codes = group_codes(self.groups)
         self.plan: SplitPlan = dataset_splits(dataset, folds=settings.folds, seed=settings.seed)
 
     def _test_positions(self) -> tuple[np.ndarray, np.ndarray]:
@@ -171,21 +134,11 @@ class Prober:
     def _metrics_block(self, y: np.ndarray, scores: np.ndarray, clusters: np.ndarray | None) -> tuple[dict, dict]:
         point, distributions = evaluate(y, scores, ordinal=self.settings.ordinal, replicates=self.settings.bootstrap,
                                         seed=self.settings.seed, clusters=clusters)
-        return _summary_metrics(point, distributions, self.classes)
+        return summarize_metrics(point, distributions, self.classes)
 
     def _patient_block(self, y: np.ndarray, repeated_scores: list[np.ndarray], positions: np.ndarray) -> dict | None:
-        """Patient-level metrics from mean slice scores (averaged over repeats, if several); None without
-        groups or when a patient's slices disagree on the label."""
-        groups = [self.groups[i] for i in positions]
-        per_patient = [patient_level(y, scores, groups) for scores in repeated_scores]
-        if per_patient[0] is None:
-            return None
-        labels = per_patient[0][0]
-        mean, _, distributions = evaluate_mean(labels, [p[1] for p in per_patient], ordinal=self.settings.ordinal,
-                                               replicates=self.settings.bootstrap, seed=self.settings.seed)
-        metrics, per_class = _summary_metrics(mean, distributions, self.classes)
-        return {"patients": len(labels), "aggregation": "mean slice score", "metrics": metrics,
-                "per_class_recall": per_class}
+        return patient_block(y, repeated_scores, [self.groups[i] for i in positions], self.classes,
+                             ordinal=self.settings.ordinal, replicates=self.settings.bootstrap, seed=self.settings.seed)
 
     def run_full(self, job: Job, method: str) -> dict:
         s = self.settings
@@ -250,7 +203,7 @@ class Prober:
         clusters = None if self.codes is None else np.unique(self.codes[positions], return_inverse=True)[1]
         mean, std, distributions = evaluate_mean(y, repeated, ordinal=s.ordinal, replicates=s.bootstrap,
                                                  seed=s.seed, clusters=clusters)
-        metrics, per_class = _summary_metrics(mean, distributions, self.classes)
+        metrics, per_class = summarize_metrics(mean, distributions, self.classes)
         for name, entry in metrics.items():
             entry["repeat_std"] = std[name] if np.isfinite(std[name]) else None
         protocol = f"shots{shots}x{s.repeats}-{self.plan.protocol}"

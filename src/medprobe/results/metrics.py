@@ -149,3 +149,58 @@ def evaluate_mean(y: np.ndarray, repeated_scores: list[np.ndarray], *, ordinal: 
         chunks.append({n: np.mean([r[n] for r in per_repeat], axis=0) for n in names})
     distributions = {n: np.concatenate([c[n] for c in chunks]) if chunks else np.empty(0) for n in names}
     return mean, std, distributions
+
+
+def summarize_metrics(point: dict, distributions: dict, classes: list[str]) -> tuple[dict, dict]:
+    """{name: {value, ci}} for the record, with per-class recall keyed by class name."""
+    metrics, per_class = {}, {}
+    for name, value in point.items():
+        entry = {"value": None if not np.isfinite(value) else value, "ci": interval(distributions[name])}
+        if name.startswith("recall["):
+            per_class[classes[int(name[7:-1])]] = entry
+        else:
+            metrics[name] = entry
+    return metrics, per_class
+
+
+def group_codes(groups: list[str | None]) -> np.ndarray | None:
+    if all(g is None for g in groups):
+        return None
+    names = [g if g is not None else f"\0{i}" for i, g in enumerate(groups)]
+    _, codes = np.unique(np.asarray(names, dtype=object), return_inverse=True)
+    return codes
+
+
+def patient_level(y: np.ndarray, scores: np.ndarray, groups: list[str | None]) -> tuple | None:
+    """Mean slice scores per patient; None when a patient's slices disagree on the label."""
+    codes = group_codes(groups)
+    if codes is None:
+        return None
+    n_groups = codes.max() + 1
+    counts = np.bincount(codes, minlength=n_groups)
+    mean_scores = np.zeros((n_groups, scores.shape[1]))
+    np.add.at(mean_scores, codes, scores)
+    mean_scores /= counts[:, None]
+    labels = np.full(n_groups, -1)
+    for code, label in zip(codes, y, strict=True):
+        if labels[code] not in (-1, label):
+            return None
+        labels[code] = label
+    return labels, mean_scores
+
+
+
+
+def patient_block(y: np.ndarray, repeated_scores: list[np.ndarray], groups: list[str | None], classes: list[str], *,
+                  ordinal: bool, replicates: int, seed: int) -> dict | None:
+    """Patient-level metrics from mean slice scores (averaged over repeats, if several); None without
+    groups or when a patient's slices disagree on the label."""
+    per_patient = [patient_level(y, scores, groups) for scores in repeated_scores]
+    if per_patient[0] is None:
+        return None
+    labels = per_patient[0][0]
+    mean, _, distributions = evaluate_mean(labels, [p[1] for p in per_patient], ordinal=ordinal,
+                                           replicates=replicates, seed=seed)
+    metrics, per_class = summarize_metrics(mean, distributions, classes)
+    return {"patients": len(labels), "aggregation": "mean slice score", "metrics": metrics,
+            "per_class_recall": per_class}
