@@ -19,7 +19,7 @@ from medprobe.errors import MedprobeError
 from medprobe.probe import classifiers
 from medprobe.probe.features import CacheRef, extracted_models, feature_matrix, find_cache
 from medprobe.progress import progress_bar
-from medprobe.results.metrics import evaluate, evaluate_mean, group_codes, patient_block, summarize_metrics
+from medprobe.results.metrics import evaluate_mean, group_codes, patient_block, summarize_metrics, test_report
 from medprobe.results.record import record_paths, write_predictions, write_record
 
 
@@ -131,15 +131,6 @@ class Prober:
         write_record(json_path, record)
         return record
 
-    def _metrics_block(self, y: np.ndarray, scores: np.ndarray, clusters: np.ndarray | None) -> tuple[dict, dict]:
-        point, distributions = evaluate(y, scores, ordinal=self.settings.ordinal, replicates=self.settings.bootstrap,
-                                        seed=self.settings.seed, clusters=clusters)
-        return summarize_metrics(point, distributions, self.classes)
-
-    def _patient_block(self, y: np.ndarray, repeated_scores: list[np.ndarray], positions: np.ndarray) -> dict | None:
-        return patient_block(y, repeated_scores, [self.groups[i] for i in positions], self.classes,
-                             ordinal=self.settings.ordinal, replicates=self.settings.bootstrap, seed=self.settings.seed)
-
     def run_full(self, job: Job, method: str) -> dict:
         s = self.settings
         started = time.perf_counter()
@@ -149,28 +140,15 @@ class Prober:
         fit_seconds = time.perf_counter() - started
         positions, fold_of = self._test_positions()
         scores = np.concatenate([r["scores"] for r in results])
-        y = self.y[positions]
-        clusters = None if self.codes is None else np.unique(self.codes[positions], return_inverse=True)[1]
-        metrics, per_class = self._metrics_block(y, scores, clusters)
-        fold_points = [evaluate(self.y[f.test], r["scores"], ordinal=s.ordinal, replicates=0, seed=s.seed)[0]
-                       for f, r in zip(self.plan.folds, results, strict=True)]
-        for name, entry in metrics.items():
-            values = np.array([p[name] for p in fold_points], dtype=float)
-            entry["fold_mean"] = float(np.nanmean(values)) if np.isfinite(values).any() else None
-            entry["fold_std"] = float(np.nanstd(values)) if np.isfinite(values).any() else None
-        pred = scores.argmax(axis=1)
-        confusion = np.zeros((len(self.classes),) * 2, dtype=int)
-        np.add.at(confusion, (y, pred), 1)
         record = self._base_record(job, method, self.plan.protocol)
         record.update({
             "sizes": [{"fold": f.index, "train": len(f.train), "val": len(f.val), "test": len(f.test)}
                       for f in self.plan.folds],
             "hyperparameters": [{"fold": f.index, **r["params"], "val_balanced_accuracy": r["val_balanced_accuracy"]}
                                 for f, r in zip(self.plan.folds, results, strict=True)],
-            "metrics": metrics, "per_class_recall": per_class,
-            "confusion_matrix": {"labels": self.classes, "rows": "true", "matrix": confusion.tolist()},
+            **test_report(self.y[positions], scores, fold_of=fold_of, groups=[self.groups[i] for i in positions],
+                          classes=self.classes, ordinal=s.ordinal, replicates=s.bootstrap, seed=s.seed),
         })
-        record["patient_metrics"] = self._patient_block(y, [scores], positions)
         if s.save_model:
             import joblib
 
@@ -200,7 +178,8 @@ class Prober:
                 fold_scores.append(fitted.scores(job.X[fold.test], len(self.classes)))
             repeated.append(np.concatenate(fold_scores))
         y = self.y[positions]
-        clusters = None if self.codes is None else np.unique(self.codes[positions], return_inverse=True)[1]
+        groups = [self.groups[i] for i in positions]
+        clusters = group_codes(groups)
         mean, std, distributions = evaluate_mean(y, repeated, ordinal=s.ordinal, replicates=s.bootstrap,
                                                  seed=s.seed, clusters=clusters)
         metrics, per_class = summarize_metrics(mean, distributions, self.classes)
@@ -216,7 +195,8 @@ class Prober:
                     "repeats, ci = bootstrap of that mean over the shared test samples",
             "timings": {"total_seconds": round(time.perf_counter() - started, 3)},
         })
-        record["patient_metrics"] = self._patient_block(y, repeated, positions)
+        record["patient_metrics"] = patient_block(y, repeated, groups, self.classes, ordinal=s.ordinal,
+                                                  replicates=s.bootstrap, seed=s.seed)
         mean_scores = np.mean(repeated, axis=0)
         return self._write(job, method, protocol, record, positions, fold_of, mean_scores)
 

@@ -204,3 +204,27 @@ def patient_block(y: np.ndarray, repeated_scores: list[np.ndarray], groups: list
     metrics, per_class = summarize_metrics(mean, distributions, classes)
     return {"patients": len(labels), "aggregation": "mean slice score", "metrics": metrics,
             "per_class_recall": per_class}
+
+
+def test_report(y: np.ndarray, scores: np.ndarray, *, fold_of: np.ndarray, groups: list[str | None],
+                classes: list[str], ordinal: bool, replicates: int, seed: int) -> dict:
+    """The metric part of a run record, from pooled test predictions: values with bootstrap CIs (patients
+    resampled when grouped), fold mean and std, per-class recall, confusion matrix, patient level."""
+    codes = group_codes(groups)
+    point, distributions = evaluate(y, scores, ordinal=ordinal, replicates=replicates, seed=seed, clusters=codes)
+    metrics, per_class = summarize_metrics(point, distributions, classes)
+    fold_points = [evaluate(y[fold_of == f], scores[fold_of == f], ordinal=ordinal, replicates=0, seed=seed)[0]
+                   for f in np.unique(fold_of)]
+    for name, entry in metrics.items():
+        values = np.array([p[name] for p in fold_points], dtype=float)
+        finite = np.isfinite(values).any()
+        entry["fold_mean"] = float(np.nanmean(values)) if finite else None
+        entry["fold_std"] = float(np.nanstd(values)) if finite else None
+    confusion = np.zeros((len(classes),) * 2, dtype=int)
+    np.add.at(confusion, (y, scores.argmax(axis=1)), 1)
+    return {
+        "metrics": metrics, "per_class_recall": per_class,
+        "confusion_matrix": {"labels": list(classes), "rows": "true", "matrix": confusion.tolist()},
+        "patient_metrics": patient_block(y, [scores], groups, classes, ordinal=ordinal, replicates=replicates,
+                                         seed=seed),
+    }
