@@ -135,6 +135,51 @@ def probe_command(
 
 
 
+@app.command("finetune")
+def finetune_command(
+    data: Path = typer.Argument(None, help=DATA_HELP, show_default=False),
+    model: str = typer.Option(..., "--model", "-m", help="Backbone name; see `medprobe models`"),
+    unfreeze: str = typer.Option("all", help="none (train the head only) | all | last-N (last N blocks)"),
+    epochs: int = typer.Option(10, min=1),
+    lr: float = typer.Option(1e-5, help="Backbone learning rate"),
+    head_lr: float = typer.Option(1e-3, "--head-lr", help="Linear head learning rate"),
+    weight_decay: float = typer.Option(0.05, "--weight-decay"),
+    layer_decay: float = typer.Option(None, "--layer-decay", help="Layer-wise lr decay, e.g. 0.75 (off by default)"),
+    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", help="Linear warm-up, then cosine decay"),
+    patience: int = typer.Option(5, help="Early stopping: epochs without a better validation score"),
+    class_weights: bool = typer.Option(False, "--class-weights", help="Weight the loss by inverse class frequency"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:i"),
+    workers: int = typer.Option(None, help="Data-loading worker processes"),
+    image_size: int = typer.Option(None, "--image-size"),
+    seed: int = typer.Option(0),
+    folds: int = typer.Option(5, help="k of the (patient-grouped) k-fold, as in probe"),
+    fold: str = typer.Option("all", help="all | i (one fold, 0-based)"),
+    bootstrap: int = typer.Option(5000),
+    ordinal: bool = typer.Option(False, "--ordinal"),
+    out: Path = typer.Option(Path("medprobe-results"), "--out", help="Results folder"),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint"),
+) -> None:
+    """Fine-tune a backbone (frozen, partly or fully unfrozen) on the probes' splits; same run records."""
+    from medprobe.finetune.runner import FinetuneSettings, finetune
+    from medprobe.results.table import records_table
+
+    if fold != "all" and not fold.isdigit():
+        raise MedprobeError(f"--fold {fold!r}: use all or a fold number such as 0")
+    settings = FinetuneSettings(
+        unfreeze=unfreeze, epochs=epochs, lr=lr, head_lr=head_lr, weight_decay=weight_decay, layer_decay=layer_decay,
+        warmup_epochs=warmup_epochs, patience=patience, class_weights=class_weights, batch_size=batch_size,
+        precision=precision, device=device, workers=workers, image_size=image_size, seed=seed, folds=folds,
+        fold=None if fold == "all" else int(fold), bootstrap=bootstrap, ordinal=ordinal, resume=resume)
+    record = finetune(dataset=_dataset(data), model=model, settings=settings, out_dir=out)
+    console.print(records_table([record]))
+    cost = record["cost"]
+    console.print(f"trainable {cost['trainable_parameters']:,} of {cost['total_parameters']:,} parameters, "
+                  f"{cost['train_images_per_second']:.1f} train img/s on {cost['device_name']}; "
+                  f"record: {record['record_path']}")
+
+
 @datasets_app.command("inspect")
 def inspect_command(
     data: Path = typer.Argument(None, help=DATA_HELP, show_default=False),

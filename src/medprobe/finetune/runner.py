@@ -1,0 +1,277 @@
+"""`medprobe finetune`: train a linear head on the backbone's pooled feature, with the backbone frozen
+(`none`, the reference study's "frozen" protocol trained by gradient), fully unfrozen (`all`) or
+unfrozen in its last N blocks, on exactly the probe's splits. Checkpoint selection and early stopping use
+validation data only; the test fold is predicted once, by the best checkpoint."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from medprobe import __version__
+from medprobe.data.samples import Dataset
+from medprobe.data.splits import Fold, dataset_splits
+from medprobe.errors import MedprobeError
+from medprobe.extract.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
+from medprobe.extract.runner import default_workers
+from medprobe.finetune.augment import EvalImages, TrainImages
+from medprobe.finetune.blocks import apply_unfreeze, backbone_blocks, parse_unfreeze
+from medprobe.finetune.checkpoint import load_training_state, load_weights, save_training_state, save_weights
+from medprobe.models.backbone import Backbone, load_backbone
+from medprobe.models.registry import resolve_model
+from medprobe.progress import progress_bar
+from medprobe.results.metrics import all_metrics, test_report
+from medprobe.results.record import record_paths, write_predictions, write_record
+
+
+@dataclass
+class FinetuneSettings:
+    unfreeze: str = "all"
+    epochs: int = 10
+    lr: float = 1e-5
+    head_lr: float = 1e-3
+    weight_decay: float = 0.05
+    layer_decay: float | None = None
+    warmup_epochs: float = 1.0
+    patience: int = 5
+    class_weights: bool = False
+    batch_size: int = 32
+    precision: str = "auto"
+    device: str = "auto"
+    workers: int | None = None
+    image_size: int | None = None
+    seed: int = 0
+    folds: int = 5
+    fold: int | None = None  # None: every fold
+    bootstrap: int = 5000
+    ordinal: bool = False
+    resume: bool = False
+
+
+class Classifier(nn.Module):
+    """Backbone + linear head on its pooled feature (cls+mean for ViTs, gap for CNNs, as the probes'
+    `auto` pool), so frozen and unfrozen numbers compare like for like."""
+
+    def __init__(self, backbone: Backbone, n_classes: int, input_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.backbone = backbone.module
+        self._embed = backbone.embed
+        self.pools = ["cls", "mean"] if "cls" in backbone.pools else [backbone.pools[0]]
+        with torch.no_grad():
+            dim = self.features(torch.zeros(1, 3, *input_size)).shape[1]
+        self.head = nn.Linear(dim, n_classes)
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        pooled = self._embed(pixels)
+        return torch.cat([pooled[p] for p in self.pools], dim=1)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(pixels).float())
+
+
+def balanced_accuracy(y: np.ndarray, scores: np.ndarray) -> float:
+    return float(all_metrics(y, scores, np.ones((1, len(y))), ordinal=False)["balanced_accuracy"][0])
+
+
+def _parameter_groups(model: Classifier, settings: FinetuneSettings) -> list[dict]:
+    groups = [{"params": list(model.head.parameters()), "lr": settings.head_lr, "name": "head"}]
+    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
+    if not backbone_params:
+        return groups
+    if settings.layer_decay is None:
+        return groups + [{"params": backbone_params, "lr": settings.lr, "name": "backbone"}]
+    # layer-wise decay: block i of n gets lr * decay^(n - i); parameters outside blocks (embeddings) decay most
+    blocks = backbone_blocks(model.backbone)
+    depth_of = {id(p): i + 1 for i, block in enumerate(blocks) for p in block.parameters()}
+    by_depth: dict[int, list] = {}
+    for p in backbone_params:
+        by_depth.setdefault(depth_of.get(id(p), 0), []).append(p)
+    n = len(blocks)
+    return groups + [{"params": params, "lr": settings.lr * settings.layer_decay ** (n - depth),
+                      "name": f"backbone-depth{depth}"} for depth, params in sorted(by_depth.items())]
+
+
+def _schedule(total_steps: int, warmup_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+@torch.inference_mode()
+def predict(model: Classifier, loader: DataLoader, device: torch.device, precision: str, n: int) -> np.ndarray:
+    model.eval()
+    scores = np.zeros((n, model.head.out_features))
+    for pixels, index in loader:
+        with autocast(device, precision):
+            logits = model(pixels.to(device, non_blocking=True))
+        scores[index.numpy()] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+    return scores
+
+
+class FoldTrainer:
+    def __init__(self, dataset: Dataset, model_name: str, settings: FinetuneSettings, out_dir: Path) -> None:
+        self.dataset, self.settings = dataset, settings
+        self.spec = resolve_model(model_name)
+        self.device = resolve_device(settings.device)
+        self.precision = resolve_precision(settings.precision, self.device)
+        self.classes = dataset.classes
+        self.y = np.array([self.classes.index(s.label) for s in dataset.samples])
+        self.paths = [s.path for s in dataset.samples]
+        self.workers = default_workers() if settings.workers is None else settings.workers
+        self.mode = settings.unfreeze
+        self.name = f"{self.spec.slug}__finetune-{self.mode}"
+        self.out_dir = Path(out_dir)
+
+    def checkpoint_dir(self, fold: Fold) -> Path:
+        folder = record_paths(self.out_dir, self.dataset.name, "x")[0].parent
+        return folder / "checkpoints" / f"{self.name}__fold{fold.index}-seed{self.settings.seed}"
+
+    def _loader(self, data, *, shuffle: bool, epoch: int = 0) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.settings.seed * 100_003 + epoch)
+        return DataLoader(data, batch_size=self.settings.batch_size, shuffle=shuffle, generator=generator,
+                          num_workers=self.workers, pin_memory=self.device.type == "cuda")
+
+    def train(self, fold: Fold, show_progress: bool) -> dict:
+        s = self.settings
+        torch.manual_seed(s.seed + fold.index)
+        backbone = load_backbone(self.spec, image_size=s.image_size)
+        prep = backbone.preprocessing
+        trainable_backbone = apply_unfreeze(backbone.module, s.unfreeze)
+        model = Classifier(backbone, len(self.classes), prep.input_size).to(self.device)
+        if backbone.is_cnn:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.AdamW(_parameter_groups(model, s), weight_decay=s.weight_decay)
+        steps_per_epoch = math.ceil(len(fold.train) / s.batch_size)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _schedule(s.epochs * steps_per_epoch, max(1, round(s.warmup_epochs * steps_per_epoch))))
+        weights = None
+        if s.class_weights:
+            counts = np.bincount(self.y[fold.train], minlength=len(self.classes)).astype(float)
+            weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+        loss_fn = nn.CrossEntropyLoss(weight=weights.to(self.device) if weights is not None else None)
+        folder = self.checkpoint_dir(fold)
+        last, best = folder / "last.safetensors", folder / "best.safetensors"
+        progress = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "stale_epochs": 0, "history": [],
+                    "train_seconds": 0.0, "train_images": 0}
+        if s.resume and last.exists():
+            progress = load_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler)
+        train_data = TrainImages([self.paths[i] for i in fold.train], self.y[fold.train].tolist(), prep, s.seed)
+        val_loader = self._loader(EvalImages([self.paths[i] for i in fold.val], prep), shuffle=False)
+        frozen = parse_unfreeze(s.unfreeze)[0] == "none"
+        for epoch in range(progress["epoch"], s.epochs):
+            if progress["stale_epochs"] >= s.patience:
+                break
+            train_data.epoch = epoch
+            model.train()
+            if frozen:
+                model.backbone.eval()  # nothing of the backbone changes, batch-norm statistics included
+            started, losses = time.perf_counter(), []
+            description = f"fold {fold.index} epoch {epoch + 1}/{s.epochs}"
+            with progress_bar(description, total=len(fold.train), enabled=show_progress) as advance:
+                for pixels, labels in self._loader(train_data, shuffle=True, epoch=epoch):
+                    pixels = pixels.to(self.device, non_blocking=True)
+                    if backbone.is_cnn:
+                        pixels = pixels.contiguous(memory_format=torch.channels_last)
+                    with autocast(self.device, self.precision):
+                        logits = model(pixels)
+                    loss = loss_fn(logits.float(), labels.to(self.device))
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    losses.append(float(loss.detach()))
+                    advance(len(labels))
+            progress["train_seconds"] += time.perf_counter() - started
+            progress["train_images"] += len(fold.train)
+            val_scores = predict(model, val_loader, self.device, self.precision, len(fold.val))
+            score = balanced_accuracy(self.y[fold.val], val_scores)
+            progress["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+                                        "val_balanced_accuracy": score})
+            if score > progress["best_score"]:
+                progress.update(best_score=score, best_epoch=epoch + 1, stale_epochs=0)
+                save_weights(model, best)
+            else:
+                progress["stale_epochs"] += 1
+            progress["epoch"] = epoch + 1
+            save_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler, progress=progress)
+        load_weights(model, best)
+        test_loader = self._loader(EvalImages([self.paths[i] for i in fold.test], prep), shuffle=False)
+        scores = predict(model, test_loader, self.device, self.precision, len(fold.test))
+        head_params = sum(p.numel() for p in model.head.parameters())
+        return {
+            "scores": scores, "history": progress["history"], "best_epoch": progress["best_epoch"],
+            "val_balanced_accuracy": progress["best_score"],
+            "trainable_parameters": trainable_backbone + head_params,
+            "total_parameters": sum(p.numel() for p in model.parameters()),
+            "train_seconds": progress["train_seconds"],
+            "train_images_per_second": progress["train_images"] / max(progress["train_seconds"], 1e-9),
+            "preprocessing": prep.to_dict(), "pools": model.pools,
+        }
+
+
+def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_dir: Path,
+             show_progress: bool = True) -> dict:
+    parse_unfreeze(settings.unfreeze)
+    if settings.epochs < 1 or settings.batch_size < 1:
+        raise MedprobeError("--epochs and --batch-size must be at least 1")
+    plan = dataset_splits(dataset, folds=settings.folds, seed=settings.seed)
+    folds = plan.folds
+    if settings.fold is not None:
+        if not 0 <= settings.fold < len(folds):
+            raise MedprobeError(f"--fold {settings.fold}: choose 0..{len(folds) - 1} or all")
+        folds = [folds[settings.fold]]
+    trainer = FoldTrainer(dataset, model, settings, out_dir)
+    started = time.perf_counter()
+    results = [trainer.train(fold, show_progress) for fold in folds]
+    wall = time.perf_counter() - started
+    positions = np.concatenate([f.test for f in folds])
+    fold_of = np.concatenate([np.full(len(f.test), f.index) for f in folds])
+    scores = np.concatenate([r["scores"] for r in results])
+    protocol = plan.protocol if settings.fold is None else f"{plan.protocol}-fold{settings.fold}"
+    samples = dataset.samples
+    record = {
+        "kind": "finetune", "method": f"finetune-{settings.unfreeze}", "model": model,
+        "pool": "+".join(results[0]["pools"]), "protocol": protocol,
+        "dataset": {"name": dataset.name, "source": str(dataset.source), "samples": len(samples),
+                    "classes": dataset.classes, "class_counts": dict(dataset.class_counts()),
+                    "grouped": plan.grouped},
+        "seed": settings.seed, "folds": len(plan.folds), "split_protocol": plan.protocol,
+        "bootstrap": {"replicates": settings.bootstrap, "level": 95, "seed": settings.seed,
+                      "unit": "patient" if plan.grouped else "sample"},
+        "ordinal": settings.ordinal, "settings": asdict(settings),
+        "backbone": {"name": trainer.spec.name, "backend": trainer.spec.backend, "source": trainer.spec.source,
+                     "preprocessing": results[0]["preprocessing"]},
+        "sizes": [{"fold": f.index, "train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in folds],
+        "hyperparameters": [{"fold": f.index, "best_epoch": r["best_epoch"],
+                             "val_balanced_accuracy": r["val_balanced_accuracy"]} for f, r in zip(folds, results,
+                                                                                                 strict=True)],
+        "history": [{"fold": f.index, "epochs": r["history"]} for f, r in zip(folds, results, strict=True)],
+        **test_report(trainer.y[positions], scores, fold_of=fold_of, groups=[samples[i].group for i in positions],
+                      classes=dataset.classes, ordinal=settings.ordinal, replicates=settings.bootstrap,
+                      seed=settings.seed),
+        "cost": {"trainable_parameters": results[0]["trainable_parameters"],
+                 "total_parameters": results[0]["total_parameters"], "wall_seconds": round(wall, 3),
+                 "train_images_per_second": round(float(np.mean([r["train_images_per_second"] for r in results])), 2),
+                 "peak_memory_mb": round(peak_memory_mb(trainer.device), 1), "device": str(trainer.device),
+                 "device_name": device_name(trainer.device), "precision": trainer.precision},
+        "medprobe_version": __version__,
+    }
+    json_path, csv_path = record_paths(out_dir, dataset.name, f"{trainer.name}__{protocol}-seed{settings.seed}")
+    chosen = [samples[i] for i in positions]
+    write_predictions(csv_path, ids=[c.id for c in chosen], groups=[c.group for c in chosen],
+                      folds=fold_of.tolist(), labels=[c.label for c in chosen], classes=dataset.classes, scores=scores)
+    record["predictions"] = csv_path.name
+    record["record_path"] = str(json_path)
+    write_record(json_path, record)
+    return record

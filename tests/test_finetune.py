@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from conftest import blob_image
+from PIL import Image
+from probe_helpers import write_cache
+from safetensors.torch import load_file
+
+from medprobe.cli import main
+from medprobe.data import load_dataset
+from medprobe.errors import MedprobeError
+from medprobe.finetune import augment
+from medprobe.finetune.runner import FinetuneSettings, finetune
+from medprobe.models.backbone import load_backbone
+from medprobe.models.registry import resolve_model
+from medprobe.probe.runner import ProbeSettings, probe
+
+
+@pytest.fixture
+def blobs(tmp_path):
+    """30 images, 2 classes (bright square top-left vs bottom-right), 15 patients of 2 images each."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "blobs"
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i in range(30):
+        label = (i // 2) % 2
+        Image.fromarray(blob_image(rng, label, (48, 44))).save(root / "img" / f"{i:02d}.png")
+        rows.append({"path": f"img/{i:02d}.png", "label": ["left", "right"][label], "group": f"p{i // 2}"})
+    with (root / "labels.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "group"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return load_dataset(root / "labels.csv")
+
+
+def run(dataset, model, out_dir, **overrides):
+    options = dict(epochs=3, lr=1e-3, head_lr=1e-2, batch_size=8, workers=0, fold=0, bootstrap=200,
+                   precision="fp32", device="cpu", folds=3)
+    options.update(overrides)
+    return finetune(dataset=dataset, model=str(model), settings=FinetuneSettings(**options), out_dir=out_dir,
+                    show_progress=False)
+
+
+def best_weights(record_dir, name):
+    return load_file(str(next(record_dir.rglob(f"{name}*fold0*/best.safetensors"))))
+
+
+def test_full_finetuning_lowers_the_loss_and_changes_the_backbone(blobs, tiny_timm_models, tmp_path):
+    model = tiny_timm_models["resnet"]
+    record = run(blobs, model, tmp_path / "out", epochs=10, patience=20)
+    losses = [e["train_loss"] for e in record["history"][0]["epochs"]]
+    assert np.mean(losses[-3:]) < 0.75 * losses[0]
+    original = load_backbone(resolve_model(str(model))).module.state_dict()
+    tuned = best_weights(tmp_path / "out", "resnet")
+    changed = [k for k, v in original.items() if v.is_floating_point() and not torch.equal(tuned[f"backbone.{k}"], v)]
+    assert changed
+    assert record["method"] == "finetune-all" and record["cost"]["trainable_parameters"] == \
+        record["cost"]["total_parameters"]
+
+
+def test_frozen_mode_trains_only_the_head(blobs, tiny_timm_models, tmp_path):
+    model = tiny_timm_models["resnet"]
+    record = run(blobs, model, tmp_path / "out", unfreeze="none")
+    original = load_backbone(resolve_model(str(model))).module.state_dict()
+    tuned = best_weights(tmp_path / "out", "resnet")
+    for key, value in original.items():  # weights and batch-norm statistics alike
+        assert torch.equal(tuned[f"backbone.{key}"], value), key
+    head = tuned["head.weight"].numel() + tuned["head.bias"].numel()
+    assert record["cost"]["trainable_parameters"] == head == 96 * 2 + 2
+
+
+def test_last_n_unfreezes_exactly_the_last_blocks(blobs, tiny_dinov2, tmp_path):
+    record = run(blobs, tiny_dinov2, tmp_path / "out", unfreeze="last-2", epochs=1)
+    module = load_backbone(resolve_model(str(tiny_dinov2))).module
+    expected = sum(p.numel() for block in module.encoder.layer[-2:] for p in block.parameters())
+    expected += sum(p.numel() for p in module.layernorm.parameters()) + (2 * 32 * 2 + 2)  # + head on cls+mean
+    assert record["cost"]["trainable_parameters"] == expected
+    assert record["pool"] == "cls+mean"
+    with pytest.raises(MedprobeError, match="has 4 blocks"):
+        run(blobs, tiny_dinov2, tmp_path / "out", unfreeze="last-9")
+
+
+def test_interrupted_run_resumes_to_the_same_result(blobs, tiny_timm_models, tmp_path, monkeypatch):
+    model = tiny_timm_models["resnet"]
+    reference = run(blobs, model, tmp_path / "a", epochs=4)
+    original = augment.TrainImages.__getitem__
+    calls = {"n": 0}
+
+    def crash_in_epoch_three(self, index):
+        if self.epoch == 2:
+            calls["n"] += 1
+            if calls["n"] > 9:
+                raise KeyboardInterrupt
+        return original(self, index)
+
+    monkeypatch.setattr(augment.TrainImages, "__getitem__", crash_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        run(blobs, model, tmp_path / "b", epochs=4)
+    epochs_trained = set()
+
+    def record_epochs(self, index):
+        epochs_trained.add(self.epoch)
+        return original(self, index)
+
+    monkeypatch.setattr(augment.TrainImages, "__getitem__", record_epochs)
+    resumed = run(blobs, model, tmp_path / "b", epochs=4, resume=True)
+    assert epochs_trained == {2, 3}  # it continued; epochs 1 and 2 were not trained again
+    assert resumed["history"] == reference["history"]
+    assert resumed["metrics"] == reference["metrics"]
+
+
+def test_test_samples_are_exactly_the_probes(blobs, tiny_timm_models, tmp_path):
+    write_cache(blobs, tmp_path / "cache", "resnet50", {"gap": np.random.default_rng(0).normal(size=(30, 4))})
+    probed = probe(dataset=blobs, models=["resnet50"], cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
+                   settings=ProbeSettings(folds=3, bootstrap=100), show_progress=False)[0]
+    tuned = run(blobs, tiny_timm_models["resnet"], tmp_path / "out", fold=None, epochs=1)
+
+    def id_fold(record):
+        with open(tmp_path / "out" / "blobs-labels" / record["predictions"]) as handle:
+            return sorted((row["id"], row["fold"]) for row in csv.DictReader(handle))
+
+    assert id_fold(tuned) == id_fold(probed) and len(id_fold(tuned)) == 30
+    assert tuned["patient_metrics"]["patients"] == 15
+
+
+def test_finetune_cli_and_bad_input(blobs, tiny_timm_models, tmp_path, capsys):
+    args = ["finetune", str(blobs.source), "--model", str(tiny_timm_models["resnet"]), "--epochs", "1",
+            "--fold", "0", "--folds", "3", "--workers", "0", "--bootstrap", "100", "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and "finetune-all" in out and "trainable" in out
+    for bad, message in ((["--unfreeze", "some"], "--unfreeze 'some'"), (["--fold", "7"], "--fold 7")):
+        with pytest.raises(SystemExit) as info:
+            main(args + bad)
+        assert info.value.code == 2 and message in capsys.readouterr().err
