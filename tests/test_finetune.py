@@ -139,3 +139,22 @@ def test_finetune_cli_and_bad_input(blobs, tiny_timm_models, tmp_path, capsys):
         with pytest.raises(SystemExit) as info:
             main(args + bad)
         assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_layer_decay_and_class_weights(blobs, tiny_dinov2, tmp_path):
+    from medprobe.finetune.blocks import apply_unfreeze
+    from medprobe.finetune.runner import Classifier, _parameter_groups
+
+    backbone = load_backbone(resolve_model(str(tiny_dinov2)))
+    apply_unfreeze(backbone.module, "all")
+    model = Classifier(backbone, 2, (32, 32))
+    groups = _parameter_groups(model, FinetuneSettings(lr=1.0, head_lr=5.0, layer_decay=0.5))
+    rates = {g["name"]: g["lr"] for g in groups}
+    assert rates["head"] == 5.0 and rates["backbone-depth4"] == 1.0 and rates["backbone-depth1"] == 0.125
+    assert rates["backbone-depth0"] == 0.0625  # embeddings: below the first block
+    depth4 = next(g for g in groups if g["name"] == "backbone-depth4")["params"]
+    assert any(p is model.backbone.layernorm.weight for p in depth4)  # the final norm sits with the top block
+    grouped = sum(p.numel() for g in groups for p in g["params"])
+    assert grouped == sum(p.numel() for p in model.parameters())
+    record = run(blobs, tiny_dinov2, tmp_path / "out", epochs=1, layer_decay=0.75, class_weights=True)
+    assert record["settings"]["layer_decay"] == 0.75 and record["settings"]["class_weights"] is True

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -22,13 +23,15 @@ from medprobe.errors import MedprobeError
 from medprobe.extract.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
 from medprobe.extract.runner import default_workers
 from medprobe.finetune.augment import EvalImages, TrainImages
-from medprobe.finetune.blocks import apply_unfreeze, backbone_blocks, parse_unfreeze
+from medprobe.finetune.blocks import apply_unfreeze, backbone_blocks, final_norms, parse_unfreeze
 from medprobe.finetune.checkpoint import load_training_state, load_weights, save_training_state, save_weights
 from medprobe.models.backbone import Backbone, load_backbone
 from medprobe.models.registry import resolve_model
 from medprobe.progress import progress_bar
 from medprobe.results.metrics import all_metrics, test_report
 from medprobe.results.record import record_paths, write_predictions, write_record
+
+STDERR = Console(stderr=True, highlight=False)
 
 
 @dataclass
@@ -87,9 +90,11 @@ def _parameter_groups(model: Classifier, settings: FinetuneSettings) -> list[dic
         return groups
     if settings.layer_decay is None:
         return groups + [{"params": backbone_params, "lr": settings.lr, "name": "backbone"}]
-    # layer-wise decay: block i of n gets lr * decay^(n - i); parameters outside blocks (embeddings) decay most
+    # layer-wise decay: block i of n (and the final norm, with block n) gets lr * decay^(n - i); parameters
+    # below the first block (embeddings) decay most
     blocks = backbone_blocks(model.backbone)
     depth_of = {id(p): i + 1 for i, block in enumerate(blocks) for p in block.parameters()}
+    depth_of.update({id(p): len(blocks) for norm in final_norms(model.backbone) for p in norm.parameters()})
     by_depth: dict[int, list] = {}
     for p in backbone_params:
         by_depth.setdefault(depth_of.get(id(p), 0), []).append(p)
@@ -198,6 +203,9 @@ class FoldTrainer:
             score = balanced_accuracy(self.y[fold.val], val_scores)
             progress["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
                                         "val_balanced_accuracy": score})
+            if show_progress:
+                STDERR.print(f"{description}: train loss {np.mean(losses):.4f}, val balanced accuracy {score:.3f}"
+                             f"{' (best)' if score > progress['best_score'] else ''}")
             if score > progress["best_score"]:
                 progress.update(best_score=score, best_epoch=epoch + 1, stale_epochs=0)
                 save_weights(model, best)
