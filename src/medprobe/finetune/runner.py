@@ -249,7 +249,7 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
     protocol = plan.protocol if settings.fold is None else f"{plan.protocol}-fold{settings.fold}"
     samples = dataset.samples
     record = {
-        "kind": "finetune", "method": f"finetune-{settings.unfreeze}", "model": model,
+        "kind": "finetune", "method": f"finetune-{settings.unfreeze}", "model": trainer.spec.name,
         "pool": "+".join(results[0]["pools"]), "protocol": protocol,
         "dataset": {"name": dataset.name, "source": str(dataset.source), "samples": len(samples),
                     "classes": dataset.classes, "class_counts": dict(dataset.class_counts()),

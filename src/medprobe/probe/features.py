@@ -48,7 +48,7 @@ def find_cache(dataset: Dataset, model: str, cache_dir: Path) -> CacheRef:
         contents = read_contents(path)
         problem = _staleness(dataset, contents)
         if problem is None:
-            return CacheRef(model, path, contents.attrs)
+            return CacheRef(spec.name, path, contents.attrs)  # the name extract recorded, also for folders
         problems.append(problem)
     raise MedprobeError(f"the cache of {model} for {dataset.name} is stale ({problems[0]}); "
                         f"{_extract_hint(dataset, model)}")

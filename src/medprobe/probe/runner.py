@@ -204,7 +204,8 @@ class Prober:
 def build_jobs(dataset: Dataset, models: list[str] | None, cache_dir: Path, with_datasets: list[Dataset],
                fuse: bool) -> list[Job]:
     refs = ([find_cache(dataset, m, cache_dir) for m in models] if models else extracted_models(dataset, cache_dir))
-    extras = [[find_cache(other, ref.model, cache_dir) for ref in refs] for other in with_datasets]
+    queries = models or [ref.model for ref in refs]  # what resolves to each backbone (a folder stays a path)
+    extras = [[find_cache(other, query, cache_dir) for query in queries] for other in with_datasets]
     suffix = "".join(f"+{other.name}" for other in with_datasets)
     if fuse:
         if len(refs) < 2 and not with_datasets:
