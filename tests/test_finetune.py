@@ -91,21 +91,21 @@ def test_interrupted_run_resumes_to_the_same_result(blobs, tiny_timm_models, tmp
     original = augment.TrainImages.__getitem__
     calls = {"n": 0}
 
-    def crash_in_epoch_three(self, index):
-        if self.epoch == 2:
+    def crash_in_epoch_three(self, key):
+        if key // len(self.paths) == 2:
             calls["n"] += 1
             if calls["n"] > 9:
                 raise KeyboardInterrupt
-        return original(self, index)
+        return original(self, key)
 
     monkeypatch.setattr(augment.TrainImages, "__getitem__", crash_in_epoch_three)
     with pytest.raises(KeyboardInterrupt):
         run(blobs, model, tmp_path / "b", epochs=4)
     epochs_trained = set()
 
-    def record_epochs(self, index):
-        epochs_trained.add(self.epoch)
-        return original(self, index)
+    def record_epochs(self, key):
+        epochs_trained.add(key // len(self.paths))
+        return original(self, key)
 
     monkeypatch.setattr(augment.TrainImages, "__getitem__", record_epochs)
     resumed = run(blobs, model, tmp_path / "b", epochs=4, resume=True)
@@ -158,3 +158,9 @@ def test_layer_decay_and_class_weights(blobs, tiny_dinov2, tmp_path):
     assert grouped == sum(p.numel() for p in model.parameters())
     record = run(blobs, tiny_dinov2, tmp_path / "out", epochs=1, layer_decay=0.75, class_weights=True)
     assert record["settings"]["layer_decay"] == 0.75 and record["settings"]["class_weights"] is True
+
+
+def test_results_do_not_depend_on_the_number_of_workers(blobs, tiny_timm_models, tmp_path):
+    serial = run(blobs, tiny_timm_models["resnet"], tmp_path / "a", epochs=2)
+    parallel = run(blobs, tiny_timm_models["resnet"], tmp_path / "b", epochs=2, workers=2)
+    assert parallel["history"] == serial["history"] and parallel["metrics"] == serial["metrics"]

@@ -1,5 +1,6 @@
 """Training-time images: the standard, mild medical augmentation, reproducible per (seed, epoch, sample)
-so that an interrupted run resumes to the same result, whatever the number of workers.
+so that an interrupted run resumes to the same result, whatever the number of workers (which persist
+across epochs).
 
 RandomResizedCrop to the backbone's input size (scale 0.7-1.0, aspect 3/4-4/3), horizontal flip (p=0.5),
 rotation of up to +-10 degrees; then the backbone's own normalisation. Evaluation uses the exact
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 import torchvision.transforms.v2 as T
 from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import Sampler
 
 from medprobe.data.images import decode_image, read_image_bytes
 from medprobe.models.preprocess import Preprocessing
@@ -22,10 +24,26 @@ SCALE = (0.7, 1.0)
 MAX_ROTATION = 10.0
 
 
+class EpochShuffle(Sampler):
+    """A fresh permutation per epoch, seeded by (seed, epoch). It yields `epoch * n + index`, so workers
+    that live across epochs (persistent_workers) still know which epoch an image belongs to."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        return iter((self.epoch * self.n + order).tolist())
+
+
 class TrainImages(TorchDataset):
+    """Items are keyed `epoch * n + index` (see EpochShuffle)."""
+
     def __init__(self, paths: list[Path], labels: list[int], prep: Preprocessing, seed: int) -> None:
         self.paths, self.labels, self.seed = paths, labels, seed
-        self.epoch = 0
         self.augment = T.Compose([
             T.RandomResizedCrop(list(prep.input_size), scale=SCALE, antialias=True),
             T.RandomHorizontalFlip(),
@@ -36,10 +54,11 @@ class TrainImages(TorchDataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int):
+        epoch, index = divmod(key, len(self.paths))
         image = decode_image(read_image_bytes(self.paths[index]), self.paths[index])
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
+            torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFFFFFF)
             image = self.augment(image)
         return self.normalise(image), self.labels[index]
 

@@ -22,7 +22,7 @@ from medprobe.data.splits import Fold, dataset_splits
 from medprobe.errors import MedprobeError
 from medprobe.extract.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
 from medprobe.extract.runner import default_workers
-from medprobe.finetune.augment import EvalImages, TrainImages
+from medprobe.finetune.augment import EpochShuffle, EvalImages, TrainImages
 from medprobe.finetune.blocks import apply_unfreeze, backbone_blocks, final_norms, parse_unfreeze
 from medprobe.finetune.checkpoint import load_training_state, load_weights, save_training_state, save_weights
 from medprobe.models.backbone import Backbone, load_backbone
@@ -142,10 +142,9 @@ class FoldTrainer:
         folder = record_paths(self.out_dir, self.dataset.name, "x")[0].parent
         return folder / "checkpoints" / f"{self.name}__fold{fold.index}-seed{self.settings.seed}"
 
-    def _loader(self, data, *, shuffle: bool, epoch: int = 0) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.settings.seed * 100_003 + epoch)
-        return DataLoader(data, batch_size=self.settings.batch_size, shuffle=shuffle, generator=generator,
-                          num_workers=self.workers, pin_memory=self.device.type == "cuda")
+    def _loader(self, data, sampler=None) -> DataLoader:
+        return DataLoader(data, batch_size=self.settings.batch_size, sampler=sampler, num_workers=self.workers,
+                          pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0)
 
     def train(self, fold: Fold, show_progress: bool) -> dict:
         s = self.settings
@@ -171,20 +170,22 @@ class FoldTrainer:
                     "train_seconds": 0.0, "train_images": 0}
         if s.resume and last.exists():
             progress = load_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler)
-        train_data = TrainImages([self.paths[i] for i in fold.train], self.y[fold.train].tolist(), prep, s.seed)
-        val_loader = self._loader(EvalImages([self.paths[i] for i in fold.val], prep), shuffle=False)
+        shuffle = EpochShuffle(len(fold.train), s.seed)
+        train_loader = self._loader(
+            TrainImages([self.paths[i] for i in fold.train], self.y[fold.train].tolist(), prep, s.seed), shuffle)
+        val_loader = self._loader(EvalImages([self.paths[i] for i in fold.val], prep))
         frozen = parse_unfreeze(s.unfreeze)[0] == "none"
         for epoch in range(progress["epoch"], s.epochs):
             if progress["stale_epochs"] >= s.patience:
                 break
-            train_data.epoch = epoch
+            shuffle.epoch = epoch
             model.train()
             if frozen:
                 model.backbone.eval()  # nothing of the backbone changes, batch-norm statistics included
             started, losses = time.perf_counter(), []
             description = f"fold {fold.index} epoch {epoch + 1}/{s.epochs}"
             with progress_bar(description, total=len(fold.train), enabled=show_progress) as advance:
-                for pixels, labels in self._loader(train_data, shuffle=True, epoch=epoch):
+                for pixels, labels in train_loader:
                     pixels = pixels.to(self.device, non_blocking=True)
                     if backbone.is_cnn:
                         pixels = pixels.contiguous(memory_format=torch.channels_last)
@@ -214,7 +215,7 @@ class FoldTrainer:
             progress["epoch"] = epoch + 1
             save_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler, progress=progress)
         load_weights(model, best)
-        test_loader = self._loader(EvalImages([self.paths[i] for i in fold.test], prep), shuffle=False)
+        test_loader = self._loader(EvalImages([self.paths[i] for i in fold.test], prep))
         scores = predict(model, test_loader, self.device, self.precision, len(fold.test))
         head_params = sum(p.numel() for p in model.head.parameters())
         return {
