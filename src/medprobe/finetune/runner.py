@@ -29,7 +29,7 @@ from medprobe.models.backbone import Backbone, load_backbone
 from medprobe.models.registry import resolve_model
 from medprobe.progress import progress_bar
 from medprobe.results.metrics import all_metrics, test_report
-from medprobe.results.record import record_paths, write_predictions, write_record
+from medprobe.results.record import record_paths, safe_name, write_predictions, write_record
 
 STDERR = Console(stderr=True, highlight=False)
 
@@ -139,8 +139,8 @@ class FoldTrainer:
         self.out_dir = Path(out_dir)
 
     def checkpoint_dir(self, fold: Fold) -> Path:
-        folder = record_paths(self.out_dir, self.dataset.name, "x")[0].parent
-        return folder / "checkpoints" / f"{self.name}__fold{fold.index}-seed{self.settings.seed}"
+        return (self.out_dir / safe_name(self.dataset.name) / "checkpoints"
+                / f"{self.name}__fold{fold.index}-seed{self.settings.seed}")
 
     def _loader(self, data, sampler=None) -> DataLoader:
         return DataLoader(data, batch_size=self.settings.batch_size, sampler=sampler, num_workers=self.workers,
