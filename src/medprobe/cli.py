@@ -109,6 +109,7 @@ def probe_command(
     from medprobe.data import load_dataset
     from medprobe.probe.classifiers import CLASSIFIERS
     from medprobe.probe.runner import ProbeSettings, probe
+    from medprobe.results.table import records_table
 
     methods = [c.strip() for item in clf for c in item.split(",") if c.strip()]
     methods = list(CLASSIFIERS) if "all" in methods else methods
@@ -128,11 +129,8 @@ def probe_command(
         dataset = dataset.with_class_order([c.strip() for c in classes.split(",")])
     records = probe(dataset=dataset, models=list(model) if model else None, cache_dir=_cache_dir(cache_dir),
                     out_dir=out, settings=settings, with_datasets=[load_dataset(p) for p in with_data or []])
-    from medprobe.results.table import records_table
-
     console.print(records_table(records))
     console.print(f"records: {Path(records[0]['record_path']).parent}")
-
 
 
 @app.command("finetune")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import torch
 from torch import nn
 
 from medprobe.errors import MedprobeError
@@ -59,7 +58,3 @@ def apply_unfreeze(module: nn.Module, value: str) -> int:
         for part in blocks[-count:] + final_norms(module):
             part.requires_grad_(True)
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-def trainable(parameters) -> list[torch.nn.Parameter]:
-    return [p for p in parameters if p.requires_grad]

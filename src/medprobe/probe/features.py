@@ -13,8 +13,6 @@ from medprobe.data.samples import Dataset
 from medprobe.errors import MedprobeError
 from medprobe.models.registry import resolve_model
 
-POOL_CHOICES = ("auto", "cls", "mean", "cls+mean", "cls4", "gap")
-
 
 @dataclass
 class CacheRef:

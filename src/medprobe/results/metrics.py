@@ -189,8 +189,6 @@ def patient_level(y: np.ndarray, scores: np.ndarray, groups: list[str | None]) -
     return labels, mean_scores
 
 
-
-
 def patient_block(y: np.ndarray, repeated_scores: list[np.ndarray], groups: list[str | None], classes: list[str], *,
                   ordinal: bool, replicates: int, seed: int) -> dict | None:
     """Patient-level metrics from mean slice scores (averaged over repeats, if several); None without
