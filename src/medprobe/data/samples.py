@@ -8,6 +8,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from medprobe.errors import MedprobeError
 
 SPLITS = ("train", "val", "test")
@@ -66,6 +68,11 @@ class Dataset:
         a cache, each reading only its own ids."""
         safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in self.root.resolve().name) or "root"
         return f"{safe}-{self.key}"
+
+    def targets(self) -> np.ndarray:
+        """Each sample's class index into `classes`."""
+        index = {label: i for i, label in enumerate(self.classes)}
+        return np.array([index[s.label] for s in self.samples])
 
     @property
     def ids(self) -> list[str]:

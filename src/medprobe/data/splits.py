@@ -37,7 +37,8 @@ class SplitPlan:
     seed: int
 
 
-def _group_ids(labels: Sequence[str], groups: Sequence[str | None] | None) -> np.ndarray | None:
+def patient_ids(groups: Sequence[str | None] | None) -> np.ndarray | None:
+    """Patient ids, or None when the dataset has no groups."""
     if groups is None or all(g is None for g in groups):
         return None
     # a sample without a group is its own patient
@@ -96,7 +97,7 @@ def _refuse_shared_groups(group_ids: np.ndarray, parts: dict[str, np.ndarray]) -
 def make_splits(labels: Sequence[str], *, groups: Sequence[str | None] | None = None,
                 splits: Sequence[str | None] | None = None, folds: int = 5, seed: int = 0) -> SplitPlan:
     y = np.asarray(labels, dtype=object)
-    group_ids = _group_ids(labels, groups)
+    group_ids = patient_ids(groups)
     grouped = group_ids is not None
     positions = np.arange(len(y))
     if splits is not None and any(s is not None for s in splits):
@@ -124,6 +125,11 @@ def make_splits(labels: Sequence[str], *, groups: Sequence[str | None] | None = 
         train, val = carve_validation(train, y, group_ids, seed + index)
         result.append(Fold(index, train, val, np.sort(test)))
     return SplitPlan(f"kfold{folds}", result, grouped, seed)
+
+
+def pooled_test(folds: list[Fold]) -> tuple[np.ndarray, np.ndarray]:
+    """Every test sample of `folds` once, and the fold that tested it."""
+    return (np.concatenate([f.test for f in folds]), np.concatenate([np.full(len(f.test), f.index) for f in folds]))
 
 
 def dataset_splits(dataset: Dataset, *, folds: int = 5, seed: int = 0) -> SplitPlan:

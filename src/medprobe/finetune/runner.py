@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from medprobe import __version__
 from medprobe.data.samples import Dataset
-from medprobe.data.splits import Fold, dataset_splits
+from medprobe.data.splits import Fold, dataset_splits, pooled_test
 from medprobe.errors import MedprobeError
 from medprobe.extract.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
 from medprobe.extract.runner import default_workers
@@ -26,9 +26,9 @@ from medprobe.finetune.augment import EpochShuffle, EvalImages, TrainImages
 from medprobe.finetune.blocks import apply_unfreeze, backbone_blocks, final_norms, parse_unfreeze
 from medprobe.finetune.checkpoint import load_training_state, load_weights, save_training_state, save_weights
 from medprobe.models.backbone import Backbone, load_backbone
-from medprobe.models.registry import resolve_model
+from medprobe.models.registry import auto_pools, resolve_model
 from medprobe.progress import progress_bar
-from medprobe.results.metrics import all_metrics, test_report
+from medprobe.results.metrics import balanced_accuracy, test_report
 from medprobe.results.record import record_paths, safe_name, write_predictions, write_record
 
 STDERR = Console(stderr=True, highlight=False)
@@ -66,7 +66,7 @@ class Classifier(nn.Module):
         super().__init__()
         self.backbone = backbone.module
         self._embed = backbone.embed
-        self.pools = ["cls", "mean"] if "cls" in backbone.pools else [backbone.pools[0]]
+        self.pools = auto_pools(backbone.pools)
         with torch.no_grad():
             dim = self.features(torch.zeros(1, 3, *input_size)).shape[1]
         self.head = nn.Linear(dim, n_classes)
@@ -77,10 +77,6 @@ class Classifier(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(pixels).float())
-
-
-def balanced_accuracy(y: np.ndarray, scores: np.ndarray) -> float:
-    return float(all_metrics(y, scores, np.ones((1, len(y))), ordinal=False)["balanced_accuracy"][0])
 
 
 def _parameter_groups(model: Classifier, settings: FinetuneSettings) -> list[dict]:
@@ -131,7 +127,7 @@ class FoldTrainer:
         self.device = resolve_device(settings.device)
         self.precision = resolve_precision(settings.precision, self.device)
         self.classes = dataset.classes
-        self.y = np.array([self.classes.index(s.label) for s in dataset.samples])
+        self.y = dataset.targets()
         self.paths = [s.path for s in dataset.samples]
         self.workers = default_workers() if settings.workers is None else settings.workers
         self.mode = settings.unfreeze
@@ -244,8 +240,7 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
     started = time.perf_counter()
     results = [trainer.train(fold, show_progress) for fold in folds]
     wall = time.perf_counter() - started
-    positions = np.concatenate([f.test for f in folds])
-    fold_of = np.concatenate([np.full(len(f.test), f.index) for f in folds])
+    positions, fold_of = pooled_test(folds)
     scores = np.concatenate([r["scores"] for r in results])
     protocol = plan.protocol if settings.fold is None else f"{plan.protocol}-fold{settings.fold}"
     samples = dataset.samples

@@ -16,6 +16,11 @@ CNN_POOLS = ("gap",)
 BACKENDS = ("transformers", "timm", "efficientnet-lite")
 
 
+def auto_pools(stored: list[str] | tuple[str, ...]) -> list[str]:
+    """The `auto` pool: CLS and mean patch token concatenated for ViTs, else the backbone's one pool."""
+    return ["cls", "mean"] if "cls" in stored and "mean" in stored else list(stored[:1])
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model name means. `source` is a hub id, a timm model name or a local directory.

@@ -28,7 +28,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-from medprobe.results.metrics import all_metrics
+from medprobe.results.metrics import balanced_accuracy
 
 CLASSIFIERS = ("logreg", "svm", "knn")
 LOGREG_GRID = tuple(float(c) for c in np.logspace(-6, 5, 45))
@@ -42,10 +42,6 @@ SIMILARITY_BLOCK = 2**25  # float32 query x train similarities held at once (128
 # fixed hyperparameters for few-shot training, where no validation data exists
 FEW_SHOT_PARAMS = {"logreg": {"C": 1.0}, "svm": {"kernel": "linear", "C": 1.0},
                    "knn": {"k": 20, "weighting": "softmax"}}
-
-
-def balanced_accuracy(y: np.ndarray, scores: np.ndarray) -> float:
-    return float(all_metrics(y, scores, np.ones((1, len(y))), ordinal=False)["balanced_accuracy"][0])
 
 
 def softmax(values: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 from medprobe.cache import list_cache_files, plan_rows, read_contents, read_features
 from medprobe.data.samples import Dataset
 from medprobe.errors import MedprobeError
-from medprobe.models.registry import resolve_model
+from medprobe.models.registry import auto_pools, resolve_model
 
 
 @dataclass
@@ -69,7 +69,7 @@ def extracted_models(dataset: Dataset, cache_dir: Path) -> list[CacheRef]:
 def resolve_pools(pool: str, ref: CacheRef) -> list[str]:
     stored = list(ref.attrs.get("pools") or [])
     if pool == "auto":
-        return ["cls", "mean"] if "cls" in stored and "mean" in stored else stored[:1]
+        return auto_pools(stored)
     wanted = pool.split("+")
     missing = [p for p in wanted if p not in stored]
     if missing:

@@ -14,7 +14,7 @@ from joblib import Parallel, delayed
 from medprobe import __version__
 from medprobe.cache.store import now_iso
 from medprobe.data.samples import Dataset
-from medprobe.data.splits import Fold, SplitPlan, dataset_splits
+from medprobe.data.splits import Fold, SplitPlan, dataset_splits, pooled_test
 from medprobe.errors import MedprobeError
 from medprobe.probe import classifiers
 from medprobe.probe.features import CacheRef, extracted_models, feature_matrix, find_cache
@@ -88,16 +88,10 @@ class Prober:
         self.settings = settings
         self.out_dir = Path(out_dir)
         self.classes = dataset.classes
-        self.y = np.array([self.classes.index(s.label) for s in dataset.samples])
+        self.y = dataset.targets()
         self.groups = [s.group for s in dataset.samples]
         self.codes = group_codes(self.groups)
         self.plan: SplitPlan = dataset_splits(dataset, folds=settings.folds, seed=settings.seed)
-
-    def _test_positions(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every test sample once (pooled over folds), and the fold that tested it."""
-        folds = self.plan.folds
-        return (np.concatenate([f.test for f in folds]),
-                np.concatenate([np.full(len(f.test), f.index) for f in folds]))
 
     def _base_record(self, job: Job, method: str, protocol: str) -> dict:
         s = self.settings
@@ -138,7 +132,7 @@ class Prober:
             delayed(_run_fold)(method, job.X, self.y, fold, len(self.classes), s.seed, s.coarse_to_fine, s.save_model)
             for fold in self.plan.folds)
         fit_seconds = time.perf_counter() - started
-        positions, fold_of = self._test_positions()
+        positions, fold_of = pooled_test(self.plan.folds)
         scores = np.concatenate([r["scores"] for r in results])
         record = self._base_record(job, method, self.plan.protocol)
         record.update({
@@ -166,7 +160,7 @@ class Prober:
         s = self.settings
         started = time.perf_counter()
         params = classifiers.FEW_SHOT_PARAMS[method]
-        positions, fold_of = self._test_positions()
+        positions, fold_of = pooled_test(self.plan.folds)
         repeated, train_sizes = [], []
         for repeat in range(s.repeats):
             fold_scores = []

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 import numpy as np
 from scipy import sparse
 
+from medprobe.data.splits import patient_ids
+
 CONFUSION_METRICS = ("accuracy", "balanced_accuracy", "precision_weighted", "recall_weighted", "f1_weighted",
                      "precision_macro", "recall_macro", "f1_macro")
 CI_LEVEL = 95.0
@@ -97,6 +99,11 @@ def all_metrics(y: np.ndarray, scores: np.ndarray, weights: np.ndarray, *, ordin
     return out
 
 
+def balanced_accuracy(y: np.ndarray, scores: np.ndarray) -> float:
+    """Validation score used for every hyperparameter and checkpoint choice."""
+    return float(all_metrics(y, scores, np.ones((1, len(y))), ordinal=False)["balanced_accuracy"][0])
+
+
 def bootstrap_weights(n: int, replicates: int, seed: int, clusters: np.ndarray | None = None,
                       max_cells: int = 4_000_000) -> Iterator[np.ndarray]:
     """Chunks of (b, n) resampling weights. With `clusters` (a code per sample), whole clusters (patients)
@@ -164,11 +171,9 @@ def summarize_metrics(point: dict, distributions: dict, classes: list[str]) -> t
 
 
 def group_codes(groups: list[str | None]) -> np.ndarray | None:
-    if all(g is None for g in groups):
-        return None
-    names = [g if g is not None else f"\0{i}" for i, g in enumerate(groups)]
-    _, codes = np.unique(np.asarray(names, dtype=object), return_inverse=True)
-    return codes
+    """Patient ids as integer codes 0..G-1 (None without groups)."""
+    ids = patient_ids(groups)
+    return None if ids is None else np.unique(ids, return_inverse=True)[1]
 
 
 def patient_level(y: np.ndarray, scores: np.ndarray, groups: list[str | None]) -> tuple | None:
