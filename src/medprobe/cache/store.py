@@ -6,7 +6,6 @@ import fcntl
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
@@ -14,12 +13,9 @@ import numpy as np
 
 from medprobe.cache import layout
 from medprobe.errors import MedprobeError
+from medprobe.timestamps import now_iso
 
 _STR = h5py.string_dtype("utf-8")
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _decode(values: Iterable) -> list[str]:

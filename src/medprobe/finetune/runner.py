@@ -16,7 +16,6 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader
 
-from medprobe import __version__
 from medprobe.data.samples import Dataset
 from medprobe.data.splits import Fold, dataset_splits, pooled_test
 from medprobe.errors import MedprobeError
@@ -29,7 +28,7 @@ from medprobe.models.backbone import Backbone, load_backbone
 from medprobe.models.registry import auto_pools, resolve_model
 from medprobe.progress import progress_bar
 from medprobe.results.metrics import balanced_accuracy, test_report
-from medprobe.results.record import record_paths, safe_name, write_predictions, write_record
+from medprobe.results.record import fold_sizes, run_header, safe_name, save_run
 
 STDERR = Console(stderr=True, highlight=False)
 
@@ -245,18 +244,13 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
     protocol = plan.protocol if settings.fold is None else f"{plan.protocol}-fold{settings.fold}"
     samples = dataset.samples
     record = {
-        "kind": "finetune", "method": f"finetune-{settings.unfreeze}", "model": trainer.spec.name,
-        "pool": "+".join(results[0]["pools"]), "protocol": protocol,
-        "dataset": {"name": dataset.name, "source": str(dataset.source), "samples": len(samples),
-                    "classes": dataset.classes, "class_counts": dict(dataset.class_counts()),
-                    "grouped": plan.grouped},
-        "seed": settings.seed, "folds": len(plan.folds), "split_protocol": plan.protocol,
-        "bootstrap": {"replicates": settings.bootstrap, "level": 95, "seed": settings.seed,
-                      "unit": "patient" if plan.grouped else "sample"},
-        "ordinal": settings.ordinal, "settings": asdict(settings),
+        **run_header(dataset, plan, kind="finetune", method=f"finetune-{settings.unfreeze}", model=trainer.spec.name,
+                     pool="+".join(results[0]["pools"]), protocol=protocol, seed=settings.seed,
+                     bootstrap=settings.bootstrap, ordinal=settings.ordinal),
+        "settings": asdict(settings),
         "backbone": {"name": trainer.spec.name, "backend": trainer.spec.backend, "source": trainer.spec.source,
                      "preprocessing": results[0]["preprocessing"]},
-        "sizes": [{"fold": f.index, "train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in folds],
+        "sizes": fold_sizes(folds),
         "hyperparameters": [{"fold": f.index, "best_epoch": r["best_epoch"],
                              "val_balanced_accuracy": r["val_balanced_accuracy"]} for f, r in zip(folds, results,
                                                                                                  strict=True)],
@@ -269,13 +263,6 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
                  "train_images_per_second": round(float(np.mean([r["train_images_per_second"] for r in results])), 2),
                  "peak_memory_mb": round(peak_memory_mb(trainer.device), 1), "device": str(trainer.device),
                  "device_name": device_name(trainer.device), "precision": trainer.precision},
-        "medprobe_version": __version__,
     }
-    json_path, csv_path = record_paths(out_dir, dataset.name, f"{trainer.name}__{protocol}-seed{settings.seed}")
-    chosen = [samples[i] for i in positions]
-    write_predictions(csv_path, ids=[c.id for c in chosen], groups=[c.group for c in chosen],
-                      folds=fold_of.tolist(), labels=[c.label for c in chosen], classes=dataset.classes, scores=scores)
-    record["predictions"] = csv_path.name
-    record["record_path"] = str(json_path)
-    write_record(json_path, record)
-    return record
+    return save_run(out_dir, dataset, f"{trainer.name}__{protocol}-seed{settings.seed}", record, positions, fold_of,
+                    scores)

@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 from joblib import Parallel, delayed
 
-from medprobe import __version__
-from medprobe.cache.store import now_iso
 from medprobe.data.samples import Dataset
 from medprobe.data.splits import Fold, SplitPlan, dataset_splits, pooled_test
 from medprobe.errors import MedprobeError
@@ -20,7 +18,7 @@ from medprobe.probe import classifiers
 from medprobe.probe.features import CacheRef, extracted_models, feature_matrix, find_cache
 from medprobe.progress import progress_bar
 from medprobe.results.metrics import evaluate_mean, group_codes, patient_block, summarize_metrics, test_report
-from medprobe.results.record import record_paths, write_predictions, write_record
+from medprobe.results.record import fold_sizes, record_paths, run_header, save_run
 
 
 @dataclass
@@ -95,35 +93,17 @@ class Prober:
 
     def _base_record(self, job: Job, method: str, protocol: str) -> dict:
         s = self.settings
-        plan = self.plan
-        return {
-            "kind": "probe", "method": method, "model": job.name, "pool": job.pool, "protocol": protocol,
-            "dataset": {"name": self.dataset.name, "source": str(self.dataset.source),
-                        "samples": len(self.dataset.samples), "classes": self.classes,
-                        "class_counts": dict(self.dataset.class_counts()), "grouped": plan.grouped},
-            "seed": s.seed, "folds": len(plan.folds), "split_protocol": plan.protocol,
-            "bootstrap": {"replicates": s.bootstrap, "unit": "patient" if self.codes is not None else "sample",
-                          "seed": s.seed, "level": 95},
-            "ordinal": s.ordinal, "features": job.sources, "feature_dim": int(job.X.shape[1]),
-            "medprobe_version": __version__, "created_at": now_iso(),
-        }
+        return {**run_header(self.dataset, self.plan, kind="probe", method=method, model=job.name, pool=job.pool,
+                             protocol=protocol, seed=s.seed, bootstrap=s.bootstrap, ordinal=s.ordinal),
+                "features": job.sources, "feature_dim": int(job.X.shape[1])}
 
-    def _paths(self, job: Job, method: str, protocol: str) -> tuple[Path, Path]:
-        name = f"{job.name}__{job.pool}__{method}__{protocol}-seed{self.settings.seed}"
-        return record_paths(self.out_dir, self.dataset.name, name)
+    def _name(self, job: Job, method: str, protocol: str) -> str:
+        return f"{job.name}__{job.pool}__{method}__{protocol}-seed{self.settings.seed}"
 
     def _write(self, job: Job, method: str, protocol: str, record: dict, positions: np.ndarray,
                fold_of: np.ndarray, scores: np.ndarray) -> dict:
-        json_path, csv_path = self._paths(job, method, protocol)
-        samples = self.dataset.samples
-        chosen = [samples[i] for i in positions]
-        write_predictions(csv_path, ids=[s.id for s in chosen], groups=[s.group for s in chosen],
-                          folds=fold_of.tolist(), labels=[s.label for s in chosen], classes=self.classes,
-                          scores=scores)
-        record["predictions"] = csv_path.name
-        record["record_path"] = str(json_path)
-        write_record(json_path, record)
-        return record
+        return save_run(self.out_dir, self.dataset, self._name(job, method, protocol), record, positions, fold_of,
+                        scores)
 
     def run_full(self, job: Job, method: str) -> dict:
         s = self.settings
@@ -136,8 +116,7 @@ class Prober:
         scores = np.concatenate([r["scores"] for r in results])
         record = self._base_record(job, method, self.plan.protocol)
         record.update({
-            "sizes": [{"fold": f.index, "train": len(f.train), "val": len(f.val), "test": len(f.test)}
-                      for f in self.plan.folds],
+            "sizes": fold_sizes(self.plan.folds),
             "hyperparameters": [{"fold": f.index, **r["params"], "val_balanced_accuracy": r["val_balanced_accuracy"]}
                                 for f, r in zip(self.plan.folds, results, strict=True)],
             **test_report(self.y[positions], scores, fold_of=fold_of, groups=[self.groups[i] for i in positions],
@@ -146,7 +125,7 @@ class Prober:
         if s.save_model:
             import joblib
 
-            json_path = self._paths(job, method, self.plan.protocol)[0]
+            json_path = record_paths(self.out_dir, self.dataset.name, self._name(job, method, self.plan.protocol))[0]
             model_path = json_path.with_name(json_path.stem + ".joblib")
             model_path.parent.mkdir(parents=True, exist_ok=True)
             joblib.dump({"classes": self.classes, "features": job.sources,

@@ -17,6 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from medprobe import __version__
+from medprobe.data.samples import Dataset
+from medprobe.data.splits import SplitPlan
+from medprobe.timestamps import now_iso
+
 RECORD_SCHEMA = "medprobe.run/1"
 
 
@@ -68,6 +73,38 @@ def write_predictions(path: Path, *, ids: Sequence[str], groups: Sequence[str | 
 def write_record(path: Path, record: dict) -> None:
     record = {"schema": RECORD_SCHEMA, **record}
     _atomic_write(path, lambda handle: json.dump(_jsonable(record), handle, indent=2, sort_keys=False))
+
+
+def run_header(dataset: Dataset, plan: SplitPlan, *, kind: str, method: str, model: str, pool: str,
+               protocol: str, seed: int, bootstrap: int, ordinal: bool) -> dict:
+    """What every run record opens with, for probe and finetune alike."""
+    return {
+        "kind": kind, "method": method, "model": model, "pool": pool, "protocol": protocol,
+        "dataset": {"name": dataset.name, "source": str(dataset.source), "samples": len(dataset.samples),
+                    "classes": dataset.classes, "class_counts": dict(dataset.class_counts()), "grouped": plan.grouped},
+        "seed": seed, "folds": len(plan.folds), "split_protocol": plan.protocol,
+        "bootstrap": {"replicates": bootstrap, "unit": "patient" if plan.grouped else "sample", "seed": seed,
+                      "level": 95},
+        "ordinal": ordinal, "medprobe_version": __version__, "created_at": now_iso(),
+    }
+
+
+def fold_sizes(folds) -> list[dict]:
+    return [{"fold": f.index, "train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in folds]
+
+
+def save_run(out_dir: Path, dataset: Dataset, name: str, record: dict, positions: np.ndarray,
+             fold_of: np.ndarray, scores: np.ndarray) -> dict:
+    """Write the predictions CSV of the test samples at `positions`, then the record that points to it."""
+    json_path, csv_path = record_paths(out_dir, dataset.name, name)
+    chosen = [dataset.samples[i] for i in positions]
+    write_predictions(csv_path, ids=[s.id for s in chosen], groups=[s.group for s in chosen],
+                      folds=fold_of.tolist(), labels=[s.label for s in chosen], classes=dataset.classes,
+                      scores=scores)
+    record["predictions"] = csv_path.name
+    record["record_path"] = str(json_path)
+    write_record(json_path, record)
+    return record
 
 
 def read_record(path: Path) -> dict:
