@@ -55,14 +55,13 @@ class Job:
 
 def _run_fold(name: str, X: np.ndarray, y: np.ndarray, fold: Fold, n_classes: int, seed: int,
               coarse_to_fine: bool, keep_model: bool) -> dict:
-    started = time.perf_counter()
     params, val_score = classifiers.search(name, X[fold.train], y[fold.train], X[fold.val], y[fold.val],
                                            n_classes, seed, coarse_to_fine=coarse_to_fine)
     train_val = np.concatenate([fold.train, fold.val])
     fitted = classifiers.fit(name, params, X[train_val], y[train_val], n_classes, seed)
     # the fitted probe goes back to the parent process only when it is saved (a kNN index holds its data)
     return {"params": params, "val_balanced_accuracy": val_score, "scores": fitted.scores(X[fold.test], n_classes),
-            "model": fitted if keep_model else None, "seconds": time.perf_counter() - started}
+            "model": fitted if keep_model else None}
 
 
 def _few_shot_indices(pool: np.ndarray, y: np.ndarray, codes: np.ndarray | None, shots: int,
