@@ -9,9 +9,8 @@ import numpy as np
 from PIL import Image
 
 from medprobe.cache import CacheWriter, cache_path
-from medprobe.cache.freshness import stat_signature
 from medprobe.data import load_dataset
-from medprobe.data.images import fingerprint_bytes
+from medprobe.data.signature import sample_fingerprint, sample_stat
 from medprobe.models.registry import resolve_model
 
 
@@ -43,11 +42,12 @@ def write_cache(dataset, cache_dir: Path, model: str, features: dict[str, np.nda
     path = cache_path(cache_dir, dataset.cache_slug, spec.slug, "synthetic")
     provenance = {"model_name": model, "backend": spec.backend, "pools": list(features), "precision": "fp32",
                   "weights_identity": "synthetic", "embed_dims": {k: v.shape[1] for k, v in features.items()}}
+    memo: dict = {}
     with CacheWriter(path, provenance) as writer:
         writer.append_rows(dataset.ids)
         writer.write(np.arange(len(dataset.ids)), features,
-                     [fingerprint_bytes(s.path.read_bytes()) for s in dataset.samples],
-                     [stat_signature(s.path) for s in dataset.samples])
+                     [sample_fingerprint(s, memo) for s in dataset.samples],
+                     [sample_stat(s, dataset.root) for s in dataset.samples])
     return path
 
 

@@ -92,7 +92,7 @@ def test_interrupted_run_resumes_to_the_same_result(blobs, tiny_timm_models, tmp
     calls = {"n": 0}
 
     def crash_in_epoch_three(self, key):
-        if key // len(self.paths) == 2:
+        if key // len(self.indices) == 2:
             calls["n"] += 1
             if calls["n"] > 9:
                 raise KeyboardInterrupt
@@ -104,7 +104,7 @@ def test_interrupted_run_resumes_to_the_same_result(blobs, tiny_timm_models, tmp
     epochs_trained = set()
 
     def record_epochs(self, key):
-        epochs_trained.add(key // len(self.paths))
+        epochs_trained.add(key // len(self.indices))
         return original(self, key)
 
     monkeypatch.setattr(augment.TrainImages, "__getitem__", record_epochs)

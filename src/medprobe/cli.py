@@ -7,6 +7,7 @@ on the command line, shows the traceback instead.
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 
 import typer
@@ -200,6 +201,14 @@ def inspect_command(
     if summary.samples_per_group:
         low, high = summary.samples_per_group
         console.print(f"images per group: {low}..{high}")
+    if summary.volumes:
+        counts = [v.slices for v in summary.volumes]
+        console.print(f"{len(summary.volumes)} volumes, {min(counts)}..{max(counts)} slices per volume")
+        geometries = Counter(v.geometry for v in summary.volumes)
+        for geometry, count in geometries.most_common():
+            console.print(f"  {count} x {geometry}")
+        for volume in summary.volumes[:3]:
+            console.print(f"  {volume.path}: {volume.slices} slices, {volume.geometry}")
     if summary.groups_in_several_splits:
         console.print(f"[yellow]warning:[/] {len(summary.groups_in_several_splits)} group(s) appear in several "
                   f"splits (leakage): {', '.join(summary.groups_in_several_splits[:5])}")

@@ -9,9 +9,8 @@ import h5py
 import numpy as np
 
 from medprobe.cache import layout
-from medprobe.cache.freshness import stat_signature
 from medprobe.cache.store import read_contents
-from medprobe.data.images import fingerprint_bytes
+from medprobe.data.signature import recheck_stored
 from medprobe.errors import MedprobeError
 
 
@@ -35,11 +34,6 @@ def describe(path: Path) -> CacheListing:
         rows=len(contents.ids), done=int(contents.done.sum()), precision=str(attrs.get("precision", "?")),
         size_mb=path.stat().st_size / 2**20, updated=str(attrs.get("updated_at", "")),
     )
-
-
-def source_path(root: Path, sample_id: str) -> Path:
-    """The file a sample id came from (a volume slice id `file.nii.gz#axial:42` names its volume)."""
-    return root / sample_id.split("#", 1)[0]
 
 
 @dataclass
@@ -77,14 +71,10 @@ def verify(path: Path, *, deep: bool = False) -> VerifyResult:
     for row, sample_id in enumerate(contents.ids):
         if not contents.done[row]:
             continue
-        source = source_path(root, sample_id)
-        if not source.is_file():
+        state = recheck_stored(root, sample_id, contents.stats[row], contents.fingerprints[row], deep=deep)
+        if state == "missing":
             result.missing_sources.append(sample_id)
-        elif deep:
-            if fingerprint_bytes(source.read_bytes()) != contents.fingerprints[row]:
-                result.stale.append(sample_id)
-        elif stat_signature(source) != contents.stats[row] and (
-                fingerprint_bytes(source.read_bytes()) != contents.fingerprints[row]):
+        elif state == "stale":
             result.stale.append(sample_id)
     return result
 

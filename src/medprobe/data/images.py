@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from medprobe.errors import MedprobeError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 WINDOW_PERCENTILES = (0.5, 99.5)
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
@@ -28,11 +27,6 @@ def read_image_bytes(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise MedprobeError(f"cannot read image {path}: {exc.strerror}; fix the path or remove it") from exc
-
-
-def fingerprint_bytes(data: bytes) -> str:
-    """Content fingerprint of a source file: a changed image gets a new one and is re-extracted."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def window_to_uint8(pixels: np.ndarray, percentiles: tuple[float, float] = WINDOW_PERCENTILES) -> np.ndarray:
@@ -64,6 +58,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def decode_image(data: bytes, source: Path | str) -> Image.Image:
     """Decode image bytes to RGB; `source` names the file in the error a user sees."""
+    from medprobe.data.dicom import decode_dicom_image, is_dicom_bytes
+
+    if is_dicom_bytes(data) or str(source).lower().endswith(".dcm"):
+        return decode_dicom_image(data, source)
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.seek(0)
@@ -71,12 +69,20 @@ def decode_image(data: bytes, source: Path | str) -> Image.Image:
             return to_rgb(image)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise MedprobeError(
-            f"cannot decode image {source}: {exc}; replace or remove the file (supported: PNG, JPEG, TIFF, BMP)"
+            f"cannot decode image {source}: {exc}; replace or remove the file (supported: PNG, JPEG, TIFF, BMP, DICOM)"
         ) from exc
 
 
 def check_image_header(path: Path) -> str | None:
     """Cheap validity check (header only). Returns a reason when the file is unusable, else None."""
+    if path.suffix.lower() == ".dcm":
+        from medprobe.data.dicom import read_dataset
+
+        try:
+            read_dataset(path.read_bytes(), path, pixels=False)
+            return None
+        except (MedprobeError, OSError) as exc:
+            return f"not a readable DICOM ({exc.__class__.__name__})"
     try:
         with Image.open(path) as image:
             image.size  # noqa: B018 - touching the header is the check

@@ -6,9 +6,23 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from medprobe.data.images import decode_image, read_image_bytes
-from medprobe.data.samples import Dataset, Sample
-from medprobe.errors import MedprobeError
+from medprobe.data.reader import decode_units, read_unit
+from medprobe.data.samples import Dataset
+from medprobe.data.volumes import canonical_shape, load_header, spatial_image
+
+
+@dataclass
+class VolumeInfo:
+    path: str
+    shape: tuple[int, int, int]  # canonical RAS
+    zooms: tuple[float, float, float]
+    orientation: str  # the file's own axis codes
+    slices: int
+
+    @property
+    def geometry(self) -> str:
+        return (f"{'x'.join(map(str, self.shape))} voxels of {'x'.join(f'{z:g}' for z in self.zooms)} mm, "
+                f"stored {self.orientation}")
 
 
 @dataclass
@@ -22,14 +36,28 @@ class DatasetSummary:
     samples_per_group: tuple[int, int] | None  # (min, max)
     groups_in_several_splits: list[str]
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    volumes: list[VolumeInfo] = field(default_factory=list)
 
 
-def _decode_error(sample: Sample) -> str | None:
-    try:
-        decode_image(read_image_bytes(sample.path), sample.path)
-        return None
-    except MedprobeError as exc:
-        return str(exc)
+def _volumes(dataset: Dataset) -> list[VolumeInfo]:
+    """Header facts per volume (of the first channel when modalities are stacked)."""
+    import nibabel as nib
+
+    slices: dict = {}
+    for sample in dataset.samples:
+        if sample.slice is not None:
+            slices.setdefault((sample.path, sample.slice.volume_index), []).append(sample)
+    infos = []
+    for (path, volume_index), members in slices.items():
+        image = spatial_image(load_header(path), path, volume_index)
+        canonical = nib.as_closest_canonical(image) if path.is_dir() else None
+        zooms = (canonical or image).header.get_zooms()[:3]
+        if canonical is None:  # reorder the stored zooms to RAS without reading voxels
+            order = nib.io_orientation(image.affine)[:, 0].astype(int)
+            zooms = tuple(zooms[list(order).index(axis)] for axis in range(3))
+        infos.append(VolumeInfo(str(path), canonical_shape(image), tuple(float(z) for z in zooms),
+                                "".join(nib.aff2axcodes(image.affine)), len(members)))
+    return infos
 
 
 def summarize(dataset: Dataset, *, decode: bool = True, workers: int = 4, on_progress=None) -> DatasetSummary:
@@ -44,12 +72,14 @@ def summarize(dataset: Dataset, *, decode: bool = True, workers: int = 4, on_pro
             split_of_group.setdefault(sample.group, set()).add(sample.split)
     unreadable = []
     if decode:
+        units = decode_units(samples)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for sample, error in zip(samples, pool.map(_decode_error, samples), strict=True):
-                if error:
-                    unreadable.append((str(sample.path), error))
+            for items in pool.map(lambda unit: list(read_unit(samples, unit, dataset.root)), units):
+                for item in items:
+                    if item.error:
+                        unreadable.append((samples[item.position].id, item.error))
                 if on_progress:
-                    on_progress(1)
+                    on_progress(len(items))
     return DatasetSummary(
         name=dataset.name,
         source=str(dataset.source),
@@ -60,4 +90,5 @@ def summarize(dataset: Dataset, *, decode: bool = True, workers: int = 4, on_pro
         samples_per_group=(min(group_sizes.values()), max(group_sizes.values())) if group_sizes else None,
         groups_in_several_splits=sorted(g for g, s in split_of_group.items() if len(s) > 1),
         unreadable=unreadable,
+        volumes=_volumes(dataset),
     )

@@ -21,14 +21,47 @@ def natural_key(text: str) -> list:
 
 
 @dataclass(frozen=True)
+class VolumeSlice:
+    """Where a slice sample's pixels come from: plane `index` along `axis` of one volume (gray, replicated
+    to RGB) or of three co-registered volumes stacked as the RGB channels."""
+
+    axis: str
+    index: int
+    channels: tuple[Path, ...]
+    window: tuple[float, float]
+    volume_index: int | None = None
+
+    @property
+    def decode_key(self) -> tuple:
+        """Slices with the same key come from one decoded volume (read and decompressed once)."""
+        return self.channels, self.window, self.volume_index
+
+    @property
+    def options(self) -> str:
+        """Decoding options that change the pixels but not the id; part of the sample's fingerprint."""
+        low, high = self.window
+        return f"window={low:g}-{high:g};volume={self.volume_index};channels={len(self.channels)}"
+
+
+@dataclass(frozen=True)
 class Sample:
-    """One image. `id` is the path relative to the dataset root (stable, human-readable)."""
+    """One image, or one slice of a volume. `id` is the path relative to the dataset root, plus
+    `#axis:index` for a slice (stable, human-readable)."""
 
     id: str
     path: Path
     label: str
     group: str | None = None
     split: str | None = None
+    slice: VolumeSlice | None = None
+
+    @property
+    def join_key(self) -> str:
+        """What pairs this sample with its twin in another dataset for fusion: the id for images, the
+        patient and slice position for slices (so per-modality datasets with a shared group column join)."""
+        if self.slice is None:
+            return self.id
+        return f"{self.group}#{self.slice.axis}:{self.slice.index}"
 
 
 @dataclass

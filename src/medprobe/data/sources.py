@@ -13,6 +13,8 @@ from typing import Any
 
 from medprobe.data.images import IMAGE_SUFFIXES
 from medprobe.data.samples import SPLITS, Dataset, Sample
+from medprobe.data.slicing import VOLUME_KEYS, VolumeOptions, expand_volumes, parse_volume_options
+from medprobe.data.volumes import VOLUME_SUFFIXES, is_volume_source
 from medprobe.errors import MedprobeError
 
 if sys.version_info >= (3, 11):
@@ -21,7 +23,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PROJECT_FILE = "medprobe.toml"
-SPEC_KEYS = {"manifest", "folder", "name"}
+SPEC_KEYS = {"manifest", "folder", "name", *VOLUME_KEYS}
 REQUIRED_COLUMNS = ("path", "label")
 
 
@@ -63,7 +65,7 @@ def load_dataset(path: Path) -> Dataset:
         return _from_folder(path, name=path.name)
     suffix = path.suffix.lower()
     if suffix == ".csv":  # "xray-labels" reads better in tables than a bare "labels"
-        return _from_manifest(path, name=f"{path.resolve().parent.name}-{path.stem}")
+        return _from_manifest(path, name=f"{path.resolve().parent.name}-{path.stem}", options=None)
     if suffix == ".toml":
         return _from_spec(path)
     raise MedprobeError(f"DATA {path} is not a folder, a .csv manifest or a .toml spec; pass one of those")
@@ -84,63 +86,86 @@ def _from_spec(path: Path) -> Dataset:
     target = path.parent / str(spec.get("manifest") or spec.get("folder"))
     if not target.exists():
         raise MedprobeError(f"{path}: {target} does not exist; fix the path in the spec")
-    return _from_manifest(target, name=name) if "manifest" in spec else _from_folder(target, name=name)
+    options = parse_volume_options(spec, path)
+    if "manifest" in spec:
+        return _from_manifest(target, name=name, options=options, spec=path)
+    return _from_folder(target, name=name, options=options)
 
 
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+def _is_sample_file(path: Path, volumes: bool) -> bool:
+    suffixes = IMAGE_SUFFIXES + VOLUME_SUFFIXES if volumes else IMAGE_SUFFIXES
+    return path.is_file() and path.name.lower().endswith(suffixes) and not path.name.startswith(".")
 
 
-def _from_folder(root: Path, *, name: str) -> Dataset:
+def _from_folder(root: Path, *, name: str, options: VolumeOptions | None = None) -> Dataset:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise MedprobeError(
             f"{root} has no class sub-folders; put images in {root}/<class>/ or pass a CSV manifest"
         )
-    samples: list[Sample] = []
+    rows: list[dict[str, str]] = []
     for class_dir in class_dirs:
-        images = sorted(p for p in class_dir.rglob("*") if _is_image(p))
-        if not images:
+        files = sorted(p for p in class_dir.rglob("*") if _is_sample_file(p, volumes=options is not None))
+        if not files:
             raise MedprobeError(
                 f"class folder {class_dir} has no images ({', '.join(IMAGE_SUFFIXES)}); add images or remove it"
             )
-        samples += [Sample(id=p.relative_to(root).as_posix(), path=p, label=class_dir.name) for p in images]
-    return _checked(Dataset(name=name, root=root, source=root, samples=samples), root)
+        rows += [{"path": p.relative_to(root).as_posix(), "label": class_dir.name} for p in files]
+    return _dataset_from_rows(rows, root=root, source=root, name=name, options=options,
+                              where=lambda i: f"{root}/{rows[i]['path']}")
 
 
-def _from_manifest(manifest: Path, *, name: str) -> Dataset:
+def _from_manifest(manifest: Path, *, name: str, options: VolumeOptions | None, spec: Path | None = None) -> Dataset:
     root = manifest.parent
+    path_columns = list(options.channels) if options and options.channels else ["path"]
+    required = [*path_columns, "label"]
+    if options and options.rule.needs_mask:
+        required.append(options.mask_column)
     try:
         with manifest.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             columns = [c.strip() for c in (reader.fieldnames or [])]
-            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+            missing = [c for c in required if c not in columns]
             if missing:
                 raise MedprobeError(
-                    f"{manifest} lacks column(s) {', '.join(missing)}; the header needs path,label "
+                    f"{manifest} lacks column(s) {', '.join(missing)}; the header needs {','.join(required)} "
                     f"(optional: group, split), found: {', '.join(columns) or 'nothing'}"
                 )
             rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     except OSError as exc:
         raise MedprobeError(f"cannot read manifest {manifest}: {exc.strerror}") from exc
-    samples = []
+    if not rows:
+        raise MedprobeError(f"{manifest} lists no images; add rows {','.join(required)}")
     for line, row in enumerate(rows, start=2):
-        where = f"{manifest}:{line}"
-        if not row["path"] or not row["label"]:
-            raise MedprobeError(f"{where}: empty path or label; fill it in or delete the row")
+        for column in required:
+            if not row.get(column):
+                raise MedprobeError(f"{manifest}:{line}: empty {column}; fill it in or delete the row")
+            if column != "label" and not (root / row[column]).expanduser().exists():
+                raise MedprobeError(f"{manifest}:{line}: {column} {root / row[column]} does not exist; fix the path "
+                                    f"(relative to {root})")
         split = row.get("split") or None
         if split is not None and split not in SPLITS:
-            raise MedprobeError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
-        file = (root / row["path"]).expanduser()
-        if not file.is_file():
-            raise MedprobeError(f"{where}: image {file} does not exist; fix the path (relative to {root})")
-        samples.append(
-            Sample(id=Path(row["path"]).as_posix(), path=file, label=row["label"],
-                   group=row.get("group") or None, split=split)
-        )
-    if not samples:
-        raise MedprobeError(f"{manifest} lists no images; add rows path,label")
-    return _checked(Dataset(name=name, root=root, source=manifest, samples=samples), manifest)
+            raise MedprobeError(f"{manifest}:{line}: split {split!r} is not one of {', '.join(SPLITS)}")
+        if options is None and is_volume_source(root / row["path"]):
+            if spec is not None:  # a spec without volume keys: the documented defaults
+                options = VolumeOptions()
+                continue
+            raise MedprobeError(
+                f"{manifest}:{line}: {row['path']} is a volume; volumes need a dataset spec, e.g. a file "
+                f'{manifest.stem}.toml with: manifest = "{manifest.name}"  axis = "axial"  slices = "middle:8"'
+            )
+    return _dataset_from_rows(rows, root=root, source=spec or manifest, name=name, options=options,
+                              where=lambda i: f"{manifest}:{i + 2}")
+
+
+def _dataset_from_rows(rows: list[dict[str, str]], *, root: Path, source: Path, name: str,
+                       options: VolumeOptions | None, where) -> Dataset:
+    if options is None:
+        samples = [Sample(id=Path(row["path"]).as_posix(), path=(root / row["path"]).expanduser(), label=row["label"],
+                          group=row.get("group") or None, split=row.get("split") or None) for row in rows]
+    else:
+        samples = expand_volumes(rows, root=root, options=options, where=where)
+    return _checked(Dataset(name=name, root=root, source=source, samples=samples), source)
 
 
 def _checked(dataset: Dataset, source: Path) -> Dataset:
@@ -149,6 +174,8 @@ def _checked(dataset: Dataset, source: Path) -> Dataset:
         if sample.id in seen:
             raise MedprobeError(f"{source}: image {sample.id} is listed twice; each image may appear once")
         seen.add(sample.id)
+    if not dataset.samples:
+        raise MedprobeError(f"{source}: no samples (no slice passed the slice rule); loosen `slices`")
     if len(dataset.classes) < 2:
         raise MedprobeError(
             f"{source}: only one class ({', '.join(dataset.classes)}); a classifier needs at least two"

@@ -1,8 +1,9 @@
 """Decoding and preprocessing in DataLoader workers, overlapped with the forward pass.
 
-Each item reads its file once: the same bytes give the content fingerprint and the decoded image. A file
-that fails to decode comes back as an error string instead of killing the worker, so the rest of the batch
-is still extracted and the user gets every bad file named at the end.
+Work is handed out in decode units (an image, or all the slices taken from one volume), round-robin over
+the workers, so each volume is decompressed once. Each unit reads its files once: the same bytes give the
+content fingerprint and the pixels. A sample that fails to decode comes back as an error string instead of
+killing the worker, so the rest is still extracted and the user gets every bad file named at the end.
 """
 
 from __future__ import annotations
@@ -10,32 +11,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
-from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from medprobe.cache.freshness import stat_signature
-from medprobe.data.images import decode_image, fingerprint_bytes, read_image_bytes
-from medprobe.errors import MedprobeError
+from medprobe.data.reader import decode_units, read_unit
+from medprobe.data.samples import Sample
 from medprobe.models.transforms import ImageTransform
 
 
-class ImageFiles(TorchDataset):
-    def __init__(self, paths: list[Path], transform: ImageTransform) -> None:
-        self.paths = paths
-        self.transform = transform
+class SampleStream(IterableDataset):
+    def __init__(self, samples: list[Sample], root: Path, transform: ImageTransform) -> None:
+        self.samples, self.root, self.transform = samples, root, transform
+        self.units = decode_units(samples)
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        path = self.paths[index]
-        try:
-            stat = stat_signature(path)
-            data = read_image_bytes(path)
-            tensor = self.transform(decode_image(data, path))
-            return index, tensor, fingerprint_bytes(data), stat, None
-        except (MedprobeError, OSError) as exc:
-            return index, None, "", "", str(exc)
+    def __iter__(self):
+        worker = get_worker_info()
+        units = self.units if worker is None else self.units[worker.id::worker.num_workers]
+        for unit in units:
+            for item in read_unit(self.samples, unit, self.root):
+                if item.error is not None:
+                    yield item.position, None, "", "", item.error
+                else:
+                    yield item.position, self.transform(item.image), item.fingerprint, item.stat, None
 
 
 def collate(items):
@@ -51,12 +47,13 @@ def collate(items):
     }
 
 
-def make_loader(paths: list[Path], transform: ImageTransform, *, batch_size: int, workers: int,
+def make_loader(samples: list[Sample], root: Path, transform: ImageTransform, *, batch_size: int, workers: int,
                 pin_memory: bool) -> DataLoader:
+    stream = SampleStream(samples, root, transform)
+    workers = min(workers, len(stream.units))  # a worker without a unit would only cost start-up time
     return DataLoader(
-        ImageFiles(paths, transform),
+        stream,
         batch_size=batch_size,
-        shuffle=False,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,

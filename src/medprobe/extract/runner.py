@@ -74,7 +74,9 @@ def locate_cache(*, dataset: Dataset, model: str, cache_dir: Path, device: str =
 
 
 def validate_images(samples: list[Sample], workers: int = 8) -> None:
-    """Header-check every image about to be extracted, before any compute is spent."""
+    """Header-check every image about to be extracted, before any compute is spent (volume headers were
+    checked when the dataset was loaded)."""
+    samples = [s for s in samples if s.slice is None]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         reasons = list(pool.map(lambda s: check_image_header(s.path), samples))
     bad = [(s.path, r) for s, r in zip(samples, reasons, strict=True) if r]
@@ -94,12 +96,11 @@ def extract(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "aut
     target = locate_cache(dataset=dataset, model=model, cache_dir=cache_dir, device=device,
                           precision=precision, image_size=image_size, revision=revision)
     samples = dataset.samples
-    pairs = [(s.id, s.path) for s in samples]
     contents = read_contents(target.path) if target.path.exists() else None
     known_identity = weights_identity(target.spec)
     if contents is not None and known_identity and contents.attrs.get("weights_identity") != known_identity:
         contents = None  # the weights moved on: every row is stale
-    plan = plan_rows(contents, pairs)
+    plan = plan_rows(contents, samples, dataset.root)
     if plan.up_to_date and known_identity is not None:
         if plan.restat:
             with CacheWriter(target.path, {}) as writer:
@@ -123,7 +124,7 @@ def extract(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "aut
         stored_identity = writer.file.attrs.get("weights_identity", "")
         if stored_identity and stored_identity != backbone.weights_identity:
             writer.clear()
-            plan = plan_rows(None, pairs)
+            plan = plan_rows(None, samples, dataset.root)
             todo = list(samples)
             validate_images(todo)
         writer.set_attrs({"weights_identity": backbone.weights_identity})
@@ -134,7 +135,7 @@ def extract(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "aut
         writer.mark_pending([row_of[samples[i].id] for i in plan.changed])
         stats = {"count": 0, "rate": None, "errors": []}
         if todo:
-            stats = _run(backbone, todo, [row_of[s.id] for s in todo], writer, target,
+            stats = _run(backbone, todo, dataset.root, [row_of[s.id] for s in todo], writer, target,
                          batch_size=batch_size, workers=workers, show_progress=show_progress)
             writer.set_attrs({
                 "embed_dims": stats["dims"], "extract_seconds": round(stats["seconds"], 3),
@@ -150,13 +151,13 @@ def extract(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "aut
     return ExtractReport(model, target.path, stats["count"], plan.fresh, len(plan.changed), stats["rate"])
 
 
-def _run(backbone, todo: list[Sample], rows: list[int], writer: CacheWriter, target: CacheTarget, *,
+def _run(backbone, todo: list[Sample], root: Path, rows: list[int], writer: CacheWriter, target: CacheTarget, *,
          batch_size: int, workers: int, show_progress: bool) -> dict:
     device = target.device
     module = backbone.module.to(device)
     if backbone.is_cnn:
         module = module.to(memory_format=torch.channels_last)
-    loader = make_loader([s.path for s in todo], ImageTransform(backbone.preprocessing), batch_size=batch_size,
+    loader = make_loader(todo, root, ImageTransform(backbone.preprocessing), batch_size=batch_size,
                          workers=workers, pin_memory=device.type == "cuda")
     rows_array = np.asarray(rows, dtype=np.int64)
     errors: list[str] = []

@@ -9,14 +9,12 @@ extraction pipeline (resize + center crop), so validation and test see what the 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torchvision.transforms.v2 as T
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
-from medprobe.data.images import decode_image, read_image_bytes
+from medprobe.data.reader import SampleImages
 from medprobe.models.preprocess import Preprocessing
 from medprobe.models.transforms import ImageTransform
 
@@ -42,8 +40,9 @@ class EpochShuffle(Sampler):
 class TrainImages(TorchDataset):
     """Items are keyed `epoch * n + index` (see EpochShuffle)."""
 
-    def __init__(self, paths: list[Path], labels: list[int], prep: Preprocessing, seed: int) -> None:
-        self.paths, self.labels, self.seed = paths, labels, seed
+    def __init__(self, images: SampleImages, indices: list[int], labels: list[int], prep: Preprocessing,
+                 seed: int) -> None:
+        self.images, self.indices, self.labels, self.seed = images, indices, labels, seed
         self.augment = T.Compose([
             T.RandomResizedCrop(list(prep.input_size), scale=SCALE, antialias=True),
             T.RandomHorizontalFlip(),
@@ -52,11 +51,11 @@ class TrainImages(TorchDataset):
         self.normalise = ImageTransform(Preprocessing(resize=None, crop=None, mean=prep.mean, std=prep.std))
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.indices)
 
     def __getitem__(self, key: int):
-        epoch, index = divmod(key, len(self.paths))
-        image = decode_image(read_image_bytes(self.paths[index]), self.paths[index])
+        epoch, index = divmod(key, len(self.indices))
+        image = self.images[self.indices[index]]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFFFFFF)
             image = self.augment(image)
@@ -64,12 +63,12 @@ class TrainImages(TorchDataset):
 
 
 class EvalImages(TorchDataset):
-    def __init__(self, paths: list[Path], prep: Preprocessing) -> None:
-        self.paths = paths
+    def __init__(self, images: SampleImages, indices: list[int], prep: Preprocessing) -> None:
+        self.images, self.indices = images, indices
         self.transform = ImageTransform(prep)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.indices)
 
     def __getitem__(self, index: int):
-        return self.transform(decode_image(read_image_bytes(self.paths[index]), self.paths[index])), index
+        return self.transform(self.images[self.indices[index]]), index

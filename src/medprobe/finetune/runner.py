@@ -16,6 +16,7 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader
 
+from medprobe.data.reader import SampleImages
 from medprobe.data.samples import Dataset
 from medprobe.data.splits import Fold, dataset_splits, pooled_test
 from medprobe.errors import MedprobeError
@@ -127,7 +128,7 @@ class FoldTrainer:
         self.precision = resolve_precision(settings.precision, self.device)
         self.classes = dataset.classes
         self.y = dataset.targets()
-        self.paths = [s.path for s in dataset.samples]
+        self.images = SampleImages(dataset.samples, dataset.root)
         self.workers = default_workers() if settings.workers is None else settings.workers
         self.mode = settings.unfreeze
         self.name = f"{self.spec.slug}__finetune-{self.mode}"
@@ -167,8 +168,8 @@ class FoldTrainer:
             progress = load_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler)
         shuffle = EpochShuffle(len(fold.train), s.seed)
         train_loader = self._loader(
-            TrainImages([self.paths[i] for i in fold.train], self.y[fold.train].tolist(), prep, s.seed), shuffle)
-        val_loader = self._loader(EvalImages([self.paths[i] for i in fold.val], prep))
+            TrainImages(self.images, list(fold.train), self.y[fold.train].tolist(), prep, s.seed), shuffle)
+        val_loader = self._loader(EvalImages(self.images, list(fold.val), prep))
         frozen = parse_unfreeze(s.unfreeze)[0] == "none"
         for epoch in range(progress["epoch"], s.epochs):
             if progress["stale_epochs"] >= s.patience:
@@ -210,7 +211,7 @@ class FoldTrainer:
             progress["epoch"] = epoch + 1
             save_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler, progress=progress)
         load_weights(model, best)
-        test_loader = self._loader(EvalImages([self.paths[i] for i in fold.test], prep))
+        test_loader = self._loader(EvalImages(self.images, list(fold.test), prep))
         scores = predict(model, test_loader, self.device, self.precision, len(fold.test))
         head_params = sum(p.numel() for p in model.head.parameters())
         return {

@@ -27,7 +27,7 @@ def _extract_hint(dataset: Dataset, model: str) -> str:
 
 def _staleness(dataset: Dataset, contents) -> str | None:
     """Why a cache cannot serve `dataset`, or None when every sample is present and fresh."""
-    plan = plan_rows(contents, [(s.id, s.path) for s in dataset.samples])
+    plan = plan_rows(contents, dataset.samples, dataset.root)
     if plan.up_to_date:
         return None
     changed = len(plan.changed)
@@ -80,18 +80,23 @@ def resolve_pools(pool: str, ref: CacheRef) -> list[str]:
 
 def feature_matrix(datasets: list[Dataset], refs_per_dataset: list[list[CacheRef]], pool: str,
                    ids: list[str]) -> tuple[np.ndarray, list[dict]]:
-    """Concatenate, in a fixed order, the pooled features of every (dataset, cache) pair for `ids`."""
+    """Concatenate, in a fixed order, the pooled features of every (dataset, cache) pair for `ids` of the
+    first dataset. Other datasets join on `Sample.join_key`: the same id, or for volume slices the same
+    patient (group) and slice position, so per-modality datasets fuse."""
+    main = {s.id: s.join_key for s in datasets[0].samples}
+    keys = [main[i] for i in ids]
     blocks, sources = [], []
     for dataset, refs in zip(datasets, refs_per_dataset, strict=True):
-        known = set(dataset.ids)
-        missing = [i for i in ids if i not in known]
+        id_of = {s.join_key: s.id for s in dataset.samples}
+        missing = [k for k in keys if k not in id_of]
         if missing:
             raise MedprobeError(f"{dataset.source} lacks sample {missing[0]} (and {len(missing) - 1} more) of the "
-                                "main dataset; fused datasets must share sample ids")
+                                "main dataset; fused datasets must share sample ids (volumes: group and slices)")
+        own_ids = [id_of[k] for k in keys]
         for ref in refs:
             pools = resolve_pools(pool, ref)
             for name in pools:
-                blocks.append(read_features(ref.path, ids, name))
+                blocks.append(read_features(ref.path, own_ids, name))
             sources.append({"dataset": dataset.name, "model": ref.model, "pools": pools, "cache": str(ref.path),
                             "provenance": {k: ref.attrs.get(k) for k in (
                                 "backend", "source", "revision_resolved", "weights_identity", "precision",

@@ -1,0 +1,108 @@
+"""Reading samples in decode units: an image is its own unit; the slices of one volume form one unit, so the
+volume is read and decompressed once however many slices are taken from it. Every reader (extraction
+workers, inspection, fine-tuning) goes through `read_unit`, so all see the same pixels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from medprobe.data.images import decode_image, read_image_bytes
+from medprobe.data.samples import Sample
+from medprobe.data.signature import combine_fingerprints, files_fingerprint, fingerprint_bytes, sample_stat
+from medprobe.data.volumes import read_files, read_volume, slice_image, window_volume
+from medprobe.errors import MedprobeError
+
+
+@dataclass
+class Decoded:
+    position: int
+    image: Image.Image | None
+    fingerprint: str = ""
+    stat: str = ""
+    error: str | None = None
+
+
+def decode_units(samples: Sequence[Sample]) -> list[list[int]]:
+    """Positions grouped into units: consecutive slices of the same volume(s) share one unit."""
+    units: list[list[int]] = []
+    last_key = None
+    for position, sample in enumerate(samples):
+        key = sample.slice.decode_key if sample.slice else None
+        if key is not None and key == last_key:
+            units[-1].append(position)
+        else:
+            units.append([position])
+        last_key = key
+    return units
+
+
+def read_unit(samples: Sequence[Sample], positions: list[int], root: Path) -> Iterator[Decoded]:
+    """Decoded images (or one error per sample) for one unit, with each sample's content fingerprint and
+    stat signature (taken before reading: a file changed mid-read is caught on the next run)."""
+    first = samples[positions[0]]
+    if first.slice is None:
+        try:
+            stat = sample_stat(first, root)
+            data = read_image_bytes(first.path)
+            yield Decoded(positions[0], decode_image(data, first.path), fingerprint_bytes(data), stat)
+        except (MedprobeError, OSError) as exc:
+            yield Decoded(positions[0], None, error=str(exc))
+        return
+    try:
+        stat = sample_stat(first, root)
+        windowed, per_source, zooms = [], [], None
+        for source in first.slice.channels:
+            blobs = read_files(source)
+            volume = read_volume(blobs, source, first.slice.volume_index)
+            if windowed and volume.voxels.shape != windowed[0].shape:
+                raise MedprobeError(f"{source} has shape {volume.voxels.shape} but {first.slice.channels[0]} has "
+                                    f"{windowed[0].shape}; stacked modalities must be co-registered")
+            windowed.append(window_volume(volume, first.slice.window))
+            per_source.append(files_fingerprint(blobs))
+            zooms = zooms or volume.zooms
+    except (MedprobeError, OSError) as exc:
+        for position in positions:
+            yield Decoded(position, None, error=str(exc))
+        return
+    fingerprint = combine_fingerprints(first, per_source)
+    for position in positions:
+        where = samples[position].slice
+        try:
+            yield Decoded(position, slice_image(windowed, zooms, where.axis, where.index), fingerprint, stat)
+        except IndexError:
+            yield Decoded(position, None, error=f"{samples[position].id}: slice {where.index} is outside the volume "
+                                                 f"(shape {windowed[0].shape}); the file changed, reload the dataset")
+
+
+def read_all(samples: Sequence[Sample], root: Path) -> Iterator[Decoded]:
+    for unit in decode_units(samples):
+        yield from read_unit(samples, unit, root)
+
+
+class SampleImages:
+    """Random access to samples' pixels, for training. Images decode on demand; volume slices are decoded
+    up front, one read per volume, and held in memory as uint8 (an 8-slice 240x240 RGB stack is 1.4 MB per
+    patient), because shuffled access would otherwise decompress a volume for every slice drawn."""
+
+    def __init__(self, samples: Sequence[Sample], root: Path) -> None:
+        self.samples = list(samples)
+        positions = [i for i, s in enumerate(self.samples) if s.slice is not None]
+        self.slices: dict[int, np.ndarray] = {}
+        for item in read_all([self.samples[i] for i in positions], root):
+            if item.error is not None:
+                raise MedprobeError(item.error)
+            self.slices[positions[item.position]] = np.asarray(item.image)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Image.Image:
+        if index in self.slices:
+            return Image.fromarray(self.slices[index], mode="RGB")
+        sample = self.samples[index]
+        return decode_image(read_image_bytes(sample.path), sample.path)

@@ -1,0 +1,226 @@
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel.testing import data_path
+from volume_helpers import brain, glioma_cohort, save_nifti, write_rows, write_spec
+
+from medprobe.cli import main
+from medprobe.data import load_dataset
+from medprobe.data import reader as reader_module
+from medprobe.data.images import window_to_uint8
+from medprobe.data.reader import read_all
+from medprobe.errors import MedprobeError
+
+
+def images_of(dataset) -> list[np.ndarray]:
+    decoded = list(read_all(dataset.samples, dataset.root))
+    assert all(item.error is None for item in decoded), [item.error for item in decoded]
+    return [np.asarray(item.image) for item in sorted(decoded, key=lambda item: item.position)]
+
+
+def one_volume_dataset(tmp_path, voxels, *, zooms=(1.0, 1.0, 1.0), axcodes="RAS", name="v", **spec):
+    """Two volumes (labels a, b) from the same voxels, written in `axcodes` orientation."""
+    folder = tmp_path / name
+    save_nifti(folder / "a.nii.gz", voxels, zooms, axcodes)
+    save_nifti(folder / "b.nii.gz", voxels[::-1].copy(), zooms, axcodes)
+    write_rows(folder / "rows.csv", [{"path": "a.nii.gz", "label": "a"}, {"path": "b.nii.gz", "label": "b"}])
+    return load_dataset(write_spec(folder / "spec.toml", manifest="rows.csv", **spec))
+
+
+@pytest.mark.parametrize("axis", ["axial", "coronal", "sagittal"])
+def test_orientation_does_not_change_the_slices(tmp_path, axis):
+    voxels = brain(np.random.default_rng(1), 1)
+    reference = one_volume_dataset(tmp_path, voxels, name="ras", axis=axis, slices="all")
+    for axcodes in ("LPS", "PSL", "ILA"):
+        other = one_volume_dataset(tmp_path, voxels, axcodes=axcodes, name=axcodes, axis=axis, slices="all")
+        assert other.ids == reference.ids
+        for mine, theirs in zip(images_of(other), images_of(reference), strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+
+
+def test_axes_cut_the_expected_planes_upright(tmp_path):
+    voxels = np.zeros((20, 24, 16), np.float32)
+    voxels[:, 20:, :] = 1000  # anterior band
+    voxels[:, :, 14:] += 500  # superior band
+    dataset = one_volume_dataset(tmp_path, voxels, slices="middle:1")
+    assert dataset.ids[0] == "a.nii.gz#axial:7"  # the lower middle of 16
+    axial = images_of(dataset)[0][..., 0]
+    assert axial.shape == (24, 20)  # rows run along y, columns along x
+    assert axial[:4].min() > 0 and axial[-10:].max() == 0  # anterior is up
+    coronal = images_of(one_volume_dataset(tmp_path, voxels, name="c", axis="coronal", slices="middle:1"))[0]
+    assert coronal.shape[:2] == (16, 20) and coronal[0, :, 0].min() > coronal[-1, :, 0].max()  # superior is up
+
+
+def test_anisotropic_voxels_become_square_pixels(tmp_path):
+    voxels = brain(np.random.default_rng(2), 0)
+    dataset = one_volume_dataset(tmp_path, voxels, zooms=(1.0, 1.0, 3.0), axis="coronal", slices="middle:2")
+    image = images_of(dataset)[0]
+    assert image.shape == (16 * 3, 20, 3)  # z spacing 3 mm -> three times as many rows as slices
+
+
+def test_slice_rules_select_the_documented_slices(tmp_path):
+    voxels = np.zeros((10, 10, 12), np.float32)
+    voxels[:, :, 2] = 5  # full slice
+    voxels[:5, :, 3] = 5  # half
+    voxels[:1, :, 4] = 5  # a tenth
+    rules = {"all": list(range(12)), "middle:4": [4, 5, 6, 7], "every:5": [0, 5, 10],
+             "nonzero:0.5": [2, 3], "nonzero:0.1": [2, 3, 4], "middle:50": list(range(12))}
+    for rule, expected in rules.items():
+        dataset = one_volume_dataset(tmp_path, voxels, name=rule.replace(":", "-"), slices=rule)
+        assert [s.slice.index for s in dataset.samples if s.label == "a"] == expected, rule
+
+
+def test_mask_guided_selection(tmp_path):
+    voxels = brain(np.random.default_rng(3), 2)
+    mask = np.zeros_like(voxels)
+    mask[5:7, 5:10, 3] = 1  # area 10
+    mask[5:11, 5:10, 5] = 1  # area 30
+    mask[5:9, 5:10, 7] = 1  # area 20
+    folder = tmp_path / "masked"
+    for name in ("a", "b"):
+        save_nifti(folder / f"{name}.nii.gz", voxels, axcodes="LPS")
+        save_nifti(folder / f"{name}-mask.nii.gz", mask, axcodes="LPS")
+    write_rows(folder / "rows.csv", [{"path": f"{n}.nii.gz", "label": n, "mask": f"{n}-mask.nii.gz"} for n in "ab"])
+    present = load_dataset(write_spec(folder / "present.toml", manifest="rows.csv", slices="mask"))
+    assert [s.slice.index for s in present.samples if s.label == "a"] == [3, 5, 7]
+    top = load_dataset(write_spec(folder / "top.toml", manifest="rows.csv", slices="mask-top:2"))
+    assert [s.slice.index for s in top.samples if s.label == "a"] == [5, 7]
+    write_rows(folder / "nomask.csv", [{"path": "a.nii.gz", "label": "a"}, {"path": "b.nii.gz", "label": "b"}])
+    with pytest.raises(MedprobeError, match="lacks column.*mask"):
+        load_dataset(write_spec(folder / "bad.toml", manifest="nomask.csv", slices="mask"))
+
+
+def test_window_is_per_volume_and_nans_are_handled(tmp_path):
+    voxels = brain(np.random.default_rng(4), 1)
+    voxels[0, 0, :] = np.nan
+    dataset = one_volume_dataset(tmp_path, voxels, slices="all", window=[1.0, 99.0])
+    expected = window_to_uint8(voxels, (1.0, 99.0))  # one window for the whole volume
+    for sample, image in zip(dataset.samples[:16], images_of(dataset)[:16], strict=True):
+        np.testing.assert_array_equal(image[..., 0], np.rot90(expected[:, :, sample.slice.index]))
+    assert images_of(dataset)[0][-1, 0, 0] == 0  # the NaN voxel (x=0, y=0) is black
+
+
+def test_nibabel_example_images(tmp_path):
+    folder = tmp_path / "nib"
+    folder.mkdir()
+    for name in ("anatomical.nii", "example4d.nii.gz"):
+        os.symlink(os.path.join(data_path, name), folder / name)
+    original = nib.load(folder / "anatomical.nii")
+    assert "".join(nib.aff2axcodes(original.affine)) == "LAS"
+    canonical = np.asarray(original.dataobj, dtype=np.float32)[::-1]  # LAS -> RAS flips x
+    write_rows(folder / "both.csv", [{"path": "anatomical.nii", "label": "x"},
+                                     {"path": "example4d.nii.gz", "label": "y"}])
+    with pytest.raises(MedprobeError, match=r"4-D \(2 volumes\); set volume"):
+        load_dataset(write_spec(folder / "both.toml", manifest="both.csv", slices="middle:3"))
+    write_rows(folder / "two.csv", [{"path": "anatomical.nii", "label": "x"}, {"path": "anatomical.nii", "label": "y"}])
+    with pytest.raises(MedprobeError, match="listed twice"):
+        load_dataset(write_spec(folder / "two.toml", manifest="two.csv", slices="middle:3"))
+    dataset = load_dataset(write_spec(folder / "anat.toml", manifest="both.csv", slices="middle:3", volume=1))
+    anatomical = [s for s in dataset.samples if s.path.name == "anatomical.nii"]
+    assert [s.id for s in anatomical] == [f"anatomical.nii#axial:{i}" for i in (11, 12, 13)]
+    images = images_of(dataset)
+    expected = window_to_uint8(canonical)
+    np.testing.assert_array_equal(images[0][..., 0], np.rot90(expected[:, :, 11]))
+    four_d = [image for sample, image in zip(dataset.samples, images, strict=True) if sample.label == "y"]
+    assert len(four_d) == 3 and four_d[0].shape[:2] == (96, 128)
+
+
+def test_stacked_modalities_are_the_rgb_channels(tmp_path):
+    root = glioma_cohort(tmp_path / "g", patients=3, modalities=("t1", "t1c", "flair"))
+    rows = [{"t1": f"t1/p{i:02d}.nii.gz", "t1c": f"t1c/p{i:02d}.nii.gz", "flair": f"flair/p{i:02d}.nii.gz",
+             "label": f"grade{i % 3 + 2}", "group": f"p{i:02d}"} for i in range(3)]
+    write_rows(root / "stacked.csv", rows)
+    stacked = load_dataset(write_spec(root / "stacked.toml", manifest="stacked.csv", channels=["t1", "t1c", "flair"],
+                                      slices="middle:2"))
+    singles = [load_dataset(write_spec(root / f"{m}.toml", manifest=f"{m}.csv", slices="middle:2"))
+               for m in ("t1", "t1c", "flair")]
+    assert stacked.ids == singles[0].ids
+    rgb = images_of(stacked)
+    for channel, single in enumerate(singles):
+        for image, gray in zip(rgb, images_of(single), strict=True):
+            np.testing.assert_array_equal(image[..., channel], gray[..., 0])
+    save_nifti(root / "flair" / "p01.nii.gz", np.zeros((20, 24, 10), np.float32))
+    with pytest.raises(MedprobeError, match="differ in shape.*co-register"):
+        load_dataset(root / "stacked.toml")
+
+
+def test_one_decompression_per_volume(tmp_path, monkeypatch):
+    root = glioma_cohort(tmp_path / "g", patients=4)
+    dataset = load_dataset(write_spec(root / "t1.toml", manifest="t1.csv", slices="all"))
+    calls = []
+    original = reader_module.read_volume
+    monkeypatch.setattr(reader_module, "read_volume", lambda *a: calls.append(a[1]) or original(*a))
+    assert len(images_of(dataset)) == 4 * 16
+    assert sorted(calls) == sorted({s.path for s in dataset.samples})
+
+
+def test_slice_ids_groups_and_bad_specs(tmp_path):
+    root = glioma_cohort(tmp_path / "g", patients=3)
+    write_rows(root / "nogroup.csv", [{"path": f"t1/p{i:02d}.nii.gz", "label": str(i % 2)} for i in range(3)])
+    dataset = load_dataset(write_spec(root / "s.toml", manifest="nogroup.csv", axis="sagittal", slices="every:7"))
+    assert dataset.ids[:3] == ["t1/p00.nii.gz#sagittal:0", "t1/p00.nii.gz#sagittal:7", "t1/p00.nii.gz#sagittal:14"]
+    assert {s.group for s in dataset.samples} == {f"t1/p{i:02d}.nii.gz" for i in range(3)}
+    with pytest.raises(MedprobeError, match="volumes need a dataset spec"):
+        load_dataset(root / "t1.csv")
+    bad = {"axis": "transverse", "slices": "middle", "window": [99, 1], "volume": -1, "channels": ["t1"]}
+    for key, value in bad.items():
+        with pytest.raises(MedprobeError, match=key if key != "slices" else "middle:K"):
+            load_dataset(write_spec(root / f"bad-{key}.toml", manifest="t1.csv", **{key: value}))
+    (root / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    write_rows(root / "broken.csv", [{"path": "broken.nii.gz", "label": "a"}, {"path": "t1/p00.nii.gz", "label": "b"}])
+    with pytest.raises(MedprobeError, match="cannot read volume .*broken.nii.gz"):
+        load_dataset(write_spec(root / "broken.toml", manifest="broken.csv"))
+
+
+def test_inspect_shows_volumes(tmp_path, capsys):
+    root = glioma_cohort(tmp_path / "g", patients=3)
+    spec = write_spec(root / "t1.toml", manifest="t1.csv", slices="middle:4")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["datasets", "inspect", str(spec)])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "3 volumes" in out and "20x24x16" in out and "1x1x1.5" in out and "RAS" in out and "4 slices" in out
+
+
+def test_volume_study_end_to_end(tmp_path, tiny_timm_models, capsys):
+    """Extract slices, probe with patient-level metrics, fuse modalities, verify and re-extract on change."""
+    from medprobe.extract.runner import extract
+    from medprobe.finetune.runner import FinetuneSettings, finetune
+    from medprobe.probe.runner import ProbeSettings, probe
+
+    model, cache = str(tiny_timm_models["resnet"]), tmp_path / "cache"
+    root = glioma_cohort(tmp_path / "g", patients=9, modalities=("t1", "flair"))
+    t1 = load_dataset(write_spec(root / "t1.toml", manifest="t1.csv", slices="middle:3"))
+    flair = load_dataset(write_spec(root / "flair.toml", manifest="flair.csv", slices="middle:3"))
+    options = dict(model=model, cache_dir=cache, device="cpu", precision="fp32", workers=2, show_progress=False)
+    first = extract(dataset=t1, **options)
+    assert first.extracted == 27
+    extract(dataset=flair, **options)
+    settings = ProbeSettings(classifiers=("knn",), bootstrap=200, folds=3)
+    record = probe(dataset=t1, models=[model], cache_dir=cache, out_dir=tmp_path / "out", settings=settings,
+                   show_progress=False)[0]
+    assert record["patient_metrics"]["patients"] == 9 and sum(f["test"] for f in record["sizes"]) == 27
+    fused = probe(dataset=t1, models=[model], cache_dir=cache, out_dir=tmp_path / "out", settings=settings,
+                  with_datasets=[flair], show_progress=False)[0]
+    assert fused["feature_dim"] == 2 * record["feature_dim"]
+    assert [source["dataset"] for source in fused["features"]] == ["t1", "flair"]
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cache", "verify", str(first.path), "--deep"])
+    assert exit_info.value.code == 0, capsys.readouterr().out
+
+    assert extract(dataset=t1, **options).extracted == 0  # nothing changed
+    voxels = np.asarray(nib.load(root / "t1" / "p04.nii.gz").dataobj)
+    save_nifti(root / "t1" / "p04.nii.gz", voxels + 50, zooms=(1.0, 1.0, 1.5))
+    assert extract(dataset=t1, **options).changed == 3  # only that patient's slices
+    rewindowed = load_dataset(write_spec(root / "t1w.toml", manifest="t1.csv", slices="middle:3", window=[2.0, 98.0]))
+    assert extract(dataset=rewindowed, **options).extracted == 27  # another window: other pixels
+
+    tuned = finetune(dataset=t1, model=model, settings=FinetuneSettings(
+        epochs=1, batch_size=8, workers=0, fold=0, folds=3, bootstrap=100, precision="fp32", device="cpu"),
+        out_dir=tmp_path / "out", show_progress=False)
+    assert tuned["patient_metrics"]["patients"] == 3 and tuned["sizes"][0]["test"] == 9
