@@ -53,9 +53,8 @@ def build_dataset(root: Path, n: int, seed: int = 0) -> Path:
 
 def write_features(manifest: Path, cache_dir: Path, dim: int, seed: int = 0) -> None:
     from medprobe.cache import CacheWriter, cache_path
-    from medprobe.cache.freshness import stat_signature
     from medprobe.data import load_dataset
-    from medprobe.data.images import fingerprint_bytes
+    from medprobe.data.signature import file_stat, fingerprint_bytes
     from medprobe.models.registry import resolve_model
 
     dataset = load_dataset(manifest)
@@ -69,7 +68,7 @@ def write_features(manifest: Path, cache_dir: Path, dim: int, seed: int = 0) -> 
     with CacheWriter(path, {"model_name": model, "pools": ["gap"], "weights_identity": "synthetic"}) as writer:
         writer.append_rows(dataset.ids)
         writer.write(np.arange(len(y)), {"gap": features.astype(np.float32)}, [fingerprint] * len(y),
-                     [stat_signature(s.path) for s in dataset.samples])
+                     [file_stat(s.path) for s in dataset.samples])
 
 
 def one_probe(n: int, dim: int, methods: tuple[str, ...]) -> dict:

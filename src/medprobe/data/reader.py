@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medprobe.data.images import decode_image, read_image_bytes
+from medprobe.data.images import decode_image, read_image_bytes, window_bounds
 from medprobe.data.samples import Sample
 from medprobe.data.signature import combine_fingerprints, files_fingerprint, fingerprint_bytes, sample_stat
-from medprobe.data.volumes import read_files, read_volume, slice_image, window_volume
+from medprobe.data.volumes import read_files, read_volume, slice_image
 from medprobe.errors import MedprobeError
 
 
@@ -55,14 +55,14 @@ def read_unit(samples: Sequence[Sample], positions: list[int], root: Path) -> It
         return
     try:
         stat = sample_stat(first, root)
-        windowed, per_source, zooms = [], [], None
+        channels, per_source, zooms = [], [], None
         for source in first.slice.channels:
             blobs = read_files(source)
             volume = read_volume(blobs, source, first.slice.volume_index)
-            if windowed and volume.voxels.shape != windowed[0].shape:
+            if channels and volume.voxels.shape != channels[0][0].shape:
                 raise MedprobeError(f"{source} has shape {volume.voxels.shape} but {first.slice.channels[0]} has "
-                                    f"{windowed[0].shape}; stacked modalities must be co-registered")
-            windowed.append(window_volume(volume, first.slice.window))
+                                    f"{channels[0][0].shape}; stacked modalities must be co-registered")
+            channels.append((volume.voxels, window_bounds(volume.voxels, first.slice.window)))
             per_source.append(files_fingerprint(blobs))
             zooms = zooms or volume.zooms
     except (MedprobeError, OSError) as exc:
@@ -73,10 +73,11 @@ def read_unit(samples: Sequence[Sample], positions: list[int], root: Path) -> It
     for position in positions:
         where = samples[position].slice
         try:
-            yield Decoded(position, slice_image(windowed, zooms, where.axis, where.index), fingerprint, stat)
+            yield Decoded(position, slice_image(channels, zooms, where.axis, where.index), fingerprint, stat)
         except IndexError:
+            shape = channels[0][0].shape
             yield Decoded(position, None, error=f"{samples[position].id}: slice {where.index} is outside the volume "
-                                                 f"(shape {windowed[0].shape}); the file changed, reload the dataset")
+                                                 f"(shape {shape}); the file changed, reload the dataset")
 
 
 def read_all(samples: Sequence[Sample], root: Path) -> Iterator[Decoded]:

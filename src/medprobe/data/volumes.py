@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medprobe.data.images import window_to_uint8
+from medprobe.data.images import apply_window
 from medprobe.errors import MedprobeError
 
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -155,17 +155,16 @@ def read_volume(blobs: dict[Path, bytes], source: Path, volume_index: int | None
     return Volume(voxels=voxels, zooms=zooms, orientation=orientation)
 
 
-def window_volume(volume: Volume, window: tuple[float, float]) -> np.ndarray:
-    """The whole volume to uint8 with one window, so slices of one patient stay comparable."""
-    return window_to_uint8(volume.voxels, window)
+def take_slice(voxels: np.ndarray, axis: str, index: int) -> np.ndarray:
+    """One plane, upright (still in the volume's own intensities)."""
+    where = [slice(None)] * 3
+    where[AXES[axis]] = index
+    return np.rot90(voxels[tuple(where)])  # a view: np.take would copy through a slow generic path
 
 
-def take_slice(voxels: np.ndarray, zooms: tuple[float, float, float], axis: str, index: int) -> np.ndarray:
-    """One plane, upright, resampled to square pixels."""
-    along = AXES[axis]
-    plane = np.rot90(np.take(voxels, index, axis=along))
-    in_plane = [z for i, z in enumerate(zooms) if i != along]
-    col_spacing, row_spacing = in_plane  # rot90 turns the first in-plane axis into columns
+def square_pixels(plane: np.ndarray, zooms: tuple[float, float, float], axis: str) -> np.ndarray:
+    """Resample an upright uint8 plane to square pixels at the finer in-plane spacing."""
+    col_spacing, row_spacing = [z for i, z in enumerate(zooms) if i != AXES[axis]]  # rot90: first axis -> columns
     finest = min(row_spacing, col_spacing)
     if finest <= 0 or np.isclose(row_spacing, col_spacing, rtol=1e-3):
         return np.ascontiguousarray(plane)
@@ -174,9 +173,11 @@ def take_slice(voxels: np.ndarray, zooms: tuple[float, float, float], axis: str,
     return np.asarray(Image.fromarray(np.ascontiguousarray(plane)).resize((cols, rows), Image.BILINEAR))
 
 
-def slice_image(channels: list[np.ndarray], zooms, axis: str, index: int) -> Image.Image:
-    """One (gray, replicated) or three (stacked modalities) windowed volumes -> an RGB slice."""
-    planes = [take_slice(voxels, zooms, axis, index) for voxels in channels]
+def slice_image(channels: list[tuple[np.ndarray, tuple[float, float]]], zooms, axis: str, index: int) -> Image.Image:
+    """One (gray, replicated) or three (stacked modalities) volumes, each with its (low, high) window ->
+    an RGB slice. Only the slice is windowed: the bounds came from the whole volume."""
+    planes = [square_pixels(apply_window(take_slice(voxels, axis, index), *bounds), zooms, axis)
+              for voxels, bounds in channels]
     if len(planes) == 1:
         return Image.fromarray(planes[0], mode="L").convert("RGB")
     return Image.fromarray(np.stack(planes, axis=-1), mode="RGB")
