@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medprobe.errors import MedprobeError
+from medprobe.errors import Interrupted, MedprobeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Which pretrained backbone, frozen or fine-tuned, classifies your medical images best?")
@@ -66,6 +66,8 @@ def extract_command(
     workers: int = typer.Option(None, help="Decoding worker processes [default: CPU cores - 1, at most 8]"),
     image_size: int = typer.Option(None, "--image-size", help="Override the input size (ViTs interpolate)"),
     revision: str = typer.Option(None, help="Pin a hub revision (branch, tag or commit)"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out unreadable images (recorded in the cache) "
+                                  "instead of stopping"),
 ) -> None:
     """Embed every image once with each backbone into the HDF5 feature cache (resumable, incremental)."""
     from medprobe.extract.runner import extract
@@ -74,7 +76,11 @@ def extract_command(
     for name in model:
         report = extract(dataset=dataset, model=name, cache_dir=_cache_dir(cache_dir), device=device,
                          precision=precision, batch_size=batch_size, workers=workers, image_size=image_size,
-                         revision=revision, show_progress=True)
+                         revision=revision, show_progress=True, skip_bad=skip_bad)
+        for sample_id, why in list(report.skipped.items())[:5]:
+            console.print(f"[yellow]skipped:[/] {sample_id}: {why['reason']}")
+        if report.skipped:
+            console.print(f"{len(report.skipped)} unreadable image(s) skipped and recorded in the cache")
         if report.up_to_date:
             console.print(f"{name}: up to date ({report.reused} images) {report.path}")
         else:
@@ -309,6 +315,9 @@ def main(argv: list[str] | None = None) -> None:
     args = [a for a in args if a != "--debug"]
     try:
         app(args=args, prog_name="medprobe")
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except MedprobeError as exc:
         if debug:
             raise

@@ -3,3 +3,9 @@
 
 class MedprobeError(Exception):
     """A problem with the user's input: the message names the file or value and the fix."""
+
+
+class Interrupted(MedprobeError):
+    """Ctrl-C: the work so far is saved; the message says how to resume. Exit code 130, as for SIGINT."""
+
+    exit_code = 130

@@ -101,24 +101,38 @@ def read_features(path: Path, ids: list[str], pool: str) -> np.ndarray:
     return out
 
 
-class CacheWriter:
-    """Appends and rewrites rows of one cache file under an exclusive lock.
+class cache_lock:  # noqa: N801 - used as a context manager, like open()
+    """The exclusive right to extract into one cache, held for a whole extraction: a second extraction
+    into the same cache is refused with a clear line instead of interleaving writes."""
 
-    A row's `done` flag is set in the same write as its features, and the file is flushed after every
-    batch, so an interruption loses at most the batch in flight and a rerun resumes from the flags.
-    """
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path).with_suffix(".lock")
+
+    def __enter__(self) -> cache_lock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "w")  # noqa: SIM115 - held until __exit__
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._handle.close()
+            raise MedprobeError(
+                f"another medprobe process is extracting into {self.path.with_suffix('.h5')}; wait for it to "
+                "finish, then run again (readers such as probe may use the cache meanwhile)"
+            ) from exc
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+
+
+class CacheWriter:
+    """Appends and rewrites rows of one cache file. Extraction only ever uses it on a private copy that
+    then replaces the cache atomically (see cache/journal.py)."""
 
     def __init__(self, path: Path, provenance: dict) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.path.with_suffix(".lock"), "w")  # noqa: SIM115 - held until close()
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            self._lock.close()
-            raise MedprobeError(
-                f"another medprobe process is writing {self.path}; wait for it to finish, then run again"
-            ) from exc
         self.file = _open(self.path, "a")
         if layout.IDS not in self.file:
             self._initialise()
@@ -199,8 +213,6 @@ class CacheWriter:
         if self.file.id.valid:
             self.file.attrs["updated_at"] = now_iso()
             self.file.close()
-        fcntl.flock(self._lock, fcntl.LOCK_UN)
-        self._lock.close()
 
     def __enter__(self) -> CacheWriter:
         return self

@@ -36,7 +36,7 @@ class SampleStream(IterableDataset):
 
 def collate(items):
     good = [item for item in items if item[4] is None]
-    errors = [item[4] for item in items if item[4] is not None]
+    errors = [(item[0], item[4]) for item in items if item[4] is not None]
     pixels = torch.stack([item[1] for item in good]) if good else None
     return {
         "positions": [item[0] for item in good],

@@ -6,17 +6,19 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from medprobe import __version__
-from medprobe.cache import CacheWriter, cache_key, cache_path, plan_rows, read_contents
+from medprobe.cache import cache_key, cache_lock, cache_path, plan_rows, read_contents
+from medprobe.cache.journal import Journal, commit
 from medprobe.data.images import check_image_header
 from medprobe.data.samples import Dataset, Sample
-from medprobe.errors import MedprobeError
+from medprobe.data.signature import sample_stat
+from medprobe.errors import Interrupted, MedprobeError
 from medprobe.extract.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
 from medprobe.extract.loader import make_loader
 from medprobe.models.backbone import load_backbone, resolve_preprocessing, weights_identity
@@ -33,6 +35,7 @@ class ExtractReport:
     reused: int
     changed: int
     images_per_second: float | None
+    skipped: dict[str, dict] = field(default_factory=dict)  # id -> {"reason", "stat"}, with --skip-bad
 
     @property
     def up_to_date(self) -> bool:
@@ -73,43 +76,65 @@ def locate_cache(*, dataset: Dataset, model: str, cache_dir: Path, device: str =
                        torch_device)
 
 
-def validate_images(samples: list[Sample], workers: int = 8) -> None:
+def find_bad_headers(samples: list[Sample], workers: int = 8) -> list[tuple[Sample, str]]:
     """Header-check every image about to be extracted, before any compute is spent (volume headers were
     checked when the dataset was loaded)."""
-    samples = [s for s in samples if s.slice is None]
+    images = [s for s in samples if s.slice is None]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = list(pool.map(lambda s: check_image_header(s.path), samples))
-    bad = [(s.path, r) for s, r in zip(samples, reasons, strict=True) if r]
-    if bad:
-        first = ", ".join(f"{path} ({reason})" for path, reason in bad[:3])
-        raise MedprobeError(
-            f"{len(bad)} unreadable image(s): {first}{' ...' if len(bad) > 3 else ''}; fix or remove them "
-            "(`medprobe datasets inspect DATA` lists all)"
-        )
+        reasons = list(pool.map(lambda s: check_image_header(s.path), images))
+    return [(s, r) for s, r in zip(images, reasons, strict=True) if r]
+
+
+def _recover(target: CacheTarget, journal: Journal, dataset: Dataset) -> None:
+    """Commit the batches a killed extraction left in the journal, so their work is not lost."""
+    provenance = journal.provenance()
+    if provenance is None or not journal.batches():
+        journal.clear()
+        return
+    commit(target.path, journal, ids=dataset.ids, provenance=provenance)
 
 
 def extract(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "auto", precision: str = "auto",
             batch_size: int = 32, workers: int | None = None, image_size: int | None = None,
-            revision: str | None = None, show_progress: bool = True) -> ExtractReport:
+            revision: str | None = None, show_progress: bool = True, skip_bad: bool = False) -> ExtractReport:
     if batch_size < 1:
         raise MedprobeError(f"--batch-size {batch_size} must be at least 1")
     target = locate_cache(dataset=dataset, model=model, cache_dir=cache_dir, device=device,
                           precision=precision, image_size=image_size, revision=revision)
+    with cache_lock(target.path):
+        journal = Journal(target.path)
+        _recover(target, journal, dataset)
+        return _extract_locked(dataset, model, target, journal, batch_size=batch_size, workers=workers,
+                               image_size=image_size, show_progress=show_progress, skip_bad=skip_bad)
+
+
+def _extract_locked(dataset: Dataset, model: str, target: CacheTarget, journal: Journal, *, batch_size: int,
+                    workers: int | None, image_size: int | None, show_progress: bool,
+                    skip_bad: bool) -> ExtractReport:
     samples = dataset.samples
     contents = read_contents(target.path) if target.path.exists() else None
     known_identity = weights_identity(target.spec)
     if contents is not None and known_identity and contents.attrs.get("weights_identity") != known_identity:
         contents = None  # the weights moved on: every row is stale
     plan = plan_rows(contents, samples, dataset.root)
+    previously_skipped = dict(contents.attrs.get("skipped") or {}) if contents is not None else {}
+    skipped: dict[str, dict] = {}
+    if skip_bad:  # a skipped file stays skipped until it changes
+        skipped = {s.id: previously_skipped[s.id] for s in samples if s.id in previously_skipped
+                   and previously_skipped[s.id].get("stat") == _stat_or_empty(s, dataset.root)}
+        plan.todo = [i for i in plan.todo if samples[i].id not in skipped]
     if plan.up_to_date and known_identity is not None:
         if plan.restat:
-            with CacheWriter(target.path, {}) as writer:
-                writer.update_stats(plan.restat)
-        return ExtractReport(model, target.path, 0, plan.fresh, 0, None)
+            commit(target.path, journal, ids=[], provenance={}, restat=plan.restat)
+        return ExtractReport(model, target.path, 0, plan.fresh, 0, None, skipped=skipped)
 
-    todo = [samples[i] for i in plan.todo]
-    validate_images(todo)
+    todo = _checked_todo(samples, plan, skipped, dataset.root, skip_bad)
     backbone = load_backbone(target.spec, image_size=image_size)
+    stored_identity = contents.attrs.get("weights_identity", "") if contents is not None else ""
+    fresh = target.path.exists() and (contents is None or stored_identity not in ("", backbone.weights_identity))
+    if fresh:  # the stored rows came from other weights: every sample is extracted anew
+        plan, skipped = plan_rows(None, samples, dataset.root), {}
+        todo = _checked_todo(samples, plan, skipped, dataset.root, skip_bad)
     workers = default_workers() if workers is None else workers
     provenance = {
         "medprobe_version": __version__, "model_name": target.spec.name, "backend": target.spec.backend,
@@ -118,64 +143,84 @@ def extract(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "aut
         "preprocessing": backbone.preprocessing.to_dict(), "precision": target.precision,
         "device": str(target.device), "device_name": device_name(target.device), "pools": list(backbone.pools),
         "dataset_name": dataset.name, "dataset_root": str(dataset.root.resolve()),
+        "dataset_root_relative": os.path.relpath(dataset.root.resolve(), target.path.parent.resolve()),
         "library_versions": library_versions(), "batch_size": batch_size, "workers": workers,
+        "weights_identity": backbone.weights_identity,
     }
-    with CacheWriter(target.path, provenance) as writer:
-        stored_identity = writer.file.attrs.get("weights_identity", "")
-        if stored_identity and stored_identity != backbone.weights_identity:
-            writer.clear()
-            plan = plan_rows(None, samples, dataset.root)
-            todo = list(samples)
-            validate_images(todo)
-        writer.set_attrs({"weights_identity": backbone.weights_identity})
-        writer.update_stats(plan.restat)
-        known = set(writer.ids)
-        writer.append_rows([s.id for s in todo if s.id not in known])
-        row_of = {sample_id: row for row, sample_id in enumerate(writer.ids)}
-        writer.mark_pending([row_of[samples[i].id] for i in plan.changed])
-        stats = {"count": 0, "rate": None, "errors": []}
+    pending = [samples[i].id for i in plan.changed]
+    journal.start(provenance)
+    stats = {"count": 0, "rate": None, "errors": [], "seconds": 0.0, "dims": {}}
+    try:
         if todo:
-            stats = _run(backbone, todo, dataset.root, [row_of[s.id] for s in todo], writer, target,
-                         batch_size=batch_size, workers=workers, show_progress=show_progress)
-            writer.set_attrs({
-                "embed_dims": stats["dims"], "extract_seconds": round(stats["seconds"], 3),
-                "images_extracted": stats["count"], "images_per_second": stats["rate"],
-                "peak_memory_mb": round(peak_memory_mb(target.device), 1),
-            })
-    if stats["errors"]:
-        errors = stats["errors"]
+            stats = _run(backbone, todo, dataset.root, journal, target, batch_size=batch_size, workers=workers,
+                         show_progress=show_progress)
+    except KeyboardInterrupt:
+        commit(target.path, journal, ids=dataset.ids, provenance=provenance, pending=pending, restat=plan.restat,
+               fresh=fresh)
+        done = int(read_contents(target.path).done.sum())
+        raise Interrupted(f"{model}: {done} of {len(samples)} images are cached in {target.path}; run the same "
+                          "command again to resume") from None
+    skipped.update({sample_id: {"reason": reason, "stat": _stat_or_empty(sample, dataset.root)}
+                    for sample, sample_id, reason in stats["errors"] if skip_bad})
+    attrs = {"skipped": skipped}
+    if stats["count"]:
+        attrs.update({"embed_dims": stats["dims"], "extract_seconds": round(stats["seconds"], 3),
+                      "images_extracted": stats["count"], "images_per_second": stats["rate"],
+                      "peak_memory_mb": round(peak_memory_mb(target.device), 1)})
+    commit(target.path, journal, ids=dataset.ids, provenance=provenance, attrs=attrs, pending=pending,
+           restat=plan.restat, fresh=fresh)
+    errors = [reason for _, _, reason in stats["errors"]]
+    if errors and not skip_bad:
         raise MedprobeError(
             f"{len(errors)} image(s) failed to decode, the rest were cached: {errors[0]}"
-            f"{' (and more)' if len(errors) > 1 else ''}"
+            f"{' (and more)' if len(errors) > 1 else ''}; fix them, or pass --skip-bad to leave them out"
         )
-    return ExtractReport(model, target.path, stats["count"], plan.fresh, len(plan.changed), stats["rate"])
+    return ExtractReport(model, target.path, stats["count"], plan.fresh, len(plan.changed), stats["rate"],
+                         skipped=skipped)
 
 
-def _run(backbone, todo: list[Sample], root: Path, rows: list[int], writer: CacheWriter, target: CacheTarget, *,
-         batch_size: int, workers: int, show_progress: bool) -> dict:
+def _checked_todo(samples: list[Sample], plan, skipped: dict, root: Path, skip_bad: bool) -> list[Sample]:
+    """The samples to extract: header-checked before any compute; bad ones refused, or with --skip-bad
+    recorded in `skipped` (id -> reason and stat) and left out."""
+    todo = [samples[i] for i in plan.todo if samples[i].id not in skipped]
+    bad = find_bad_headers(todo)
+    if bad and not skip_bad:
+        first = ", ".join(f"{s.path} ({reason})" for s, reason in bad[:3])
+        raise MedprobeError(
+            f"{len(bad)} unreadable image(s): {first}{' ...' if len(bad) > 3 else ''}; fix or remove them, or "
+            "pass --skip-bad to extract the rest (`medprobe datasets inspect DATA` lists all)"
+        )
+    skipped.update({s.id: {"reason": reason, "stat": _stat_or_empty(s, root)} for s, reason in bad})
+    return [s for s in todo if s.id not in skipped]
+
+
+def _stat_or_empty(sample: Sample, root: Path) -> str:
+    try:
+        return sample_stat(sample, root)
+    except OSError:
+        return ""
+
+
+def _run(backbone, todo: list[Sample], root: Path, journal: Journal, target: CacheTarget, *, batch_size: int,
+         workers: int, show_progress: bool) -> dict:
     device = target.device
     module = backbone.module.to(device)
     if backbone.is_cnn:
         module = module.to(memory_format=torch.channels_last)
     loader = make_loader(todo, root, ImageTransform(backbone.preprocessing), batch_size=batch_size,
                          workers=workers, pin_memory=device.type == "cuda")
-    rows_array = np.asarray(rows, dtype=np.int64)
-    errors: list[str] = []
+    errors: list[tuple[Sample, str, str]] = []
     dims: dict[str, int] = {}
     count, started, warm_start, warm_count = 0, time.perf_counter(), None, 0
     with progress_bar(f"extract {backbone.spec.name}", total=len(todo), enabled=show_progress) as advance:
         for batch in loader:
-            errors += batch["errors"]
+            errors += [(todo[position], todo[position].id, reason) for position, reason in batch["errors"]]
             if batch["pixels"] is not None:
-                pixels = batch["pixels"].to(device, non_blocking=True)
-                if backbone.is_cnn:
-                    pixels = pixels.contiguous(memory_format=torch.channels_last)
-                with torch.inference_mode(), autocast(device, target.precision):
-                    pooled = backbone.embed(pixels)
-                features = {pool: value.float().cpu().numpy() for pool, value in pooled.items()}
+                features = _embed_fixed_shape(backbone, batch["pixels"], batch_size, target)
                 dims = {pool: int(value.shape[1]) for pool, value in features.items()}
                 _check_finite(features, backbone.spec.name)
-                writer.write(rows_array[batch["positions"]], features, batch["fingerprints"], batch["stats"])
+                journal.append([todo[p].id for p in batch["positions"]], features, batch["fingerprints"],
+                               batch["stats"])
             size = len(batch["positions"]) + len(batch["errors"])
             count += len(batch["positions"])
             if warm_start is None:  # the marginal rate leaves out start-up and the first batch
@@ -188,6 +233,21 @@ def _run(backbone, todo: list[Sample], root: Path, rows: list[int], writer: Cach
     rate = warm_count / warm_seconds if warm_count and warm_seconds > 0 else (count / seconds if seconds else None)
     return {"count": count, "seconds": seconds, "rate": round(rate, 2) if rate else None, "dims": dims,
             "errors": errors}
+
+
+def _embed_fixed_shape(backbone, pixels: torch.Tensor, batch_size: int, target: CacheTarget) -> dict[str, np.ndarray]:
+    """Forward a batch padded to `batch_size` rows: kernels may pick another algorithm for another batch
+    shape, and a fixed shape keeps every image's features bit-identical however the batches were cut
+    (an interrupted and resumed extraction equals an uninterrupted one)."""
+    count = pixels.shape[0]
+    if count < batch_size:
+        pixels = torch.cat([pixels, pixels[-1:].expand(batch_size - count, *pixels.shape[1:])])
+    pixels = pixels.to(target.device, non_blocking=True)
+    if backbone.is_cnn:
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(target.device, target.precision):
+        pooled = backbone.embed(pixels)
+    return {pool: value[:count].float().cpu().numpy() for pool, value in pooled.items()}
 
 
 def _check_finite(features: dict[str, np.ndarray], model: str) -> None:
