@@ -185,6 +185,27 @@ def finetune_command(
                   f"record: {record['record_path']}")
 
 
+@app.command("report")
+def report_command(
+    results: list[Path] = typer.Argument(None, help="Results folders of probe/finetune [default: medprobe-results]"),
+    out: Path = typer.Option(..., "--out", help="Where report.html, report.md, summary.csv and figures/ go"),
+    metric: str = typer.Option("accuracy", help="accuracy | balanced_accuracy | auroc | f1_weighted | f1_macro | ..."),
+    latex: bool = typer.Option(False, "--latex", help="Also write report.tex (booktabs tables)"),
+    bootstrap: int = typer.Option(2000, help="Shared resamples of the paired test against each column's best"),
+    seed: int = typer.Option(0, help="Seed of the paired bootstrap"),
+) -> None:
+    """Tables (backbone x method, CI, paired test vs the best) and figures from every run record."""
+    from medprobe.report import build_report
+    from medprobe.report.render import console_table
+
+    report = build_report(results_dirs=list(results or []) or [Path("medprobe-results")], out_dir=out, metric=metric,
+                          latex=latex, replicates=bootstrap, seed=seed)
+    for table in report.tables:
+        if table.level == "sample":
+            console.print(console_table(table))
+    console.print(f"report: {report.html}")
+
+
 @datasets_app.command("inspect")
 def inspect_command(
     data: Path = typer.Argument(None, help=DATA_HELP, show_default=False),

@@ -1,0 +1,323 @@
+"""`medprobe report` on records written by the real probe and finetune runs (tiny backbones, tiny data)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import blob_image, save_tiny_timm
+from PIL import Image
+from torch_blocker import BLOCK_TORCH
+
+from medprobe.cache import CacheWriter, cache_path
+from medprobe.cache.freshness import stat_signature
+from medprobe.cli import main
+from medprobe.data import load_dataset
+from medprobe.data.images import fingerprint_bytes
+from medprobe.errors import MedprobeError
+from medprobe.models.registry import resolve_model
+from medprobe.probe.runner import ProbeSettings, probe
+from medprobe.report import build_report
+from medprobe.report.records import RunRecord
+from medprobe.report.stats import PairedBootstrap, held_out
+from medprobe.results.metrics import interval
+
+PATIENTS, SLICES = 16, 2
+REPLICATES = 300
+
+
+def write_blobs(root: Path):
+    """32 images, 16 patients x 2 slices; the class is where the bright square sits."""
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i in range(PATIENTS * SLICES):
+        label = (i // SLICES) % 2
+        Image.fromarray(blob_image(rng, label, (40, 40))).save(root / "img" / f"{i:02d}.png")
+        rows.append({"path": f"img/{i:02d}.png", "label": ["left", "right"][label], "group": f"p{i // SLICES:02d}"})
+    with (root / "labels.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "group"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return load_dataset(root / "labels.csv")
+
+
+def write_feature_cache(dataset, cache_dir: Path, model: str, features: dict[str, np.ndarray], **provenance) -> None:
+    """A cache with chosen features and the provenance a real extraction records."""
+    spec = resolve_model(model)
+    attrs = {"model_name": model, "backend": spec.backend, "pools": list(features), "precision": "fp32",
+             "weights_identity": "synthetic", "embed_dims": {k: v.shape[1] for k, v in features.items()},
+             **provenance}
+    with CacheWriter(cache_path(cache_dir, dataset.cache_slug, spec.slug, "synthetic"), attrs) as writer:
+        writer.append_rows(dataset.ids)
+        writer.write(np.arange(len(dataset.ids)), features,
+                     [fingerprint_bytes(s.path.read_bytes()) for s in dataset.samples],
+                     [stat_signature(s.path) for s in dataset.samples])
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    """One dataset, three backbones probed with logreg/svm/knn (+ a label-efficiency run), and the tiny CNN
+    also fine-tuned frozen and unfrozen on the same splits."""
+    from medprobe.extract.runner import extract
+    from medprobe.finetune.runner import FinetuneSettings, finetune
+
+    base = tmp_path_factory.mktemp("study")
+    dataset = write_blobs(base / "blobs")
+    cache, out = base / "cache", base / "results"
+    tiny_cnn = save_tiny_timm(base / "tiny-cnn", "test_resnet", input_size=32)
+    extract(dataset=dataset, model=str(tiny_cnn), cache_dir=cache, device="cpu", precision="fp32", batch_size=16,
+            workers=0, show_progress=False)
+    rng = np.random.default_rng(3)
+    y = np.array([(i // SLICES) % 2 for i in range(PATIENTS * SLICES)])
+    strong = y[:, None] * 2.5 + rng.normal(size=(len(y), 6))  # a clearly better backbone
+    write_feature_cache(dataset, cache, "dinov2-small", {"cls": strong[:, :3], "mean": strong[:, 3:]},
+                        num_parameters=22_056_576, images_per_second=412.5, device_name="synthetic-device")
+    write_feature_cache(dataset, cache, "vgg16", {"gap": rng.normal(size=(len(y), 5))},  # no signal at all
+                        num_parameters=134_260_544)
+    settings = {"folds": 4, "bootstrap": REPLICATES, "n_jobs": 1, "seed": 0}
+    probe(dataset=dataset, models=None, cache_dir=cache, out_dir=out, show_progress=False,
+          settings=ProbeSettings(classifiers=("logreg", "svm", "knn"), **settings))
+    probe(dataset=dataset, models=["dinov2-small"], cache_dir=cache, out_dir=out, show_progress=False,
+          settings=ProbeSettings(classifiers=("logreg",), shots=(1, 3), repeats=2, **settings))
+    for mode in ("none", "all"):
+        finetune(dataset=dataset, model=str(tiny_cnn), out_dir=out, show_progress=False,
+                 settings=FinetuneSettings(unfreeze=mode, epochs=1, lr=1e-3, head_lr=1e-2, batch_size=8, workers=0,
+                                           bootstrap=REPLICATES, precision="fp32", device="cpu", folds=4))
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(study, tmp_path_factory):
+    return build_report(results_dirs=[study], out_dir=tmp_path_factory.mktemp("report"), metric="accuracy",
+                        latex=True, replicates=REPLICATES)
+
+
+def records_by_cell(results: Path) -> dict[tuple[str, str], dict]:
+    """(model, method) -> record JSON of the full-protocol runs, read straight from the files."""
+    found = {}
+    for path in results.rglob("*.json"):
+        data = json.loads(path.read_text())
+        if "shots" not in data:
+            found[(data["model"], data["method"])] = data
+    return found
+
+
+def markdown_table(markdown: str, title: str) -> list[dict[str, str]]:
+    lines = markdown.split(f"### {title}\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
+
+
+def ci_text(entry: dict) -> str:
+    return f"{entry['value']:.3f} [{entry['ci'][0]:.3f}, {entry['ci'][1]:.3f}]"
+
+
+@pytest.mark.parametrize("level", ["sample", "patient"])
+def test_table_numbers_equal_the_records_and_bold_marks_the_best(study, report, level):
+    records = records_by_cell(study)
+    title = f"blobs-labels: accuracy, {'per patient' if level == 'patient' else 'per image'}"
+    rows = markdown_table(report.markdown.read_text(), title)
+    methods = ["logreg", "svm", "knn", "finetune-none", "finetune-all"]
+    assert list(rows[0])[4:] == methods  # probes first, then fine-tuning from frozen to unfrozen
+    assert [r["backbone"] for r in rows] == ["dinov2-small", "tiny-cnn", "vgg16"]
+    checked = 0
+    for method in methods:
+        column = {model: data for (model, m), data in records.items() if m == method}
+        entries = {model: (data["metrics"] if level == "sample" else data["patient_metrics"]["metrics"])["accuracy"]
+                   for model, data in column.items()}
+        best = max(entry["value"] for entry in entries.values())
+        for row in rows:
+            if row["backbone"] not in entries:
+                assert row[method] == ""
+                continue
+            entry = entries[row["backbone"]]
+            cell = row[method]
+            assert cell.removeprefix("**").startswith(ci_text(entry)), (method, row["backbone"], cell)
+            assert cell.startswith("**") == (entry["value"] == best), (method, row["backbone"], cell)
+            checked += 1
+    assert checked == 3 * 3 + 2  # three probed backbones, one fine-tuned twice
+    strong = next(r for r in rows if r["backbone"] == "dinov2-small")
+    assert strong["params"] == "22.1M" and strong["dim"] == "3" and strong["extract img/s (device)"] == \
+        "412.5 (synthetic-device)"
+    tiny = next(r for r in rows if r["backbone"] == "tiny-cnn")
+    assert re.fullmatch(r"[\d.]+ \(.+\)", tiny["extract img/s (device)"])  # measured by the real extraction
+
+
+def test_paired_bootstrap_shares_resamples_and_reproduces_the_records_cis(study, report):
+    records = {key: RunRecord(Path(data["record_path"]), data) for key, data in records_by_cell(study).items()}
+    best = records[("dinov2-small", "logreg")]
+    tests = held_out(best.read_predictions(), "sample")
+    assert tests.unit == "patient"
+    # the same code, seed and resamples as the probe: the record's own CI comes back exactly
+    point, distribution = PairedBootstrap("accuracy", REPLICATES, 0).distribution("best", tests)
+    assert point == pytest.approx(best.value("accuracy")[0]) and interval(distribution) == best.value("accuracy")[1]
+    bootstrap = PairedBootstrap("accuracy", REPLICATES, 7)
+    same = bootstrap.compare("a", tests, "b", held_out(best.read_predictions(), "sample"))
+    assert same.comparable and same.difference == 0 and same.p_value == 1.0
+    noise = records[("vgg16", "logreg")]
+    versus = bootstrap.compare("a", tests, "n", held_out(noise.read_predictions(), "sample"))
+    assert versus.difference == pytest.approx(noise.value("accuracy")[0] - best.value("accuracy")[0])
+    assert versus.p_value < 0.05 and versus.ci[1] < 0 and (versus.replicates, versus.seed) == (REPLICATES, 7)
+    patients = bootstrap.compare("a", held_out(best.read_predictions(), "patient"), "n",
+                                 held_out(noise.read_predictions(), "patient"))
+    assert patients.comparable and patients.difference == pytest.approx(
+        noise.value("accuracy", "patient")[0] - best.value("accuracy", "patient")[0])
+    shifted = held_out(noise.read_predictions(), "sample")
+    shifted.ids = np.array([f"other/{i}" for i in shifted.ids], dtype=object)
+    assert bootstrap.compare("a", tests, "s", shifted).reason == "not comparable: different test samples"
+    # the report's table says the same: the noise backbone differs from the column's best
+    table = report.tables[0]
+    cell = next(row for row in table.rows if row.label == "vgg16").cells["logreg"]
+    assert cell.comparison.p_value < 0.05 and cell.comparison.unit == "patient"
+    assert next(row for row in table.rows if row.label == "dinov2-small").cells["logreg"].comparison is None
+
+
+class ImageCollector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images, self.references, self.tags = [], [], set()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        values = dict(attrs)
+        if tag == "img":
+            self.images.append(values.get("src", ""))
+        self.references += [v for k, v in attrs if k in ("href", "src") and tag != "img"]
+
+
+def test_html_is_self_contained_with_every_figure_embedded(report):
+    collector = ImageCollector()
+    collector.feed(report.html.read_text())
+    assert not collector.references and not {"script", "link", "iframe"} & collector.tags
+    assert len(collector.images) == len(report.content.figures) == 6
+    for source in collector.images:
+        assert source.startswith("data:image/png;base64,")
+        assert base64.b64decode(source.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
+    names = sorted(f.path.name for f in report.content.figures)
+    assert names == ["blobs-labels__bars.png", "blobs-labels__confusion.png", "blobs-labels__frozen-vs-unfrozen.png",
+                     "blobs-labels__label-efficiency.png", "blobs-labels__roc.png", "score-vs-parameters.png"]
+    assert all(f.path.is_file() and f.path.read_bytes() == f.png for f in report.content.figures)
+    markdown = report.markdown.read_text()
+    assert all(f"](figures/{name})" in markdown for name in names)
+
+
+def test_summary_csv_has_one_tidy_row_per_record(study, report):
+    with report.summary_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    files = sorted(study.rglob("*.json"))
+    assert len(rows) == len(files) == 3 * 3 + 2 + 2  # probes, fine-tunes, two label budgets
+    for column in ("dataset", "model", "method", "protocol", "shots", "parameters", "accuracy", "accuracy_ci_low",
+                   "accuracy_ci_high", "auroc", "patient_accuracy", "p_vs_best_accuracy"):
+        assert column in rows[0], column
+    for row in rows:
+        data = json.loads(Path(row["record"]).read_text())
+        for name, entry in data["metrics"].items():
+            assert float(row[name]) == entry["value"] and float(row[f"{name}_ci_low"]) == entry["ci"][0]
+        assert float(row["patient_accuracy"]) == data["patient_metrics"]["metrics"]["accuracy"]["value"]
+        if data["method"].startswith("finetune"):
+            assert int(float(row["trainable_parameters"])) == data["cost"]["trainable_parameters"]
+    shots = sorted(int(r["shots"]) for r in rows if r["shots"])
+    assert shots == [1, 3]
+    with report.comparisons_csv.open() as handle:
+        comparisons = list(csv.DictReader(handle))
+    assert {c["seed"] for c in comparisons} == {"0"} and {c["replicates"] for c in comparisons} == {str(REPLICATES)}
+
+
+def test_latex_table_marks_the_best(report):
+    latex = report.latex.read_text()
+    assert latex.count(r"\begin{tabular}") == 2 and r"\toprule" in latex
+    table = report.tables[0]
+    _, best = max(((row, row.cells["logreg"]) for row in table.rows), key=lambda item: item[1].value)
+    assert rf"\textbf{{{best.value:.3f}}}" in latex
+    assert "finetune-all" in latex and r"dinov2-small" in latex
+
+
+def test_broken_and_partial_records_are_listed_not_fatal(study, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(study, results)
+    folder = results / "blobs-labels"
+    (folder / "truncated.json").write_text('{"schema": "medprobe.run/1", "method": ')
+    (folder / "notes.json").write_text('{"hello": 1}')
+    (folder / "half.json.partial").write_text("{")
+    vgg_svm = folder / "vgg16__gap__svm__kfold4-seed0.json"
+    data = json.loads(vgg_svm.read_text())
+    data["metrics"]["auroc"]["value"] = None  # e.g. a class absent from the test set
+    vgg_svm.write_text(json.dumps(data))
+    knn = folder / "vgg16__gap__knn__kfold4-seed0.json"
+    data = json.loads(knn.read_text())
+    del data["metrics"]
+    knn.write_text(json.dumps(data))
+    (folder / "tiny-cnn__gap__logreg__kfold4-seed0.predictions.csv").unlink()
+    result = build_report(results_dirs=[results], out_dir=tmp_path / "report", metric="auroc", replicates=50)
+    markdown = result.markdown.read_text()
+    skipped = markdown.split("## Skipped or incomplete records", 1)[1]
+    expected = {"truncated.json": "not valid JSON", "notes.json": "not a medprobe run record",
+                "half.json.partial": "interrupted write", knn.name: "no metrics",
+                vgg_svm.name: "no auroc value", "tiny-cnn__gap__logreg__kfold4-seed0.json": "predictions file"}
+    for name, reason in expected.items():
+        line = next((line for line in skipped.splitlines() if name in line), "")
+        assert reason in line, (name, line)
+    rows = markdown_table(markdown, "blobs-labels: auroc, per image")
+    vgg = next(r for r in rows if r["backbone"] == "vgg16")
+    assert vgg["svm"].startswith("—") and vgg["knn"] == ""
+    assert "Skipped or incomplete records" in result.html.read_text()
+
+
+def test_report_cli_runs_without_torch(study, tmp_path):
+    out = tmp_path / "report"
+    script = BLOCK_TORCH + f"""
+from medprobe.cli import main
+try:
+    main(["report", {str(study)!r}, "--out", {str(out)!r}, "--metric", "balanced_accuracy", "--latex",
+          "--bootstrap", "100"])
+except SystemExit as exit:
+    assert not exit.code, exit.code
+assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert str(out / "report.html") in result.stdout
+    assert "blobs-labels: balanced_accuracy, per image" in result.stdout and "finetune-all" in result.stdout
+    assert (out / "report.tex").is_file() and (out / "summary.csv").is_file()
+
+
+def test_report_errors_exit_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for args, message in (([str(tmp_path / "empty")], "no run records"),
+                          ([str(tmp_path / "missing")], "does not exist"),
+                          ([str(tmp_path / "empty"), "--metric", "speed"], "--metric 'speed' is not one of")):
+        with pytest.raises(SystemExit) as info:
+            main(["report", *args, "--out", str(tmp_path / "out")])
+        assert info.value.code == 2 and message in capsys.readouterr().err
+    (tmp_path / "empty" / "x.json").write_text("[]")
+    with pytest.raises(MedprobeError, match="none of the 1 JSON file"):
+        build_report(results_dirs=[tmp_path / "empty"], out_dir=tmp_path / "out")
+
+
+def chromium_binary() -> str | None:
+    return next((found for name in ("chromium", "chromium-browser", "google-chrome") if (found := shutil.which(name))),
+                None)
+
+
+@pytest.mark.skipif(chromium_binary() is None, reason="no chromium binary (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    """The HTML renders in a real browser with no network (docs/report_example.py makes docs/report.png)."""
+    screenshot = tmp_path / "report.png"
+    command = [chromium_binary(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+               "--window-size=1200,1500", f"--screenshot={screenshot}", report.html.as_uri()]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert screenshot.is_file(), result.stderr
+    with Image.open(screenshot) as image:
+        assert image.size == (1200, 1500)
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 200  # text, tables and plots, not a blank page
