@@ -37,11 +37,13 @@ def write_manifest(root: Path, labels: list[str], groups: list[str] | None = Non
     return path
 
 
-def write_cache(dataset, cache_dir: Path, model: str, features: dict[str, np.ndarray]) -> Path:
+def write_cache(dataset, cache_dir: Path, model: str, features: dict[str, np.ndarray], **extra_provenance) -> Path:
+    """A cache with chosen features and the provenance a real extraction records (plus `extra_provenance`)."""
     spec = resolve_model(model)
     path = cache_path(cache_dir, dataset.cache_slug, spec.slug, "synthetic")
     provenance = {"model_name": model, "backend": spec.backend, "pools": list(features), "precision": "fp32",
-                  "weights_identity": "synthetic", "embed_dims": {k: v.shape[1] for k, v in features.items()}}
+                  "weights_identity": "synthetic", "embed_dims": {k: v.shape[1] for k, v in features.items()},
+                  **extra_provenance}
     memo: dict = {}
     with CacheWriter(path, provenance) as writer:
         writer.append_rows(dataset.ids)

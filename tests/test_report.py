@@ -16,15 +16,12 @@ import numpy as np
 import pytest
 from conftest import blob_image, save_tiny_timm
 from PIL import Image
+from probe_helpers import write_cache
 from torch_blocker import BLOCK_TORCH
 
-from medprobe.cache import CacheWriter, cache_path
-from medprobe.cache.freshness import stat_signature
 from medprobe.cli import main
 from medprobe.data import load_dataset
-from medprobe.data.images import fingerprint_bytes
 from medprobe.errors import MedprobeError
-from medprobe.models.registry import resolve_model
 from medprobe.probe.runner import ProbeSettings, probe
 from medprobe.report import build_report
 from medprobe.report.records import RunRecord
@@ -51,19 +48,6 @@ def write_blobs(root: Path):
     return load_dataset(root / "labels.csv")
 
 
-def write_feature_cache(dataset, cache_dir: Path, model: str, features: dict[str, np.ndarray], **provenance) -> None:
-    """A cache with chosen features and the provenance a real extraction records."""
-    spec = resolve_model(model)
-    attrs = {"model_name": model, "backend": spec.backend, "pools": list(features), "precision": "fp32",
-             "weights_identity": "synthetic", "embed_dims": {k: v.shape[1] for k, v in features.items()},
-             **provenance}
-    with CacheWriter(cache_path(cache_dir, dataset.cache_slug, spec.slug, "synthetic"), attrs) as writer:
-        writer.append_rows(dataset.ids)
-        writer.write(np.arange(len(dataset.ids)), features,
-                     [fingerprint_bytes(s.path.read_bytes()) for s in dataset.samples],
-                     [stat_signature(s.path) for s in dataset.samples])
-
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
     """One dataset, three backbones probed with logreg/svm/knn (+ a label-efficiency run), and the tiny CNN
@@ -80,9 +64,9 @@ def study(tmp_path_factory) -> Path:
     rng = np.random.default_rng(3)
     y = np.array([(i // SLICES) % 2 for i in range(PATIENTS * SLICES)])
     strong = y[:, None] * 2.5 + rng.normal(size=(len(y), 6))  # a clearly better backbone
-    write_feature_cache(dataset, cache, "dinov2-small", {"cls": strong[:, :3], "mean": strong[:, 3:]},
+    write_cache(dataset, cache, "dinov2-small", {"cls": strong[:, :3], "mean": strong[:, 3:]},
                         num_parameters=22_056_576, images_per_second=412.5, device_name="synthetic-device")
-    write_feature_cache(dataset, cache, "vgg16", {"gap": rng.normal(size=(len(y), 5))},  # no signal at all
+    write_cache(dataset, cache, "vgg16", {"gap": rng.normal(size=(len(y), 5))},  # no signal at all
                         num_parameters=134_260_544)
     settings = {"folds": 4, "bootstrap": REPLICATES, "n_jobs": 1, "seed": 0}
     probe(dataset=dataset, models=None, cache_dir=cache, out_dir=out, show_progress=False,
