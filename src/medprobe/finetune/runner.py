@@ -60,7 +60,9 @@ class FinetuneSettings:
 
 class Classifier(nn.Module):
     """Backbone + linear head on its pooled feature (cls+mean for ViTs, gap for CNNs, as the probes'
-    `auto` pool), so frozen and unfrozen numbers compare like for like."""
+    `auto` pool), so frozen and unfrozen numbers compare like for like. The head standardises its input with
+    a parameter-free BatchNorm (as MAE's linear probing does): backbones' feature scales differ by orders of
+    magnitude, and the probes standardise too, so one head learning rate serves every backbone."""
 
     def __init__(self, backbone: Backbone, n_classes: int, input_size: tuple[int, int]) -> None:
         super().__init__()
@@ -69,7 +71,7 @@ class Classifier(nn.Module):
         self.pools = auto_pools(backbone.pools)
         with torch.no_grad():
             dim = self.features(torch.zeros(1, 3, *input_size)).shape[1]
-        self.head = nn.Linear(dim, n_classes)
+        self.head = nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, n_classes))
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         pooled = self._embed(pixels)
@@ -112,7 +114,7 @@ def _schedule(total_steps: int, warmup_steps: int):
 @torch.inference_mode()
 def predict(model: Classifier, loader: DataLoader, device: torch.device, precision: str, n: int) -> np.ndarray:
     model.eval()
-    scores = np.zeros((n, model.head.out_features))
+    scores = np.zeros((n, model.head[-1].out_features))
     for pixels, index in loader:
         with autocast(device, precision):
             logits = model(pixels.to(device, non_blocking=True))
