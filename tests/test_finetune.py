@@ -70,7 +70,7 @@ def test_frozen_mode_trains_only_the_head(blobs, tiny_timm_models, tmp_path):
     tuned = best_weights(tmp_path / "out", "resnet")
     for key, value in original.items():  # weights and batch-norm statistics alike
         assert torch.equal(tuned[f"backbone.{key}"], value), key
-    head = tuned["head.weight"].numel() + tuned["head.bias"].numel()
+    head = tuned["head.1.weight"].numel() + tuned["head.1.bias"].numel()
     assert record["cost"]["trainable_parameters"] == head == 96 * 2 + 2
 
 
