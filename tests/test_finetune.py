@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from medprobe.cli import main
 from medprobe.data import load_dataset
-from medprobe.errors import MedprobeError
+from medprobe.errors import Interrupted, MedprobeError
 from medprobe.finetune import augment
 from medprobe.finetune.runner import FinetuneSettings, finetune
 from medprobe.models.backbone import load_backbone
@@ -99,7 +99,7 @@ def test_interrupted_run_resumes_to_the_same_result(blobs, tiny_timm_models, tmp
         return original(self, key)
 
     monkeypatch.setattr(augment.TrainImages, "__getitem__", crash_in_epoch_three)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="run the same command with --resume"):
         run(blobs, model, tmp_path / "b", epochs=4)
     epochs_trained = set()
 

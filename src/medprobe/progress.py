@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+STDERR = Console(stderr=True, highlight=False)  # warnings and per-epoch lines; results go to stdout
+
 
 class _RateColumn(TextColumn):
     def __init__(self, unit: str) -> None:

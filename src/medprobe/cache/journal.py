@@ -50,17 +50,22 @@ class Journal:
     def batches(self) -> list[Path]:
         return sorted(self.folder.glob("batch-*.npz")) if self.folder.is_dir() else []
 
-    def provenance(self) -> dict | None:
-        meta = self.folder / META
-        return json.loads(meta.read_text()) if meta.is_file() else None
+    def meta(self) -> dict | None:
+        """What the extraction that wrote the batches recorded: provenance, pending ids, fresh start."""
+        path = self.folder / META
+        try:
+            return json.loads(path.read_text()) if path.is_file() else None
+        except ValueError:  # written atomically, so only a foreign file gets here
+            return None
 
-    def start(self, provenance: dict) -> None:
+    def start(self, provenance: dict, *, pending: list[str] = (), fresh: bool = False) -> None:
         """Begin (or continue) a journal for these weights; batches of other weights are dropped."""
-        known = self.provenance()
-        if known is not None and known.get("weights_identity") != provenance.get("weights_identity"):
+        known = self.meta()
+        if known is not None and known["provenance"].get("weights_identity") != provenance.get("weights_identity"):
             self.clear()
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._atomic(self.folder / META, lambda path: path.write_text(json.dumps(provenance, sort_keys=True)))
+        meta = {"provenance": provenance, "pending": list(pending), "fresh": fresh}
+        self._atomic(self.folder / META, lambda path: path.write_text(json.dumps(meta, sort_keys=True)))
 
     def _atomic(self, path: Path, write) -> None:
         temporary = path.with_name(path.name + ".partial")

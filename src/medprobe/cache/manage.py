@@ -68,6 +68,9 @@ def verify(path: Path, *, deep: bool = False) -> VerifyResult:
     if result.done and not contents.dims:
         result.problems.append("rows are marked done but no features are stored")
     root = Path(str(contents.attrs.get("dataset_root", "")))
+    relative = str(contents.attrs.get("dataset_root_relative") or "")
+    if not root.is_dir() and relative:  # copied elsewhere together with its images
+        root = (path.parent / relative).resolve()
     for row, sample_id in enumerate(contents.ids):
         if not contents.done[row]:
             continue

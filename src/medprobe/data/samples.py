@@ -89,6 +89,11 @@ class Dataset:
             )
         return Dataset(name=self.name, root=self.root, source=self.source, samples=self.samples, classes=list(order))
 
+    def without(self, ids: set[str]) -> Dataset:
+        """The same dataset minus some samples (unreadable ones skipped at extraction), classes unchanged."""
+        return Dataset(name=self.name, root=self.root, source=self.source, classes=list(self.classes),
+                       samples=[s for s in self.samples if s.id not in ids])
+
     @property
     def key(self) -> str:
         """Identity of the dataset's *images* (not its labels): the cache is keyed by it, so relabelling a

@@ -87,11 +87,12 @@ def find_bad_headers(samples: list[Sample], workers: int = 8) -> list[tuple[Samp
 
 def _recover(target: CacheTarget, journal: Journal, dataset: Dataset) -> None:
     """Commit the batches a killed extraction left in the journal, so their work is not lost."""
-    provenance = journal.provenance()
-    if provenance is None or not journal.batches():
+    meta = journal.meta()
+    if meta is None or not journal.batches():
         journal.clear()
         return
-    commit(target.path, journal, ids=dataset.ids, provenance=provenance)
+    commit(target.path, journal, ids=dataset.ids, provenance=meta["provenance"], pending=meta["pending"],
+           fresh=meta["fresh"])
 
 
 def extract(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "auto", precision: str = "auto",
@@ -103,9 +104,15 @@ def extract(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "aut
                           precision=precision, image_size=image_size, revision=revision)
     with cache_lock(target.path):
         journal = Journal(target.path)
-        _recover(target, journal, dataset)
-        return _extract_locked(dataset, model, target, journal, batch_size=batch_size, workers=workers,
-                               image_size=image_size, show_progress=show_progress, skip_bad=skip_bad)
+        try:
+            _recover(target, journal, dataset)
+            return _extract_locked(dataset, model, target, journal, batch_size=batch_size, workers=workers,
+                                   image_size=image_size, show_progress=show_progress, skip_bad=skip_bad)
+        except KeyboardInterrupt:
+            _recover(target, journal, dataset)  # keep every finished batch
+            done = int(read_contents(target.path).done.sum()) if target.path.exists() else 0
+            raise Interrupted(f"{model}: {done} of {len(dataset.samples)} images are cached in {target.path}; "
+                              "run the same command again to resume") from None
 
 
 def _extract_locked(dataset: Dataset, model: str, target: CacheTarget, journal: Journal, *, batch_size: int,
@@ -148,18 +155,11 @@ def _extract_locked(dataset: Dataset, model: str, target: CacheTarget, journal: 
         "weights_identity": backbone.weights_identity,
     }
     pending = [samples[i].id for i in plan.changed]
-    journal.start(provenance)
+    journal.start(provenance, pending=pending, fresh=fresh)
     stats = {"count": 0, "rate": None, "errors": [], "seconds": 0.0, "dims": {}}
-    try:
-        if todo:
-            stats = _run(backbone, todo, dataset.root, journal, target, batch_size=batch_size, workers=workers,
-                         show_progress=show_progress)
-    except KeyboardInterrupt:
-        commit(target.path, journal, ids=dataset.ids, provenance=provenance, pending=pending, restat=plan.restat,
-               fresh=fresh)
-        done = int(read_contents(target.path).done.sum())
-        raise Interrupted(f"{model}: {done} of {len(samples)} images are cached in {target.path}; run the same "
-                          "command again to resume") from None
+    if todo:
+        stats = _run(backbone, todo, dataset.root, journal, target, batch_size=batch_size, workers=workers,
+                     show_progress=show_progress)
     skipped.update({sample_id: {"reason": reason, "stat": _stat_or_empty(sample, dataset.root)}
                     for sample, sample_id, reason in stats["errors"] if skip_bad})
     attrs = {"skipped": skipped}

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader
 
 from medprobe.data.reader import SampleImages
 from medprobe.data.samples import Dataset
 from medprobe.data.splits import Fold, dataset_splits, pooled_test
-from medprobe.errors import MedprobeError
+from medprobe.errors import Interrupted, MedprobeError
 from medprobe.extract.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
 from medprobe.extract.runner import default_workers
 from medprobe.finetune.augment import EpochShuffle, EvalImages, TrainImages
@@ -27,11 +26,9 @@ from medprobe.finetune.blocks import apply_unfreeze, backbone_blocks, final_norm
 from medprobe.finetune.checkpoint import load_training_state, load_weights, save_training_state, save_weights
 from medprobe.models.backbone import Backbone, load_backbone
 from medprobe.models.registry import auto_pools, resolve_model
-from medprobe.progress import progress_bar
+from medprobe.progress import STDERR, progress_bar
 from medprobe.results.metrics import balanced_accuracy, test_report
 from medprobe.results.record import fold_sizes, run_header, safe_name, save_run
-
-STDERR = Console(stderr=True, highlight=False)
 
 
 @dataclass
@@ -240,7 +237,12 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
         folds = [folds[settings.fold]]
     trainer = FoldTrainer(dataset, model, settings, out_dir)
     started = time.perf_counter()
-    results = [trainer.train(fold, show_progress) for fold in folds]
+    try:
+        results = [trainer.train(fold, show_progress) for fold in folds]
+    except KeyboardInterrupt:
+        raise Interrupted(f"{trainer.spec.name}: every finished epoch is checkpointed under "
+                          f"{trainer.out_dir / safe_name(dataset.name) / 'checkpoints'}; run the same command with "
+                          "--resume to continue") from None
     wall = time.perf_counter() - started
     positions, fold_of = pooled_test(folds)
     scores = np.concatenate([r["scores"] for r in results])

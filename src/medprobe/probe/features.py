@@ -10,6 +10,7 @@ import numpy as np
 
 from medprobe.cache import list_cache_files, plan_rows, read_contents, read_features
 from medprobe.data.samples import Dataset
+from medprobe.data.signature import sample_stat
 from medprobe.errors import MedprobeError
 from medprobe.models.registry import auto_pools, resolve_model
 
@@ -25,9 +26,25 @@ def _extract_hint(dataset: Dataset, model: str) -> str:
     return f"run `medprobe extract {dataset.source} --model {model}`"
 
 
+def skipped_in(attrs: dict, dataset: Dataset) -> dict[str, str]:
+    """Samples the extraction left out as unreadable (--skip-bad) and that have not changed since."""
+    skipped = attrs.get("skipped") or {}
+    current = {s.id: s for s in dataset.samples if s.id in skipped}
+    return {i: skipped[i]["reason"] for i, s in current.items() if skipped[i].get("stat") == file_state(s, dataset)}
+
+
+def file_state(sample, dataset: Dataset) -> str:
+    try:
+        return sample_stat(sample, dataset.root)
+    except OSError:
+        return ""
+
+
 def _staleness(dataset: Dataset, contents) -> str | None:
-    """Why a cache cannot serve `dataset`, or None when every sample is present and fresh."""
-    plan = plan_rows(contents, dataset.samples, dataset.root)
+    """Why a cache cannot serve `dataset`, or None when every sample is present and fresh (or recorded as
+    unreadable by `extract --skip-bad`)."""
+    skipped = skipped_in(contents.attrs, dataset)
+    plan = plan_rows(contents, [s for s in dataset.samples if s.id not in skipped], dataset.root)
     if plan.up_to_date:
         return None
     changed = len(plan.changed)

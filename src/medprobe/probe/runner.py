@@ -15,8 +15,8 @@ from medprobe.data.samples import Dataset
 from medprobe.data.splits import Fold, SplitPlan, dataset_splits, pooled_test
 from medprobe.errors import MedprobeError
 from medprobe.probe import classifiers
-from medprobe.probe.features import CacheRef, extracted_models, feature_matrix, find_cache
-from medprobe.progress import progress_bar
+from medprobe.probe.features import CacheRef, extracted_models, feature_matrix, find_cache, skipped_in
+from medprobe.progress import STDERR, progress_bar
 from medprobe.results.metrics import evaluate_mean, group_codes, patient_block, summarize_metrics, test_report
 from medprobe.results.record import fold_sizes, record_paths, run_header, save_run
 
@@ -89,12 +89,13 @@ class Prober:
         self.groups = [s.group for s in dataset.samples]
         self.codes = group_codes(self.groups)
         self.plan: SplitPlan = dataset_splits(dataset, folds=settings.folds, seed=settings.seed)
+        self.skipped: list[dict] = []  # unreadable samples left out (extract --skip-bad)
 
     def _base_record(self, job: Job, method: str, protocol: str) -> dict:
         s = self.settings
         return {**run_header(self.dataset, self.plan, kind="probe", method=method, model=job.name, pool=job.pool,
                              protocol=protocol, seed=s.seed, bootstrap=s.bootstrap, ordinal=s.ordinal),
-                "features": job.sources, "feature_dim": int(job.X.shape[1])}
+                "features": job.sources, "feature_dim": int(job.X.shape[1]), "skipped_samples": self.skipped}
 
     def _name(self, job: Job, method: str, protocol: str) -> str:
         return f"{job.name}__{job.pool}__{method}__{protocol}-seed{self.settings.seed}"
@@ -196,8 +197,14 @@ def probe(*, dataset: Dataset, models: list[str] | None, cache_dir: Path, out_di
             raise MedprobeError(f"--clf {name!r} is not one of {', '.join(classifiers.CLASSIFIERS)}, all")
     if settings.bootstrap < 0:
         raise MedprobeError("--bootstrap must be 0 or more")
-    prober = Prober(dataset, settings, out_dir)
     jobs = build_jobs(dataset, models, cache_dir, list(with_datasets), settings.fuse)
+    skipped = {i: why for job in jobs for ref in job.refs[0] for i, why in skipped_in(ref.attrs, dataset).items()}
+    if skipped:  # left out of every job alike, so all backbones see the same splits
+        dataset = dataset.without(set(skipped))
+        STDERR.print(f"[yellow]warning:[/] {len(skipped)} unreadable image(s) skipped at extraction are left out "
+                     f"(listed in the run records), e.g. {next(iter(skipped))}")
+    prober = Prober(dataset, settings, out_dir)
+    prober.skipped = [{"id": i, "reason": why} for i, why in sorted(skipped.items())]
     budgets = [shot for shot in settings.shots if shot != "all"]
     steps = len(jobs) * len(settings.classifiers) * (len(budgets) + (not settings.shots or "all" in settings.shots))
     records = []
