@@ -110,9 +110,9 @@ def test_16bit_is_windowed_by_percentiles():
 
 
 def test_rgba_and_palette_become_rgb():
-    rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    rgba = Image.new("RGBA", (8, 8), (10, 20, 30, 0))
     assert np.asarray(decode_image(encode(rgba, "PNG"), "x"))[0, 0].tolist() == [10, 20, 30]
-    palette = Image.new("RGB", (4, 4), (200, 100, 50)).convert("P")
+    palette = Image.new("RGB", (8, 8), (200, 100, 50)).convert("P")
     assert decode_image(encode(palette, "PNG"), "x").mode == "RGB"
 
 

@@ -66,21 +66,41 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+MIN_SIDE = 8  # a smaller picture is an export placeholder or thumbnail, not an image to classify
+_UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def _size_problem(size: tuple[int, int]) -> str | None:
+    if min(size) < MIN_SIDE:
+        return f"only {size[0]}x{size[1]} pixels (at least {MIN_SIDE} per side needed)"
+    return None
+
+
+def _unreadable_reason(exc: Exception) -> str:
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"too many pixels, a possible decompression bomb ({exc})"
+    return f"not a readable image ({exc.__class__.__name__}: {exc})"
+
+
 def decode_image(data: bytes, source: Path | str) -> Image.Image:
     """Decode image bytes to RGB; `source` names the file in the error a user sees."""
     from medprobe.data.dicom import decode_dicom_image, is_dicom_bytes
 
     if is_dicom_bytes(data) or str(source).lower().endswith(".dcm"):
-        return decode_dicom_image(data, source)
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.seek(0)
-            image.load()
-            return to_rgb(image)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise MedprobeError(
-            f"cannot decode image {source}: {exc}; replace or remove the file (supported: PNG, JPEG, TIFF, BMP, DICOM)"
-        ) from exc
+        image = decode_dicom_image(data, source)
+    else:
+        try:
+            with Image.open(io.BytesIO(data)) as opened:
+                opened.seek(0)
+                opened.load()
+                image = to_rgb(opened)
+        except _UNREADABLE as exc:
+            raise MedprobeError(f"cannot decode image {source}: {_unreadable_reason(exc)}; replace or remove the "
+                                "file (supported: PNG, JPEG, TIFF, BMP, DICOM)") from exc
+    problem = _size_problem(image.size)
+    if problem:
+        raise MedprobeError(f"image {source} has {problem}; export it at full size or remove it")
+    return image
 
 
 def check_image_header(path: Path) -> str | None:
@@ -89,15 +109,14 @@ def check_image_header(path: Path) -> str | None:
         from medprobe.data.dicom import read_dataset
 
         try:
-            read_dataset(path.read_bytes(), path, pixels=False)
-            return None
+            header = read_dataset(path.read_bytes(), path, pixels=False)
+            return _size_problem((int(getattr(header, "Columns", 0)), int(getattr(header, "Rows", 0))))
         except (MedprobeError, OSError) as exc:
-            return f"not a readable DICOM ({exc.__class__.__name__})"
+            return f"not a readable DICOM ({exc})"
     try:
         with Image.open(path) as image:
-            image.size  # noqa: B018 - touching the header is the check
-            return None
+            return _size_problem(image.size)
     except FileNotFoundError:
         return "file not found"
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        return f"not a readable image ({exc.__class__.__name__})"
+    except _UNREADABLE as exc:
+        return _unreadable_reason(exc)
