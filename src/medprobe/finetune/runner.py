@@ -137,9 +137,10 @@ class FoldTrainer:
         return (self.out_dir / safe_name(self.dataset.name) / "checkpoints"
                 / f"{self.name}__fold{fold.index}-seed{self.settings.seed}")
 
-    def _loader(self, data, sampler=None) -> DataLoader:
+    def _loader(self, data, sampler=None, drop_last: bool = False) -> DataLoader:
         return DataLoader(data, batch_size=self.settings.batch_size, sampler=sampler, num_workers=self.workers,
-                          pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0)
+                          pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
+                          drop_last=drop_last)
 
     def train(self, fold: Fold, show_progress: bool) -> dict:
         s = self.settings
@@ -151,7 +152,11 @@ class FoldTrainer:
         if backbone.is_cnn:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(_parameter_groups(model, s), weight_decay=s.weight_decay)
-        steps_per_epoch = math.ceil(len(fold.train) / s.batch_size)
+        # full batches only (as MAE and DeiT train): the head's BatchNorm needs more than one sample, and
+        # the shuffle changes which few samples wait for the next epoch
+        drop_last = len(fold.train) >= s.batch_size
+        steps_per_epoch = len(fold.train) // s.batch_size if drop_last else 1
+        images_per_epoch = steps_per_epoch * s.batch_size if drop_last else len(fold.train)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, _schedule(s.epochs * steps_per_epoch, max(1, round(s.warmup_epochs * steps_per_epoch))))
         weights = None
@@ -167,7 +172,8 @@ class FoldTrainer:
             progress = load_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler)
         shuffle = EpochShuffle(len(fold.train), s.seed)
         train_loader = self._loader(
-            TrainImages(self.images, list(fold.train), self.y[fold.train].tolist(), prep, s.seed), shuffle)
+            TrainImages(self.images, list(fold.train), self.y[fold.train].tolist(), prep, s.seed), shuffle,
+            drop_last=drop_last)
         val_loader = self._loader(EvalImages(self.images, list(fold.val), prep))
         frozen = parse_unfreeze(s.unfreeze)[0] == "none"
         for epoch in range(progress["epoch"], s.epochs):
@@ -179,7 +185,7 @@ class FoldTrainer:
                 model.backbone.eval()  # nothing of the backbone changes, batch-norm statistics included
             started, losses = time.perf_counter(), []
             description = f"fold {fold.index} epoch {epoch + 1}/{s.epochs}"
-            with progress_bar(description, total=len(fold.train), enabled=show_progress) as advance:
+            with progress_bar(description, total=images_per_epoch, enabled=show_progress) as advance:
                 for pixels, labels in train_loader:
                     pixels = pixels.to(self.device, non_blocking=True)
                     if backbone.is_cnn:
@@ -194,7 +200,7 @@ class FoldTrainer:
                     losses.append(float(loss.detach()))
                     advance(len(labels))
             progress["train_seconds"] += time.perf_counter() - started
-            progress["train_images"] += len(fold.train)
+            progress["train_images"] += images_per_epoch
             val_scores = predict(model, val_loader, self.device, self.precision, len(fold.val))
             score = balanced_accuracy(self.y[fold.val], val_scores)
             progress["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
