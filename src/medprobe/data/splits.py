@@ -63,13 +63,14 @@ def _split_once(positions: np.ndarray, y: np.ndarray, group_ids: np.ndarray | No
 def carve_validation(train: np.ndarray, y: np.ndarray, group_ids: np.ndarray | None, seed: int,
                      fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) from a training part, stratified and grouped like the outer split."""
-    n_splits = max(2, round(1 / fraction))
     unit_counts = _units_per_class(y[train], None if group_ids is None else group_ids[train])
     if min(unit_counts.values()) < 2:
         raise MedprobeError(
             f"class {min(unit_counts, key=unit_counts.get)!r} has fewer than 2 "
             f"{'patients' if group_ids is not None else 'samples'} for training; a validation split needs 2"
         )
+    # a class with fewer units than folds cannot be stratified: tiny datasets get a larger validation part
+    n_splits = max(2, min(round(1 / fraction), min(unit_counts.values())))
     rest, val = _split_once(train, y, group_ids, n_splits, seed + 1)[0]
     return np.sort(rest), np.sort(val)
 
