@@ -112,13 +112,3 @@ def test_console_script_exit_code(image_folder):
     result = subprocess.run([sys.executable, "-m", "medprobe", "extract", str(image_folder), "--model", "nope"],
                             capture_output=True, text=True, env=env)
     assert result.returncode == 2 and result.stderr.startswith("error: unknown model 'nope'")
-
-
-def test_demo_runs_offline_end_to_end(capsys, tmp_path):
-    code, out, _ = cli(capsys, "demo", "--out", tmp_path / "demo")
-    assert code == 0
-    assert "synthetic cohort (not real patients): 48 images" in out
-    assert "re-run found the cache up to date" in out
-    assert "efficientnet-lite0" in out and "per patient" in out
-    records = sorted((tmp_path / "demo" / "results").rglob("*.json"))
-    assert [r.name.split("__")[2] for r in records] == ["knn", "logreg", "svm"]

@@ -52,9 +52,12 @@ def wait_for_new_batch(journal: Path, process: subprocess.Popen, timeout: float 
     return False
 
 
-def test_extraction_survives_24_random_kills(tmp_path, tiny_timm_models):
+def test_extraction_survives_24_random_kills(tmp_path):
+    from conftest import save_tiny_timm
+
     data = many_images(tmp_path / "data", 1200)
-    model, cache = tiny_timm_models["resnet"], tmp_path / "cache"
+    # a real resnet18 shape (random weights) at 64 px: slow enough (~200 img/s here) that kills land mid-run
+    model, cache = save_tiny_timm(tmp_path / "resnet18", "resnet18", input_size=64), tmp_path / "cache"
     options = dict(model=str(model), device="cpu", precision="fp32", batch_size=4)
     dataset = load_dataset(data)
     reference = extract(dataset=dataset, cache_dir=tmp_path / "reference", workers=0, show_progress=False, **options)
@@ -71,7 +74,7 @@ def test_extraction_survives_24_random_kills(tmp_path, tiny_timm_models):
         if attempt % 4 == 0:  # anywhere: start-up, planning, recovery, commit
             time.sleep(rng.uniform(0.2, 4.0))
         elif wait_for_new_batch(journal_dir(path), process):  # mid-extraction
-            time.sleep(rng.uniform(0.0, 0.6))
+            time.sleep(rng.uniform(0.0, 0.3))
         if process.poll() is None:
             os.killpg(process.pid, how)
         out, err = process.communicate(timeout=120)

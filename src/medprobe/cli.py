@@ -6,6 +6,7 @@ on the command line, shows the traceback instead.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections import Counter
 from pathlib import Path
@@ -320,14 +321,78 @@ def cache_rm(
         console.print(f"removed {path}")
 
 
+@app.command("run")
+def run_command(
+    experiment: Path = typer.Argument(..., help="Experiment .toml: datasets x backbones x methods (see README)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and what is already done; run nothing"),
+) -> None:
+    """Run a whole study grid from one file: extraction once per dataset x backbone, probes, fine-tunes and one
+    report; finished steps are skipped on a rerun, so an interrupted run resumes."""
+    from medprobe.run.experiment import load_experiment
+    from medprobe.run.runner import Runner
+
+    runner = Runner(load_experiment(experiment), console)
+    summary = runner.run(dry_run=dry_run)
+    print_run_summary(summary, dry_run=dry_run)
+
+
+def print_run_summary(summary, *, dry_run: bool) -> None:
+    """The plan (with --dry-run) or the outcome, then the headline tables and the report's path."""
+    from medprobe.report.render import console_table
+
+    if dry_run:
+        table = Table("step", "status")
+        for step in summary.steps:
+            table.add_row(step.label(summary.names), step.status)
+        console.print(table)
+    for table in summary.report_tables:
+        if table.level == "sample":
+            console.print(console_table(table))
+    counts = {status: summary.count(status) for status in ("done", "ran")}
+    failed = [step for step in summary.steps if step.status.startswith(("failed", "blocked"))]
+    to_do = len(summary.steps) - counts["done"] - counts["ran"] - len(failed)
+    console.print(f"{len(summary.steps)} steps: {counts['done']} already done, {counts['ran']} ran, "
+                  f"{len(failed)} failed or blocked" + (f", {to_do} to do" if dry_run else ""))
+    if summary.report_html:
+        console.print(f"report: {summary.report_html}")
+    if failed:
+        raise MedprobeError(f"{len(failed)} step(s) failed or were blocked, first: {failed[0].label(summary.names)}: "
+                            f"{failed[0].status}; fix it and run again (finished steps are skipped)")
+
+
 @app.command("demo")
 def demo_command(
-    out_dir: Path = typer.Option(Path("medprobe-demo"), "--out", help="Where the demo writes its data and cache"),
+    out_dir: Path = typer.Option(Path("medprobe-demo"), "--out", help="Where the demo writes its data, cache and "
+                                 "results"),
 ) -> None:
-    """Offline end-to-end run on a small synthetic cohort with real ImageNet weights (efficientnet-lite0)."""
-    from medprobe.demo import run_demo
+    """The whole study, offline, on synthetic X-rays and brain MRI: extraction, probes, fine-tuning, report."""
+    from medprobe.demo import prepare_demo
+    from medprobe.run.experiment import load_experiment
+    from medprobe.run.runner import Runner
 
-    run_demo(out_dir=out_dir, console=console)
+    experiment = prepare_demo(out_dir, console)
+    console.print(f"experiment: {experiment} (rerun it with `medprobe run {experiment}`)")
+    summary = Runner(load_experiment(experiment), console).run()
+    print_run_summary(summary, dry_run=False)
+
+
+def _interruptible(command):
+    """Ctrl-C anywhere in a command ends with one line and exit code 130 (typer alone would exit silently).
+    Stages that save work on Ctrl-C raise Interrupted themselves, naming what was kept."""
+
+    @functools.wraps(command)
+    def guarded(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise Interrupted("stopped; finished work is kept: run the same command again to resume") from None
+
+    return guarded
+
+
+for _typer_app in (app, datasets_app, cache_app):
+    for _command in _typer_app.registered_commands:
+        _command.callback = _interruptible(_command.callback)
 
 
 def main(argv: list[str] | None = None) -> None:

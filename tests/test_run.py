@@ -1,0 +1,137 @@
+"""`medprobe demo` end to end, and `medprobe run`: plan, resume after kills, same results."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+from test_interruptions import many_images, medprobe
+from volume_helpers import glioma_cohort, write_spec
+
+from medprobe.cli import main
+from medprobe.errors import MedprobeError
+from medprobe.run.experiment import load_experiment
+from medprobe.run.runner import Runner
+
+QUIET = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the tests
+
+
+def test_demo_runs_offline_with_every_method_in_the_report(tmp_path, monkeypatch):
+    from medprobe import demo
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    experiment = demo.prepare_demo(tmp_path / "demo", QUIET, xray_patients=10, glioma_patients=15, epochs=1)
+    text = experiment.read_text()
+    assert 'backbones = ["efficientnet-lite0"]' in text  # the hub models are skipped offline, not waited for
+    summary = Runner(load_experiment(experiment), QUIET).run(show_progress=False)
+    assert summary.count("ran") == len(summary.steps) == 4 + 4 + 2  # extract x4, probe x4, finetune x2
+    with summary.report_html.with_name("summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    methods = {(row["dataset"], row["method"]) for row in rows}
+    for dataset in ("chest-xray", "glioma-t1", "glioma-t1c", "glioma-flair"):
+        assert {(dataset, m) for m in ("logreg", "svm", "knn")} <= methods
+    assert {("chest-xray", "finetune-none"), ("chest-xray", "finetune-all")} <= methods
+    glioma = [row for row in rows if row["dataset"] == "glioma-t1c" and row["method"] == "logreg"][0]
+    assert glioma["patient_balanced_accuracy"], "slices aggregate to patients"
+    assert "<img" in summary.report_html.read_text()
+    again = Runner(load_experiment(experiment), QUIET).run(show_progress=False)
+    assert again.count("done") == len(again.steps)  # a rerun skips everything
+
+
+def small_study(root: Path, model: Path, vit: Path) -> Path:
+    many_images(root / "images", 36)
+    cohort = glioma_cohort(root / "mri", patients=9)
+    write_spec(cohort / "t1.toml", manifest="t1.csv", slices="middle:3", name="mri-t1")
+    (root / "experiment.toml").write_text(f"""
+out = "results"
+cache_dir = "cache"
+backbones = ["{model}", "{vit}"]
+folds = 3
+bootstrap = 100
+
+[[datasets]]
+data = "images"
+
+[[datasets]]
+data = "mri/t1.toml"
+finetune = false
+
+[extract]
+precision = "fp32"
+device = "cpu"
+batch_size = 4
+workers = 0
+
+[probe]
+classifiers = ["logreg", "knn"]
+
+[finetune]
+modes = ["none"]
+epochs = 3
+batch_size = 8
+workers = 0
+precision = "fp32"
+device = "cpu"
+""")
+    return root / "experiment.toml"
+
+
+def predictions(out: Path) -> dict[str, str]:
+    return {p.relative_to(out).as_posix(): p.read_text() for p in sorted((out / "records").rglob("*.predictions.csv"))}
+
+
+def test_run_resumes_after_kills_and_ends_with_the_same_results(tmp_path, tiny_timm_models, capsys):
+    model, vit = tiny_timm_models["resnet"], tiny_timm_models["vit"]
+    reference = small_study(tmp_path / "a", model, vit)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(reference)])
+    assert exit_info.value.code in (0, None)
+    expected = predictions(tmp_path / "a" / "results")
+    assert len(expected) == 2 * 2 * 2 + 2  # 2 datasets x 2 backbones x (logreg, knn); finetune-none on images
+
+    experiment = small_study(tmp_path / "b", model, vit)
+    rng = np.random.default_rng(3)
+    for attempt in range(6):
+        process = medprobe("run", experiment)
+        time.sleep(rng.uniform(3.0, 12.0))
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT if attempt % 2 else signal.SIGKILL)
+        out, err = process.communicate(timeout=300)
+        if process.returncode == 130:
+            assert "\ninterrupted: " in "\n" + err and "run the same command again to resume" in err, err
+    with pytest.raises(SystemExit):
+        main(["run", str(experiment), "--dry-run"])
+    plan = capsys.readouterr().out
+    assert "already done" in plan
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(experiment)])
+    assert exit_info.value.code in (0, None)
+    assert predictions(tmp_path / "b" / "results") == expected
+    with pytest.raises(SystemExit):
+        main(["run", str(experiment)])
+    assert f"{len(Runner(load_experiment(experiment), QUIET).run(dry_run=True).steps)} steps: " \
+           f"{len(Runner(load_experiment(experiment), QUIET).run(dry_run=True).steps)} already done" \
+        in capsys.readouterr().out
+
+
+def test_bad_experiment_files_are_one_line(tmp_path):
+    (tmp_path / "data").mkdir()
+    cases = {
+        'backbones = ["resnet50"]\n': "no datasets",
+        '[[datasets]]\ndata = "data"\n': "no backbones",
+        'backbones = ["resnet50"]\nepochs = 3\n[[datasets]]\ndata = "data"\n': "unknown key(s) epochs",
+        'backbones = ["resnet50"]\n[[datasets]]\ndata = "missing"\n': "missing does not exist",
+        'backbones = ["resnet50"]\n[[datasets]]\ndata = "data"\n[finetune]\nunfreeze = "all"\n':
+            "unknown key(s) unfreeze",
+        'backbones = "resnet50"\n[[datasets]]\ndata = "data"\n': "backbones must be a list",
+    }
+    for text, message in cases.items():
+        (tmp_path / "e.toml").write_text(text)
+        with pytest.raises(MedprobeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_experiment(tmp_path / "e.toml")
