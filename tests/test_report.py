@@ -295,7 +295,7 @@ def chromium_binary() -> str | None:
 
 @pytest.mark.skipif(chromium_binary() is None, reason="no chromium binary (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(report, tmp_path):
-    """The HTML renders in a real browser with no network (docs/report_example.py makes docs/report.png)."""
+    """The HTML renders in a real browser with no network (docs/screenshot.py makes docs/report.png)."""
     screenshot = tmp_path / "report.png"
     command = [chromium_binary(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                "--window-size=1200,1500", f"--screenshot={screenshot}", report.html.as_uri()]

@@ -135,3 +135,20 @@ def test_bad_experiment_files_are_one_line(tmp_path):
         (tmp_path / "e.toml").write_text(text)
         with pytest.raises(MedprobeError, match=message.replace("(", r"\(").replace(")", r"\)")):
             load_experiment(tmp_path / "e.toml")
+
+
+def test_the_reference_study_example_plans_the_whole_grid(tmp_path):
+    """examples/reference-study.toml parses and plans 6 datasets x 6 backbones, frozen and unfrozen."""
+    from medprobe.run.runner import plan_steps
+
+    example = Path(__file__).parents[1] / "examples" / "reference-study.toml"
+    copy = tmp_path / "reference-study.toml"
+    copy.write_text(example.read_text())
+    for line in example.read_text().splitlines():
+        if line.startswith("data = "):
+            (tmp_path / line.split('"')[1]).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / line.split('"')[1]).touch()
+    experiment = load_experiment(copy)
+    assert len(experiment.datasets) == 6 and len(experiment.backbones) == 6
+    kinds = [step.kind for step in plan_steps(experiment)]
+    assert (kinds.count("extract"), kinds.count("probe"), kinds.count("finetune")) == (36, 36, 72)
