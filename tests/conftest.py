@@ -28,6 +28,20 @@ def blob_image(rng: np.random.Generator, label: int, size: tuple[int, int] = (48
     return pixels
 
 
+def blob_patients(root: Path, *, patients: int, per_patient: int, size: tuple[int, int]) -> Path:
+    """A manifest of `patients` x `per_patient` blob images (path,label,group); the class is where the bright
+    square sits, alternating per patient."""
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir(parents=True)
+    rows = ["path,label,group"]
+    for i in range(patients * per_patient):
+        label = (i // per_patient) % 2
+        Image.fromarray(blob_image(rng, label, size)).save(root / "img" / f"{i:02d}.png")
+        rows.append(f"img/{i:02d}.png,{['left', 'right'][label]},p{i // per_patient:02d}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root / "labels.csv"
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """ImageFolder layout: 2 classes x 6 images of mixed sizes and formats."""

@@ -5,8 +5,7 @@ import csv
 import numpy as np
 import pytest
 import torch
-from conftest import blob_image
-from PIL import Image
+from conftest import blob_patients
 from probe_helpers import write_cache
 from safetensors.torch import load_file
 
@@ -23,19 +22,7 @@ from medprobe.probe.runner import ProbeSettings, probe
 @pytest.fixture
 def blobs(tmp_path):
     """30 images, 2 classes (bright square top-left vs bottom-right), 15 patients of 2 images each."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "blobs"
-    (root / "img").mkdir(parents=True)
-    rows = []
-    for i in range(30):
-        label = (i // 2) % 2
-        Image.fromarray(blob_image(rng, label, (48, 44))).save(root / "img" / f"{i:02d}.png")
-        rows.append({"path": f"img/{i:02d}.png", "label": ["left", "right"][label], "group": f"p{i // 2}"})
-    with (root / "labels.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["path", "label", "group"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return load_dataset(root / "labels.csv")
+    return load_dataset(blob_patients(tmp_path / "blobs", patients=15, per_patient=2, size=(48, 44)))
 
 
 def run(dataset, model, out_dir, **overrides):

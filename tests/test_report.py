@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import blob_image, save_tiny_timm
+from conftest import blob_patients, save_tiny_timm
 from PIL import Image
 from probe_helpers import write_cache
 from torch_blocker import BLOCK_TORCH
@@ -34,18 +34,7 @@ REPLICATES = 300
 
 def write_blobs(root: Path):
     """32 images, 16 patients x 2 slices; the class is where the bright square sits."""
-    rng = np.random.default_rng(0)
-    (root / "img").mkdir(parents=True)
-    rows = []
-    for i in range(PATIENTS * SLICES):
-        label = (i // SLICES) % 2
-        Image.fromarray(blob_image(rng, label, (40, 40))).save(root / "img" / f"{i:02d}.png")
-        rows.append({"path": f"img/{i:02d}.png", "label": ["left", "right"][label], "group": f"p{i // SLICES:02d}"})
-    with (root / "labels.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["path", "label", "group"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return load_dataset(root / "labels.csv")
+    return load_dataset(blob_patients(root, patients=PATIENTS, per_patient=SLICES, size=(40, 40)))
 
 
 @pytest.fixture(scope="module")

@@ -104,20 +104,25 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def method_cells(table: Table, row, *, best, plain=lambda text: text) -> list[str]:
+    """One text per method column: value [CI] (made `plain`, then marked with `best` when it is the best)
+    and the paired test against the best."""
+    cells = []
+    for method in table.methods:
+        cell = row.cells.get(method)
+        if cell is None:
+            cells.append("")
+            continue
+        text = plain(format_value(cell.value, cell.ci))
+        cells.append(f"{best(text) if cell.best else text} {comparison_text(cell)}".strip())
+    return cells
+
+
 def markdown_table(table: Table) -> str:
     header = [*BACKBONE_COLUMNS, *table.methods]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.rows:
-        cells = []
-        for method in table.methods:
-            cell = row.cells.get(method)
-            if cell is None:
-                cells.append("")
-                continue
-            text = format_value(cell.value, cell.ci)
-            text = f"**{text}**" if cell.best else text
-            extra = comparison_text(cell)
-            cells.append(f"{text} {extra}".strip())
+        cells = method_cells(table, row, best=lambda text: f"**{text}**")
         lines.append("| " + " | ".join(_md_escape(c) for c in [*backbone_cells(table, row), *cells]) + " |")
     notes = [f"Protocols: {protocols(table)}."] + [f"n/c: {reason}." for reason in not_comparable_reasons(table)]
     return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
@@ -370,15 +375,7 @@ def console_table(table: Table):
     rich_table = RichTable(*BACKBONE_COLUMNS, *table.methods,
                            title=f"{table.title} (95% CI; *: best per column; p: paired test vs the best)")
     for row in table.rows:
-        cells = []
-        for method in table.methods:
-            cell = row.cells.get(method)
-            if cell is None:
-                cells.append("")
-                continue
-            text = escape(format_value(cell.value, cell.ci))
-            extra = comparison_text(cell)
-            # a star as well as bold: piped output loses the bold
-            cells.append((f"[bold]{text}*[/bold]" if cell.best else text) + (f" {extra}" if extra else ""))
+        # a star as well as bold: piped output loses the bold
+        cells = method_cells(table, row, best=lambda text: f"[bold]{text}*[/bold]", plain=escape)
         rich_table.add_row(*(escape(c) for c in backbone_cells(table, row)), *cells)
     return rich_table
