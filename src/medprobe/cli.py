@@ -66,15 +66,33 @@ def extract_command(
     workers: int = typer.Option(None, help="Decoding worker processes [default: CPU cores - 1, at most 8]"),
     image_size: int = typer.Option(None, "--image-size", help="Override the input size (ViTs interpolate)"),
     revision: str = typer.Option(None, help="Pin a hub revision (branch, tag or commit)"),
+    gpus: int = typer.Option(None, "--gpus", min=1, help="Processes, one per GPU, launched with torchrun (with "
+                             "--device cpu: CPU processes)"),
+    decode: str = typer.Option("cpu", "--decode", help="cpu | gpu: decode and resize JPEGs on the GPU"),
 ) -> None:
     """Embed every image once with each backbone into the HDF5 feature cache (resumable, incremental)."""
+    from medprobe.extract import distributed
     from medprobe.extract.runner import extract
 
+    if gpus and gpus > 1 and not distributed.is_distributed():  # one torchrun process per GPU runs this command
+        argv = ["extract", *([str(data)] if data else []), *(f"--model={name}" for name in model),
+                f"--cache-dir={_cache_dir(cache_dir)}", f"--device={device}", f"--precision={precision}",
+                f"--batch-size={batch_size}", f"--decode={decode}",
+                *([f"--workers={workers}"] if workers is not None else []),
+                *([f"--image-size={image_size}"] if image_size else []),
+                *([f"--revision={revision}"] if revision else [])]
+        code = distributed.launch(gpus, device, argv)
+        if code:
+            raise MedprobeError(f"extraction with --gpus {gpus} failed (torchrun exit code {code}); the failing "
+                                "process's error is printed above")
+        return
     dataset = _dataset(data)
     for name in model:
         report = extract(dataset=dataset, model=name, cache_dir=_cache_dir(cache_dir), device=device,
                          precision=precision, batch_size=batch_size, workers=workers, image_size=image_size,
-                         revision=revision, show_progress=True)
+                         revision=revision, show_progress=True, decode=decode)
+        if not distributed.is_leader():  # under torchrun, rank 0 reports for all
+            continue
         if report.up_to_date:
             console.print(f"{name}: up to date ({report.reused} images) {report.path}")
         else:

@@ -18,6 +18,7 @@ from medprobe.data.images import check_image_header
 from medprobe.data.samples import Dataset, Sample
 from medprobe.errors import MedprobeError
 from medprobe.extract.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
+from medprobe.extract.device_decode import make_device_decode_loader, resolve_decode
 from medprobe.extract.loader import make_loader
 from medprobe.models.backbone import load_backbone, resolve_preprocessing, weights_identity
 from medprobe.models.registry import ModelSpec, resolve_model
@@ -88,13 +89,37 @@ def validate_images(samples: list[Sample], workers: int = 8) -> None:
         )
 
 
+def provenance(target: CacheTarget, backbone, dataset: Dataset, *, batch_size: int, workers: int,
+               decode: str = "cpu", processes: int = 1) -> dict:
+    return {
+        "medprobe_version": __version__, "model_name": target.spec.name, "backend": target.spec.backend,
+        "source": target.spec.source, "revision_requested": target.spec.revision,
+        "revision_resolved": backbone.resolved_revision, "num_parameters": backbone.num_parameters,
+        "preprocessing": backbone.preprocessing.to_dict(), "precision": target.precision,
+        "device": str(target.device), "device_name": device_name(target.device), "pools": list(backbone.pools),
+        "dataset_name": dataset.name, "dataset_root": str(dataset.root.resolve()),
+        "library_versions": library_versions(), "batch_size": batch_size, "workers": workers,
+        "decode": decode, "processes": processes,
+    }
+
+
 def extract(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "auto", precision: str = "auto",
             batch_size: int = 32, workers: int | None = None, image_size: int | None = None,
-            revision: str | None = None, show_progress: bool = True) -> ExtractReport:
+            revision: str | None = None, show_progress: bool = True, decode: str = "cpu") -> ExtractReport:
+    # --- scale hook: inside a torchrun world each process extracts one shard (extract/distributed.py)
+    from medprobe.extract import distributed
+
+    if distributed.is_distributed():
+        return distributed.extract_sharded(
+            dataset=dataset, model=model, cache_dir=cache_dir, device=device, precision=precision,
+            batch_size=batch_size, workers=workers, image_size=image_size, revision=revision,
+            show_progress=show_progress, decode=decode)
+    # --- end scale hook
     if batch_size < 1:
         raise MedprobeError(f"--batch-size {batch_size} must be at least 1")
     target = locate_cache(dataset=dataset, model=model, cache_dir=cache_dir, device=device,
                           precision=precision, image_size=image_size, revision=revision)
+    decode_device = resolve_decode(decode, target.device)
     samples = dataset.samples
     contents = read_contents(target.path) if target.path.exists() else None
     known_identity = weights_identity(target.spec)
@@ -111,16 +136,8 @@ def extract(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "aut
     validate_images(todo)
     backbone = load_backbone(target.spec, image_size=image_size)
     workers = default_workers() if workers is None else workers
-    provenance = {
-        "medprobe_version": __version__, "model_name": target.spec.name, "backend": target.spec.backend,
-        "source": target.spec.source, "revision_requested": target.spec.revision,
-        "revision_resolved": backbone.resolved_revision, "num_parameters": backbone.num_parameters,
-        "preprocessing": backbone.preprocessing.to_dict(), "precision": target.precision,
-        "device": str(target.device), "device_name": device_name(target.device), "pools": list(backbone.pools),
-        "dataset_name": dataset.name, "dataset_root": str(dataset.root.resolve()),
-        "library_versions": library_versions(), "batch_size": batch_size, "workers": workers,
-    }
-    with CacheWriter(target.path, provenance) as writer:
+    with CacheWriter(target.path, provenance(target, backbone, dataset, batch_size=batch_size, workers=workers,
+                                             decode=decode)) as writer:
         stored_identity = writer.file.attrs.get("weights_identity", "")
         if stored_identity and stored_identity != backbone.weights_identity:
             writer.clear()
@@ -136,7 +153,8 @@ def extract(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "aut
         stats = {"count": 0, "rate": None, "errors": []}
         if todo:
             stats = _run(backbone, todo, dataset.root, [row_of[s.id] for s in todo], writer, target,
-                         batch_size=batch_size, workers=workers, show_progress=show_progress)
+                         batch_size=batch_size, workers=workers, show_progress=show_progress,
+                         decode_device=decode_device)
             writer.set_attrs({
                 "embed_dims": stats["dims"], "extract_seconds": round(stats["seconds"], 3),
                 "images_extracted": stats["count"], "images_per_second": stats["rate"],
@@ -152,13 +170,18 @@ def extract(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "aut
 
 
 def _run(backbone, todo: list[Sample], root: Path, rows: list[int], writer: CacheWriter, target: CacheTarget, *,
-         batch_size: int, workers: int, show_progress: bool) -> dict:
+         batch_size: int, workers: int, show_progress: bool, decode_device: torch.device | None = None) -> dict:
     device = target.device
     module = backbone.module.to(device)
     if backbone.is_cnn:
         module = module.to(memory_format=torch.channels_last)
-    loader = make_loader(todo, root, ImageTransform(backbone.preprocessing), batch_size=batch_size,
-                         workers=workers, pin_memory=device.type == "cuda")
+    transform = ImageTransform(backbone.preprocessing)
+    if decode_device is not None:  # scale hook: JPEGs decoded and preprocessed on the GPU (extract/device_decode.py)
+        loader = make_device_decode_loader(todo, root, transform, device=decode_device, batch_size=batch_size,
+                                           workers=workers)
+    else:
+        loader = make_loader(todo, root, transform, batch_size=batch_size, workers=workers,
+                             pin_memory=device.type == "cuda")
     rows_array = np.asarray(rows, dtype=np.int64)
     errors: list[str] = []
     dims: dict[str, int] = {}
