@@ -200,3 +200,175 @@ def test_gpu_decoding_needs_a_gpu(tiny_dinov2, image_folder, tmp_path):
         single_process(load_dataset(image_folder), tiny_dinov2, tmp_path, decode="gpu")
     with pytest.raises(MedprobeError, match="--decode 'nvjpeg' is not one of cpu, gpu"):
         single_process(load_dataset(image_folder), tiny_dinov2, tmp_path, decode="nvjpeg")
+
+
+# --- probes on a cluster and out of core -------------------------------------------------------------------------
+
+
+def clustered_study(root: Path, cache_dir: Path, n_per_class: int = 40, n_classes: int = 3, dim: int = 16,
+                    spread: float = 1.0, seed: int = 0):
+    from probe_helpers import synthetic_study
+
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_classes), n_per_class)
+    features = rng.normal(0, 1, (n_classes, dim))[labels] + spread * rng.normal(0, 1, (len(labels), dim))
+    return synthetic_study(root, cache_dir, [f"class{c}" for c in labels], features.astype(np.float32))
+
+
+def run_probe(dataset, cache_dir, out_dir, **settings):
+    from medprobe.probe.runner import ProbeSettings, probe
+
+    options = {"bootstrap": 200, "classifiers": ("logreg",), "n_jobs": 2, **settings}
+    return probe(dataset=dataset, models=None, cache_dir=cache_dir, out_dir=out_dir,
+                 settings=ProbeSettings(**options), show_progress=False)
+
+
+def predictions(record: dict) -> str:
+    return (Path(record["record_path"]).parent / record["predictions"]).read_text()
+
+
+def assert_same_records(left: list[dict], right: list[dict]) -> None:
+    assert [r["method"] for r in left] == [r["method"] for r in right]
+    for a, b in zip(left, right, strict=True):
+        assert a["hyperparameters"] == b["hyperparameters"], a["method"]
+        assert a["metrics"] == b["metrics"], a["method"]
+        assert predictions(a) == predictions(b), a["method"]
+
+
+def test_dask_cluster_gives_the_local_records(tmp_path):
+    distributed_lib = pytest.importorskip("distributed")
+    dataset = clustered_study(tmp_path / "d", tmp_path / "cache")
+    classifiers = ("logreg", "svm", "knn")
+    local = run_probe(dataset, tmp_path / "cache", tmp_path / "local", classifiers=classifiers)
+    with distributed_lib.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      dashboard_address=None) as cluster:
+        remote = run_probe(dataset, tmp_path / "cache", tmp_path / "dask", classifiers=classifiers,
+                           backend="dask", scheduler=cluster.scheduler_address)
+        streamed_local = run_probe(dataset, tmp_path / "cache", tmp_path / "sl", out_of_core=True)
+        streamed_remote = run_probe(dataset, tmp_path / "cache", tmp_path / "sd", out_of_core=True, backend="dask",
+                                    scheduler=cluster.scheduler_address)
+    assert_same_records(local, remote)
+    assert_same_records(streamed_local, streamed_remote)
+    assert remote[0]["timings"]["backend"] == f"dask {cluster.scheduler_address}"
+    assert local[0]["timings"]["backend"] == "local"
+
+
+def test_ray_cluster_gives_the_local_records(tmp_path):
+    ray = pytest.importorskip("ray")
+    dataset = clustered_study(tmp_path / "d", tmp_path / "cache")
+    local = run_probe(dataset, tmp_path / "cache", tmp_path / "local", classifiers=("logreg", "svm"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = run_probe(dataset, tmp_path / "cache", tmp_path / "ray", classifiers=("logreg", "svm"),
+                           backend="ray")
+    finally:
+        ray.shutdown()
+    assert_same_records(local, remote)
+    assert remote[0]["timings"]["backend"] == "ray local"
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"backend": "spark"}, "--backend 'spark' is not one of local, dask, ray"),
+    ({"backend": "dask"}, "--backend dask needs --scheduler ADDRESS"),
+    ({"scheduler": "tcp://127.0.0.1:1"}, "needs --backend dask or ray"),
+    ({"backend": "dask", "scheduler": "tcp://127.0.0.1:1"}, "no Dask scheduler answered"),
+])
+def test_backend_mistakes_are_one_clear_error(tmp_path, settings, message, monkeypatch):
+    pytest.importorskip("distributed")
+    from medprobe.probe import backends
+
+    monkeypatch.setattr(backends, "CONNECT_TIMEOUT_S", 2)
+    dataset = clustered_study(tmp_path / "d", tmp_path / "cache", n_per_class=10)
+    with pytest.raises(MedprobeError, match=re.escape(message)):
+        run_probe(dataset, tmp_path / "cache", tmp_path / "out", **settings)
+
+
+def test_feature_blocks_read_exactly_what_memory_holds(tmp_path):
+    """Blocks (in order and shuffled) equal the in-memory matrix, also for a cache whose rows are in another
+    order than the dataset (slice reads, and scattered row lists) and for two fused pools."""
+    from probe_helpers import write_cache, write_manifest
+
+    from medprobe.models.registry import resolve_model
+    from medprobe.probe.features import CacheRef, feature_stream
+
+    labels = [f"c{i % 2}" for i in range(700)]
+    dataset = load_dataset(write_manifest(tmp_path / "d", labels))
+    rng = np.random.default_rng(0)
+    cls, mean = rng.normal(size=(700, 5)).astype(np.float16), rng.normal(size=(700, 3)).astype(np.float16)
+    path = write_cache(dataset, tmp_path / "cache", "dinov2-small", {"cls": cls, "mean": mean})
+    ref = CacheRef(resolve_model("dinov2-small").name, path, read_contents(path).attrs)
+    ids = list(reversed(dataset.ids))  # the sample order differs from the cache's row order
+    stream, _ = feature_stream([dataset], [[ref]], "cls+mean", ids)
+    whole = stream.matrix()
+    np.testing.assert_array_equal(whole, np.hstack([cls, mean])[::-1].astype(np.float32))
+    scattered = np.sort(rng.choice(700, 90, replace=False))  # blocks far sparser than their span
+    for positions, order in ((np.arange(700), None), (scattered, None), (np.arange(700), rng)):
+        seen = []
+        for block, features in stream.blocks(positions, 256, rng=order):
+            np.testing.assert_array_equal(features, whole[block])
+            assert len(block) <= 256 and len(np.unique(block // 256)) == 1
+            seen.extend(block)
+        assert sorted(seen) == list(positions)
+
+
+def test_out_of_core_logreg_is_close_to_in_memory(tmp_path):
+    dataset = clustered_study(tmp_path / "d", tmp_path / "cache", n_per_class=150, spread=2.5)
+    memory = run_probe(dataset, tmp_path / "cache", tmp_path / "memory")[0]
+    streamed = run_probe(dataset, tmp_path / "cache", tmp_path / "stream", out_of_core=True, save_model=True)[0]
+    assert streamed["method"] == "logreg-sgd" and streamed["out_of_core"]["reason"] == "flag"
+    assert {"alpha", "val_balanced_accuracy"} <= set(streamed["hyperparameters"][0])
+    in_memory, out_of_core = (r["metrics"]["balanced_accuracy"]["value"] for r in (memory, streamed))
+    assert 0.6 < in_memory < 0.98  # a problem on which the two can differ
+    assert abs(out_of_core - in_memory) < 0.05
+    again = run_probe(dataset, tmp_path / "cache", tmp_path / "again", out_of_core=True)[0]
+    assert predictions(again) == predictions(streamed)  # seeded block order: reproducible
+    import csv
+
+    import joblib
+
+    from medprobe.cache import read_features
+
+    saved = joblib.load(Path(streamed["record_path"]).with_name(streamed["model_file"]))
+    rows = [row for row in csv.DictReader(predictions(streamed).splitlines()) if row["fold"] == "0"]
+    features = read_features(Path(streamed["features"][0]["cache"]), [row["id"] for row in rows], "cls")
+    features = np.hstack([features, read_features(Path(streamed["features"][0]["cache"]), [row["id"] for row in rows],
+                                                  "mean")])
+    scores = saved["fold_models"][0].scores(features, len(saved["classes"]))
+    assert [saved["classes"][i] for i in scores.argmax(1)] == [row["prediction"] for row in rows]
+
+
+def test_out_of_core_is_chosen_above_the_memory_threshold(tmp_path):
+    dataset = clustered_study(tmp_path / "d", tmp_path / "cache", n_per_class=20)
+    record = run_probe(dataset, tmp_path / "cache", tmp_path / "out", memory_fraction=1e-9)[0]
+    assert record["method"] == "logreg-sgd" and record["out_of_core"]["reason"] == "memory"
+    assert record["out_of_core"]["feature_matrix_bytes"] == 60 * 16 * 4
+    with pytest.raises(MedprobeError, match="only logreg supports \\(not svm\\); use --clf logreg"):
+        run_probe(dataset, tmp_path / "cache", tmp_path / "out", memory_fraction=1e-9, classifiers=("logreg", "svm"))
+    with pytest.raises(MedprobeError, match="--shots does not support"):
+        run_probe(dataset, tmp_path / "cache", tmp_path / "out", out_of_core=True, shots=(4,))
+    assert run_probe(dataset, tmp_path / "cache", tmp_path / "out")[0]["method"] == "logreg"
+
+
+def test_cluster_and_out_of_core_probes_never_import_torch(tmp_path):
+    pytest.importorskip("distributed")
+    from torch_blocker import BLOCK_TORCH
+
+    dataset = clustered_study(tmp_path / "d", tmp_path / "cache", n_per_class=20)
+    script = BLOCK_TORCH + f"""
+from distributed import LocalCluster
+from medprobe.cli import main
+with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+    try:
+        main(["probe", {str(dataset.source)!r}, "--cache-dir", {str(tmp_path / "cache")!r}, "--out",
+              {str(tmp_path / "out")!r}, "--bootstrap", "50", "--out-of-core", "--backend", "dask", "--scheduler",
+              cluster.scheduler_address])
+    except SystemExit as exc:
+        assert not exc.code, exc.code
+import sys
+assert "torch" not in sys.modules
+print("no torch")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=medprobe_env(),
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "logreg-sgd" in result.stdout and "no torch" in result.stdout

@@ -123,6 +123,12 @@ def probe_command(
     save_model: bool = typer.Option(False, "--save-model", help="Also save the fitted probes (joblib)"),
     coarse_to_fine: bool = typer.Option(False, "--coarse-to-fine",
                                         help="logreg: ~24 of the 45 C values around the best peaks (faster)"),
+    backend: str = typer.Option("local", "--backend", help="local | dask | ray: where the folds and grid run"),
+    scheduler: str = typer.Option(None, "--scheduler", help="Dask scheduler (tcp://host:8786) or Ray cluster address"),
+    out_of_core: bool = typer.Option(False, "--out-of-core", help="Stream features from the cache (logreg-sgd), "
+                                     "for caches larger than memory"),
+    memory_fraction: float = typer.Option(0.25, "--memory-fraction", help="Stream automatically when the feature "
+                                          "matrix exceeds this share of available memory"),
 ) -> None:
     """Logistic regression, SVM and kNN probes on cached features, with honest splits and bootstrap CIs."""
     from medprobe.data import load_dataset
@@ -142,7 +148,8 @@ def probe_command(
             raise MedprobeError(f"--shots {shots!r}: counts must be at least 1")
     settings = ProbeSettings(classifiers=tuple(dict.fromkeys(methods)), pool=pool, folds=folds, seed=seed,
                              bootstrap=bootstrap, n_jobs=n_jobs, ordinal=ordinal, shots=shot_list, repeats=repeats,
-                             fuse=fuse, coarse_to_fine=coarse_to_fine, save_model=save_model)
+                             fuse=fuse, coarse_to_fine=coarse_to_fine, save_model=save_model, backend=backend,
+                             scheduler=scheduler, out_of_core=out_of_core, memory_fraction=memory_fraction)
     dataset = _dataset(data)
     if classes:
         dataset = dataset.with_class_order([c.strip() for c in classes.split(",")])
