@@ -64,8 +64,7 @@ class EncodedStream(IterableDataset):
                     yield unit[0], None, None, "", "", str(exc)
                     continue
                 if data[:3] == JPEG_MAGIC:
-                    yield unit[0], None, torch.frombuffer(bytearray(data), dtype=torch.uint8), \
-                        fingerprint_bytes(data), stat, None
+                    yield unit[0], None, data, fingerprint_bytes(data), stat, None
                     continue
             for item in read_unit(self.samples, unit, self.root):  # reads the file again: rare formats only
                 if item.error is not None:
@@ -75,14 +74,22 @@ class EncodedStream(IterableDataset):
 
 
 def collate_encoded(items: list[tuple]) -> dict:
+    """A batch travels from a worker as a few tensors (one of all the JPEG bytes, one of the CPU-decoded
+    pixels), not one per image: each tensor crossing processes costs a shared-memory handle."""
     good = [item for item in items if item[5] is None]
+    jpeg_slots = [i for i, item in enumerate(good) if item[2] is not None]
+    cpu_slots = [i for i, item in enumerate(good) if item[2] is None]
+    blobs = [good[i][2] for i in jpeg_slots]
     return {
         "positions": [item[0] for item in good],
-        "pixels": [item[1] for item in good],  # CPU-preprocessed tensor, or None for a JPEG
-        "encoded": [item[2] for item in good],  # JPEG bytes, or None
         "fingerprints": [item[3] for item in good],
         "stats": [item[4] for item in good],
         "errors": [item[5] for item in items if item[5] is not None],
+        "jpeg_slots": jpeg_slots,
+        "jpeg_sizes": [len(blob) for blob in blobs],
+        "jpeg_bytes": torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8) if blobs else None,
+        "cpu_slots": cpu_slots,
+        "cpu_pixels": torch.stack([good[i][1] for i in cpu_slots]) if cpu_slots else None,
     }
 
 
@@ -98,22 +105,28 @@ class DeviceDecodeLoader:
             yield self.decode(batch)
 
     def decode(self, batch: dict) -> dict:
-        jpegs = [i for i, data in enumerate(batch["encoded"]) if data is not None]
-        paths = [self.samples[batch["positions"][i]].path for i in jpegs]
-        images = dict(zip(jpegs, self._decode_jpegs([batch["encoded"][i] for i in jpegs], paths), strict=True))
-        pixels, keep, errors = [], [], list(batch["errors"])
-        for i, cpu_pixels in enumerate(batch["pixels"]):
-            if cpu_pixels is not None:
-                pixels.append(cpu_pixels.to(self.device, non_blocking=True))
-            elif isinstance(images[i], str):
-                errors.append(images[i])
-                continue
-            else:
-                pixels.append(self.transform.normalise(self.transform.crop(self.transform.resize_tensor(images[i]))))
-            keep.append(i)
+        slots: list[torch.Tensor | None] = [None] * len(batch["positions"])
+        errors = list(batch["errors"])
+        if batch["cpu_slots"]:
+            cpu_pixels = batch["cpu_pixels"].to(self.device, non_blocking=True)
+            for k, slot in enumerate(batch["cpu_slots"]):
+                slots[slot] = cpu_pixels[k]
+        if batch["jpeg_slots"]:
+            blobs = list(torch.split(batch["jpeg_bytes"], batch["jpeg_sizes"]))
+            paths = [self.samples[batch["positions"][slot]].path for slot in batch["jpeg_slots"]]
+            decoded = self._decode_jpegs(blobs, paths)
+            errors += [image for image in decoded if isinstance(image, str)]
+            good = [(slot, image) for slot, image in zip(batch["jpeg_slots"], decoded, strict=True)
+                    if not isinstance(image, str)]
+            if good:  # resize and crop per image (sizes differ), normalise the batch at once
+                cropped = torch.stack([self.transform.crop(self.transform.resize_tensor(image)) for _, image in good])
+                normalised = self.transform.normalise(cropped)
+                for k, (slot, _) in enumerate(good):
+                    slots[slot] = normalised[k]
+        keep = [i for i, pixels in enumerate(slots) if pixels is not None]
         return {
             "positions": [batch["positions"][i] for i in keep],
-            "pixels": torch.stack(pixels) if pixels else None,
+            "pixels": torch.stack([slots[i] for i in keep]) if keep else None,
             "fingerprints": [batch["fingerprints"][i] for i in keep],
             "stats": [batch["stats"][i] for i in keep],
             "errors": errors,
