@@ -196,8 +196,7 @@ def _first_plan(dataset: Dataset, target: runner.CacheTarget) -> tuple[Plan, Fre
     if contents is not None and known_identity and contents.attrs.get("weights_identity") != known_identity:
         contents = None  # the weights moved on: every row is stale
     plan = plan_rows(contents, dataset.samples, dataset.root)
-    leftovers = any(parts_folder(target.path).glob("rank*.h5"))
-    if plan.up_to_date and known_identity is not None and not leftovers:
+    if plan.up_to_date and known_identity is not None:  # leftover parts (nothing needed) go with the next run
         if plan.restat:
             with CacheWriter(target.path, {}) as writer:
                 writer.update_stats(plan.restat)

@@ -102,7 +102,7 @@ class FeatureStream:
 
     def matrix(self) -> np.ndarray:
         blocks = [next(iter_feature_blocks(path, pool, [rows])) for path, pool, rows in self.parts]
-        return np.hstack(blocks).astype(np.float32, copy=False)
+        return blocks[0] if len(blocks) == 1 else np.hstack(blocks)  # one pool: no copy of the whole matrix
 
     def blocks(self, positions: np.ndarray, block_rows: int,
                rng: np.random.Generator | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:

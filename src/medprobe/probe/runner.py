@@ -38,8 +38,8 @@ class ProbeSettings:
     save_model: bool = False
     backend: str = "local"  # local | dask | ray (probe/backends.py)
     scheduler: str | None = None  # the Dask scheduler or Ray cluster address
-    out_of_core: bool = False  # stream features from the cache (probe/streaming.py); also automatic, see below
-    memory_fraction: float = streaming.DEFAULT_MEMORY_FRACTION  # stream above this share of available memory
+    out_of_core: bool = False  # stream features from the cache (probe/streaming.py), whatever their size
+    memory_fraction: float = streaming.DEFAULT_MEMORY_FRACTION  # ... and always above this share of free memory
 
 
 @dataclass
@@ -226,13 +226,13 @@ def build_jobs(dataset: Dataset, models: list[str] | None, cache_dir: Path, with
 def _load_features(job: Job, datasets: list[Dataset], settings: ProbeSettings) -> None:
     """The features in memory (job.X), or out of core (job.stream) when asked to or when they would not fit."""
     stream, job.sources = feature_stream(datasets, job.refs, settings.pool, datasets[0].ids)
-    limit = settings.memory_fraction * streaming.available_memory()
-    if not settings.out_of_core and stream.nbytes <= limit:
+    available = streaming.available_memory()
+    if not settings.out_of_core and stream.nbytes <= settings.memory_fraction * available:
         job.X = stream.matrix()
         return
     why = ("--out-of-core" if settings.out_of_core else
            f"its features need {stream.nbytes / 2**30:.1f} GB as a matrix, over --memory-fraction "
-           f"{settings.memory_fraction:g} of the {streaming.available_memory() / 2**30:.1f} GB of available memory")
+           f"{settings.memory_fraction:g} of the {available / 2**30:.1f} GB of available memory")
     others = [name for name in settings.classifiers if name != "logreg"]
     if others:
         raise MedprobeError(f"{job.name}: {why}, so its features are streamed from the cache, which only logreg "
