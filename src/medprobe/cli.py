@@ -69,15 +69,33 @@ def extract_command(
     revision: str = typer.Option(None, help="Pin a hub revision (branch, tag or commit)"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out unreadable images (recorded in the cache) "
                                   "instead of stopping"),
+    gpus: int = typer.Option(None, "--gpus", min=1, help="Processes, one per GPU, launched with torchrun (with "
+                             "--device cpu: CPU processes)"),
+    decode: str = typer.Option("cpu", "--decode", help="cpu | gpu: decode and resize JPEGs on the GPU"),
 ) -> None:
     """Embed every image once with each backbone into the HDF5 feature cache (resumable, incremental)."""
+    from medprobe.extract import distributed
     from medprobe.extract.runner import extract
 
+    if gpus and gpus > 1 and not distributed.is_distributed():  # one torchrun process per GPU runs this command
+        argv = ["extract", *([str(data)] if data else []), *(f"--model={name}" for name in model),
+                f"--cache-dir={_cache_dir(cache_dir)}", f"--device={device}", f"--precision={precision}",
+                f"--batch-size={batch_size}", f"--decode={decode}",
+                *([f"--workers={workers}"] if workers is not None else []),
+                *([f"--image-size={image_size}"] if image_size else []),
+                *([f"--revision={revision}"] if revision else []), *(["--skip-bad"] if skip_bad else [])]
+        code = distributed.launch(gpus, device, argv)
+        if code:
+            raise MedprobeError(f"extraction with --gpus {gpus} failed (torchrun exit code {code}); the failing "
+                                "process's error is printed above")
+        return
     dataset = _dataset(data)
     for name in model:
         report = extract(dataset=dataset, model=name, cache_dir=_cache_dir(cache_dir), device=device,
                          precision=precision, batch_size=batch_size, workers=workers, image_size=image_size,
-                         revision=revision, show_progress=True, skip_bad=skip_bad)
+                         revision=revision, show_progress=True, skip_bad=skip_bad, decode=decode)
+        if not distributed.is_leader():  # under torchrun, rank 0 reports for all
+            continue
         for sample_id, why in list(report.skipped.items())[:5]:
             console.print(f"[yellow]skipped:[/] {sample_id}: {why['reason']}")
         if report.skipped:
@@ -112,6 +130,12 @@ def probe_command(
     save_model: bool = typer.Option(False, "--save-model", help="Also save the fitted probes (joblib)"),
     coarse_to_fine: bool = typer.Option(False, "--coarse-to-fine",
                                         help="logreg: ~24 of the 45 C values around the best peaks (faster)"),
+    backend: str = typer.Option("local", "--backend", help="local | dask | ray: where the folds and grid run"),
+    scheduler: str = typer.Option(None, "--scheduler", help="Dask scheduler (tcp://host:8786) or Ray cluster address"),
+    out_of_core: bool = typer.Option(False, "--out-of-core", help="Stream features from the cache (logreg-sgd), "
+                                     "for caches larger than memory"),
+    memory_fraction: float = typer.Option(0.25, "--memory-fraction", help="Stream automatically when the feature "
+                                          "matrix exceeds this share of available memory"),
 ) -> None:
     """Logistic regression, SVM and kNN probes on cached features, with honest splits and bootstrap CIs."""
     from medprobe.data import load_dataset
@@ -131,7 +155,8 @@ def probe_command(
             raise MedprobeError(f"--shots {shots!r}: counts must be at least 1")
     settings = ProbeSettings(classifiers=tuple(dict.fromkeys(methods)), pool=pool, folds=folds, seed=seed,
                              bootstrap=bootstrap, n_jobs=n_jobs, ordinal=ordinal, shots=shot_list, repeats=repeats,
-                             fuse=fuse, coarse_to_fine=coarse_to_fine, save_model=save_model)
+                             fuse=fuse, coarse_to_fine=coarse_to_fine, save_model=save_model, backend=backend,
+                             scheduler=scheduler, out_of_core=out_of_core, memory_fraction=memory_fraction)
     dataset = _dataset(data)
     if classes:
         dataset = dataset.with_class_order([c.strip() for c in classes.split(",")])

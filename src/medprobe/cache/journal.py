@@ -43,9 +43,12 @@ def disk_full_error(path: Path, exc: OSError) -> MedprobeError:
 
 
 class Journal:
-    def __init__(self, cache_path: Path) -> None:
+    """`prefix` names one writer's batches (a torchrun rank's), so several processes share one journal."""
+
+    def __init__(self, cache_path: Path, prefix: str = "") -> None:
         self.cache_path = Path(cache_path)
         self.folder = journal_dir(self.cache_path)
+        self.prefix = prefix
 
     def batches(self) -> list[Path]:
         return sorted(self.folder.glob("batch-*.npz")) if self.folder.is_dir() else []
@@ -78,7 +81,7 @@ class Journal:
 
     def append(self, ids: list[str], features: dict[str, np.ndarray], fingerprints: list[str],
                stats: list[str]) -> None:
-        number = len(self.batches())
+        number = len(list(self.folder.glob(f"batch-{self.prefix}[0-9]*.npz")))
         arrays = {"ids": np.asarray(ids, dtype=str), "fingerprints": np.asarray(fingerprints, dtype=str),
                   "stats": np.asarray(stats, dtype=str),
                   **{f"pool_{pool}": values.astype(np.float16) for pool, values in features.items()}}
@@ -87,7 +90,7 @@ class Journal:
             with path.open("wb") as handle:
                 np.savez(handle, **arrays)
 
-        self._atomic(self.folder / f"batch-{number:08d}.npz", write)
+        self._atomic(self.folder / f"batch-{self.prefix}{number:08d}.npz", write)
 
     def entries(self) -> Iterator[dict]:
         for path in self.batches():

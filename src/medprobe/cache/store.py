@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,8 +81,8 @@ def read_contents(path: Path) -> CacheContents:
             ) from exc
 
 
-def read_features(path: Path, ids: list[str], pool: str) -> np.ndarray:
-    """Rows for `ids`, in that order, as float32. Every id must be present and done."""
+def feature_rows(path: Path, ids: list[str], pool: str) -> tuple[np.ndarray, int]:
+    """The row of each id (in that order) and the pool's width; every id must be present and done."""
     contents = read_contents(path)
     if pool not in contents.dims:
         raise MedprobeError(f"cache {path} has no pool {pool!r}; it holds: {', '.join(contents.dims)}")
@@ -92,13 +92,42 @@ def read_features(path: Path, ids: list[str], pool: str) -> np.ndarray:
         raise MedprobeError(
             f"cache {path} lacks {len(missing)} sample(s) (first: {missing[0]}); run `medprobe extract` again"
         )
-    rows = np.array([row_of[i] for i in ids], dtype=np.int64)
+    return np.array([row_of[i] for i in ids], dtype=np.int64), contents.dims[pool]
+
+
+def read_features(path: Path, ids: list[str], pool: str) -> np.ndarray:
+    """Rows for `ids`, in that order, as float32. Every id must be present and done."""
+    rows, dim = feature_rows(path, ids, pool)
     order = np.argsort(rows)
     with _open(path, "r") as handle:
-        block = handle[layout.FEATURES][pool][rows[order]] if len(rows) else np.empty((0, contents.dims[pool]))
+        block = handle[layout.FEATURES][pool][rows[order]] if len(rows) else np.empty((0, dim))
     out = np.empty_like(block, dtype=np.float32)
     out[order] = block
     return out
+
+
+def iter_feature_blocks(path: Path, pool: str, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """The features of each block of rows (in the block's order) as float32, one block at a time, so memory
+    holds one block whatever the cache's size. A block is read as the slice spanning it (h5py reads a
+    slice far faster than a row list) unless that slice would be mostly rows nobody asked for."""
+    with _open(path, "r") as handle:
+        dataset = handle[layout.FEATURES][pool]
+        for rows in blocks:
+            rows = np.asarray(rows, dtype=np.int64)
+            if not len(rows):
+                yield np.empty((0, dataset.shape[1]), dtype=np.float32)
+                continue
+            low, high = int(rows.min()), int(rows.max()) + 1
+            if high - low == len(rows) and (np.diff(rows) == 1).all():  # the common case: rows in file order
+                yield dataset[low:high].astype(np.float32)
+                continue
+            if high - low <= 4 * len(rows):
+                yield dataset[low:high][rows - low].astype(np.float32)
+                continue
+            order = np.argsort(rows)
+            block = np.empty((len(rows), dataset.shape[1]), dtype=np.float32)
+            block[order] = dataset[rows[order]]
+            yield block
 
 
 class cache_lock:  # noqa: N801 - used as a context manager, like open()

@@ -20,6 +20,7 @@ from medprobe.data.samples import Dataset, Sample
 from medprobe.data.signature import sample_stat
 from medprobe.errors import Interrupted, MedprobeError
 from medprobe.extract.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
+from medprobe.extract.device_decode import make_device_decode_loader, resolve_decode
 from medprobe.extract.loader import make_loader
 from medprobe.models.backbone import load_backbone, resolve_preprocessing, weights_identity
 from medprobe.models.registry import ModelSpec, resolve_model
@@ -65,27 +66,50 @@ def library_versions() -> dict[str, str]:
 
 
 def locate_cache(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "auto",
-                 precision: str = "auto", image_size: int | None = None, revision: str | None = None) -> CacheTarget:
+                 precision: str = "auto", image_size: int | None = None, revision: str | None = None,
+                 decode: str = "cpu") -> CacheTarget:
     """The cache file a given extraction writes (needs only configs, never weights)."""
     spec = resolve_model(model, revision=revision)
     torch_device = resolve_device(device)
     resolved_precision = resolve_precision(precision, torch_device)
     prep = resolve_preprocessing(spec, image_size=image_size)
-    key = cache_key(spec.cache_identity(), prep.to_json(), resolved_precision)
+    # GPU-decoded pixels differ from PIL's by a few levels: their features get a file of their own
+    key = cache_key(spec.cache_identity(), prep.to_json(), resolved_precision + ("+gpu-decode" if decode == "gpu"
+                                                                                  else ""))
     return CacheTarget(spec, cache_path(cache_dir, dataset.cache_slug, spec.slug, key), resolved_precision,
                        torch_device)
+
+
+VALIDATE_BLOCK = 4096
 
 
 def find_bad_headers(samples: list[Sample], workers: int = 8) -> list[tuple[Sample, str]]:
     """Header-check every image about to be extracted, before any compute is spent (volume headers were
     checked when the dataset was loaded)."""
     images = [s for s in samples if s.slice is None]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = list(pool.map(lambda s: check_image_header(s.path), images))
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # in blocks: a future per image cost 1.5 KB each
+        reasons = [reason for start in range(0, len(images), VALIDATE_BLOCK)
+                   for reason in pool.map(lambda s: check_image_header(s.path), images[start:start + VALIDATE_BLOCK])]
     return [(s, r) for s, r in zip(images, reasons, strict=True) if r]
 
 
-def _recover(target: CacheTarget, journal: Journal, dataset: Dataset) -> None:
+def provenance(target: CacheTarget, backbone, dataset: Dataset, *, batch_size: int, workers: int,
+               decode: str = "cpu", processes: int = 1) -> dict:
+    """What a cache records about how its features were made."""
+    return {
+        "medprobe_version": __version__, "model_name": target.spec.name, "backend": target.spec.backend,
+        "source": target.spec.source, "revision_requested": target.spec.revision,
+        "revision_resolved": backbone.resolved_revision, "num_parameters": backbone.num_parameters,
+        "preprocessing": backbone.preprocessing.to_dict(), "precision": target.precision,
+        "device": str(target.device), "device_name": device_name(target.device), "pools": list(backbone.pools),
+        "dataset_name": dataset.name, "dataset_root": str(dataset.root.resolve()),
+        "dataset_root_relative": os.path.relpath(dataset.root.resolve(), target.path.parent.resolve()),
+        "library_versions": library_versions(), "batch_size": batch_size, "workers": workers,
+        "weights_identity": backbone.weights_identity, "decode": decode, "processes": processes,
+    }
+
+
+def recover(target: CacheTarget, journal: Journal, dataset: Dataset) -> None:
     """Commit the batches a killed extraction left in the journal, so their work is not lost."""
     meta = journal.meta()
     if meta is None or not journal.batches():
@@ -97,27 +121,62 @@ def _recover(target: CacheTarget, journal: Journal, dataset: Dataset) -> None:
 
 def extract(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "auto", precision: str = "auto",
             batch_size: int = 32, workers: int | None = None, image_size: int | None = None,
-            revision: str | None = None, show_progress: bool = True, skip_bad: bool = False) -> ExtractReport:
+            revision: str | None = None, show_progress: bool = True, skip_bad: bool = False,
+            decode: str = "cpu") -> ExtractReport:
+    options = dict(dataset=dataset, model=model, cache_dir=cache_dir, device=device, precision=precision,
+                   batch_size=batch_size, workers=workers, image_size=image_size, revision=revision,
+                   show_progress=show_progress, skip_bad=skip_bad, decode=decode)
+    from medprobe.extract import distributed
+
+    if distributed.is_distributed():  # one process of a torchrun world: one shard (extract/distributed.py)
+        return distributed.extract_sharded(**options)
     if batch_size < 1:
         raise MedprobeError(f"--batch-size {batch_size} must be at least 1")
     target = locate_cache(dataset=dataset, model=model, cache_dir=cache_dir, device=device,
-                          precision=precision, image_size=image_size, revision=revision)
+                          precision=precision, image_size=image_size, revision=revision, decode=decode)
+    decode_device = resolve_decode(decode, target.device)
     with cache_lock(target.path):
         journal = Journal(target.path)
         try:
-            _recover(target, journal, dataset)
-            return _extract_locked(dataset, model, target, journal, batch_size=batch_size, workers=workers,
-                                   image_size=image_size, show_progress=show_progress, skip_bad=skip_bad)
+            recover(target, journal, dataset)
+            work = prepare(dataset, target, journal, batch_size=batch_size, workers=workers, image_size=image_size,
+                           skip_bad=skip_bad, decode=decode)
+            if isinstance(work, ExtractReport):
+                return work
+            stats = _run(work.backbone, work.todo, dataset.root, journal, target, batch_size=batch_size,
+                         workers=work.workers, show_progress=show_progress,
+                         decode_device=decode_device)
+            return finish(dataset, target, journal, work, stats, skip_bad=skip_bad)
         except KeyboardInterrupt:
-            _recover(target, journal, dataset)  # keep every finished batch
-            done = int(read_contents(target.path).done.sum()) if target.path.exists() else 0
-            raise Interrupted(f"{model}: {done} of {len(dataset.samples)} images are cached in {target.path}; "
-                              "run the same command again to resume") from None
+            raise interrupted(target, journal, dataset) from None
 
 
-def _extract_locked(dataset: Dataset, model: str, target: CacheTarget, journal: Journal, *, batch_size: int,
-                    workers: int | None, image_size: int | None, show_progress: bool,
-                    skip_bad: bool) -> ExtractReport:
+def interrupted(target: CacheTarget, journal: Journal, dataset: Dataset) -> Interrupted:
+    """Commit every finished batch, and say how to resume."""
+    recover(target, journal, dataset)
+    done = int(read_contents(target.path).done.sum()) if target.path.exists() else 0
+    return Interrupted(f"{target.spec.name}: {done} of {len(dataset.samples)} images are cached in {target.path}; "
+                       "run the same command again to resume")
+
+
+@dataclass
+class Work:
+    """What an extraction will do, decided with the cache locked: the samples to embed and how to commit."""
+
+    backbone: object
+    todo: list[Sample]
+    plan: object  # the FreshnessPlan
+    skipped: dict[str, dict]
+    pending: list[str]
+    fresh: bool
+    made: dict  # provenance
+    workers: int
+
+
+def prepare(dataset: Dataset, target: CacheTarget, journal: Journal, *, batch_size: int, workers: int | None,
+            image_size: int | None, skip_bad: bool, decode: str, processes: int = 1) -> Work | ExtractReport:
+    """Plan against the cache, check the images, load the backbone: the work, or the report when there is
+    none. Loads no weights when the cache is up to date."""
     samples = dataset.samples
     contents = read_contents(target.path) if target.path.exists() else None
     known_identity = weights_identity(target.spec)
@@ -133,7 +192,7 @@ def _extract_locked(dataset: Dataset, model: str, target: CacheTarget, journal: 
     if plan.up_to_date and known_identity is not None:
         if plan.restat:
             commit(target.path, journal, ids=[], provenance={}, restat=plan.restat)
-        return ExtractReport(model, target.path, 0, plan.fresh, 0, None, skipped=skipped)
+        return ExtractReport(target.spec.name, target.path, 0, plan.fresh, 0, None, skipped=skipped)
 
     todo = _checked_todo(samples, plan, skipped, dataset.root, skip_bad)
     backbone = load_backbone(target.spec, image_size=image_size)
@@ -143,40 +202,35 @@ def _extract_locked(dataset: Dataset, model: str, target: CacheTarget, journal: 
         plan, skipped = plan_rows(None, samples, dataset.root), {}
         todo = _checked_todo(samples, plan, skipped, dataset.root, skip_bad)
     workers = default_workers() if workers is None else workers
-    provenance = {
-        "medprobe_version": __version__, "model_name": target.spec.name, "backend": target.spec.backend,
-        "source": target.spec.source, "revision_requested": target.spec.revision,
-        "revision_resolved": backbone.resolved_revision, "num_parameters": backbone.num_parameters,
-        "preprocessing": backbone.preprocessing.to_dict(), "precision": target.precision,
-        "device": str(target.device), "device_name": device_name(target.device), "pools": list(backbone.pools),
-        "dataset_name": dataset.name, "dataset_root": str(dataset.root.resolve()),
-        "dataset_root_relative": os.path.relpath(dataset.root.resolve(), target.path.parent.resolve()),
-        "library_versions": library_versions(), "batch_size": batch_size, "workers": workers,
-        "weights_identity": backbone.weights_identity,
-    }
+    made = provenance(target, backbone, dataset, batch_size=batch_size, workers=workers, decode=decode,
+                      processes=processes)
     pending = [samples[i].id for i in plan.changed]
-    journal.start(provenance, pending=pending, fresh=fresh)
-    stats = {"count": 0, "rate": None, "errors": [], "seconds": 0.0, "dims": {}}
-    if todo:
-        stats = _run(backbone, todo, dataset.root, journal, target, batch_size=batch_size, workers=workers,
-                     show_progress=show_progress)
+    journal.start(made, pending=pending, fresh=fresh)
+    return Work(backbone, todo, plan, skipped, pending, fresh, made, workers)
+
+
+def finish(dataset: Dataset, target: CacheTarget, journal: Journal, work: Work, stats: dict, *,
+           skip_bad: bool) -> ExtractReport:
+    """Commit the journal into the cache (recording skipped files and timings), then report."""
+    skipped = dict(work.skipped)
     skipped.update({sample_id: {"reason": reason, "stat": _stat_or_empty(sample, dataset.root)}
                     for sample, sample_id, reason in stats["errors"] if skip_bad})
     attrs = {"skipped": skipped}
     if stats["count"]:
         attrs.update({"embed_dims": stats["dims"], "extract_seconds": round(stats["seconds"], 3),
                       "images_extracted": stats["count"], "images_per_second": stats["rate"],
-                      "peak_memory_mb": round(peak_memory_mb(target.device), 1)})
-    commit(target.path, journal, ids=dataset.ids, provenance=provenance, attrs=attrs, pending=pending,
-           restat=plan.restat, fresh=fresh)
+                      "peak_memory_mb": round(max(stats.get("peak_memory_mb", 0.0),
+                                                  peak_memory_mb(target.device)), 1)})
+    commit(target.path, journal, ids=dataset.ids, provenance=work.made, attrs=attrs, pending=work.pending,
+           restat=work.plan.restat, fresh=work.fresh)
     errors = [reason for _, _, reason in stats["errors"]]
     if errors and not skip_bad:
         raise MedprobeError(
             f"{len(errors)} image(s) failed to decode, the rest were cached: {errors[0]}"
             f"{' (and more)' if len(errors) > 1 else ''}; fix them, or pass --skip-bad to leave them out"
         )
-    return ExtractReport(model, target.path, stats["count"], plan.fresh, len(plan.changed), stats["rate"],
-                         skipped=skipped)
+    return ExtractReport(target.spec.name, target.path, stats["count"], work.plan.fresh, len(work.plan.changed),
+                         stats["rate"], skipped=skipped)
 
 
 def _checked_todo(samples: list[Sample], plan, skipped: dict, root: Path, skip_bad: bool) -> list[Sample]:
@@ -202,13 +256,18 @@ def _stat_or_empty(sample: Sample, root: Path) -> str:
 
 
 def _run(backbone, todo: list[Sample], root: Path, journal: Journal, target: CacheTarget, *, batch_size: int,
-         workers: int, show_progress: bool) -> dict:
+         workers: int, show_progress: bool, decode_device: torch.device | None = None) -> dict:
     device = target.device
     module = backbone.module.to(device)
     if backbone.is_cnn:
         module = module.to(memory_format=torch.channels_last)
-    loader = make_loader(todo, root, ImageTransform(backbone.preprocessing), batch_size=batch_size,
-                         workers=workers, pin_memory=device.type == "cuda")
+    transform = ImageTransform(backbone.preprocessing)
+    if decode_device is not None:  # JPEGs decoded and preprocessed on the GPU (extract/device_decode.py)
+        loader = make_device_decode_loader(todo, root, transform, device=decode_device, batch_size=batch_size,
+                                           workers=workers)
+    else:
+        loader = make_loader(todo, root, transform, batch_size=batch_size, workers=workers,
+                             pin_memory=device.type == "cuda")
     errors: list[tuple[Sample, str, str]] = []
     dims: dict[str, int] = {}
     count, started, warm_start, warm_count = 0, time.perf_counter(), None, 0

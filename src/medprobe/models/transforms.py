@@ -23,6 +23,8 @@ _TORCH_MODES = {
     "nearest": InterpolationMode.NEAREST, "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC, "lanczos": InterpolationMode.LANCZOS,
 }
+# the filters torchvision resizes tensors with (also on a GPU); lanczos, box and hamming are PIL-only
+TENSOR_RESIZE_MODES = {name: _TORCH_MODES[name] for name in ("nearest", "bilinear", "bicubic")}
 
 
 def output_size(height: int, width: int, resize: int | tuple[int, int]) -> tuple[int, int]:
@@ -61,14 +63,31 @@ class ImageTransform:
         return tvf.resize(tensor, [height, width], interpolation=mode, antialias=True)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        tensor = self.resize_uint8(image)
-        if self.prep.crop is not None:
-            crop = self.prep.crop
+        return self.normalise(self.crop(self.resize_uint8(image)))
+
+    def resize_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """resize_uint8 for a decoded uint8 (3, H, W) tensor on any device (GPU-side decoding): torchvision's
+        antialiased resize stands in for PIL's, within a few 8-bit levels (tests/test_scale.py)."""
+        if self.prep.resize is None:
+            return tensor
+        height, width = output_size(tensor.shape[-2], tensor.shape[-1], self.prep.resize)
+        mode = TENSOR_RESIZE_MODES[self.prep.interpolation]
+        return tvf.resize(tensor, [height, width], interpolation=mode, antialias=True)
+
+    def crop(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Center crop; an image smaller than the crop is zero-padded first."""
+        if self.prep.crop is None:
+            return tensor
+        crop = self.prep.crop
+        height, width = tensor.shape[-2:]
+        if height < crop[0] or width < crop[1]:
+            pad_h, pad_w = max(crop[0] - height, 0), max(crop[1] - width, 0)
+            tensor = tvf.pad(tensor, [pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2], fill=0)
             height, width = tensor.shape[-2:]
-            if height < crop[0] or width < crop[1]:
-                pad_h, pad_w = max(crop[0] - height, 0), max(crop[1] - width, 0)
-                tensor = tvf.pad(tensor, [pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2], fill=0)
-                height, width = tensor.shape[-2:]
-            top, left = _crop_box(height, width, crop, self.prep.crop_rounding)
-            tensor = tensor[:, top:top + crop[0], left:left + crop[1]]
-        return (tensor.float() / 255.0 - self.mean) / self.std
+        top, left = _crop_box(height, width, crop, self.prep.crop_rounding)
+        return tensor[..., top:top + crop[0], left:left + crop[1]]
+
+    def normalise(self, tensor: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., 3, H, W) -> float, scaled to [0, 1] and normalised; on the tensor's device."""
+        mean, std = self.mean.to(tensor.device), self.std.to(tensor.device)
+        return (tensor.float() / 255.0 - mean) / std

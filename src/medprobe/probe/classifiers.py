@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.kernel_approximation import Nystroem
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
@@ -52,7 +52,7 @@ def softmax(values: np.ndarray) -> np.ndarray:
 
 def decision_scores(estimator, Z: np.ndarray, n_classes: int) -> np.ndarray:
     """Per-class scores summing to 1 for every class index (also classes a training subset lacked)."""
-    if isinstance(estimator, LogisticRegression):
+    if isinstance(estimator, LogisticRegression | SGDClassifier):  # SGD: log loss (probe.streaming)
         partial = estimator.predict_proba(Z)
     else:
         decision = estimator.decision_function(Z)
@@ -149,7 +149,8 @@ def _l2_normalise(X: np.ndarray) -> np.ndarray:
     return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
-def _best(candidates: list[tuple[dict, float]]) -> tuple[dict, float]:
+def best(candidates: list[tuple[dict, float]]) -> tuple[dict, float]:
+    """The highest validation score; ties go to the earlier, more regularised candidate."""
     best_index = max(range(len(candidates)), key=lambda i: (candidates[i][1], -i))
     return candidates[best_index]
 
@@ -167,7 +168,7 @@ def _best_peaks(values: list[float], positions: list[int], count: int) -> list[i
     return [positions[j] for _, j in sorted(peaks)[:count]]
 
 
-def _search_logreg(Xtr, ytr, Xval, yval, n_classes, seed, coarse_to_fine: bool) -> tuple[dict, float]:
+def _search_logreg(Xtr, ytr, Xval, yval, n_classes, seed, coarse_to_fine: bool) -> list[tuple[dict, float]]:
     scaler = StandardScaler().fit(Xtr)
     Ztr, Zval = scaler.transform(Xtr), scaler.transform(Xval)
     # one warm-started model: each C starts from the previous solution, in increasing C order
@@ -184,12 +185,12 @@ def _search_logreg(Xtr, ytr, Xval, yval, n_classes, seed, coarse_to_fine: bool) 
     if coarse_to_fine:
         for centre in _best_peaks([tried[i] for i in coarse], coarse, count=2):
             evaluate(range(max(0, centre - 3), min(len(LOGREG_GRID), centre + 4)))
-    order = sorted(tried)
-    return _best([({"C": LOGREG_GRID[i]}, tried[i]) for i in order])
+    return [({"C": LOGREG_GRID[i]}, tried[i]) for i in sorted(tried)]
 
 
-def _search_svm(Xtr, ytr, Xval, yval, n_classes, seed) -> tuple[dict, float]:
-    """Features are standardised (and, for approximate RBF, mapped) once per search, not once per C."""
+def _search_svm(Xtr, ytr, Xval, yval, n_classes, seed, part: tuple) -> list[tuple[dict, float]]:
+    """One part of the SVM grid: the linear C values, or one RBF C. Features are standardised (and, for
+    approximate RBF, mapped) once per part, not once per C."""
     scaler = StandardScaler().fit(Xtr)
     Ztr, Zval = scaler.transform(Xtr), scaler.transform(Xval)
     candidates = []
@@ -198,32 +199,51 @@ def _search_svm(Xtr, ytr, Xval, yval, n_classes, seed) -> tuple[dict, float]:
         estimator = _fitted(_estimator("svm", params, seed), train, ytr)
         candidates.append((params, balanced_accuracy(yval, decision_scores(estimator, val, n_classes))))
 
-    for c in SVM_LINEAR_GRID:
-        score({"kernel": "linear", "C": c}, Ztr, Zval)
-    if len(Xtr) > RBF_EXACT_LIMIT:
-        mapping = _nystroem(Xtr.shape[1], seed).fit(Ztr)
-        Ntr, Nval = mapping.transform(Ztr), mapping.transform(Zval)
-        for c in SVM_RBF_GRID:
-            score({"kernel": "rbf", "C": c, "approximate": True}, Ntr, Nval)
+    if part[0] == "linear":
+        for c in SVM_LINEAR_GRID:
+            score({"kernel": "linear", "C": c}, Ztr, Zval)
+    elif len(Xtr) > RBF_EXACT_LIMIT:
+        mapping = _nystroem(Xtr.shape[1], seed).fit(Ztr)  # seeded: every part maps identically
+        score({"kernel": "rbf", "C": part[1], "approximate": True}, mapping.transform(Ztr), mapping.transform(Zval))
     else:
-        for c in SVM_RBF_GRID:
-            score({"kernel": "rbf", "C": c}, Ztr, Zval)
-    return _best(candidates)
+        score({"kernel": "rbf", "C": part[1]}, Ztr, Zval)
+    return candidates
+
+
+def _search_knn(Xtr, ytr, Xval, yval, n_classes) -> list[tuple[dict, float]]:
+    index = KnnIndex(Xtr, ytr, n_classes)
+    ks = [k for k in K_GRID if k <= len(Xtr)] or [len(Xtr)]
+    sims, labels = index.neighbours(Xval, max(ks))
+    return [({"k": k, "weighting": w}, balanced_accuracy(yval, index.vote(sims, labels, k, w)))
+            for w in ("uniform", "softmax") for k in ks]
+
+
+def search_parts(name: str) -> list[tuple]:
+    """The independent parts of a classifier's hyperparameter search, in candidate order, so that a cluster
+    can run them side by side: the SVM's linear grid and each RBF C; logreg's warm-started C path and kNN's
+    shared neighbour search stay one part each."""
+    if name == "svm":
+        return [("linear",)] + [("rbf", c) for c in SVM_RBF_GRID]
+    return [("all",)]
+
+
+def search_part(name: str, part: tuple, Xtr: np.ndarray, ytr: np.ndarray, Xval: np.ndarray, yval: np.ndarray,
+                n_classes: int, seed: int, *, coarse_to_fine: bool = False) -> list[tuple[dict, float]]:
+    """(hyperparameters, validation balanced accuracy) of every candidate in one part of the search."""
+    if name == "logreg":
+        return _search_logreg(Xtr, ytr, Xval, yval, n_classes, seed, coarse_to_fine)
+    if name == "svm":
+        return _search_svm(Xtr, ytr, Xval, yval, n_classes, seed, part)
+    return _search_knn(Xtr, ytr, Xval, yval, n_classes)
 
 
 def search(name: str, Xtr: np.ndarray, ytr: np.ndarray, Xval: np.ndarray, yval: np.ndarray, n_classes: int,
            seed: int, *, coarse_to_fine: bool = False) -> tuple[dict, float]:
     """Best hyperparameters on the validation data, and their validation balanced accuracy."""
-    if name == "logreg":
-        return _search_logreg(Xtr, ytr, Xval, yval, n_classes, seed, coarse_to_fine)
-    if name == "svm":
-        return _search_svm(Xtr, ytr, Xval, yval, n_classes, seed)
-    index = KnnIndex(Xtr, ytr, n_classes)
-    ks = [k for k in K_GRID if k <= len(Xtr)] or [len(Xtr)]
-    sims, labels = index.neighbours(Xval, max(ks))
-    candidates = [({"k": k, "weighting": w}, balanced_accuracy(yval, index.vote(sims, labels, k, w)))
-                  for w in ("uniform", "softmax") for k in ks]
-    return _best(candidates)
+    candidates = [candidate for part in search_parts(name)
+                  for candidate in search_part(name, part, Xtr, ytr, Xval, yval, n_classes, seed,
+                                               coarse_to_fine=coarse_to_fine)]
+    return best(candidates)
 
 
 def fit(name: str, params: dict, X: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> FittedProbe:

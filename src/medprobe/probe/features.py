@@ -3,12 +3,13 @@ resolve through the registry only, and caches are read with h5py."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from medprobe.cache import list_cache_files, plan_rows, read_contents, read_features
+from medprobe.cache import feature_rows, iter_feature_blocks, list_cache_files, plan_rows, read_contents
 from medprobe.data.samples import Dataset
 from medprobe.data.signature import sample_stat
 from medprobe.errors import MedprobeError
@@ -95,14 +96,54 @@ def resolve_pools(pool: str, ref: CacheRef) -> list[str]:
     return wanted
 
 
-def feature_matrix(datasets: list[Dataset], refs_per_dataset: list[list[CacheRef]], pool: str,
-                   ids: list[str]) -> tuple[np.ndarray, list[dict]]:
-    """Concatenate, in a fixed order, the pooled features of every (dataset, cache) pair for `ids` of the
-    first dataset. Other datasets join on `Sample.join_key`: the same id, or for volume slices the same
-    patient (group) and slice position, so per-modality datasets fuse."""
+@dataclass
+class FeatureStream:
+    """A job's feature matrix (samples x concatenated pools) as a recipe: which cache rows to read. It is
+    read whole (`matrix`) or block by block (`blocks`, out of core), never both."""
+
+    parts: list[tuple[Path, str, np.ndarray]]  # (cache, pool, the cache row of every sample position)
+    dims: list[int]
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.parts[0][2])
+
+    @property
+    def dim(self) -> int:
+        return sum(self.dims)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the float32 matrix in memory."""
+        return self.n_samples * self.dim * 4
+
+    def matrix(self) -> np.ndarray:
+        blocks = [next(iter_feature_blocks(path, pool, [rows])) for path, pool, rows in self.parts]
+        return blocks[0] if len(blocks) == 1 else np.hstack(blocks)  # one pool: no copy of the whole matrix
+
+    def blocks(self, positions: np.ndarray, block_rows: int,
+               rng: np.random.Generator | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(positions, features) for the given sample positions, `block_rows` dataset rows at a time, in
+        dataset order; with `rng`, blocks come in random order and rows shuffled within each (for SGD)."""
+        positions = np.sort(np.asarray(positions, dtype=np.int64))
+        edges = np.flatnonzero(np.diff(positions // block_rows)) + 1
+        chunks = [chunk for chunk in np.split(positions, edges) if len(chunk)]
+        if rng is not None:
+            chunks = [rng.permutation(chunks[i]) for i in rng.permutation(len(chunks))]
+        readers = [iter_feature_blocks(path, pool, [rows[chunk] for chunk in chunks])
+                   for path, pool, rows in self.parts]
+        for chunk, *features in zip(chunks, *readers, strict=True):
+            yield chunk, np.hstack(features)
+
+
+def feature_stream(datasets: list[Dataset], refs_per_dataset: list[list[CacheRef]], pool: str,
+                   ids: list[str]) -> tuple[FeatureStream, list[dict]]:
+    """Where the pooled features of every (dataset, cache) pair for `ids` of the first dataset live, in a
+    fixed order, to be concatenated. Other datasets join on `Sample.join_key`: the same id, or for volume
+    slices the same patient (group) and slice position, so per-modality datasets fuse."""
     main = {s.id: s.join_key for s in datasets[0].samples}
     keys = [main[i] for i in ids]
-    blocks, sources = [], []
+    parts, dims, sources = [], [], []
     for dataset, refs in zip(datasets, refs_per_dataset, strict=True):
         id_of = {s.join_key: s.id for s in dataset.samples}
         missing = [k for k in keys if k not in id_of]
@@ -113,10 +154,13 @@ def feature_matrix(datasets: list[Dataset], refs_per_dataset: list[list[CacheRef
         for ref in refs:
             pools = resolve_pools(pool, ref)
             for name in pools:
-                blocks.append(read_features(ref.path, own_ids, name))
+                rows, dim = feature_rows(ref.path, own_ids, name)
+                parts.append((ref.path, name, rows))
+                dims.append(dim)
             sources.append({"dataset": dataset.name, "model": ref.model, "pools": pools, "cache": str(ref.path),
                             "provenance": {k: ref.attrs.get(k) for k in (
                                 "backend", "source", "revision_resolved", "weights_identity", "precision",
                                 "device_name", "num_parameters", "embed_dims", "images_per_second",
                                 "preprocessing")}})
-    return np.hstack(blocks).astype(np.float32), sources
+    return FeatureStream(parts, dims), sources
+

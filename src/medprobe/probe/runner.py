@@ -14,8 +14,9 @@ from joblib import Parallel, delayed
 from medprobe.data.samples import Dataset
 from medprobe.data.splits import Fold, SplitPlan, dataset_splits, pooled_test
 from medprobe.errors import MedprobeError
-from medprobe.probe import classifiers
-from medprobe.probe.features import CacheRef, extracted_models, feature_matrix, find_cache, skipped_in
+from medprobe.probe import classifiers, streaming
+from medprobe.probe.backends import compute_backend
+from medprobe.probe.features import CacheRef, FeatureStream, extracted_models, feature_stream, find_cache, skipped_in
 from medprobe.progress import STDERR, progress_bar
 from medprobe.results.metrics import evaluate_mean, group_codes, patient_block, summarize_metrics, test_report
 from medprobe.results.record import fold_sizes, record_paths, run_header, save_run
@@ -35,6 +36,10 @@ class ProbeSettings:
     fuse: bool = False
     coarse_to_fine: bool = False
     save_model: bool = False
+    backend: str = "local"  # local | dask | ray (probe/backends.py)
+    scheduler: str | None = None  # the Dask scheduler or Ray cluster address
+    out_of_core: bool = False  # stream features from the cache (probe/streaming.py), whatever their size
+    memory_fraction: float = streaming.DEFAULT_MEMORY_FRACTION  # ... and always above this share of free memory
 
 
 @dataclass
@@ -45,6 +50,12 @@ class Job:
     refs: list[list[CacheRef]]  # per dataset (main first), the caches concatenated
     X: np.ndarray = field(default=None, repr=False)
     sources: list[dict] = field(default_factory=list)
+    stream: FeatureStream | None = field(default=None, repr=False)  # set instead of X when out of core
+    out_of_core: str | None = None  # why: "flag" or "memory"
+
+    @property
+    def dim(self) -> int:
+        return int(self.X.shape[1]) if self.X is not None else self.stream.dim
 
     @property
     def pool(self) -> str:
@@ -53,15 +64,18 @@ class Job:
         return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
-def _run_fold(name: str, X: np.ndarray, y: np.ndarray, fold: Fold, n_classes: int, seed: int,
-              coarse_to_fine: bool, keep_model: bool) -> dict:
-    params, val_score = classifiers.search(name, X[fold.train], y[fold.train], X[fold.val], y[fold.val],
-                                           n_classes, seed, coarse_to_fine=coarse_to_fine)
+def _search_part(name: str, part: tuple, X: np.ndarray, y: np.ndarray, fold: Fold, n_classes: int, seed: int,
+                 coarse_to_fine: bool) -> list[tuple[dict, float]]:
+    return classifiers.search_part(name, part, X[fold.train], y[fold.train], X[fold.val], y[fold.val], n_classes,
+                                   seed, coarse_to_fine=coarse_to_fine)
+
+
+def _fit_fold(name: str, params: dict, X: np.ndarray, y: np.ndarray, fold: Fold, n_classes: int, seed: int,
+              keep_model: bool) -> dict:
     train_val = np.concatenate([fold.train, fold.val])
     fitted = classifiers.fit(name, params, X[train_val], y[train_val], n_classes, seed)
     # the fitted probe goes back to the parent process only when it is saved (a kNN index holds its data)
-    return {"params": params, "val_balanced_accuracy": val_score, "scores": fitted.scores(X[fold.test], n_classes),
-            "model": fitted if keep_model else None}
+    return {"scores": fitted.scores(X[fold.test], n_classes), "model": fitted if keep_model else None}
 
 
 def _few_shot_indices(pool: np.ndarray, y: np.ndarray, codes: np.ndarray | None, shots: int,
@@ -90,12 +104,13 @@ class Prober:
         self.codes = group_codes(self.groups)
         self.plan: SplitPlan = dataset_splits(dataset, folds=settings.folds, seed=settings.seed)
         self.skipped: list[dict] = []  # unreadable samples left out (extract --skip-bad)
+        self.backend = "local"  # set by probe() to what --backend connected to
 
     def _base_record(self, job: Job, method: str, protocol: str) -> dict:
         s = self.settings
         return {**run_header(self.dataset, self.plan, kind="probe", method=method, model=job.name, pool=job.pool,
                              protocol=protocol, seed=s.seed, bootstrap=s.bootstrap, ordinal=s.ordinal),
-                "features": job.sources, "feature_dim": int(job.X.shape[1]), "skipped_samples": self.skipped}
+                "features": job.sources, "feature_dim": job.dim, "skipped_samples": self.skipped}
 
     def _name(self, job: Job, method: str, protocol: str) -> str:
         return f"{job.name}__{job.pool}__{method}__{protocol}-seed{self.settings.seed}"
@@ -105,12 +120,31 @@ class Prober:
         return save_run(self.out_dir, self.dataset, self._name(job, method, protocol), record, positions, fold_of,
                         scores)
 
+    def _fold_results(self, job: Job, method: str) -> list[dict]:
+        """Every fold's search parts side by side, then every fold's final fit (joblib: local processes, or the
+        Dask or Ray cluster of --backend)."""
+        s = self.settings
+        n_classes = len(self.classes)
+        parallel = Parallel(n_jobs=s.n_jobs)
+        if job.stream is not None:
+            return parallel(delayed(streaming.stream_fold)(job.stream, self.y, fold, n_classes, s.seed, s.save_model)
+                            for fold in self.plan.folds)
+        parts = classifiers.search_parts(method)
+        tasks = [(fold, part) for fold in self.plan.folds for part in parts]
+        searched = parallel(delayed(_search_part)(method, part, job.X, self.y, fold, n_classes, s.seed,
+                                                  s.coarse_to_fine) for fold, part in tasks)
+        chosen = [classifiers.best([candidate for (task_fold, _), found in zip(tasks, searched, strict=True)
+                                    if task_fold is fold for candidate in found]) for fold in self.plan.folds]
+        fitted = parallel(delayed(_fit_fold)(method, params, job.X, self.y, fold, n_classes, s.seed, s.save_model)
+                          for fold, (params, _) in zip(self.plan.folds, chosen, strict=True))
+        return [{"params": params, "val_balanced_accuracy": score, **result}
+                for (params, score), result in zip(chosen, fitted, strict=True)]
+
     def run_full(self, job: Job, method: str) -> dict:
         s = self.settings
         started = time.perf_counter()
-        results = Parallel(n_jobs=s.n_jobs)(
-            delayed(_run_fold)(method, job.X, self.y, fold, len(self.classes), s.seed, s.coarse_to_fine, s.save_model)
-            for fold in self.plan.folds)
+        results = self._fold_results(job, method)
+        method = streaming.METHOD if job.stream is not None else method
         fit_seconds = time.perf_counter() - started
         positions, fold_of = pooled_test(self.plan.folds)
         scores = np.concatenate([r["scores"] for r in results])
@@ -131,8 +165,10 @@ class Prober:
             joblib.dump({"classes": self.classes, "features": job.sources,
                          "fold_models": [r["model"] for r in results]}, model_path)
             record["model_file"] = model_path.name
+        if job.stream is not None:
+            record["out_of_core"] = streaming.settings_record(job.out_of_core, job.stream)
         record["timings"] = {"fit_seconds": round(fit_seconds, 3),
-                             "total_seconds": round(time.perf_counter() - started, 3)}
+                             "total_seconds": round(time.perf_counter() - started, 3), "backend": self.backend}
         return self._write(job, method, self.plan.protocol, record, positions, fold_of, scores)
 
     def run_few_shot(self, job: Job, method: str, shots: int) -> dict:
@@ -188,6 +224,26 @@ def build_jobs(dataset: Dataset, models: list[str] | None, cache_dir: Path, with
             for i, ref in enumerate(refs)]
 
 
+def _load_features(job: Job, datasets: list[Dataset], settings: ProbeSettings) -> None:
+    """The features in memory (job.X), or out of core (job.stream) when asked to or when they would not fit."""
+    stream, job.sources = feature_stream(datasets, job.refs, settings.pool, datasets[0].ids)
+    available = streaming.available_memory()
+    if not settings.out_of_core and stream.nbytes <= settings.memory_fraction * available:
+        job.X = stream.matrix()
+        return
+    why = ("--out-of-core" if settings.out_of_core else
+           f"its features need {stream.nbytes / 2**30:.1f} GB as a matrix, over --memory-fraction "
+           f"{settings.memory_fraction:g} of the {available / 2**30:.1f} GB of available memory")
+    others = [name for name in settings.classifiers if name != "logreg"]
+    if others:
+        raise MedprobeError(f"{job.name}: {why}, so its features are streamed from the cache, which only logreg "
+                            f"supports (not {', '.join(others)}); use --clf logreg, or a larger --memory-fraction")
+    if settings.shots:
+        raise MedprobeError(f"{job.name}: {why}, so its features are streamed from the cache, which --shots does "
+                            "not support; drop --shots, or use a larger --memory-fraction")
+    job.stream, job.out_of_core = stream, "flag" if settings.out_of_core else "memory"
+
+
 def probe(*, dataset: Dataset, models: list[str] | None, cache_dir: Path, out_dir: Path,
           settings: ProbeSettings, with_datasets: list[Dataset] = (), show_progress: bool = True) -> list[dict]:
     if not settings.classifiers:
@@ -197,6 +253,8 @@ def probe(*, dataset: Dataset, models: list[str] | None, cache_dir: Path, out_di
             raise MedprobeError(f"--clf {name!r} is not one of {', '.join(classifiers.CLASSIFIERS)}, all")
     if settings.bootstrap < 0:
         raise MedprobeError("--bootstrap must be 0 or more")
+    if not 0 < settings.memory_fraction <= 1:
+        raise MedprobeError(f"--memory-fraction {settings.memory_fraction:g} must be in (0, 1], e.g. 0.25")
     jobs = build_jobs(dataset, models, cache_dir, list(with_datasets), settings.fuse)
     skipped = {i: why for job in jobs for ref in job.refs[0] for i, why in skipped_in(ref.attrs, dataset).items()}
     if skipped:  # left out of every job alike, so all backbones see the same splits
@@ -208,9 +266,10 @@ def probe(*, dataset: Dataset, models: list[str] | None, cache_dir: Path, out_di
     budgets = [shot for shot in settings.shots if shot != "all"]
     steps = len(jobs) * len(settings.classifiers) * (len(budgets) + (not settings.shots or "all" in settings.shots))
     records = []
-    with progress_bar("probe", total=steps, enabled=show_progress, unit="run") as advance:
+    with compute_backend(settings.backend, settings.scheduler) as prober.backend, \
+            progress_bar("probe", total=steps, enabled=show_progress, unit="run") as advance:
         for job in jobs:
-            job.X, job.sources = feature_matrix([dataset, *with_datasets], job.refs, settings.pool, dataset.ids)
+            _load_features(job, [dataset, *with_datasets], settings)
             for method in settings.classifiers:
                 if not settings.shots or "all" in settings.shots:
                     records.append(prober.run_full(job, method))
@@ -218,4 +277,5 @@ def probe(*, dataset: Dataset, models: list[str] | None, cache_dir: Path, out_di
                 for shots in budgets:
                     records.append(prober.run_few_shot(job, method, int(shots)))
                     advance(1)
+            job.X = job.stream = None  # one job's features in memory at a time
     return records
