@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from medprobe.data.images import decode_image, read_image_bytes
-from medprobe.data.reader import decode_units, read_unit
+from medprobe.data.reader import read_unit
 from medprobe.data.samples import Sample
 from medprobe.data.signature import fingerprint_bytes, sample_stat
 from medprobe.errors import MedprobeError
-from medprobe.extract.loader import ignore_interrupts
+from medprobe.extract.loader import SampleStream, ignore_interrupts
 from medprobe.models.transforms import TENSOR_RESIZE_MODES, ImageTransform
 
 DECODE_CHOICES = ("cpu", "gpu")
@@ -45,17 +45,11 @@ def resolve_decode(decode: str, device: torch.device) -> torch.device | None:
     return device
 
 
-class EncodedStream(IterableDataset):
-    """Like extract.loader.SampleStream, but a JPEG image comes back as its file's bytes."""
-
-    def __init__(self, samples: list[Sample], root: Path, transform: ImageTransform) -> None:
-        self.samples, self.root, self.transform = samples, root, transform
-        self.units = decode_units(samples)
+class EncodedStream(SampleStream):
+    """Like SampleStream, but a JPEG image comes back as its file's bytes."""
 
     def __iter__(self):
-        worker = get_worker_info()
-        units = self.units if worker is None else self.units[worker.id::worker.num_workers]
-        for unit in units:
+        for unit in self.my_units():
             sample = self.samples[unit[0]]
             if sample.slice is None:
                 try:

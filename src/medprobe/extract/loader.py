@@ -25,10 +25,13 @@ class SampleStream(IterableDataset):
         self.samples, self.root, self.transform = samples, root, transform
         self.units = decode_units(samples)
 
-    def __iter__(self):
+    def my_units(self) -> list[list[int]]:
+        """This worker's share of the units, round-robin."""
         worker = get_worker_info()
-        units = self.units if worker is None else self.units[worker.id::worker.num_workers]
-        for unit in units:
+        return self.units if worker is None else self.units[worker.id::worker.num_workers]
+
+    def __iter__(self):
+        for unit in self.my_units():
             for item in read_unit(self.samples, unit, self.root):
                 if item.error is not None:
                     yield item.position, None, "", "", item.error
