@@ -20,7 +20,7 @@ from pathlib import Path
 from medprobe.data import load_dataset
 from medprobe.data.samples import Dataset
 from medprobe.errors import Interrupted, MedprobeError
-from medprobe.results.record import _atomic_write
+from medprobe.results.record import _atomic_write, safe_name
 from medprobe.run.experiment import DatasetEntry, Experiment
 from medprobe.timestamps import now_iso
 
@@ -126,8 +126,11 @@ class Runner:
             step.records = entry["records"]
             return "done"
         if step.kind == "finetune":
-            checkpoints = self.records_dir / self.names[step.dataset] / "checkpoints"
-            if any(checkpoints.glob(f"*finetune-{step.variant}__*seed{step.seed}/last.safetensors")):
+            from medprobe.models.registry import resolve_model
+
+            checkpoints = self.records_dir / safe_name(self.names[step.dataset]) / "checkpoints"
+            slug = resolve_model(step.backbone).slug
+            if any(checkpoints.glob(f"{slug}__finetune-{step.variant}__*seed{step.seed}/last.safetensors")):
                 return "partial (resumes from its last checkpoint)"
         return "to do"
 
