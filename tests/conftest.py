@@ -28,6 +28,18 @@ def blob_image(rng: np.random.Generator, label: int, size: tuple[int, int] = (48
     return pixels
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_medprobe_cache(tmp_path_factory):
+    """Nothing a test computes (slice selections, caches without --cache-dir) lands in the user's cache."""
+    previous = os.environ.get("MEDPROBE_CACHE")
+    os.environ["MEDPROBE_CACHE"] = str(tmp_path_factory.mktemp("medprobe-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("MEDPROBE_CACHE", None)
+    else:
+        os.environ["MEDPROBE_CACHE"] = previous
+
+
 def blob_patients(root: Path, *, patients: int, per_patient: int, size: tuple[int, int]) -> Path:
     """A manifest of `patients` x `per_patient` blob images (path,label,group); the class is where the bright
     square sits, alternating per patient."""

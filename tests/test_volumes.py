@@ -224,3 +224,26 @@ def test_volume_study_end_to_end(tmp_path, tiny_timm_models, capsys):
         epochs=1, batch_size=8, workers=0, fold=0, folds=3, bootstrap=100, precision="fp32", device="cpu"),
         out_dir=tmp_path / "out", show_progress=False)
     assert tuned["patient_metrics"]["patients"] == 3 and tuned["sizes"][0]["test"] == 9
+
+
+def test_voxel_rules_remember_their_selection_until_a_file_changes(tmp_path, monkeypatch):
+    from medprobe.data import slicing
+
+    monkeypatch.setenv("MEDPROBE_CACHE", str(tmp_path / "cache"))
+    voxels = np.zeros((10, 10, 12), np.float32)
+    voxels[:, :, 2:5] = 5
+    for name in ("a", "b"):
+        save_nifti(tmp_path / f"{name}.nii.gz", voxels)
+    write_rows(tmp_path / "rows.csv", [{"path": "a.nii.gz", "label": "a"}, {"path": "b.nii.gz", "label": "b"}])
+    dataset_spec = write_spec(tmp_path / "s.toml", manifest="rows.csv", slices="nonzero:0.5")
+    reads = []
+    original = slicing._voxels
+    monkeypatch.setattr(slicing, "_voxels", lambda *a: reads.append(a[0]) or original(*a))
+    first = load_dataset(dataset_spec)
+    assert len(reads) == 2 and [s.slice.index for s in first.samples if s.label == "a"] == [2, 3, 4]
+    again = load_dataset(dataset_spec)
+    assert len(reads) == 2 and again.ids == first.ids  # remembered: no volume read
+    voxels[:, :, 7] = 5
+    save_nifti(tmp_path / "a.nii.gz", voxels)  # a changed file is read again
+    changed = load_dataset(dataset_spec)
+    assert len(reads) == 3 and [s.slice.index for s in changed.samples if s.label == "a"] == [2, 3, 4, 7]

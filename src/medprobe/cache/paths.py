@@ -4,19 +4,12 @@ the model identity, its preprocessing and the precision (so fp32 and bf16 caches
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
+from medprobe.locations import CACHE_ENV, default_cache_dir  # noqa: F401 - part of this module's API
+
 CACHE_SUFFIX = ".h5"
-CACHE_ENV = "MEDPROBE_CACHE"
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "medprobe"
 
 
 def cache_key(model_identity: str, preprocessing_json: str, precision: str) -> str:

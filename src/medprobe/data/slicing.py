@@ -17,6 +17,7 @@ from pathlib import Path
 
 from medprobe.data.images import WINDOW_PERCENTILES
 from medprobe.data.samples import Sample, VolumeSlice
+from medprobe.data.selection_memo import memo_key, recall, remember
 from medprobe.data.volumes import (
     AXES,
     SliceRule,
@@ -91,15 +92,22 @@ def _row_slices(row: dict[str, str], root: Path, options: VolumeOptions, where: 
         described = ", ".join(f"{c}={s}" for c, s in zip(columns, shapes, strict=True))
         raise MedprobeError(f"{where}: the stacked modalities differ in shape ({described}); co-register them")
     length = shapes[0][AXES[options.axis]]
-    voxels = _voxels(channels[0], options.volume_index) if options.rule.kind == "nonzero" else None
-    mask = None
-    if options.rule.needs_mask:
-        mask_path = (root / row[options.mask_column]).expanduser()
-        mask = _voxels(mask_path, None)
-        if mask.shape != shapes[0]:
-            raise MedprobeError(f"{where}: mask {mask_path} has shape {mask.shape}, the volume {shapes[0]}; "
-                                "the mask must be drawn on the same grid")
-    indices = select_slices(options.rule, length, axis=options.axis, voxels=voxels, mask=mask)
+    mask_path = (root / row[options.mask_column]).expanduser() if options.rule.needs_mask else None
+    key = None
+    if options.rule.needs_voxels:
+        rule = f"{options.rule.kind}:{options.rule.value}"
+        key = memo_key([channels[0], *([mask_path] if mask_path else [])], rule, options.axis, options.volume_index)
+    indices = recall(key)
+    if indices is None:
+        voxels = _voxels(channels[0], options.volume_index) if options.rule.kind == "nonzero" else None
+        mask = None
+        if mask_path is not None:
+            mask = _voxels(mask_path, None)
+            if mask.shape != shapes[0]:
+                raise MedprobeError(f"{where}: mask {mask_path} has shape {mask.shape}, the volume {shapes[0]}; "
+                                    "the mask must be drawn on the same grid")
+        indices = select_slices(options.rule, length, axis=options.axis, voxels=voxels, mask=mask)
+        remember(key, indices)
     relative = Path(row[columns[0]]).as_posix()
     group = row.get("group") or relative  # slices of one volume never land in different splits
     return [
