@@ -99,8 +99,14 @@ class Journal:
                        "stats": data["stats"].tolist(),
                        "features": {k[5:]: data[k] for k in data.files if k.startswith("pool_")}}
 
+    def batch_ids(self) -> Iterator[list[str]]:
+        """The ids of each batch, without reading its features."""
+        for path in self.batches():
+            with np.load(path, allow_pickle=False) as data:
+                yield data["ids"].tolist()
+
     def rows(self) -> int:
-        return sum(len(entry["ids"]) for entry in self.entries())
+        return sum(len(ids) for ids in self.batch_ids())
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -119,8 +125,13 @@ def commit(cache_path: Path, journal: Journal, *, ids: list[str], provenance: di
         with CacheWriter(temporary, provenance) as writer:
             known = set(writer.ids)
             new_ids = [i for i in ids if i not in known]
-            for entry in journal.entries():
-                new_ids += [i for i in entry["ids"] if i not in known and i not in set(new_ids)]
+            known.update(new_ids)
+            # a batch may hold samples this dataset does not list (a killed run of another manifest over the
+            # same images): they keep rows of their own
+            for sample_ids in journal.batch_ids():
+                extra = [i for i in dict.fromkeys(sample_ids) if i not in known]
+                new_ids += extra
+                known.update(extra)
             writer.append_rows(new_ids)
             row_of = {sample_id: row for row, sample_id in enumerate(writer.ids)}
             writer.mark_pending([row_of[i] for i in pending if i in row_of])
