@@ -61,6 +61,21 @@ def _slice_fingerprint(per_source: list[str], options: str) -> str:
     return fingerprint_bytes(("|".join(per_source) + "|" + options).encode())
 
 
+def stat_or_empty(sample: Sample, root: Path) -> str:
+    """The sample's stat, or "" when its files cannot be read (an unreadable sample is recorded with it)."""
+    try:
+        return sample_stat(sample, root)
+    except OSError:
+        return ""
+
+
+def unchanged_records(recorded: dict[str, dict], samples, root: Path) -> dict[str, dict]:
+    """The entries of `recorded` (sample id -> {"stat": ..., ...}) whose sample is listed and unchanged since:
+    how `extract --skip-bad` keeps a bad file skipped, and probes leave it out, until the file changes."""
+    return {s.id: recorded[s.id] for s in samples
+            if s.id in recorded and recorded[s.id].get("stat") == stat_or_empty(s, root)}
+
+
 def combine_fingerprints(sample: Sample, per_source: list[str]) -> str:
     """A sample's fingerprint from its sources' fingerprints (one for an image)."""
     if sample.slice is None:

@@ -17,7 +17,7 @@ from medprobe.cache import cache_key, cache_lock, cache_path, plan_rows, read_co
 from medprobe.cache.journal import Journal, commit
 from medprobe.data.images import check_image_header
 from medprobe.data.samples import Dataset, Sample
-from medprobe.data.signature import sample_stat
+from medprobe.data.signature import stat_or_empty, unchanged_records
 from medprobe.errors import Interrupted, MedprobeError
 from medprobe.extract.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
 from medprobe.extract.device_decode import make_device_decode_loader, resolve_decode
@@ -186,8 +186,7 @@ def prepare(dataset: Dataset, target: CacheTarget, journal: Journal, *, batch_si
     previously_skipped = dict(contents.attrs.get("skipped") or {}) if contents is not None else {}
     skipped: dict[str, dict] = {}
     if skip_bad:  # a skipped file stays skipped until it changes
-        skipped = {s.id: previously_skipped[s.id] for s in samples if s.id in previously_skipped
-                   and previously_skipped[s.id].get("stat") == _stat_or_empty(s, dataset.root)}
+        skipped = unchanged_records(previously_skipped, samples, dataset.root)
         plan.todo = [i for i in plan.todo if samples[i].id not in skipped]
     if plan.up_to_date and known_identity is not None:
         if plan.restat:
@@ -213,7 +212,7 @@ def finish(dataset: Dataset, target: CacheTarget, journal: Journal, work: Work, 
            skip_bad: bool) -> ExtractReport:
     """Commit the journal into the cache (recording skipped files and timings), then report."""
     skipped = dict(work.skipped)
-    skipped.update({sample_id: {"reason": reason, "stat": _stat_or_empty(sample, dataset.root)}
+    skipped.update({sample_id: {"reason": reason, "stat": stat_or_empty(sample, dataset.root)}
                     for sample, sample_id, reason in stats["errors"] if skip_bad})
     attrs = {"skipped": skipped}
     if stats["count"]:
@@ -244,15 +243,8 @@ def _checked_todo(samples: list[Sample], plan, skipped: dict, root: Path, skip_b
             f"{len(bad)} unreadable image(s): {first}{' ...' if len(bad) > 3 else ''}; fix or remove them, or "
             "pass --skip-bad to extract the rest (`medprobe datasets inspect DATA` lists all)"
         )
-    skipped.update({s.id: {"reason": reason, "stat": _stat_or_empty(s, root)} for s, reason in bad})
+    skipped.update({s.id: {"reason": reason, "stat": stat_or_empty(s, root)} for s, reason in bad})
     return [s for s in todo if s.id not in skipped]
-
-
-def _stat_or_empty(sample: Sample, root: Path) -> str:
-    try:
-        return sample_stat(sample, root)
-    except OSError:
-        return ""
 
 
 def _run(backbone, todo: list[Sample], root: Path, journal: Journal, target: CacheTarget, *, batch_size: int,

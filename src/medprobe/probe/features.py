@@ -11,7 +11,7 @@ import numpy as np
 
 from medprobe.cache import feature_rows, iter_feature_blocks, list_cache_files, plan_rows, read_contents
 from medprobe.data.samples import Dataset
-from medprobe.data.signature import sample_stat
+from medprobe.data.signature import unchanged_records
 from medprobe.errors import MedprobeError
 from medprobe.models.registry import auto_pools, resolve_model
 
@@ -29,16 +29,8 @@ def _extract_hint(dataset: Dataset, model: str) -> str:
 
 def skipped_in(attrs: dict, dataset: Dataset) -> dict[str, str]:
     """Samples the extraction left out as unreadable (--skip-bad) and that have not changed since."""
-    skipped = attrs.get("skipped") or {}
-    current = {s.id: s for s in dataset.samples if s.id in skipped}
-    return {i: skipped[i]["reason"] for i, s in current.items() if skipped[i].get("stat") == file_state(s, dataset)}
-
-
-def file_state(sample, dataset: Dataset) -> str:
-    try:
-        return sample_stat(sample, dataset.root)
-    except OSError:
-        return ""
+    unchanged = unchanged_records(attrs.get("skipped") or {}, dataset.samples, dataset.root)
+    return {sample_id: entry["reason"] for sample_id, entry in unchanged.items()}
 
 
 def _staleness(dataset: Dataset, contents) -> str | None:
