@@ -24,11 +24,11 @@ def cache_path(cache_dir: Path, dataset_slug: str, model_slug: str, key: str) ->
 def _moved(folder: Path) -> bool:
     """Whether a cache folder's dataset root no longer exists here: the cache (and its images) were copied
     or moved, e.g. to another machine."""
-    from medprobe.cache.store import read_contents
+    from medprobe.cache.store import read_cache_attrs
 
     for path in folder.glob(f"*{CACHE_SUFFIX}"):
         try:
-            root = str(read_contents(path).attrs.get("dataset_root") or "")
+            root = str(read_cache_attrs(path).get("dataset_root") or "")
         except Exception:  # an unreadable file says nothing about the folder
             continue
         return bool(root) and not Path(root).exists()

@@ -62,6 +62,12 @@ def read_attrs(handle: h5py.File) -> dict:
     return attrs
 
 
+def read_cache_attrs(path: Path) -> dict:
+    """The provenance attributes alone, without the id, fingerprint and stat columns."""
+    with _open(path, "r") as handle:
+        return read_attrs(handle)
+
+
 def read_contents(path: Path) -> CacheContents:
     with _open(path, "r") as handle:
         try:

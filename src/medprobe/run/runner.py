@@ -148,7 +148,7 @@ class Runner:
         except MedprobeError as exc:
             return f"unavailable ({exc})"
         contents = read_contents(target.path) if target.path.exists() else None
-        journaled = Journal(target.path).rows() if Journal(target.path).batches() else 0
+        journaled = Journal(target.path).rows()  # batches a killed extraction left
         plan = plan_rows(contents, dataset.samples, dataset.root)
         total = len(dataset.samples)
         if plan.up_to_date and not journaled:
