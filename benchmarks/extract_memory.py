@@ -16,8 +16,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+from child_run import measure_in_child
 
 
 def write_pngs(folder: Path, count: int, seed: int = 0) -> None:
@@ -96,10 +95,8 @@ def main() -> None:
             began = time.perf_counter()
             write_pngs(tmp / f"png{n}", n)
             written = time.perf_counter() - began
-            child = subprocess.run([sys.executable, __file__, "--one", str(tmp / f"png{n}"), str(model),
-                                    str(tmp / f"cache{n}"), "--batch-size", str(args.batch_size), "--workers",
-                                    str(args.workers)], capture_output=True, text=True, check=True)
-            row = json.loads(child.stdout.strip().splitlines()[-1])
+            row = measure_in_child(__file__, tmp / f"png{n}", model, tmp / f"cache{n}", "--batch-size",
+                                   args.batch_size, "--workers", args.workers)
             row["writing_pngs_seconds"] = round(written, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -22,13 +22,12 @@ import argparse
 import csv
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from child_run import measure_in_child
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 WRITE_BLOCK = 65536
@@ -138,9 +137,7 @@ def main() -> None:
             for mode in ("memory", "out-of-core"):
                 if mode == "memory" and n in skip:
                     continue
-                child = subprocess.run([sys.executable, __file__, "--one", str(manifest), str(tmp / "cache"),
-                                        str(tmp / f"out-{mode}"), mode], capture_output=True, text=True, check=True)
-                row[mode] = json.loads(child.stdout.strip().splitlines()[-1])
+                row[mode] = measure_in_child(__file__, manifest, tmp / "cache", tmp / f"out-{mode}", mode)
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:

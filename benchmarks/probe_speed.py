@@ -20,13 +20,13 @@ import csv
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from child_run import measure_in_child
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -136,9 +136,7 @@ def main() -> None:
     rows = []
     for dim in dims:
         for n in (int(s) for s in args.sizes.split(",")):
-            child = subprocess.run([sys.executable, __file__, "--one", str(n), str(dim), "--clf", args.clf],
-                                   capture_output=True, text=True, check=True)
-            row = json.loads(child.stdout.strip().splitlines()[-1])
+            row = measure_in_child(__file__, n, dim, "--clf", args.clf)
             row["extraction_img_s"] = round(rates[dim], 2)
             row["extraction_seconds_estimate"] = round(n / rates[dim], 1)
             row["probe_over_extraction"] = round(row["probe_seconds"] / row["extraction_seconds_estimate"], 4)
