@@ -32,7 +32,7 @@ CacheDirOption = typer.Option(None, "--cache-dir", help="Cache folder [default: 
 
 
 def _cache_dir(value: Path | None) -> Path:
-    from medprobe.cache.paths import default_cache_dir
+    from medprobe.locations import default_cache_dir
 
     return value or default_cache_dir()
 

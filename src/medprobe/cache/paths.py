@@ -1,5 +1,5 @@
 """Where caches live and what they are called: <cache-dir>/<dataset>/<model>--<key>.h5, where key hashes
-the model identity, its preprocessing and the precision (so fp32 and bf16 caches coexist)."""
+the model identity, its preprocessing, the precision and the decode path (so fp32 and bf16 caches coexist)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import hashlib
 import re
 from pathlib import Path
 
-from medprobe.locations import CACHE_ENV, default_cache_dir  # noqa: F401 - part of this module's API
-
 CACHE_SUFFIX = ".h5"
 
 
-def cache_key(model_identity: str, preprocessing_json: str, precision: str) -> str:
-    text = "\n".join([model_identity, preprocessing_json, precision])
+def cache_key(model_identity: str, preprocessing_json: str, precision: str, decode: str = "cpu") -> str:
+    """GPU-decoded pixels differ from PIL's by a few levels, so a decode path other than the CPU's gets
+    files of its own (CPU keys are unchanged by it)."""
+    parts = [model_identity, preprocessing_json, precision] + ([f"decode={decode}"] if decode != "cpu" else [])
+    text = "\n".join(parts)
     return hashlib.blake2b(text.encode(), digest_size=5).hexdigest()
 
 

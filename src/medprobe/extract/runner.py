@@ -73,9 +73,7 @@ def locate_cache(*, dataset: Dataset, model: str, cache_dir: Path, device: str =
     torch_device = resolve_device(device)
     resolved_precision = resolve_precision(precision, torch_device)
     prep = resolve_preprocessing(spec, image_size=image_size)
-    # GPU-decoded pixels differ from PIL's by a few levels: their features get a file of their own
-    key = cache_key(spec.cache_identity(), prep.to_json(), resolved_precision + ("+gpu-decode" if decode == "gpu"
-                                                                                  else ""))
+    key = cache_key(spec.cache_identity(), prep.to_json(), resolved_precision, decode)
     return CacheTarget(spec, cache_path(cache_dir, dataset.cache_slug, spec.slug, key), resolved_precision,
                        torch_device)
 

@@ -108,7 +108,7 @@ class Runner:
 
     @property
     def cache_dir(self) -> Path:
-        from medprobe.cache import default_cache_dir
+        from medprobe.locations import default_cache_dir
 
         return self.experiment.cache_dir or default_cache_dir()
 
