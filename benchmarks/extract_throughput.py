@@ -59,10 +59,10 @@ def marginal_rate(batch_times: list[float], batch_sizes: list[int]) -> float:
 
 
 def bare_rate(model_dir: Path, dataset, batch_size: int, device: torch.device, precision: str) -> float:
-    from medprobe.extract.device import autocast
     from medprobe.models.backbone import load_backbone
     from medprobe.models.registry import resolve_model
     from medprobe.models.transforms import ImageTransform
+    from medprobe.runtime.device import autocast
 
     backbone = load_backbone(resolve_model(str(model_dir)))
     module = backbone.module.to(device)
@@ -116,8 +116,9 @@ def bf16_fidelity(dataset) -> float:
 
 def main() -> None:
     from medprobe.data import load_dataset
-    from medprobe.extract.device import resolve_device, resolve_precision
-    from medprobe.extract.runner import default_workers, extract
+    from medprobe.extract.runner import extract
+    from medprobe.runtime.device import resolve_device, resolve_precision
+    from medprobe.runtime.workers import default_workers
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=256)

@@ -61,7 +61,7 @@ def write_jpegs(folder: Path, count: int, size: int) -> None:
 
 def bare_rate(backbone, transform, dataset, batch_size: int, device: torch.device, precision: str,
               batches: int) -> float:
-    from medprobe.extract.device import autocast
+    from medprobe.runtime.device import autocast
 
     module = backbone.module.to(device)
     unique = torch.stack([transform(Image.open(s.path).convert("RGB")) for s in dataset.samples[:batch_size]])
@@ -113,11 +113,12 @@ def cosine_min_mean(left: Path, right: Path, ids: list[str]) -> tuple[float, flo
 def main() -> None:
     from medprobe.data import load_dataset
     from medprobe.extract import device_decode
-    from medprobe.extract.device import resolve_device, resolve_precision
-    from medprobe.extract.runner import default_workers, extract
+    from medprobe.extract.runner import extract
     from medprobe.models.backbone import load_backbone
     from medprobe.models.registry import resolve_model
     from medprobe.models.transforms import ImageTransform
+    from medprobe.runtime.device import resolve_device, resolve_precision
+    from medprobe.runtime.workers import default_workers
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=4096)

@@ -56,11 +56,11 @@ def main() -> None:
 
     from medprobe.data import load_dataset
     from medprobe.data.reader import read_all
-    from medprobe.extract.device import autocast, resolve_precision
     from medprobe.extract.loader import make_loader
     from medprobe.models.backbone import load_backbone
     from medprobe.models.registry import resolve_model
     from medprobe.models.transforms import ImageTransform
+    from medprobe.runtime.device import autocast, resolve_precision
 
     torch.set_num_threads(os.cpu_count() or 2)
     with tempfile.TemporaryDirectory() as tmp:

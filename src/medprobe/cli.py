@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medprobe.errors import Interrupted, MedprobeError
+from medprobe.runtime.workers import quiet_background_errors, set_debug
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Which pretrained backbone, frozen or fine-tuned, classifies your medical images best?")
@@ -424,9 +425,11 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    set_debug(debug)
     try:
         app(args=args, prog_name="medprobe")
     except Interrupted as exc:
+        quiet_background_errors()  # threads dying while the process shuts down are not the user's news
         print(f"interrupted: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except MedprobeError as exc:

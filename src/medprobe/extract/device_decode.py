@@ -26,8 +26,9 @@ from medprobe.data.reader import read_unit
 from medprobe.data.samples import Sample
 from medprobe.data.signature import fingerprint_bytes, sample_stat
 from medprobe.errors import MedprobeError
-from medprobe.extract.loader import SampleStream, ignore_interrupts
+from medprobe.extract.loader import SampleStream
 from medprobe.models.transforms import TENSOR_RESIZE_MODES, ImageTransform
+from medprobe.runtime.workers import start_worker
 
 DECODE_CHOICES = ("cpu", "gpu")
 DECODE_DEVICE_TYPES = ("cuda",)  # where --decode gpu runs (tests widen it to exercise the path on a CPU)
@@ -160,5 +161,5 @@ def make_device_decode_loader(samples: list[Sample], root: Path, transform: Imag
     stream = EncodedStream(samples, root, transform)
     workers = min(workers, len(stream.units))
     loader = DataLoader(stream, batch_size=batch_size, num_workers=workers, collate_fn=collate_encoded,
-                        prefetch_factor=4 if workers > 0 else None, worker_init_fn=ignore_interrupts)
+                        prefetch_factor=4 if workers > 0 else None, worker_init_fn=start_worker)
     return DeviceDecodeLoader(loader, samples, transform, device)

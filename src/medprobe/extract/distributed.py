@@ -34,9 +34,9 @@ from medprobe.cache.journal import Journal
 from medprobe.data.samples import Dataset
 from medprobe.errors import MedprobeError
 from medprobe.extract import runner
-from medprobe.extract.device import peak_memory_mb
 from medprobe.extract.device_decode import resolve_decode
 from medprobe.models.backbone import load_backbone
+from medprobe.runtime.device import peak_memory_mb
 
 # Rank 0 may hash a large archive while the others wait for its plan: a generous limit, since torchrun
 # stops every rank as soon as one fails, so the limit only ends a genuine hang.

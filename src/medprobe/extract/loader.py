@@ -8,8 +8,6 @@ killing the worker, so the rest is still extracted and the user gets every bad f
 
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from medprobe.data.reader import decode_units, read_unit
 from medprobe.data.samples import Sample
 from medprobe.models.transforms import ImageTransform
+from medprobe.runtime.workers import start_worker
 
 
 class SampleStream(IterableDataset):
@@ -37,20 +36,6 @@ class SampleStream(IterableDataset):
                     yield item.position, None, "", "", item.error
                 else:
                     yield item.position, self.transform(item.image), item.fingerprint, item.stat, None
-
-
-def ignore_interrupts(_worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the main process, which saves the work and shuts them down.
-    Connection errors in a worker's background threads (the tensor-sharing server) only mean the main
-    process is gone or closing, so they are not printed as tracebacks over the one-line message."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    default_hook = threading.excepthook
-
-    def quiet_when_main_is_gone(args) -> None:
-        if not issubclass(args.exc_type, (ConnectionError, EOFError)):
-            default_hook(args)
-
-    threading.excepthook = quiet_when_main_is_gone
 
 
 def collate(items):
@@ -78,5 +63,5 @@ def make_loader(samples: list[Sample], root: Path, transform: ImageTransform, *,
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
-        worker_init_fn=ignore_interrupts,
+        worker_init_fn=start_worker,
     )

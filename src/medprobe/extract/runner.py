@@ -19,13 +19,14 @@ from medprobe.data.images import check_image_header
 from medprobe.data.samples import Dataset, Sample
 from medprobe.data.signature import stat_or_empty, unchanged_records
 from medprobe.errors import Interrupted, MedprobeError
-from medprobe.extract.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
 from medprobe.extract.device_decode import make_device_decode_loader, resolve_decode
 from medprobe.extract.loader import make_loader
 from medprobe.models.backbone import load_backbone, resolve_preprocessing, weights_identity
 from medprobe.models.registry import ModelSpec, resolve_model
 from medprobe.models.transforms import ImageTransform
 from medprobe.progress import progress_bar
+from medprobe.runtime.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
+from medprobe.runtime.workers import default_workers
 
 
 @dataclass
@@ -49,10 +50,6 @@ class CacheTarget:
     path: Path
     precision: str
     device: torch.device
-
-
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def library_versions() -> dict[str, str]:
