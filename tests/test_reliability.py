@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import struct
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import blob_image
 from PIL import Image
-from test_interruptions import many_images, medprobe, wait_for_new_batch
+from test_interruptions import many_images, medprobe, wait_for_new_file
 from volume_helpers import brain, save_nifti, write_rows, write_spec
 
 from medprobe.cache import read_contents, read_features
@@ -276,7 +277,7 @@ def test_second_extraction_refuses_and_readers_work_during_a_write(tmp_path, cap
                "--batch-size", 2, "--workers", 1]
     writer = medprobe(*command)
     path = locate_cache(dataset=subset, model=str(model), cache_dir=cache, device="cpu", precision="fp32").path
-    assert wait_for_new_batch(journal_dir(path), writer)
+    assert wait_for_new_file(journal_dir(path), "batch-*.npz", writer)
     code, out, err = cli(capsys, *command)  # in this process: no start-up delay, the writer is still busy
     assert code == 2 and "another medprobe process is extracting into" in err, err
     readings = 0
@@ -312,14 +313,56 @@ def test_a_copied_cache_works_without_its_original_paths(tmp_path, capsys, tiny_
     assert record["feature_dim"] == features.shape[1]
 
 
+UNSAFE_LOADERS = {("pickle", "load"), ("pickle", "loads"), ("joblib", "load"), ("dill", "load"),
+                  ("cloudpickle", "load"), ("torch", "load")}
+
+
+def unsafe_loading(source: str, filename: str = "<src>") -> list[str]:
+    """What in `source` could unpickle or run a repository's code, read from its syntax tree (so line breaks,
+    spacing and aliases do not hide it): torch.load without weights_only=True, any pickle/joblib load,
+    allow_pickle or trust_remote_code set to anything but a literal False."""
+    problems = []
+    aliases = {}  # import joblib as jl -> jl: joblib
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Import):
+            aliases.update({a.asname or a.name: a.name for a in node.names})
+        elif isinstance(node, ast.ImportFrom) and node.module in {m for m, _ in UNSAFE_LOADERS}:
+            problems += [f"{filename}:{node.lineno}: from {node.module} import {a.name}" for a in node.names
+                         if (node.module, a.name) in UNSAFE_LOADERS]
+    for node in ast.walk(ast.parse(source, filename)):
+        if not isinstance(node, ast.Call):
+            continue
+        where = f"{filename}:{node.lineno}"
+        keywords = {k.arg: k.value for k in node.keywords if k.arg}
+        for name in ("allow_pickle", "trust_remote_code"):
+            value = keywords.get(name)
+            if value is not None and not (isinstance(value, ast.Constant) and value.value is False):
+                problems.append(f"{where}: {name}={ast.unparse(value)}")
+        func = node.func
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            module = aliases.get(func.value.id, func.value.id)
+            if (module, func.attr) == ("torch", "load"):
+                value = keywords.get("weights_only")
+                if not (isinstance(value, ast.Constant) and value.value is True):
+                    problems.append(f"{where}: torch.load without weights_only=True")
+            elif (module, func.attr) in UNSAFE_LOADERS:
+                problems.append(f"{where}: {module}.{func.attr}")
+    return problems
+
+
+def test_the_unsafe_loading_scan_catches_what_a_line_match_missed():
+    cases = ["torch.load(path,\n           weights_only=False)", "torch.load(path)", "np.load(f, allow_pickle = True)",
+             "np.load(f, **{}, allow_pickle=flag)", "AutoModel.from_pretrained(hub_id,\n    trust_remote_code=True)",
+             "import joblib as jl\njl.load(path)", "from pickle import loads", "import torch as t\nt.load(p)"]
+    for case in cases:
+        assert unsafe_loading(case), case
+    assert not unsafe_loading("torch.load(path, map_location='cpu', weights_only=True)\nnp.load(f, allow_pickle=False)")
+
+
 def test_nothing_unpickles_or_runs_remote_code_by_default():
     """Static guarantees over the source: weights via safetensors or weights_only, arrays without pickle,
     no remote code, and joblib probe files only written (never loaded) by medprobe itself."""
-    source = "\n".join(p.read_text() for p in Path(__file__).parents[1].joinpath("src").rglob("*.py"))
-    assert "trust_remote_code=True" not in source
-    for line in source.splitlines():
-        if "torch.load(" in line:
-            assert "weights_only=True" in line, line
-    assert "pickle.load" not in source and "joblib.load" not in source
-    assert "allow_pickle=True" not in source
-    assert "allow_pickle=False" in source  # the journal reads its arrays without pickle
+    sources = sorted(Path(__file__).parents[1].joinpath("src").rglob("*.py"))
+    problems = [p for path in sources for p in unsafe_loading(path.read_text(), str(path))]
+    assert problems == []
+    assert any("allow_pickle=False" in path.read_text() for path in sources)  # the journal reads without pickle
