@@ -28,10 +28,10 @@ from extract_throughput import save_dinov2_small_shape, write_jpegs  # noqa: E40
 
 
 def bare_steps_per_second(model_dir: Path, batch: int, device: torch.device, precision: str, steps: int = 30) -> float:
-    from medprobe.extract.device import autocast
     from medprobe.finetune.runner import Classifier
     from medprobe.models.backbone import load_backbone
     from medprobe.models.registry import resolve_model
+    from medprobe.runtime.device import autocast
 
     backbone = load_backbone(resolve_model(str(model_dir)))
     backbone.module.requires_grad_(True)
@@ -56,8 +56,8 @@ def bare_steps_per_second(model_dir: Path, batch: int, device: torch.device, pre
 
 def main() -> None:
     from medprobe.data import load_dataset
-    from medprobe.extract.device import resolve_device, resolve_precision
     from medprobe.finetune.runner import FinetuneSettings, finetune
+    from medprobe.runtime.device import resolve_device, resolve_precision
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=256)
@@ -91,10 +91,9 @@ def main() -> None:
                                                     patience=args.epochs, bootstrap=200),
                           out_dir=tmp / "out", show_progress=False)
     cost = record["cost"]
-    train = int(args.images * 0.8)
-    result = {
+    result = {  # counts as the trainer made them, not as a formula predicts them
         "device_name": cost["device_name"], "precision": precision, "batch_size": args.batch_size,
-        "train_images": train, "epochs": args.epochs, "steps": args.epochs * -(-train // args.batch_size),
+        "train_images": cost["train_images"], "epochs": args.epochs, "steps": cost["optimizer_steps"],
         "medprobe_train_img_s": cost["train_images_per_second"], "bare_train_img_s": round(bare, 1),
         "medprobe_over_bare": round(cost["train_images_per_second"] / bare, 3),
         "peak_memory_mb": cost["peak_memory_mb"], "wall_seconds": cost["wall_seconds"],

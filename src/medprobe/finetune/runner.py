@@ -19,9 +19,6 @@ from medprobe.data.reader import SampleImages
 from medprobe.data.samples import Dataset
 from medprobe.data.splits import Fold, dataset_splits, pooled_test
 from medprobe.errors import Interrupted, MedprobeError
-from medprobe.extract.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
-from medprobe.extract.loader import ignore_interrupts
-from medprobe.extract.runner import default_workers
 from medprobe.finetune.augment import EpochShuffle, EvalImages, TrainImages
 from medprobe.finetune.blocks import apply_unfreeze, backbone_blocks, final_norms, parse_unfreeze
 from medprobe.finetune.checkpoint import load_training_state, load_weights, save_training_state, save_weights
@@ -31,6 +28,8 @@ from medprobe.models.registry import auto_pools, resolve_model
 from medprobe.progress import STDERR, progress_bar
 from medprobe.results.metrics import balanced_accuracy, test_report
 from medprobe.results.record import fold_sizes, run_header, safe_name, save_run
+from medprobe.runtime.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
+from medprobe.runtime.workers import default_workers, start_worker
 
 
 class Classifier(nn.Module):
@@ -118,7 +117,7 @@ class FoldTrainer:
     def _loader(self, data, sampler=None, drop_last: bool = False) -> DataLoader:
         return DataLoader(data, batch_size=self.settings.batch_size, sampler=sampler, num_workers=self.workers,
                           pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
-                          drop_last=drop_last, worker_init_fn=ignore_interrupts)
+                          drop_last=drop_last, worker_init_fn=start_worker)
 
     def train(self, fold: Fold, show_progress: bool) -> dict:
         s = self.settings
@@ -145,7 +144,7 @@ class FoldTrainer:
         folder = self.checkpoint_dir(fold)
         last, best = folder / "last.safetensors", folder / "best.safetensors"
         progress = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "stale_epochs": 0, "history": [],
-                    "train_seconds": 0.0, "train_images": 0}
+                    "train_seconds": 0.0, "train_images": 0, "train_steps": 0}
         if s.resume and last.exists():
             progress = load_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler)
         shuffle = EpochShuffle(len(fold.train), s.seed)
@@ -161,7 +160,7 @@ class FoldTrainer:
             model.train()
             if frozen:
                 model.backbone.eval()  # nothing of the backbone changes, batch-norm statistics included
-            started, losses = time.perf_counter(), []
+            started, losses, seen = time.perf_counter(), [], 0
             description = f"fold {fold.index} epoch {epoch + 1}/{s.epochs}"
             with progress_bar(description, total=images_per_epoch, enabled=show_progress) as advance:
                 for pixels, labels in train_loader:
@@ -176,9 +175,11 @@ class FoldTrainer:
                     optimizer.step()
                     scheduler.step()
                     losses.append(float(loss.detach()))
+                    seen += len(labels)
                     advance(len(labels))
             progress["train_seconds"] += time.perf_counter() - started
-            progress["train_images"] += images_per_epoch
+            progress["train_images"] += seen
+            progress["train_steps"] = progress.get("train_steps", 0) + len(losses)  # older checkpoints lack it
             val_scores = predict(model, val_loader, self.device, self.precision, len(fold.val))
             score = balanced_accuracy(self.y[fold.val], val_scores)
             progress["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
@@ -202,7 +203,8 @@ class FoldTrainer:
             "val_balanced_accuracy": progress["best_score"],
             "trainable_parameters": trainable_backbone + head_params,
             "total_parameters": sum(p.numel() for p in model.parameters()),
-            "train_seconds": progress["train_seconds"],
+            "train_seconds": progress["train_seconds"], "train_images": progress["train_images"],
+            "train_steps": progress.get("train_steps", 0),
             "train_images_per_second": progress["train_images"] / max(progress["train_seconds"], 1e-9),
             "preprocessing": prep.to_dict(), "pools": model.pools,
         }
@@ -250,6 +252,8 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
         "cost": {"trainable_parameters": results[0]["trainable_parameters"],
                  "total_parameters": results[0]["total_parameters"], "wall_seconds": round(wall, 3),
                  "train_images_per_second": round(float(np.mean([r["train_images_per_second"] for r in results])), 2),
+                 "train_images": sum(r["train_images"] for r in results),
+                 "optimizer_steps": sum(r["train_steps"] for r in results),
                  "peak_memory_mb": round(peak_memory_mb(trainer.device), 1), "device": str(trainer.device),
                  "device_name": device_name(trainer.device), "precision": trainer.precision},
     }
