@@ -63,7 +63,7 @@ def test_efficientnet_lite0_bf16_matches_fp32(image_folder, cache_dir):
     fp32 = read_features(fp32_report.path, dataset.ids, "gap")
     bf16 = read_features(bf16_report.path, dataset.ids, "gap")
     cos = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
-    assert cos.min() > 0.98
+    assert cos.min() >= 0.996  # the README's figure
 
 
 def test_rerun_is_up_to_date_without_loading_weights(tiny_dinov2, image_folder, cache_dir, monkeypatch):

@@ -5,7 +5,8 @@ import csv
 import numpy as np
 import pytest
 import torch
-from conftest import blob_patients
+from conftest import blob_image, blob_patients
+from PIL import Image
 from probe_helpers import write_cache
 from safetensors.torch import load_file
 
@@ -143,8 +144,53 @@ def test_layer_decay_and_class_weights(blobs, tiny_dinov2, tmp_path):
     assert any(p is model.backbone.layernorm.weight for p in depth4)  # the final norm sits with the top block
     grouped = sum(p.numel() for g in groups for p in g["params"])
     assert grouped == sum(p.numel() for p in model.parameters())
-    record = run(blobs, tiny_dinov2, tmp_path / "out", epochs=1, layer_decay=0.75, class_weights=True)
-    assert record["settings"]["layer_decay"] == 0.75 and record["settings"]["class_weights"] is True
+
+
+def test_layer_decay_reaches_the_optimizer_the_trainer_steps(blobs, tiny_dinov2, tmp_path):
+    """A decay so steep that every block below the top one trains at a learning rate of ~1e-39: the embeddings
+    stay where they were (a zero bias may become a subnormal) while the top block moved; without decay the
+    embeddings move too."""
+    original = load_backbone(resolve_model(str(tiny_dinov2))).module.state_dict()
+
+    def largest_change(out_dir, prefix):
+        tuned = best_weights(out_dir, "tiny-dinov2")
+        return max(float((tuned[f"backbone.{k}"] - v).abs().max()) for k, v in original.items()
+                   if k.startswith(prefix) and v.is_floating_point())
+
+    record = run(blobs, tiny_dinov2, tmp_path / "decayed", epochs=2, layer_decay=1e-9, patience=5)
+    assert record["settings"]["layer_decay"] == 1e-9
+    assert largest_change(tmp_path / "decayed", "embeddings.") < 1e-30
+    assert largest_change(tmp_path / "decayed", "encoder.layer.3.") > 1e-5  # the top block (of 4): full rate
+    run(blobs, tiny_dinov2, tmp_path / "plain", epochs=2, patience=5)
+    assert largest_change(tmp_path / "plain", "embeddings.") > 1e-5
+
+
+def test_class_weights_weigh_the_loss_by_inverse_training_frequency(tmp_path, tiny_timm_models, monkeypatch):
+    from medprobe.data.splits import dataset_splits
+    from medprobe.finetune import runner
+
+    rng = np.random.default_rng(0)
+    rows = ["path,label"]
+    for i in range(32):  # 3:1 imbalance
+        label = int(i % 4 == 0)
+        Image.fromarray(blob_image(rng, label)).save(tmp_path / f"{i:02d}.png")
+        rows.append(f"{i:02d}.png,class{label}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    dataset = load_dataset(tmp_path / "labels.csv")
+    real_loss, weights_used = torch.nn.CrossEntropyLoss, []
+
+    def recording_loss(weight=None, **kwargs):
+        weights_used.append(None if weight is None else weight.cpu().numpy())
+        return real_loss(weight=weight, **kwargs)
+
+    monkeypatch.setattr(runner.nn, "CrossEntropyLoss", recording_loss)
+    weighted = run(dataset, tiny_timm_models["resnet"], tmp_path / "weighted", epochs=2, class_weights=True)
+    plain = run(dataset, tiny_timm_models["resnet"], tmp_path / "plain", epochs=2)
+    counts = np.bincount(dataset.targets()[dataset_splits(dataset, folds=3, seed=0).folds[0].train])
+    assert weighted["settings"]["class_weights"] is True and counts[0] > 2 * counts[1]
+    np.testing.assert_allclose(weights_used[0], counts.sum() / (2 * counts), rtol=1e-6)
+    assert weights_used[1] is None
+    assert weighted["history"] != plain["history"]  # the weighting changed the training itself
 
 
 def test_results_do_not_depend_on_the_number_of_workers(blobs, tiny_timm_models, tmp_path):
