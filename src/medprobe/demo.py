@@ -123,9 +123,12 @@ def write_experiment(out_dir: Path, *, backbones: list[str], xray: Path, glioma:
     for spec in glioma:
         lines += ["[[datasets]]", f'data = "{spec.relative_to(out_dir).as_posix()}"', "ordinal = true",
                   "finetune = false", ""]
-    lines += ["[probe]", 'classifiers = ["logreg", "svm", "knn"]', "",
+    # fp32 throughout: `auto` would pick bf16 on CPUs that have it, and the demo's numbers would then depend
+    # on which CPU ran it
+    lines += ["[extract]", 'precision = "fp32"', "",
+              "[probe]", 'classifiers = ["logreg", "svm", "knn"]', "",
               "[finetune]", 'modes = ["none", "all"]', f"epochs = {epochs}", "batch_size = 16", "lr = 1e-4",
-              "head_lr = 1e-2", "warmup_epochs = 0.5", ""]
+              "head_lr = 1e-2", "warmup_epochs = 0.5", 'precision = "fp32"', ""]
     path = out_dir / "experiment.toml"
     path.write_text("\n".join(lines))
     return path
