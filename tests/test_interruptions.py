@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +39,14 @@ def medprobe(*args) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_new_batch(journal: Path, process: subprocess.Popen, timeout: float = 60) -> bool:
-    """Until this process has journaled a batch (files left by a killed run are older than it)."""
+def wait_for_new_file(folder: Path, pattern: str, process: subprocess.Popen, timeout: float = 120) -> bool:
+    """Until this process has written a file matching `pattern` under `folder` (files left by an earlier run
+    are older than it): from then on a stop lands mid-run, with finished work to keep."""
     started, deadline = time.time(), time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
-        for batch in journal.glob("batch-*.npz") if journal.is_dir() else []:
+        for found in folder.glob(pattern) if folder.is_dir() else []:
             try:
-                if batch.stat().st_mtime > started:
+                if found.stat().st_mtime > started:
                     return True
             except FileNotFoundError:  # committed and removed meanwhile
                 pass
@@ -52,7 +54,38 @@ def wait_for_new_batch(journal: Path, process: subprocess.Popen, timeout: float 
     return False
 
 
-def test_extraction_survives_24_random_kills(tmp_path):
+@dataclass
+class Stop:
+    landed: bool  # the run had saved work (a new file) and died of the signal, not of anything else
+    returncode: int
+    err: str
+
+
+def stop_once_it_saved(command: list, folder: Path, pattern: str, how: signal.Signals, delay: float) -> Stop:
+    """Start `medprobe COMMAND`, wait until it has written a file matching `pattern` under `folder`, wait
+    `delay` more, send `how` to its whole process group. A Ctrl-C that reached a running process must end
+    in the one line and exit code 130 (or the run had just finished)."""
+    process = medprobe(*command)
+    saved = wait_for_new_file(folder, pattern, process)
+    time.sleep(delay)
+    signalled = process.poll() is None
+    if signalled:
+        os.killpg(process.pid, how)
+    _, err = process.communicate(timeout=300)
+    if how == signal.SIGINT and signalled:
+        assert process.returncode in (0, 130), (process.returncode, err)
+    if process.returncode == 130:
+        assert_one_line_interrupt(err)
+    return Stop(saved and process.returncode == (-9 if how == signal.SIGKILL else 130), process.returncode, err)
+
+
+def assert_one_line_interrupt(err: str) -> None:
+    """Ctrl-C's whole story is one `interrupted: ...` line: no traceback from any process or thread."""
+    assert [line for line in err.splitlines() if line.startswith("interrupted: ")], err
+    assert "run the same command" in err and "Traceback" not in err and "Exception" not in err, err
+
+
+def test_extraction_survives_24_stops_mid_run_and_kills_anywhere(tmp_path):
     from conftest import save_tiny_timm
 
     data = many_images(tmp_path / "data", 1200)
@@ -67,24 +100,25 @@ def test_extraction_survives_24_random_kills(tmp_path):
     command = ["extract", data, "--model", model, "--cache-dir", cache, "--device", "cpu", "--precision", "fp32",
                "--batch-size", 4, "--workers", 1]
     rng = np.random.default_rng(0)
-    outcomes = []
-    for attempt in range(60):  # until 24 stops landed (a run that finished first is no stop)
-        if sum(code in (-9, 130) for _, code in outcomes) >= 24:
+    mid_run = {"SIGKILL": 0, "SIGINT": 0}  # stops that landed after this run journalled a batch
+    anywhere = 0  # SIGKILLs at a random time: start-up, planning, recovery, commit
+    for attempt in range(80):
+        more_mid_run, more_anywhere = min(mid_run.values()) < 12, anywhere < 6
+        if not (more_mid_run or more_anywhere):
             break
         if path.exists() and read_contents(path).done.all() and not journal_dir(path).exists():
-            path.unlink()  # all extracted between kills: start another cycle (the final check still holds)
-        process = medprobe(*command)
-        how = signal.SIGINT if attempt % 2 else signal.SIGKILL
-        if attempt % 4 == 0:  # anywhere: start-up, planning, recovery, commit
+            path.unlink()  # all extracted between stops: start another cycle (the final check still holds)
+        if (attempt % 4 == 0 and more_anywhere) or not more_mid_run:
+            process = medprobe(*command)
             time.sleep(rng.uniform(0.2, 4.0))
-        elif wait_for_new_batch(journal_dir(path), process):  # mid-extraction
-            time.sleep(rng.uniform(0.0, 0.3))
-        if process.poll() is None:
-            os.killpg(process.pid, how)
-        out, err = process.communicate(timeout=120)
-        outcomes.append((how.name, process.returncode))
-        if how == signal.SIGINT and process.returncode == 130:
-            assert "run the same command again to resume" in err and "Traceback" not in err, err
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.communicate(timeout=120)
+            anywhere += process.returncode == -9
+        else:
+            how = signal.SIGINT if mid_run["SIGINT"] < mid_run["SIGKILL"] else signal.SIGKILL
+            stop = stop_once_it_saved(command, journal_dir(path), "batch-*.npz", how, rng.uniform(0.0, 0.3))
+            mid_run[how.name] += stop.landed
         if path.exists():  # every stop leaves a complete, valid cache whose done rows are the right ones
             assert verify(path).ok
             contents = read_contents(path)
@@ -92,7 +126,7 @@ def test_extraction_survives_24_random_kills(tmp_path):
             positions = [dataset.ids.index(i) for i in done]
             for pool in pools:
                 assert np.array_equal(read_features(path, done, pool), expected[pool][positions])
-    assert sum(code == -9 for _, code in outcomes) >= 8 and sum(code == 130 for _, code in outcomes) >= 8, outcomes
+    assert mid_run == {"SIGKILL": 12, "SIGINT": 12} and anywhere >= 6, (mid_run, anywhere)
     final = medprobe(*command)
     out, err = final.communicate(timeout=300)
     assert final.returncode == 0, err
@@ -102,28 +136,27 @@ def test_extraction_survives_24_random_kills(tmp_path):
     assert not journal_dir(path).exists()
 
 
-def test_finetune_resume_after_kills_equals_an_uninterrupted_run(tmp_path, tiny_timm_models):
+def test_finetune_resume_after_5_stops_mid_training_equals_an_uninterrupted_run(tmp_path, tiny_timm_models):
     data = many_images(tmp_path / "data", 48)
     model = tiny_timm_models["resnet"]
-    common = ["finetune", data, "--model", model, "--epochs", 8, "--batch-size", 8, "--workers", 0, "--fold", 0,
+    # one loader worker, so Ctrl-C also meets fine-tuning's worker processes
+    common = ["finetune", data, "--model", model, "--epochs", 10, "--batch-size", 8, "--workers", 1, "--fold", 0,
               "--folds", 3, "--precision", "fp32", "--device", "cpu", "--bootstrap", 50, "--patience", 10]
-    started = time.monotonic()
     reference = medprobe(*common, "--out", tmp_path / "reference")
     assert reference.wait(timeout=300) == 0, reference.stderr.read()
-    duration = time.monotonic() - started
     checkpoints = tmp_path / "resumed"
     rng = np.random.default_rng(1)
-    kills = 0
-    for _attempt in range(12):  # until 5 kills landed mid-run (a resumed run has less left to do)
-        process = medprobe(*common, "--out", checkpoints, "--resume")
-        time.sleep(rng.uniform(1.5, max(2.0, 0.6 * duration)))
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            kills += 1
-        process.communicate(timeout=300)
-        if kills == 5:
+    stops = []
+    for attempt in range(15):  # until 5 stops landed after an epoch this run checkpointed
+        if len(stops) == 5:
             break
-    assert kills >= 3
+        how = signal.SIGINT if attempt % 2 else signal.SIGKILL
+        # anywhere in the next epoch, or in its checkpoint write
+        stop = stop_once_it_saved([*common, "--out", checkpoints, "--resume"], checkpoints, "**/last.safetensors",
+                                  how, rng.uniform(0.0, 0.5))
+        stops += [how.name] if stop.landed else []
+        assert stop.returncode != 130 or "--resume" in stop.err, stop.err
+    assert len(stops) == 5 and {"SIGKILL", "SIGINT"} <= set(stops), stops
     final = medprobe(*common, "--out", checkpoints, "--resume")
     assert final.wait(timeout=300) == 0, final.stderr.read()
     [expected] = list((tmp_path / "reference").rglob("*.predictions.csv"))

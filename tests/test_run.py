@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import shutil
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from rich.console import Console
-from test_interruptions import many_images, medprobe
+from test_interruptions import many_images, stop_once_it_saved
 from volume_helpers import glioma_cohort, write_spec
 
+from medprobe.cache import read_contents
 from medprobe.cli import main
 from medprobe.errors import MedprobeError
 from medprobe.run.experiment import load_experiment
@@ -40,6 +42,10 @@ def test_demo_runs_offline_with_every_method_in_the_report(tmp_path, monkeypatch
     glioma = [row for row in rows if row["dataset"] == "glioma-t1c" and row["method"] == "logreg"][0]
     assert glioma["patient_balanced_accuracy"], "slices aggregate to patients"
     assert "<img" in summary.report_html.read_text()
+    caches = list((tmp_path / "demo").rglob("*.h5"))
+    assert caches and {read_contents(path).attrs["precision"] for path in caches} == {"fp32"}  # same on every CPU
+    finetuned = [json.loads(p.read_text()) for p in (tmp_path / "demo").rglob("*finetune-*.json")]
+    assert finetuned and {record["cost"]["precision"] for record in finetuned} == {"fp32"}
     again = Runner(load_experiment(experiment), QUIET).run(show_progress=False)
     assert again.count("done") == len(again.steps)  # a rerun skips everything
 
@@ -97,14 +103,19 @@ def test_run_resumes_after_kills_and_ends_with_the_same_results(tmp_path, tiny_t
 
     experiment = small_study(tmp_path / "b", model, vit)
     rng = np.random.default_rng(3)
-    for attempt in range(6):
-        process = medprobe("run", experiment)
-        time.sleep(rng.uniform(3.0, 12.0))
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT if attempt % 2 else signal.SIGKILL)
-        out, err = process.communicate(timeout=300)
-        if process.returncode == 130:
-            assert "\ninterrupted: " in "\n" + err and "run the same command again to resume" in err, err
+    stops = []
+    for attempt in range(14):  # until six stops landed after this run saved a step's work
+        if len(stops) == 6:
+            break
+        how = signal.SIGINT if attempt % 2 else signal.SIGKILL
+        # saved work: a journal batch (results/ holds records only once a step finished)
+        stop = stop_once_it_saved(["run", experiment], tmp_path / "b" / "cache", "**/batch-*.npz", how,
+                                  rng.uniform(0.0, 3.0))
+        stops += [how.name] if stop.landed else []
+        if stop.returncode == 0:  # finished before the stop: the study starts again from nothing
+            shutil.rmtree(tmp_path / "b" / "results")
+            shutil.rmtree(tmp_path / "b" / "cache")
+    assert len(stops) == 6 and {"SIGKILL", "SIGINT"} <= set(stops), stops
     with pytest.raises(SystemExit):
         main(["run", str(experiment), "--dry-run"])
     plan = capsys.readouterr().out

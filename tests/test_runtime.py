@@ -16,18 +16,22 @@ from torch.utils.data import DataLoader, IterableDataset
 from medprobe.runtime.workers import DEBUG_VARIABLE, start_worker
 
 
-class SharingStrategies(IterableDataset):
+class Batches(IterableDataset):
     def __iter__(self):
-        for _ in range(3):
-            yield torch.multiprocessing.get_sharing_strategy(), torch.zeros(4)
+        yield torch.arange(6, dtype=torch.float32).reshape(2, 3)
+        yield torch.tensor([1.5, -2.0], dtype=torch.bfloat16)
+        yield torch.zeros((), dtype=torch.int64)
 
 
-def test_workers_share_tensors_by_file_name_and_the_main_process_keeps_its_default():
-    default = torch.multiprocessing.get_sharing_strategy()
-    loader = DataLoader(SharingStrategies(), batch_size=None, num_workers=1, worker_init_fn=start_worker)
-    strategies = {strategy for strategy, tensor in loader}
-    assert strategies == {"file_system"}
-    assert torch.multiprocessing.get_sharing_strategy() == default
+def test_workers_send_tensors_by_value_not_through_shared_memory():
+    loader = DataLoader(Batches(), batch_size=None, num_workers=1, worker_init_fn=start_worker)
+    received = list(loader)
+    assert [t.dtype for t in received] == [torch.float32, torch.bfloat16, torch.int64]
+    assert torch.equal(received[0], torch.arange(6, dtype=torch.float32).reshape(2, 3))
+    assert received[1].tolist() == [1.5, -2.0] and received[2].shape == ()
+    assert not any(t.is_shared() for t in received)  # torch's own reducers would hand over shared memory
+    plain = list(DataLoader(Batches(), batch_size=None, num_workers=1))
+    assert all(t.is_shared() for t in plain)
 
 
 # A loader sending small batches as fast as it can: the main process spends most of its time receiving them,

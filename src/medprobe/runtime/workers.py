@@ -1,15 +1,18 @@
 """DataLoader workers that stop quietly on Ctrl-C, by construction.
 
-A worker's batches reach the main process through shared memory. torch's default way of sharing it
-(`file_descriptor`) passes each tensor's file descriptor over a socket served by a background thread in the
-worker (multiprocessing's resource sharer); a Ctrl-C that lands while the main process is receiving one resets
-that socket, and the thread prints a traceback through `sys.excepthook`. Workers here share by file name
-(`file_system`): the main process opens the segment itself, there is no socket and no serving thread, and
-torch's shm manager unlinks the segments when the processes are gone (SIGKILL included).
+torch hands a worker's tensors to the main process through shared memory: by default it passes each
+tensor's file descriptor over a socket served by a background thread in the worker (multiprocessing's
+resource sharer), and a Ctrl-C that lands while the main process is receiving one resets that socket: the
+thread printed a ConnectionResetError traceback (in a loop stopping a fast loader, about half the time).
+Sharing by file name instead leaves a shm manager between the processes, and a process interrupted
+mid-transfer was seen to hang at exit under load. So workers here send tensors *by value*: their bytes
+travel pickled through the DataLoader's pipe, and the main process rebuilds them as ordinary tensors.
+No socket, no serving thread, no shared segment to clean up; the price is one copy of each batch, which
+is small next to decoding and the forward pass.
 
-Exceptions that still reach a background thread's hook in a worker, or any thread of the main process once it
-is shutting down after an interrupt, mean only that the other side is gone: they are kept off the terminal,
-and printed in full under `--debug`.
+Exceptions that still reach a background thread's hook in a worker, or any thread of the main process once
+it is shutting down after an interrupt, mean only that the other side is gone: they are kept off the
+terminal, and printed in full under `--debug`.
 """
 
 from __future__ import annotations
@@ -41,11 +44,27 @@ def debugging() -> bool:
 def start_worker(_worker_id: int) -> None:
     """`worker_init_fn` of every DataLoader: Ctrl-C is the main process's to handle (it saves the work and
     stops the workers); tensors are shared by file name; background-thread errors stay quiet."""
-    import torch.multiprocessing
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.multiprocessing.set_sharing_strategy("file_system")
+    ForkingPickler.register(torch.Tensor, tensor_by_value)  # this worker only: replaces torch's shared-memory reducer
     quiet_background_errors(only=SHUTDOWN_ERRORS)
+
+
+def tensor_by_value(tensor):
+    """Pickle a tensor as a numpy array of its bytes (so any dtype, bf16 included), rebuilt by `tensor_from_array`."""
+    import torch
+
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return tensor_from_array, (flat.view(torch.uint8).numpy(), flat.dtype, tuple(tensor.shape))
+
+
+def tensor_from_array(array, dtype, shape: tuple[int, ...]):
+    import torch
+
+    return torch.from_numpy(array).view(dtype).reshape(shape)
 
 
 def quiet_background_errors(*, only: tuple[type[BaseException], ...] = (BaseException,)) -> None:
