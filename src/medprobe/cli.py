@@ -158,6 +158,7 @@ def probe_command(
                              fuse=fuse, coarse_to_fine=coarse_to_fine, save_model=save_model, backend=backend,
                              scheduler=scheduler, out_of_core=out_of_core, memory_fraction=memory_fraction)
     dataset = _dataset(data)
+    dataset.require_labels()
     if classes:
         dataset = dataset.with_class_order([c.strip() for c in classes.split(",")])
     records = probe(dataset=dataset, models=list(model) if model else None, cache_dir=_cache_dir(cache_dir),
@@ -203,7 +204,9 @@ def finetune_command(
         warmup_epochs=warmup_epochs, patience=patience, class_weights=class_weights, batch_size=batch_size,
         precision=precision, device=device, workers=workers, image_size=image_size, seed=seed, folds=folds,
         fold=None if fold == "all" else int(fold), bootstrap=bootstrap, ordinal=ordinal, resume=resume)
-    record = finetune(dataset=_dataset(data), model=model, settings=settings, out_dir=out)
+    dataset = _dataset(data)
+    dataset.require_labels()
+    record = finetune(dataset=dataset, model=model, settings=settings, out_dir=out)
     console.print(records_table([record]))
     cost = record["cost"]
     console.print(f"trainable {cost['trainable_parameters']:,} of {cost['total_parameters']:,} parameters, "
@@ -244,12 +247,13 @@ def inspect_command(
     dataset = _dataset(data)
     with progress_bar("decode", total=len(dataset.samples), enabled=decode) as advance:
         summary = summarize(dataset, decode=decode, on_progress=advance)
-    console.print(f"dataset {summary.name} ({summary.source}): {summary.samples} images, "
-              f"{len(summary.classes)} classes, {summary.groups} groups")
+    labels = f"{len(summary.classes)} classes" if summary.classes else "no labels"
+    console.print(f"dataset {summary.name} ({summary.source}): {summary.samples} images, {labels}, "
+                  f"{summary.groups} groups")
     table = Table("split", *summary.classes, "total")
     for split, counts in summary.splits.items():
         table.add_row(split, *(str(counts.get(c, 0)) for c in summary.classes), str(sum(counts.values())))
-    table.add_row("all", *(str(n) for n in summary.classes.values()), str(summary.samples))
+    table.add_row("all", *(str(n) for n in summary.classes.values()), str(summary.samples))  # none: totals only
     console.print(table)
     if summary.samples_per_group:
         low, high = summary.samples_per_group
@@ -420,10 +424,30 @@ for _typer_app in (app, datasets_app, cache_app):
         _command.callback = _interruptible(_command.callback)
 
 
+def _take_library_warnings() -> Counter:
+    dicom = sys.modules.get("medprobe.data.dicom")
+    return dicom.take_warnings() if dicom else Counter()
+
+
+def _print_library_warnings(debug: bool) -> None:
+    """pydicom's warnings as one counted line (each was printed in full under --debug)."""
+    counted = _take_library_warnings()
+    if counted and not debug:
+        first = next(iter(counted))
+        print(f"note: pydicom warned {sum(counted.values())} time(s) about {len(counted)} thing(s), e.g. {first}; "
+              "--debug shows each", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
+    import os
+
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    previous_debug = os.environ.get("MEDPROBE_DEBUG")
+    _take_library_warnings()  # count this command's only
+    if debug:
+        os.environ["MEDPROBE_DEBUG"] = "1"  # decoding workers inherit it: library warnings in full
     try:
         app(args=args, prog_name="medprobe")
     except Interrupted as exc:
@@ -434,3 +458,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        _print_library_warnings(debug)
+        if debug and previous_debug is None:
+            os.environ.pop("MEDPROBE_DEBUG", None)

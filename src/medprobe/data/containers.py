@@ -1,0 +1,83 @@
+"""Readers of samples stored inside one container file: the frames of a multi-frame DICOM, the images of a
+MedMNIST .npz, the rows of a Hugging Face dataset. A container is read once per decode unit (all of its
+samples that are extracted together) and hands out each member's 8-bit RGB picture. A reader registers
+itself under the `Member.kind` it serves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from PIL import Image
+
+from medprobe.data.images import check_size
+from medprobe.data.windows import Window, window_planes
+from medprobe.errors import MedprobeError
+
+CONTAINERS: dict[str, type[Container]] = {}
+
+
+def register(cls: type[Container]) -> type[Container]:
+    CONTAINERS[cls.kind] = cls
+    return cls
+
+
+class Container:
+    kind: ClassVar[str]
+
+    def __init__(self, path: Path, windows: Sequence[Window]) -> None:
+        self.path, self.windows = path, tuple(windows)
+
+    def image(self, key: str) -> Image.Image:
+        raise NotImplementedError
+
+
+def open_container(kind: str, path: Path, windows: Sequence[Window]) -> Container:
+    if kind not in CONTAINERS:
+        raise MedprobeError(f"{path}: unknown container kind {kind!r}; known: {', '.join(CONTAINERS)}")
+    return CONTAINERS[kind](path, windows)
+
+
+def array_rgb(pixels: np.ndarray, windows: Sequence[Window], source: str) -> Image.Image:
+    """An image array as 8-bit RGB: (H, W) grayscale through the windows (uint8 stays as stored under the
+    default window), (H, W, 3) uint8 colour as is, (H, W, 1) as grayscale."""
+    from medprobe.data.windows import DEFAULT_WINDOWS
+
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    if pixels.ndim == 3 and pixels.shape[-1] == 3 and pixels.dtype == np.uint8:
+        image = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
+    elif pixels.ndim == 2:
+        if pixels.dtype == np.uint8 and tuple(windows) == DEFAULT_WINDOWS:
+            image = Image.fromarray(np.ascontiguousarray(pixels), mode="L").convert("RGB")
+        else:
+            image = Image.fromarray(window_planes(pixels, windows), mode="RGB")
+    else:
+        raise MedprobeError(f"{source}: an image of shape {pixels.shape} ({pixels.dtype}) is neither grayscale nor "
+                            "8-bit RGB; convert it")
+    check_size(image, source)
+    return image
+
+
+@register
+class DicomFrames(Container):
+    """`file.dcm#frame:3`: frame 3 (0-based) of a multi-frame DICOM."""
+
+    kind: ClassVar[str] = "dicom-frame"
+
+    def __init__(self, path: Path, windows: Sequence[Window]) -> None:
+        from medprobe.data.dicom import read_dataset
+        from medprobe.data.images import read_image_bytes
+
+        super().__init__(path, windows)
+        self.dataset = read_dataset(read_image_bytes(path), path)
+
+    def image(self, key: str) -> Image.Image:
+        from medprobe.data.dicom import dataset_rgb
+
+        source = f"{self.path}#frame:{key}"
+        image = dataset_rgb(self.dataset, source, frame=int(key), windows=self.windows)
+        check_size(image, source)
+        return image
