@@ -27,17 +27,18 @@ def register(cls: type[Container]) -> type[Container]:
 class Container:
     kind: ClassVar[str]
 
-    def __init__(self, path: Path, windows: Sequence[Window]) -> None:
+    def __init__(self, path: Path, data: bytes, windows: Sequence[Window]) -> None:
         self.path, self.windows = path, tuple(windows)
 
     def image(self, key: str) -> Image.Image:
         raise NotImplementedError
 
 
-def open_container(kind: str, path: Path, windows: Sequence[Window]) -> Container:
+def open_container(kind: str, path: Path, data: bytes, windows: Sequence[Window]) -> Container:
+    """`data`: the container file's bytes, read once for its fingerprint and its pixels."""
     if kind not in CONTAINERS:
         raise MedprobeError(f"{path}: unknown container kind {kind!r}; known: {', '.join(CONTAINERS)}")
-    return CONTAINERS[kind](path, windows)
+    return CONTAINERS[kind](path, data, windows)
 
 
 def array_rgb(pixels: np.ndarray, windows: Sequence[Window], source: str) -> Image.Image:
@@ -67,12 +68,11 @@ class DicomFrames(Container):
 
     kind: ClassVar[str] = "dicom-frame"
 
-    def __init__(self, path: Path, windows: Sequence[Window]) -> None:
+    def __init__(self, path: Path, data: bytes, windows: Sequence[Window]) -> None:
         from medprobe.data.dicom import read_dataset
-        from medprobe.data.images import read_image_bytes
 
-        super().__init__(path, windows)
-        self.dataset = read_dataset(read_image_bytes(path), path)
+        super().__init__(path, data, windows)
+        self.dataset = read_dataset(data, path)
 
     def image(self, key: str) -> Image.Image:
         from medprobe.data.dicom import dataset_rgb
@@ -81,3 +81,29 @@ class DicomFrames(Container):
         image = dataset_rgb(self.dataset, source, frame=int(key), windows=self.windows)
         check_size(image, source)
         return image
+
+
+@register
+class MedMNISTImages(Container):
+    """`train/000123` of a MedMNIST .npz (`train_images[123]`), or `train/000123#slice:14`: plane 14 along
+    the first axis of a 3-D variant's volume."""
+
+    kind: ClassVar[str] = "medmnist"
+
+    def __init__(self, path: Path, data: bytes, windows: Sequence[Window]) -> None:
+        import io
+
+        super().__init__(path, data, windows)
+        try:
+            self.arrays = np.load(io.BytesIO(data))
+        except (OSError, ValueError) as exc:
+            raise MedprobeError(f"cannot read MedMNIST file {path}: {exc}; download it again") from exc
+        self.images: dict[str, np.ndarray] = {}
+
+    def image(self, key: str) -> Image.Image:
+        split, _, rest = key.partition("/")
+        index, _, plane = rest.partition("#slice:")
+        if split not in self.images:
+            self.images[split] = self.arrays[f"{split}_images"]
+        pixels = self.images[split][int(index)]
+        return array_rgb(pixels[int(plane)] if plane else pixels, self.windows, f"{self.path}:{key}")

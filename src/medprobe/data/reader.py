@@ -91,8 +91,9 @@ def _read_members(samples: Sequence[Sample], positions: list[int], root: Path) -
     first = samples[positions[0]]
     try:
         stat = sample_stat(first, root)
-        fingerprint = combine_fingerprints(first, [files_fingerprint(read_files(first.path))])
-        container = open_container(first.member.kind, first.path, first.windows)
+        blobs = read_files(first.path)
+        fingerprint = combine_fingerprints(first, [files_fingerprint(blobs)])
+        container = open_container(first.member.kind, first.path, blobs.get(first.path, b""), first.windows)
     except (MedprobeError, OSError) as exc:
         for position in positions:
             yield Decoded(position, None, error=str(exc))

@@ -41,6 +41,7 @@ class Member:
 
     kind: str
     key: str
+    chunk: int = 0  # members of one container are decoded in units of one chunk (bounded memory, parallel)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Sample:
         if self.slice is not None:
             return self.slice.channels, self.windows, self.slice.volume_index
         if self.member is not None:
-            return self.path, self.member.kind, self.windows
+            return self.path, self.member.kind, self.member.chunk, self.windows
         return None
 
     @property

@@ -37,12 +37,35 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise MedprobeError(f"{path} is not valid TOML ({exc}); fix the file") from exc
 
 
+def _medmnist(path: Path) -> Dataset:
+    from medprobe.data.medmnist import load_medmnist
+
+    return load_medmnist(path)
+
+
+def _named_medmnist(text: str) -> Dataset:
+    from medprobe.data.medmnist import load_medmnist, resolve
+
+    return load_medmnist(resolve(text), source=text)
+
+
+NAMED_SOURCES = {"medmnist:": _named_medmnist}  # DATA forms that name a dataset instead of a path
+
+
+def _named(data: str | Path) -> str | None:
+    text = str(data)
+    return next((prefix for prefix in NAMED_SOURCES if text.startswith(prefix)), None)
+
+
 def resolve_data_argument(data: str | Path | None, cwd: Path | None = None) -> Path:
     """DATA as given, or the dataset named by ./medprobe.toml (`[dataset] path = ...`)."""
+    if data is not None and _named(data):
+        return Path(str(data))  # resolved by load_dataset
     if data is not None:
         path = Path(data).expanduser()
         if not path.exists():
-            raise MedprobeError(f"DATA {path} does not exist; pass a class folder, a CSV manifest or a .toml spec")
+            raise MedprobeError(f"DATA {path} does not exist; pass a class folder, a CSV manifest, a .toml spec or a "
+                                "MedMNIST .npz")
         return path
     project = (cwd or Path.cwd()) / PROJECT_FILE
     if not project.is_file():
@@ -60,6 +83,9 @@ def resolve_data_argument(data: str | Path | None, cwd: Path | None = None) -> P
 
 
 def load_dataset(path: Path) -> Dataset:
+    prefix = _named(path)
+    if prefix:
+        return NAMED_SOURCES[prefix](str(path))
     path = Path(path)
     if path.is_dir():
         return _from_folder(path, name=path.name)
@@ -68,7 +94,10 @@ def load_dataset(path: Path) -> Dataset:
         return _from_manifest(path, name=f"{path.resolve().parent.name}-{path.stem}", options=None)
     if suffix == ".toml":
         return _from_spec(path)
-    raise MedprobeError(f"DATA {path} is not a folder, a .csv manifest or a .toml spec; pass one of those")
+    if suffix == ".npz":
+        return _medmnist(path)
+    raise MedprobeError(f"DATA {path} is not a folder, a .csv manifest, a .toml spec or a MedMNIST .npz; pass one "
+                        "of those")
 
 
 def _from_spec(path: Path) -> Dataset:
