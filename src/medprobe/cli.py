@@ -27,8 +27,12 @@ console = Console(highlight=False, soft_wrap=True)
 if not console.is_terminal:  # piped output keeps whole table rows instead of wrapping at 80 columns
     console = Console(highlight=False, soft_wrap=True, width=200)
 
-DATA_HELP = "A class-folder tree, a CSV manifest (path,label[,group,split]) or a .toml spec; default: ./medprobe.toml"
+DATA_HELP = ("A class-folder tree, an image folder, a CSV manifest (path[,label,group,split]), a .toml spec, a MedMNIST "
+             ".npz (or medmnist:NAME) or hf-dataset:PATH; default: ./medprobe.toml")
 CacheDirOption = typer.Option(None, "--cache-dir", help="Cache folder [default: $MEDPROBE_CACHE or ~/.cache/medprobe]")
+ImageColumnOption = typer.Option(None, "--image-column", help="hf-dataset:PATH: the image column [default: image]")
+LabelColumnOption = typer.Option(None, "--label-column", help="hf-dataset:PATH: the label column [default: label, "
+                                 "none: no labels]")
 
 
 def _cache_dir(value: Path | None) -> Path:
@@ -37,10 +41,10 @@ def _cache_dir(value: Path | None) -> Path:
     return value or default_cache_dir()
 
 
-def _dataset(data: Path | None):
+def _dataset(data: Path | None, image_column: str | None = None, label_column: str | None = None):
     from medprobe.data import load_dataset, resolve_data_argument
 
-    return load_dataset(resolve_data_argument(data))
+    return load_dataset(resolve_data_argument(data), image_column=image_column, label_column=label_column)
 
 
 @app.command("models")
@@ -72,6 +76,8 @@ def extract_command(
     gpus: int = typer.Option(None, "--gpus", min=1, help="Processes, one per GPU, launched with torchrun (with "
                              "--device cpu: CPU processes)"),
     decode: str = typer.Option("cpu", "--decode", help="cpu | gpu: decode and resize JPEGs on the GPU"),
+    image_column: str = ImageColumnOption,
+    label_column: str = LabelColumnOption,
 ) -> None:
     """Embed every image once with each backbone into the HDF5 feature cache (resumable, incremental)."""
     from medprobe.extract import distributed
@@ -83,13 +89,15 @@ def extract_command(
                 f"--batch-size={batch_size}", f"--decode={decode}",
                 *([f"--workers={workers}"] if workers is not None else []),
                 *([f"--image-size={image_size}"] if image_size else []),
-                *([f"--revision={revision}"] if revision else []), *(["--skip-bad"] if skip_bad else [])]
+                *([f"--revision={revision}"] if revision else []), *(["--skip-bad"] if skip_bad else []),
+                *([f"--image-column={image_column}"] if image_column else []),
+                *([f"--label-column={label_column}"] if label_column else [])]
         code = distributed.launch(gpus, device, argv)
         if code:
             raise MedprobeError(f"extraction with --gpus {gpus} failed (torchrun exit code {code}); the failing "
                                 "process's error is printed above")
         return
-    dataset = _dataset(data)
+    dataset = _dataset(data, image_column, label_column)
     for name in model:
         report = extract(dataset=dataset, model=name, cache_dir=_cache_dir(cache_dir), device=device,
                          precision=precision, batch_size=batch_size, workers=workers, image_size=image_size,
@@ -136,6 +144,8 @@ def probe_command(
                                      "for caches larger than memory"),
     memory_fraction: float = typer.Option(0.25, "--memory-fraction", help="Stream automatically when the feature "
                                           "matrix exceeds this share of available memory"),
+    image_column: str = ImageColumnOption,
+    label_column: str = LabelColumnOption,
 ) -> None:
     """Logistic regression, SVM and kNN probes on cached features, with honest splits and bootstrap CIs."""
     from medprobe.data import load_dataset
@@ -157,7 +167,7 @@ def probe_command(
                              bootstrap=bootstrap, n_jobs=n_jobs, ordinal=ordinal, shots=shot_list, repeats=repeats,
                              fuse=fuse, coarse_to_fine=coarse_to_fine, save_model=save_model, backend=backend,
                              scheduler=scheduler, out_of_core=out_of_core, memory_fraction=memory_fraction)
-    dataset = _dataset(data)
+    dataset = _dataset(data, image_column, label_column)
     dataset.require_labels()
     if classes:
         dataset = dataset.with_class_order([c.strip() for c in classes.split(",")])
@@ -192,6 +202,8 @@ def finetune_command(
     ordinal: bool = typer.Option(False, "--ordinal"),
     out: Path = typer.Option(Path("medprobe-results"), "--out", help="Results folder"),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint"),
+    image_column: str = ImageColumnOption,
+    label_column: str = LabelColumnOption,
 ) -> None:
     """Fine-tune a backbone (frozen, partly or fully unfrozen) on the probes' splits; same run records."""
     from medprobe.finetune.runner import FinetuneSettings, finetune
@@ -204,7 +216,7 @@ def finetune_command(
         warmup_epochs=warmup_epochs, patience=patience, class_weights=class_weights, batch_size=batch_size,
         precision=precision, device=device, workers=workers, image_size=image_size, seed=seed, folds=folds,
         fold=None if fold == "all" else int(fold), bootstrap=bootstrap, ordinal=ordinal, resume=resume)
-    dataset = _dataset(data)
+    dataset = _dataset(data, image_column, label_column)
     dataset.require_labels()
     record = finetune(dataset=dataset, model=model, settings=settings, out_dir=out)
     console.print(records_table([record]))
@@ -239,12 +251,14 @@ def report_command(
 def inspect_command(
     data: Path = typer.Argument(None, help=DATA_HELP, show_default=False),
     decode: bool = typer.Option(True, "--decode/--no-decode", help="Decode every image to find unreadable ones"),
+    image_column: str = ImageColumnOption,
+    label_column: str = LabelColumnOption,
 ) -> None:
     """Counts per class, split and group, and every unreadable file."""
     from medprobe.data.inspect import summarize
     from medprobe.progress import progress_bar
 
-    dataset = _dataset(data)
+    dataset = _dataset(data, image_column, label_column)
     with progress_bar("decode", total=len(dataset.samples), enabled=decode) as advance:
         summary = summarize(dataset, decode=decode, on_progress=advance)
     labels = f"{len(summary.classes)} classes" if summary.classes else "no labels"

@@ -27,18 +27,20 @@ def register(cls: type[Container]) -> type[Container]:
 class Container:
     kind: ClassVar[str]
 
-    def __init__(self, path: Path, data: bytes, windows: Sequence[Window]) -> None:
+    def __init__(self, path: Path, windows: Sequence[Window]) -> None:
         self.path, self.windows = path, tuple(windows)
 
     def image(self, key: str) -> Image.Image:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release open files (called once the unit is decoded)."""
 
-def open_container(kind: str, path: Path, data: bytes, windows: Sequence[Window]) -> Container:
-    """`data`: the container file's bytes, read once for its fingerprint and its pixels."""
+
+def open_container(kind: str, path: Path, windows: Sequence[Window]) -> Container:
     if kind not in CONTAINERS:
         raise MedprobeError(f"{path}: unknown container kind {kind!r}; known: {', '.join(CONTAINERS)}")
-    return CONTAINERS[kind](path, data, windows)
+    return CONTAINERS[kind](path, windows)
 
 
 def array_rgb(pixels: np.ndarray, windows: Sequence[Window], source: str) -> Image.Image:
@@ -68,11 +70,12 @@ class DicomFrames(Container):
 
     kind: ClassVar[str] = "dicom-frame"
 
-    def __init__(self, path: Path, data: bytes, windows: Sequence[Window]) -> None:
+    def __init__(self, path: Path, windows: Sequence[Window]) -> None:
         from medprobe.data.dicom import read_dataset
+        from medprobe.data.images import read_image_bytes
 
-        super().__init__(path, data, windows)
-        self.dataset = read_dataset(data, path)
+        super().__init__(path, windows)
+        self.dataset = read_dataset(read_image_bytes(path), path)
 
     def image(self, key: str) -> Image.Image:
         from medprobe.data.dicom import dataset_rgb
@@ -90,15 +93,16 @@ class MedMNISTImages(Container):
 
     kind: ClassVar[str] = "medmnist"
 
-    def __init__(self, path: Path, data: bytes, windows: Sequence[Window]) -> None:
-        import io
-
-        super().__init__(path, data, windows)
+    def __init__(self, path: Path, windows: Sequence[Window]) -> None:
+        super().__init__(path, windows)
         try:
-            self.arrays = np.load(io.BytesIO(data))
+            self.arrays = np.load(path)  # lazy: a split's array is read when first asked for
         except (OSError, ValueError) as exc:
             raise MedprobeError(f"cannot read MedMNIST file {path}: {exc}; download it again") from exc
         self.images: dict[str, np.ndarray] = {}
+
+    def close(self) -> None:
+        self.arrays.close()
 
     def image(self, key: str) -> Image.Image:
         split, _, rest = key.partition("/")
@@ -107,3 +111,33 @@ class MedMNISTImages(Container):
             self.images[split] = self.arrays[f"{split}_images"]
         pixels = self.images[split][int(index)]
         return array_rgb(pixels[int(plane)] if plane else pixels, self.windows, f"{self.path}:{key}")
+
+
+@register
+class HuggingFaceRows(Container):
+    """`image/123`: the `image` column of row 123 of one split (a save_to_disk folder or a parquet file)."""
+
+    kind: ClassVar[str] = "hf-dataset"
+
+    def __init__(self, path: Path, windows: Sequence[Window]) -> None:
+        from medprobe.data.hf_datasets import open_part
+
+        super().__init__(path, windows)
+        self.table = open_part(path)
+        self.columns: dict[str, object] = {}
+
+    def image(self, key: str) -> Image.Image:
+        from medprobe.data.images import image_to_rgb
+
+        column, _, index = key.rpartition("/")
+        if column not in self.columns:
+            self.columns[column] = self.table.select_columns([column])
+        value = self.columns[column][int(index)][column]
+        source = f"{self.path}:{key}"
+        if isinstance(value, Image.Image):
+            image = image_to_rgb(value, self.windows, source)
+            check_size(image, source)
+            return image
+        if value is None:
+            raise MedprobeError(f"{source}: the row has no image; fill it in or drop the row")
+        return array_rgb(np.asarray(value), self.windows, source)

@@ -93,6 +93,13 @@ def _windowed(image: Image.Image, windows, source: Path | str) -> Image.Image:
     return Image.fromarray(window_planes(values, windows), mode="RGB")
 
 
+def image_to_rgb(image: Image.Image, windows, source: Path | str) -> Image.Image:
+    """A decoded PIL image -> 8-bit RGB: the rules above under the default window, else the windows."""
+    from medprobe.data.windows import DEFAULT_WINDOWS
+
+    return to_rgb(image) if tuple(windows) == DEFAULT_WINDOWS else _windowed(image, windows, source)
+
+
 def decode_image(data: bytes, source: Path | str, *, windows=None, frame: int | None = None) -> Image.Image:
     """Decode image bytes to RGB; `source` names the file in the error a user sees. `windows` (default: the
     percentile window) map grayscale intensities to 8 bits; `frame` picks one frame of a multi-frame DICOM."""
@@ -107,7 +114,7 @@ def decode_image(data: bytes, source: Path | str, *, windows=None, frame: int | 
             with Image.open(io.BytesIO(data)) as opened:
                 opened.seek(0)
                 opened.load()
-                image = to_rgb(opened) if windows == DEFAULT_WINDOWS else _windowed(opened, windows, source)
+                image = image_to_rgb(opened, windows, source)
         except _UNREADABLE as exc:
             raise MedprobeError(f"cannot decode image {source}: {_unreadable_reason(exc)}; replace or remove the "
                                 "file (supported: PNG, JPEG, TIFF, BMP, DICOM)") from exc

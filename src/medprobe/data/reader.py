@@ -14,7 +14,14 @@ from PIL import Image
 from medprobe.data.containers import open_container
 from medprobe.data.images import decode_image, read_image_bytes
 from medprobe.data.samples import Sample
-from medprobe.data.signature import combine_fingerprints, files_fingerprint, fingerprint_bytes, sample_stat
+from medprobe.data.signature import (
+    combine_fingerprints,
+    file_stat,
+    files_fingerprint,
+    fingerprint_bytes,
+    sample_stat,
+    source_fingerprint,
+)
 from medprobe.data.volumes import read_files, read_volume, slice_image
 from medprobe.errors import MedprobeError
 
@@ -91,18 +98,32 @@ def _read_members(samples: Sequence[Sample], positions: list[int], root: Path) -
     first = samples[positions[0]]
     try:
         stat = sample_stat(first, root)
-        blobs = read_files(first.path)
-        fingerprint = combine_fingerprints(first, [files_fingerprint(blobs)])
-        container = open_container(first.member.kind, first.path, blobs.get(first.path, b""), first.windows)
+        fingerprint = combine_fingerprints(first, [container_fingerprint(first.path)])
+        container = open_container(first.member.kind, first.path, first.windows)
     except (MedprobeError, OSError) as exc:
         for position in positions:
             yield Decoded(position, None, error=str(exc))
         return
-    for position in positions:
-        try:
-            yield Decoded(position, container.image(samples[position].member.key), fingerprint, stat)
-        except (MedprobeError, OSError, IndexError, KeyError) as exc:
-            yield Decoded(position, None, error=f"{samples[position].id}: {exc}")
+    try:
+        for position in positions:
+            try:
+                yield Decoded(position, container.image(samples[position].member.key), fingerprint, stat)
+            except (MedprobeError, OSError, IndexError, KeyError) as exc:
+                yield Decoded(position, None, error=f"{samples[position].id}: {exc}")
+    finally:
+        container.close()
+
+
+_CONTAINER_FINGERPRINTS: dict[tuple[Path, str], str] = {}
+
+
+def container_fingerprint(path: Path) -> str:
+    """A container file's (or split folder's) fingerprint, hashed once per process and stat signature: its
+    members are decoded in many units, and a container can be gigabytes."""
+    key = (path, file_stat(path))
+    if key not in _CONTAINER_FINGERPRINTS:
+        _CONTAINER_FINGERPRINTS[key] = source_fingerprint(path)
+    return _CONTAINER_FINGERPRINTS[key]
 
 
 def read_all(samples: Sequence[Sample], root: Path) -> Iterator[Decoded]:

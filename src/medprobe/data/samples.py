@@ -115,6 +115,10 @@ class Dataset:
         """What a probe or fine-tune checks first: labels, and at least two classes."""
         if not self.classes:
             raise MedprobeError(f"{self.source}: no labels; {self.label_fix}")
+        unlabelled = [s.id for s in self.samples if s.label == NO_LABEL]
+        if unlabelled:
+            raise MedprobeError(f"{self.source}: {len(unlabelled)} sample(s) have no label (e.g. {unlabelled[0]}); "
+                                "label them or leave them out")
         if len(self.classes) < 2:
             raise MedprobeError(
                 f"{self.source}: only one class ({', '.join(self.classes)}); a classifier needs at least two"

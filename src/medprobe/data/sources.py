@@ -24,7 +24,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PROJECT_FILE = "medprobe.toml"
-SPEC_KEYS = {"manifest", "folder", "name", *VOLUME_KEYS, *DECODING_KEYS}
+HF_KEYS = {"hf_dataset", "image_column", "label_column"}
+SPEC_KEYS = {"manifest", "folder", "name", *VOLUME_KEYS, *DECODING_KEYS, *HF_KEYS}
+TARGET_KEYS = ("manifest", "folder", "hf_dataset")
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -43,13 +45,23 @@ def _medmnist(path: Path) -> Dataset:
     return load_medmnist(path)
 
 
-def _named_medmnist(text: str) -> Dataset:
+def _named_medmnist(text: str, **_columns) -> Dataset:
     from medprobe.data.medmnist import load_medmnist, resolve
 
     return load_medmnist(resolve(text), source=text)
 
 
-NAMED_SOURCES = {"medmnist:": _named_medmnist}  # DATA forms that name a dataset instead of a path
+def _named_hf_dataset(text: str, **columns) -> Dataset:
+    from medprobe.data.hf_datasets import PREFIX, load_hf_dataset
+
+    path = Path(text[len(PREFIX):]).expanduser()
+    if not path.exists():
+        raise MedprobeError(f"{text}: {path} does not exist; pass a save_to_disk folder or parquet file(s)")
+    return load_hf_dataset(path, source=text, **columns)
+
+
+# DATA forms that name a dataset instead of a path; they take the --image-column / --label-column options
+NAMED_SOURCES = {"medmnist:": _named_medmnist, "hf-dataset:": _named_hf_dataset}
 
 
 def _named(data: str | Path) -> str | None:
@@ -82,10 +94,11 @@ def resolve_data_argument(data: str | Path | None, cwd: Path | None = None) -> P
     return path
 
 
-def load_dataset(path: Path) -> Dataset:
+def load_dataset(path: Path, *, image_column: str | None = None, label_column: str | None = None) -> Dataset:
+    """`image_column` / `label_column`: for a Hugging Face dataset (hf-dataset:PATH)."""
     prefix = _named(path)
     if prefix:
-        return NAMED_SOURCES[prefix](str(path))
+        return NAMED_SOURCES[prefix](str(path), image_column=image_column, label_column=label_column)
     path = Path(path)
     if path.is_dir():
         return _from_folder(path, name=path.name)
@@ -110,12 +123,18 @@ def _from_spec(path: Path) -> Dataset:
             f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(SPEC_KEYS))}"
         )
     name = str(spec.get("name", path.stem))
-    if ("manifest" in spec) == ("folder" in spec):
-        raise MedprobeError(f'{path}: give exactly one of manifest = "file.csv" or folder = "dir"')
-    target = path.parent / str(spec.get("manifest") or spec.get("folder"))
+    given = [key for key in TARGET_KEYS if key in spec]
+    if len(given) != 1:
+        raise MedprobeError(f'{path}: give exactly one of manifest = "file.csv", folder = "dir" or hf_dataset = "dir"')
+    target = path.parent / str(spec[given[0]])
     if not target.exists():
         raise MedprobeError(f"{path}: {target} does not exist; fix the path in the spec")
     decoding = parse_decoding(spec, path)
+    if "hf_dataset" in spec:
+        from medprobe.data.hf_datasets import load_hf_dataset
+
+        return load_hf_dataset(target, image_column=spec.get("image_column"), label_column=spec.get("label_column"),
+                               name=name, source=path, decoding=decoding)
     options = parse_volume_options(spec, path, decoding.windows, channel_columns=not decoding.window_channels)
     if "manifest" in spec:
         return _from_manifest(target, name=name, options=options, spec=path, decoding=decoding)
