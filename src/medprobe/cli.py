@@ -27,8 +27,8 @@ console = Console(highlight=False, soft_wrap=True)
 if not console.is_terminal:  # piped output keeps whole table rows instead of wrapping at 80 columns
     console = Console(highlight=False, soft_wrap=True, width=200)
 
-DATA_HELP = ("A class-folder tree, an image folder, a CSV manifest (path[,label,group,split]), a .toml spec, a MedMNIST "
-             ".npz (or medmnist:NAME) or hf-dataset:PATH; default: ./medprobe.toml")
+DATA_HELP = ("A class-folder tree, an image folder, a CSV manifest (path[,label,group,split]), a .toml spec, a "
+             "MedMNIST .npz (or medmnist:NAME) or hf-dataset:PATH; default: ./medprobe.toml")
 CacheDirOption = typer.Option(None, "--cache-dir", help="Cache folder [default: $MEDPROBE_CACHE or ~/.cache/medprobe]")
 ImageColumnOption = typer.Option(None, "--image-column", help="hf-dataset:PATH: the image column [default: image]")
 LabelColumnOption = typer.Option(None, "--label-column", help="hf-dataset:PATH: the label column [default: label, "
