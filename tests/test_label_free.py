@@ -64,6 +64,18 @@ def test_data_without_labels_extracts_and_probing_it_asks_for_labels(kind, tmp_p
         assert code == 2 and one_error_line(err) and re.search(message, err), err
 
 
+def test_images_beside_class_folders_make_an_unlabelled_folder_that_says_why(tmp_path):
+    from medprobe.errors import MedprobeError
+
+    root = flat(tmp_path / "data")
+    (root / "b").mkdir()
+    shutil.copy(root / "im1.png", root / "b" / "x.png")
+    dataset = load_dataset(root)
+    assert not dataset.labelled and "b/x.png" in dataset.ids
+    with pytest.raises(MedprobeError, match=r"holds 3 image\(s\) in itself .* besides its sub-folders"):
+        dataset.require_labels()
+
+
 def test_a_partly_labelled_manifest_is_still_refused_line_by_line(tmp_path):
     from medprobe.errors import MedprobeError
 

@@ -66,11 +66,6 @@ def quiet(source: Path | str):
                 _WARNINGS[message] += 1
 
 
-def _quietly(call: Callable, source: Path | str):
-    with quiet(source):
-        return call()
-
-
 def one_line(exc: Exception) -> str:
     """pydicom's multi-line messages (one line per decoding plugin tried) as one line."""
     return " ".join(str(exc).split())
@@ -86,7 +81,8 @@ def take_warnings() -> Counter[str]:
 def read_dataset(data: bytes, source: Path | str, *, pixels: bool = True):
     pydicom = _pydicom()
     try:
-        return _quietly(lambda: pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels, force=True), source)
+        with quiet(source):
+            return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels, force=True)
     except Exception as exc:
         raise MedprobeError(f"cannot read DICOM {source}: {one_line(exc)}; replace or remove the file") from exc
 
@@ -100,7 +96,8 @@ def frames_in(path: Path) -> int:
     unreadable images are reported)."""
     pydicom = _pydicom()
     try:
-        return frame_count(_quietly(lambda: pydicom.dcmread(path, stop_before_pixels=True, force=True), path))
+        with quiet(path):
+            return frame_count(pydicom.dcmread(path, stop_before_pixels=True, force=True))
     except Exception:
         return 1
 
@@ -112,13 +109,11 @@ def stored_pixels(dataset, source: Path | str, frame: int | None = None) -> np.n
         raise MedprobeError(f"DICOM {source} has {frames} frame(s); frame {frame} does not exist (the file changed, "
                             "reload the dataset)")
 
-    def decode():
-        if frames > 1:
-            dataset.pixel_array_options(index=frame or 0)
-        return dataset.pixel_array
-
     try:
-        return _quietly(decode, source)
+        with quiet(source):
+            if frames > 1:
+                dataset.pixel_array_options(index=frame or 0)
+            return dataset.pixel_array
     except Exception as exc:
         raise MedprobeError(f"cannot decode the pixels of DICOM {source}: {one_line(exc)}; install pydicom's pixel "
                             "plugins (pylibjpeg) for compressed files or re-export uncompressed") from exc
@@ -129,7 +124,8 @@ def modality_pixels(dataset, source: Path | str, frame: int | None = None) -> np
     from pydicom.pixels import apply_modality_lut
 
     pixels = stored_pixels(dataset, source, frame)
-    return np.asarray(_quietly(lambda: apply_modality_lut(pixels, dataset), source), dtype=np.float32)
+    with quiet(source):
+        return np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float32)
 
 
 def to_8bit(pixels: np.ndarray, bits: int) -> np.ndarray:
@@ -152,10 +148,10 @@ def _palette(dataset, source, frame, windows) -> np.ndarray:
 
     indices = stored_pixels(dataset, source, frame)
     try:
-        rgb = _quietly(lambda: apply_color_lut(indices, dataset), source)
+        rgb = apply_color_lut(indices, dataset)
     except Exception as exc:
-        raise MedprobeError(f"DICOM {source}: cannot apply its palette colour LUT ({exc}); re-export it as RGB") \
-            from exc
+        raise MedprobeError(f"DICOM {source}: cannot apply its palette colour LUT ({one_line(exc)}); re-export it "
+                            "as RGB") from exc
     depth = int(dataset.RedPaletteColorLookupTableDescriptor[2])
     return to_8bit(rgb, depth)
 

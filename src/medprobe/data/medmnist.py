@@ -94,7 +94,7 @@ def load_medmnist(path: Path, source: str | Path | None = None) -> Dataset:
         for index, value in enumerate(labels[split][:, 0]):
             base = f"{split}/{index:06d}"
             label = names.get(str(int(value)), str(int(value)))
-            chunk = index // CHUNK + SPLITS.index(split) * 10**6
+            chunk = index // CHUNK
             planes = range(shapes[f"{split}_images"][1]) if volumetric else [None]
             for plane in planes:
                 sample_id = base if plane is None else f"{base}#slice:{plane}"

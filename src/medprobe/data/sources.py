@@ -151,10 +151,14 @@ def _from_folder(root: Path, *, name: str, options: VolumeOptions | None = None,
     """Class sub-folders (each one's name is its images' label), or, when images sit in the folder itself,
     an unlabelled folder: every image below it, flat or nested. Ids are paths relative to `root`."""
     volumes = options is not None
-    if any(_is_sample_file(p, volumes) for p in root.iterdir()):
+    loose = [p for p in root.iterdir() if _is_sample_file(p, volumes)]
+    if loose:
         files = sorted(p for p in root.rglob("*") if _is_sample_file(p, volumes))
         rows = [{"path": p.relative_to(root).as_posix(), "label": NO_LABEL} for p in files]
         fix = f"{root} has no class sub-folders; put images in {root}/<class>/ or pass a CSV manifest with labels"
+        if len(files) > len(loose):
+            fix = (f"{root} holds {len(loose)} image(s) in itself (e.g. {loose[0].name}) besides its sub-folders, so "
+                   "the sub-folders are not read as classes; move those images into class sub-folders or remove them")
         return _dataset_from_rows(rows, root=root, source=root, name=name, options=options, decoding=decoding,
                                   where=lambda i: f"{root}/{rows[i]['path']}", label_fix=fix)
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
