@@ -19,13 +19,14 @@ from medprobe.errors import MedprobeError
 CONTAINERS: dict[str, type[Container]] = {}
 
 
-def register(cls: type[Container]) -> type[Container]:
-    CONTAINERS[cls.kind] = cls
-    return cls
-
-
 class Container:
+    """A subclass registers itself under its `kind`."""
+
     kind: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        CONTAINERS[cls.kind] = cls
 
     def __init__(self, path: Path, windows: Sequence[Window]) -> None:
         self.path, self.windows = path, tuple(windows)
@@ -64,7 +65,6 @@ def array_rgb(pixels: np.ndarray, windows: Sequence[Window], source: str) -> Ima
     return image
 
 
-@register
 class DicomFrames(Container):
     """`file.dcm#frame:3`: frame 3 (0-based) of a multi-frame DICOM."""
 
@@ -86,7 +86,6 @@ class DicomFrames(Container):
         return image
 
 
-@register
 class MedMNISTImages(Container):
     """`train/000123` of a MedMNIST .npz (`train_images[123]`), or `train/000123#slice:14`: plane 14 along
     the first axis of a 3-D variant's volume."""
@@ -113,7 +112,6 @@ class MedMNISTImages(Container):
         return array_rgb(pixels[int(plane)] if plane else pixels, self.windows, f"{self.path}:{key}")
 
 
-@register
 class HuggingFaceRows(Container):
     """`image/123`: the `image` column of row 123 of one split (a save_to_disk folder or a parquet file)."""
 

@@ -35,13 +35,14 @@ PRESETS: dict[str, tuple[float, float]] = {
 WINDOW_KINDS: dict[str, type[Window]] = {}
 
 
-def register(cls: type[Window]) -> type[Window]:
-    WINDOW_KINDS[cls.kind] = cls
-    return cls
-
-
 class Window:
+    """A subclass registers itself under its `kind`."""
+
     kind: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        WINDOW_KINDS[cls.kind] = cls
 
     @classmethod
     def parse(cls, value: str, where: str) -> Window:
@@ -69,7 +70,6 @@ def _numbers(value: str, where: str, form: str) -> tuple[float, float]:
     return first, second
 
 
-@register
 @dataclass(frozen=True)
 class PercentileWindow(Window):
     kind: ClassVar[str] = "percentile"
@@ -93,7 +93,6 @@ class PercentileWindow(Window):
         return f"{self.low:g}-{self.high:g}"
 
 
-@register
 @dataclass(frozen=True)
 class HounsfieldWindow(Window):
     kind: ClassVar[str] = "hu"
