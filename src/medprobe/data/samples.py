@@ -68,6 +68,11 @@ class Sample:
         return None
 
     @property
+    def plain_file(self) -> bool:
+        """A whole image file under the default decoding rules (what --decode gpu may decode itself)."""
+        return self.decode_key is None and self.windows == DEFAULT_WINDOWS
+
+    @property
     def options(self) -> str:
         """Decoding options of a slice or member that change the pixels but not the id; part of its
         fingerprint and stat."""
