@@ -122,3 +122,22 @@ def test_frame_samples_pass_cache_verify(tmp_path, capsys, tiny_timm_models):
     (tmp_path / "scans" / "dose.dcm").write_bytes((files / "rtdose_1frame.dcm").read_bytes())
     code, out, err = cli(capsys, "cache", "verify", "--cache-dir", cache)
     assert code == 1 and "changed source" in out, out
+
+
+def test_labels_added_to_a_path_only_csv_reuse_the_cached_features(tmp_path, capsys, tiny_timm_models):
+    flat(tmp_path / "img", count=12)
+    paths = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "img").rglob("*.png"))
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text("path\n" + "\n".join(paths) + "\n")
+    cache = tmp_path / "cache"
+    code, out, err = cli(capsys, "extract", manifest, "--model", tiny_timm_models["resnet"], "--cache-dir", cache,
+                         "--workers", 0, "--device", "cpu")
+    assert code == 0 and "extracted 12" in out, err
+    label = {p: ("left", "right")[int(Path(p).stem[2:]) % 2] for p in paths}  # blob_image's class of im<i>
+    manifest.write_text("path,label\n" + "\n".join(f"{p},{label[p]}" for p in paths) + "\n")
+    code, out, err = cli(capsys, "extract", manifest, "--model", tiny_timm_models["resnet"], "--cache-dir", cache,
+                         "--workers", 0, "--device", "cpu")
+    assert code == 0 and "up to date (12 images)" in out, out
+    code, out, err = cli(capsys, "probe", manifest, "--cache-dir", cache, "--folds", 2, "--bootstrap", 0,
+                         "--n-jobs", 1, "--out", tmp_path / "results")
+    assert code == 0, err
