@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from medprobe.data.images import check_size
-from medprobe.data.windows import Window, window_planes
+from medprobe.data.windows import DEFAULT_WINDOWS, Window, refuse_colour, window_planes
 from medprobe.errors import MedprobeError
 
 CONTAINERS: dict[str, type[Container]] = {}
@@ -47,11 +47,10 @@ def open_container(kind: str, path: Path, windows: Sequence[Window]) -> Containe
 def array_rgb(pixels: np.ndarray, windows: Sequence[Window], source: str) -> Image.Image:
     """An image array as 8-bit RGB: (H, W) grayscale through the windows (uint8 stays as stored under the
     default window), (H, W, 3) uint8 colour as is, (H, W, 1) as grayscale."""
-    from medprobe.data.windows import DEFAULT_WINDOWS
-
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
     if pixels.ndim == 3 and pixels.shape[-1] == 3 and pixels.dtype == np.uint8:
+        refuse_colour(source, "RGB", windows)
         image = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
     elif pixels.ndim == 2:
         if pixels.dtype == np.uint8 and tuple(windows) == DEFAULT_WINDOWS:

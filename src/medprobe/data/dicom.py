@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medprobe.data.windows import DEFAULT_WINDOWS, Window, window_planes, windows_text
+from medprobe.data.windows import DEFAULT_WINDOWS, Window, refuse_colour, window_planes
 from medprobe.errors import MedprobeError
 
 # LPS (DICOM patient space) -> RAS (NIfTI world space)
@@ -178,9 +178,8 @@ def dataset_rgb(dataset, source: Path | str, *, frame: int | None = None,
     if rule is None:
         raise MedprobeError(f"DICOM {source} has photometric interpretation {photometric!r}; medprobe reads "
                             f"{', '.join(PHOTOMETRIC)}: re-export it as one of those")
-    if rule is not _grayscale and tuple(windows) != DEFAULT_WINDOWS:
-        raise MedprobeError(f"DICOM {source} is colour ({photometric}); the window {windows_text(windows)} applies to "
-                            "grayscale images only: remove window/channels from the spec or leave this file out")
+    if rule is not _grayscale:
+        refuse_colour(source, photometric, windows)
     try:
         with quiet(source):
             pixels = rule(dataset, source, frame, windows)

@@ -84,11 +84,10 @@ def _unreadable_reason(exc: Exception) -> str:
 
 def _windowed(image: Image.Image, windows, source: Path | str) -> Image.Image:
     """A grayscale image through explicit windows (its stored values are the intensities)."""
-    from medprobe.data.windows import window_planes, windows_text
+    from medprobe.data.windows import refuse_colour, window_planes
 
     if image.mode not in (*_HIGH_DEPTH_MODES, "L", "LA", "La"):
-        raise MedprobeError(f"image {source} is colour ({image.mode}); the window {windows_text(windows)} applies to "
-                            "grayscale images only: remove window/channels from the spec or leave this file out")
+        refuse_colour(source, image.mode, windows)
     values = np.asarray(image.convert("L") if image.mode in ("LA", "La") else image)
     return Image.fromarray(window_planes(values, windows), mode="RGB")
 

@@ -149,6 +149,13 @@ def windows_text(windows: Sequence[Window]) -> str:
     return "+".join(w.text for w in windows)
 
 
+def refuse_colour(source, colour: str, windows: Sequence[Window]) -> None:
+    """A non-default window on a colour image is an error (windows map grayscale intensities)."""
+    if tuple(windows) != DEFAULT_WINDOWS:
+        raise MedprobeError(f"image {source} is colour ({colour}); the window {windows_text(windows)} applies to "
+                            "grayscale images only: remove window/channels from the spec or leave this file out")
+
+
 def window_planes(values: np.ndarray, windows: Sequence[Window],
                   bounds: Sequence[tuple[float, float]] | None = None) -> np.ndarray:
     """Grayscale values -> (..., 3) uint8: one window replicated, or three windows stacked as channels.
