@@ -90,7 +90,7 @@ def csv_case(root: Path, kind: str) -> tuple[list, str]:
     good_folder(root / "img")
     rows = "path,label\nimg/c0/ok0.png,a\nimg/c1/ok1.png,b\n"
     cases = {
-        "missing-column": ("path,diagnosis\nimg/c0/ok0.png,a\n", r"lacks column\(s\) label"),
+        "missing-column": ("path,diagnosis\nimg/c0/ok0.png,a\n", r"no labels; .*has no label column.*diagnosis"),
         "unknown-path": (rows + "img/c0/nope.png,a\n", r"nope\.png does not exist"),
         "duplicate-path": (rows + "img/c0/ok0.png,b\n", r"ok0\.png is listed twice"),
         "one-class": ("path,label\nimg/c0/ok0.png,a\nimg/c1/ok1.png,a\n", r"only one class"),
@@ -103,9 +103,10 @@ def csv_case(root: Path, kind: str) -> tuple[list, str]:
     }
     text, message = cases[kind]
     (root / "labels.csv").write_text(text)
-    command = "extract" if kind == "not-an-image" or kind == "folder-as-image" else "datasets"
+    command = {"not-an-image": "extract", "folder-as-image": "extract", "missing-column": "probe",
+               "one-class": "probe"}.get(kind, "datasets")  # labels are checked by what needs them
     args = [root / "labels.csv"]
-    return ([command, *args] if command == "extract" else ["datasets", "inspect", *args]), message
+    return ([command, *args] if command != "datasets" else ["datasets", "inspect", *args]), message
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_IMAGES))

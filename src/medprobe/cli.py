@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medprobe.errors import Interrupted, MedprobeError
-from medprobe.runtime.workers import quiet_background_errors, set_debug
+from medprobe.runtime.workers import debugging, quiet_background_errors, set_debug
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Which pretrained backbone, frozen or fine-tuned, classifies your medical images best?")
@@ -28,8 +28,12 @@ console = Console(highlight=False, soft_wrap=True)
 if not console.is_terminal:  # piped output keeps whole table rows instead of wrapping at 80 columns
     console = Console(highlight=False, soft_wrap=True, width=200)
 
-DATA_HELP = "A class-folder tree, a CSV manifest (path,label[,group,split]) or a .toml spec; default: ./medprobe.toml"
+DATA_HELP = ("A class-folder tree, an image folder, a CSV manifest (path[,label,group,split]), a .toml spec, a "
+             "MedMNIST .npz (or medmnist:NAME) or hf-dataset:PATH; default: ./medprobe.toml")
 CacheDirOption = typer.Option(None, "--cache-dir", help="Cache folder [default: $MEDPROBE_CACHE or ~/.cache/medprobe]")
+ImageColumnOption = typer.Option(None, "--image-column", help="hf-dataset:PATH: the image column [default: image]")
+LabelColumnOption = typer.Option(None, "--label-column", help="hf-dataset:PATH: the label column [default: label, "
+                                 "none: no labels]")
 
 
 def _cache_dir(value: Path | None) -> Path:
@@ -38,10 +42,10 @@ def _cache_dir(value: Path | None) -> Path:
     return value or default_cache_dir()
 
 
-def _dataset(data: Path | None):
+def _dataset(data: Path | None, image_column: str | None = None, label_column: str | None = None):
     from medprobe.data import load_dataset, resolve_data_argument
 
-    return load_dataset(resolve_data_argument(data))
+    return load_dataset(resolve_data_argument(data), image_column=image_column, label_column=label_column)
 
 
 @app.command("models")
@@ -73,6 +77,8 @@ def extract_command(
     gpus: int = typer.Option(None, "--gpus", min=1, help="Processes, one per GPU, launched with torchrun (with "
                              "--device cpu: CPU processes)"),
     decode: str = typer.Option("cpu", "--decode", help="cpu | gpu: decode and resize JPEGs on the GPU"),
+    image_column: str = ImageColumnOption,
+    label_column: str = LabelColumnOption,
 ) -> None:
     """Embed every image once with each backbone into the HDF5 feature cache (resumable, incremental)."""
     from medprobe.extract import distributed
@@ -84,13 +90,15 @@ def extract_command(
                 f"--batch-size={batch_size}", f"--decode={decode}",
                 *([f"--workers={workers}"] if workers is not None else []),
                 *([f"--image-size={image_size}"] if image_size else []),
-                *([f"--revision={revision}"] if revision else []), *(["--skip-bad"] if skip_bad else [])]
+                *([f"--revision={revision}"] if revision else []), *(["--skip-bad"] if skip_bad else []),
+                *([f"--image-column={image_column}"] if image_column else []),
+                *([f"--label-column={label_column}"] if label_column else [])]
         code = distributed.launch(gpus, device, argv)
         if code:
             raise MedprobeError(f"extraction with --gpus {gpus} failed (torchrun exit code {code}); the failing "
                                 "process's error is printed above")
         return
-    dataset = _dataset(data)
+    dataset = _dataset(data, image_column, label_column)
     for name in model:
         report = extract(dataset=dataset, model=name, cache_dir=_cache_dir(cache_dir), device=device,
                          precision=precision, batch_size=batch_size, workers=workers, image_size=image_size,
@@ -137,6 +145,8 @@ def probe_command(
                                      "for caches larger than memory"),
     memory_fraction: float = typer.Option(0.25, "--memory-fraction", help="Stream automatically when the feature "
                                           "matrix exceeds this share of available memory"),
+    image_column: str = ImageColumnOption,
+    label_column: str = LabelColumnOption,
 ) -> None:
     """Logistic regression, SVM and kNN probes on cached features, with honest splits and bootstrap CIs."""
     from medprobe.data import load_dataset
@@ -158,7 +168,8 @@ def probe_command(
                              bootstrap=bootstrap, n_jobs=n_jobs, ordinal=ordinal, shots=shot_list, repeats=repeats,
                              fuse=fuse, coarse_to_fine=coarse_to_fine, save_model=save_model, backend=backend,
                              scheduler=scheduler, out_of_core=out_of_core, memory_fraction=memory_fraction)
-    dataset = _dataset(data)
+    dataset = _dataset(data, image_column, label_column)
+    dataset.require_labels()
     if classes:
         dataset = dataset.with_class_order([c.strip() for c in classes.split(",")])
     records = probe(dataset=dataset, models=list(model) if model else None, cache_dir=_cache_dir(cache_dir),
@@ -192,6 +203,8 @@ def finetune_command(
     ordinal: bool = typer.Option(False, "--ordinal"),
     out: Path = typer.Option(Path("medprobe-results"), "--out", help="Results folder"),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint"),
+    image_column: str = ImageColumnOption,
+    label_column: str = LabelColumnOption,
 ) -> None:
     """Fine-tune a backbone (frozen, partly or fully unfrozen) on the probes' splits; same run records."""
     from medprobe.finetune.runner import FinetuneSettings, finetune
@@ -204,7 +217,9 @@ def finetune_command(
         warmup_epochs=warmup_epochs, patience=patience, class_weights=class_weights, batch_size=batch_size,
         precision=precision, device=device, workers=workers, image_size=image_size, seed=seed, folds=folds,
         fold=None if fold == "all" else int(fold), bootstrap=bootstrap, ordinal=ordinal, resume=resume)
-    record = finetune(dataset=_dataset(data), model=model, settings=settings, out_dir=out)
+    dataset = _dataset(data, image_column, label_column)
+    dataset.require_labels()
+    record = finetune(dataset=dataset, model=model, settings=settings, out_dir=out)
     console.print(records_table([record]))
     cost = record["cost"]
     console.print(f"trainable {cost['trainable_parameters']:,} of {cost['total_parameters']:,} parameters, "
@@ -237,20 +252,23 @@ def report_command(
 def inspect_command(
     data: Path = typer.Argument(None, help=DATA_HELP, show_default=False),
     decode: bool = typer.Option(True, "--decode/--no-decode", help="Decode every image to find unreadable ones"),
+    image_column: str = ImageColumnOption,
+    label_column: str = LabelColumnOption,
 ) -> None:
     """Counts per class, split and group, and every unreadable file."""
     from medprobe.data.inspect import summarize
     from medprobe.progress import progress_bar
 
-    dataset = _dataset(data)
+    dataset = _dataset(data, image_column, label_column)
     with progress_bar("decode", total=len(dataset.samples), enabled=decode) as advance:
         summary = summarize(dataset, decode=decode, on_progress=advance)
-    console.print(f"dataset {summary.name} ({summary.source}): {summary.samples} images, "
-              f"{len(summary.classes)} classes, {summary.groups} groups")
+    labels = f"{len(summary.classes)} classes" if summary.classes else "no labels"
+    console.print(f"dataset {summary.name} ({summary.source}): {summary.samples} images, {labels}, "
+                  f"{summary.groups} groups")
     table = Table("split", *summary.classes, "total")
     for split, counts in summary.splits.items():
         table.add_row(split, *(str(counts.get(c, 0)) for c in summary.classes), str(sum(counts.values())))
-    table.add_row("all", *(str(n) for n in summary.classes.values()), str(summary.samples))
+    table.add_row("all", *(str(n) for n in summary.classes.values()), str(summary.samples))  # none: totals only
     console.print(table)
     if summary.samples_per_group:
         low, high = summary.samples_per_group
@@ -421,11 +439,29 @@ for _typer_app in (app, datasets_app, cache_app):
         _command.callback = _interruptible(_command.callback)
 
 
+def _take_library_warnings() -> Counter:
+    dicom = sys.modules.get("medprobe.data.dicom")
+    return dicom.take_warnings() if dicom else Counter()
+
+
+def _print_library_warnings(debug: bool) -> None:
+    """pydicom's warnings as one counted line (each was printed in full under --debug)."""
+    counted = _take_library_warnings()
+    if counted and not debug:
+        first = next(iter(counted))
+        print(f"note: pydicom warned {sum(counted.values())} time(s) about {len(counted)} thing(s), e.g. {first}; "
+              "--debug shows each", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
+
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
-    set_debug(debug)
+    previous_debug = debugging()
+    _take_library_warnings()  # count this command's only
+    if debug:
+        set_debug(True)  # workers inherit it: library warnings and background-thread errors in full
     try:
         app(args=args, prog_name="medprobe")
     except Interrupted as exc:
@@ -437,3 +473,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        _print_library_warnings(debug)
+        if debug and not previous_debug:
+            set_debug(False)

@@ -82,36 +82,61 @@ def _unreadable_reason(exc: Exception) -> str:
     return f"not a readable image ({exc.__class__.__name__}: {exc})"
 
 
-def decode_image(data: bytes, source: Path | str) -> Image.Image:
-    """Decode image bytes to RGB; `source` names the file in the error a user sees."""
-    from medprobe.data.dicom import decode_dicom_image, is_dicom_bytes
+def _windowed(image: Image.Image, windows, source: Path | str) -> Image.Image:
+    """A grayscale image through explicit windows (its stored values are the intensities)."""
+    from medprobe.data.windows import refuse_colour, window_planes
 
+    if image.mode not in (*_HIGH_DEPTH_MODES, "L", "LA", "La"):
+        refuse_colour(source, image.mode, windows)
+    values = np.asarray(image.convert("L") if image.mode in ("LA", "La") else image)
+    return Image.fromarray(window_planes(values, windows), mode="RGB")
+
+
+def image_to_rgb(image: Image.Image, windows, source: Path | str) -> Image.Image:
+    """A decoded PIL image -> 8-bit RGB: the rules above under the default window, else the windows."""
+    from medprobe.data.windows import DEFAULT_WINDOWS
+
+    return to_rgb(image) if tuple(windows) == DEFAULT_WINDOWS else _windowed(image, windows, source)
+
+
+def decode_image(data: bytes, source: Path | str, *, windows=None, frame: int | None = None) -> Image.Image:
+    """Decode image bytes to RGB; `source` names the file in the error a user sees. `windows` (default: the
+    percentile window) map grayscale intensities to 8 bits; `frame` picks one frame of a multi-frame DICOM."""
+    from medprobe.data.dicom import decode_dicom_image, is_dicom_bytes
+    from medprobe.data.windows import DEFAULT_WINDOWS
+
+    windows = tuple(windows or DEFAULT_WINDOWS)
     if is_dicom_bytes(data) or str(source).lower().endswith(".dcm"):
-        image = decode_dicom_image(data, source)
+        image = decode_dicom_image(data, source, frame=frame, windows=windows)
     else:
         try:
             with Image.open(io.BytesIO(data)) as opened:
                 opened.seek(0)
                 opened.load()
-                image = to_rgb(opened)
+                image = image_to_rgb(opened, windows, source)
         except _UNREADABLE as exc:
             raise MedprobeError(f"cannot decode image {source}: {_unreadable_reason(exc)}; replace or remove the "
                                 "file (supported: PNG, JPEG, TIFF, BMP, DICOM)") from exc
+    check_size(image, source)
+    return image
+
+
+def check_size(image: Image.Image, source: Path | str) -> None:
     problem = _size_problem(image.size)
     if problem:
         raise MedprobeError(f"image {source} has {problem}; export it at full size or remove it")
-    return image
 
 
 def check_image_header(path: Path) -> str | None:
     """Cheap validity check (header only). Returns a reason when the file is unusable, else None."""
     if path.suffix.lower() == ".dcm":
-        from medprobe.data.dicom import read_dataset
+        from medprobe.data.dicom import quiet, read_dataset
 
         try:
             header = read_dataset(path.read_bytes(), path, pixels=False)
-            return _size_problem((int(getattr(header, "Columns", 0)), int(getattr(header, "Rows", 0))))
-        except (MedprobeError, OSError) as exc:
+            with quiet(path):
+                return _size_problem((int(getattr(header, "Columns", 0)), int(getattr(header, "Rows", 0))))
+        except (MedprobeError, OSError, ValueError, TypeError) as exc:
             return f"not a readable DICOM ({exc})"
     try:
         with Image.open(path) as image:

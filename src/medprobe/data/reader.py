@@ -11,9 +11,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medprobe.data.images import decode_image, read_image_bytes, window_bounds
+from medprobe.data.containers import open_container
+from medprobe.data.images import decode_image, read_image_bytes
 from medprobe.data.samples import Sample
-from medprobe.data.signature import combine_fingerprints, files_fingerprint, fingerprint_bytes, sample_stat
+from medprobe.data.signature import (
+    combine_fingerprints,
+    file_stat,
+    files_fingerprint,
+    fingerprint_bytes,
+    sample_stat,
+    source_fingerprint,
+)
 from medprobe.data.volumes import read_files, read_volume, slice_image
 from medprobe.errors import MedprobeError
 
@@ -32,7 +40,7 @@ def decode_units(samples: Sequence[Sample]) -> list[list[int]]:
     units: list[list[int]] = []
     last_key = None
     for position, sample in enumerate(samples):
-        key = sample.slice.decode_key if sample.slice else None
+        key = sample.decode_key
         if key is not None and key == last_key:
             units[-1].append(position)
         else:
@@ -45,11 +53,15 @@ def read_unit(samples: Sequence[Sample], positions: list[int], root: Path) -> It
     """Decoded images (or one error per sample) for one unit, with each sample's content fingerprint and
     stat signature (taken before reading: a file changed mid-read is caught on the next run)."""
     first = samples[positions[0]]
+    if first.member is not None:
+        yield from _read_members(samples, positions, root)
+        return
     if first.slice is None:
         try:
             stat = sample_stat(first, root)
             data = read_image_bytes(first.path)
-            yield Decoded(positions[0], decode_image(data, first.path), fingerprint_bytes(data), stat)
+            yield Decoded(positions[0], decode_image(data, first.path, windows=first.windows), fingerprint_bytes(data),
+                          stat)
         except (MedprobeError, OSError) as exc:
             yield Decoded(positions[0], None, error=str(exc))
         return
@@ -62,7 +74,8 @@ def read_unit(samples: Sequence[Sample], positions: list[int], root: Path) -> It
             if channels and volume.voxels.shape != channels[0][0].shape:
                 raise MedprobeError(f"{source} has shape {volume.voxels.shape} but {first.slice.channels[0]} has "
                                     f"{channels[0][0].shape}; stacked modalities must be co-registered")
-            channels.append((volume.voxels, window_bounds(volume.voxels, first.slice.window)))
+            # one window per stacked modality, or the windows (one, or three as channels) of the one volume
+            channels += [(volume.voxels, window.bounds(volume.voxels)) for window in first.windows]
             per_source.append(files_fingerprint(blobs))
             zooms = zooms or volume.zooms
     except (MedprobeError, OSError) as exc:
@@ -80,19 +93,53 @@ def read_unit(samples: Sequence[Sample], positions: list[int], root: Path) -> It
                                                  f"(shape {shape}); the file changed, reload the dataset")
 
 
+def _read_members(samples: Sequence[Sample], positions: list[int], root: Path) -> Iterator[Decoded]:
+    """The members of one container file, opened once."""
+    first = samples[positions[0]]
+    try:
+        stat = sample_stat(first, root)
+        fingerprint = combine_fingerprints(first, [container_fingerprint(first.path)])
+        container = open_container(first.member.kind, first.path, first.windows)
+    except (MedprobeError, OSError) as exc:
+        for position in positions:
+            yield Decoded(position, None, error=str(exc))
+        return
+    try:
+        for position in positions:
+            try:
+                yield Decoded(position, container.image(samples[position].member.key), fingerprint, stat)
+            except (MedprobeError, OSError, IndexError, KeyError) as exc:
+                yield Decoded(position, None, error=f"{samples[position].id}: {exc}")
+    finally:
+        container.close()
+
+
+_CONTAINER_FINGERPRINTS: dict[tuple[Path, str], str] = {}
+
+
+def container_fingerprint(path: Path) -> str:
+    """A container file's (or split folder's) fingerprint, hashed once per process and stat signature: its
+    members are decoded in many units, and a container can be gigabytes."""
+    key = (path, file_stat(path))
+    if key not in _CONTAINER_FINGERPRINTS:
+        _CONTAINER_FINGERPRINTS[key] = source_fingerprint(path)
+    return _CONTAINER_FINGERPRINTS[key]
+
+
 def read_all(samples: Sequence[Sample], root: Path) -> Iterator[Decoded]:
     for unit in decode_units(samples):
         yield from read_unit(samples, unit, root)
 
 
 class SampleImages:
-    """Random access to samples' pixels, for training. Images decode on demand; volume slices are decoded
-    up front, one read per volume, and held in memory as uint8 (an 8-slice 240x240 RGB stack is 1.4 MB per
-    patient), because shuffled access would otherwise decompress a volume for every slice drawn."""
+    """Random access to samples' pixels, for training. Images decode on demand; volume slices (and the
+    members of container files) are decoded up front, one read per volume, and held in memory as uint8 (an
+    8-slice 240x240 RGB stack is 1.4 MB per patient), because shuffled access would otherwise decompress a
+    volume for every slice drawn."""
 
     def __init__(self, samples: Sequence[Sample], root: Path) -> None:
         self.samples = list(samples)
-        positions = [i for i, s in enumerate(self.samples) if s.slice is not None]
+        positions = [i for i, s in enumerate(self.samples) if s.decode_key is not None]
         self.slices: dict[int, np.ndarray] = {}
         for item in read_all([self.samples[i] for i in positions], root):
             if item.error is not None:
@@ -106,4 +153,4 @@ class SampleImages:
         if index in self.slices:
             return Image.fromarray(self.slices[index], mode="RGB")
         sample = self.samples[index]
-        return decode_image(read_image_bytes(sample.path), sample.path)
+        return decode_image(read_image_bytes(sample.path), sample.path, windows=sample.windows)

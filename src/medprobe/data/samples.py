@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from medprobe.data.windows import DEFAULT_WINDOWS, Window, windows_text
 from medprobe.errors import MedprobeError
 
 SPLITS = ("train", "val", "test")
+NO_LABEL = ""  # a sample of a dataset that has no labels (yet): extraction needs none
 
 
 def natural_key(text: str) -> list:
@@ -23,24 +25,23 @@ def natural_key(text: str) -> list:
 @dataclass(frozen=True)
 class VolumeSlice:
     """Where a slice sample's pixels come from: plane `index` along `axis` of one volume (gray, replicated
-    to RGB) or of three co-registered volumes stacked as the RGB channels."""
+    to RGB, or three windows of it) or of three co-registered volumes stacked as the RGB channels."""
 
     axis: str
     index: int
     channels: tuple[Path, ...]
-    window: tuple[float, float]
     volume_index: int | None = None
 
-    @property
-    def decode_key(self) -> tuple:
-        """Slices with the same key come from one decoded volume (read and decompressed once)."""
-        return self.channels, self.window, self.volume_index
 
-    @property
-    def options(self) -> str:
-        """Decoding options that change the pixels but not the id; part of the sample's fingerprint."""
-        low, high = self.window
-        return f"window={low:g}-{high:g};volume={self.volume_index};channels={len(self.channels)}"
+@dataclass(frozen=True)
+class Member:
+    """A sample stored inside a container file: a frame of a multi-frame DICOM (`kind` "dicom-frame", `key`
+    "3"), an image of a MedMNIST .npz or of a Hugging Face dataset (`key` "train/000123"). The kind names
+    the reader in data.containers."""
+
+    kind: str
+    key: str
+    chunk: int = 0  # members of one container are decoded in units of one chunk (bounded memory, parallel)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,31 @@ class Sample:
     group: str | None = None
     split: str | None = None
     slice: VolumeSlice | None = None
+    windows: tuple[Window, ...] = DEFAULT_WINDOWS  # grayscale intensities -> 8 bits (data.windows)
+    member: Member | None = None
+
+    @property
+    def decode_key(self) -> tuple | None:
+        """Samples with the same key come from one decoded volume or container (read and decoded once)."""
+        if self.slice is not None:
+            return self.slice.channels, self.windows, self.slice.volume_index
+        if self.member is not None:
+            return self.path, self.member.kind, self.member.chunk, self.windows
+        return None
+
+    @property
+    def plain_file(self) -> bool:
+        """A whole image file under the default decoding rules (what --decode gpu may decode itself)."""
+        return self.decode_key is None and self.windows == DEFAULT_WINDOWS
+
+    @property
+    def options(self) -> str:
+        """Decoding options of a slice or member that change the pixels but not the id; part of its
+        fingerprint and stat."""
+        window = f"window={windows_text(self.windows)}"
+        if self.member is not None:
+            return f"{window};{self.member.kind}"
+        return f"{window};volume={self.slice.volume_index};channels={len(self.slice.channels)}"
 
     @property
     def join_key(self) -> str:
@@ -68,7 +94,10 @@ class Sample:
 class Dataset:
     """An ordered list of samples plus where they came from.
 
-    `root` is the folder sample ids are relative to; `source` is the file or folder the user named.
+    `root` is the folder (or container file) sample ids are relative to; `source` is the file or folder the
+    user named. A dataset may have no labels (every label NO_LABEL): it extracts, and `require_labels` says
+    what to add (`label_fix`) when a probe or fine-tune needs them. `decoding` names non-default decoding
+    options (windows, frames); it is part of `key`, so each window gets caches of its own.
     """
 
     name: str
@@ -76,10 +105,29 @@ class Dataset:
     source: Path
     samples: list[Sample]
     classes: list[str] = field(default_factory=list)
+    label_fix: str = "give every sample a label"
+    decoding: str = ""
 
     def __post_init__(self) -> None:
         if not self.classes:
-            self.classes = sorted({s.label for s in self.samples}, key=natural_key)
+            self.classes = sorted({s.label for s in self.samples} - {NO_LABEL}, key=natural_key)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.classes)
+
+    def require_labels(self) -> None:
+        """What a probe or fine-tune checks first: labels, and at least two classes."""
+        if not self.classes:
+            raise MedprobeError(f"{self.source}: no labels; {self.label_fix}")
+        unlabelled = [s.id for s in self.samples if s.label == NO_LABEL]
+        if unlabelled:
+            raise MedprobeError(f"{self.source}: {len(unlabelled)} sample(s) have no label (e.g. {unlabelled[0]}); "
+                                "label them or leave them out")
+        if len(self.classes) < 2:
+            raise MedprobeError(
+                f"{self.source}: only one class ({', '.join(self.classes)}); a classifier needs at least two"
+            )
 
     def with_class_order(self, order: list[str]) -> Dataset:
         """The same samples with classes in a given order (what --ordinal's kappa and tables follow)."""
@@ -87,18 +135,18 @@ class Dataset:
             raise MedprobeError(
                 f"--classes {','.join(order)} must list each class of {self.source} once: {','.join(self.classes)}"
             )
-        return Dataset(name=self.name, root=self.root, source=self.source, samples=self.samples, classes=list(order))
+        return replace(self, classes=list(order))
 
     def without(self, ids: set[str]) -> Dataset:
         """The same dataset minus some samples (unreadable ones skipped at extraction), classes unchanged."""
-        return Dataset(name=self.name, root=self.root, source=self.source, classes=list(self.classes),
-                       samples=[s for s in self.samples if s.id not in ids])
+        return replace(self, classes=list(self.classes), samples=[s for s in self.samples if s.id not in ids])
 
     @property
     def key(self) -> str:
         """Identity of the dataset's *images* (not its labels): the cache is keyed by it, so relabelling a
         dataset re-probes without re-extracting."""
-        return hashlib.blake2b(str(self.root.resolve()).encode(), digest_size=6).hexdigest()
+        text = str(self.root.resolve()) + (f"\n{self.decoding}" if self.decoding else "")
+        return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
 
     @property
     def cache_slug(self) -> str:
@@ -109,6 +157,7 @@ class Dataset:
 
     def targets(self) -> np.ndarray:
         """Each sample's class index into `classes`."""
+        self.require_labels()
         index = {label: i for i, label in enumerate(self.classes)}
         return np.array([index[s.label] for s in self.samples])
 
@@ -117,4 +166,4 @@ class Dataset:
         return [s.id for s in self.samples]
 
     def class_counts(self) -> Counter[str]:
-        return Counter(s.label for s in self.samples)
+        return Counter(s.label for s in self.samples if s.label != NO_LABEL)

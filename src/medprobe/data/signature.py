@@ -5,7 +5,8 @@ file (`size:mtime_ns`, blake2b of the bytes). For a volume slice they cover ever
 NIfTI file or DICOM series folder) plus the decoding options that change pixels but not the id (window,
 4-D volume index), so a new window re-extracts. A slice's stat names its sources relative to the dataset
 root (`t1/p1.nii.gz=123:456|window=0.5-99.5;...`), which lets `medprobe cache verify` recheck them from the
-cache alone.
+cache alone. A sample inside a container file (a DICOM frame, a MedMNIST or Hugging Face dataset image) is
+described like a slice: its container file plus its options.
 """
 
 from __future__ import annotations
@@ -50,11 +51,20 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
+def sources(sample: Sample) -> tuple[Path, ...]:
+    """The files (or series folders) a sample's pixels are read from."""
+    return sample.slice.channels if sample.slice is not None else (sample.path,)
+
+
+def _is_whole_file(sample: Sample) -> bool:
+    return sample.slice is None and sample.member is None
+
+
 def sample_stat(sample: Sample, root: Path) -> str:
-    if sample.slice is None:
+    if _is_whole_file(sample):
         return file_stat(sample.path)
-    parts = ";".join(f"{_relative(p, root)}={file_stat(p)}" for p in sample.slice.channels)
-    return f"{parts}|{sample.slice.options}"
+    parts = ";".join(f"{_relative(p, root)}={file_stat(p)}" for p in sources(sample))
+    return f"{parts}|{sample.options}"
 
 
 def _slice_fingerprint(per_source: list[str], options: str) -> str:
@@ -78,19 +88,18 @@ def unchanged_records(recorded: dict[str, dict], samples, root: Path) -> dict[st
 
 def combine_fingerprints(sample: Sample, per_source: list[str]) -> str:
     """A sample's fingerprint from its sources' fingerprints (one for an image)."""
-    if sample.slice is None:
+    if _is_whole_file(sample):
         return per_source[0]
-    return _slice_fingerprint(per_source, sample.slice.options)
+    return _slice_fingerprint(per_source, sample.options)
 
 
 def sample_fingerprint(sample: Sample, memo: dict[Path, str] | None = None) -> str:
     """Reads the sources (each once per `memo`, so the slices of one volume share the read)."""
     memo = {} if memo is None else memo
-    sources = list(sample.slice.channels) if sample.slice else [sample.path]
-    for path in sources:
+    for path in sources(sample):
         if path not in memo:
             memo[path] = source_fingerprint(path)
-    return combine_fingerprints(sample, [memo[p] for p in sources])
+    return combine_fingerprints(sample, [memo[p] for p in sources(sample)])
 
 
 def recheck_stored(root: Path, sample_id: str, stat: str, fingerprint: str, *, deep: bool) -> str | None:

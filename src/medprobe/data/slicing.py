@@ -3,10 +3,11 @@
 Spec keys (all optional; any of them makes the rows volumes):
   axis     = "axial" | "coronal" | "sagittal"           (default axial, in canonical RAS)
   slices   = "all" | "middle:K" | "every:N" | "nonzero:F" | "mask" | "mask-top:K"   (default all)
-  window   = [0.5, 99.5]                                 (per-volume intensity percentiles -> 8 bits)
   volume   = 0                                           (which volume of a 4-D file)
   channels = ["t1", "t1c", "flair"]                      (stack three co-registered columns as RGB)
   mask     = "mask"                                      (the mask column, for mask and mask-top:K)
+`window` and window `channels` (data.decoding) apply to volumes as to images; a volume's window bounds come
+from the whole volume.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from medprobe.data.images import WINDOW_PERCENTILES
 from medprobe.data.samples import Sample, VolumeSlice
 from medprobe.data.selection_memo import memo_key, recall, remember
 from medprobe.data.volumes import (
@@ -30,44 +30,47 @@ from medprobe.data.volumes import (
     select_slices,
     spatial_image,
 )
+from medprobe.data.windows import DEFAULT_WINDOWS, Window
 from medprobe.errors import MedprobeError
 
-VOLUME_KEYS = {"axis", "slices", "window", "volume", "channels", "mask"}
+VOLUME_KEYS = {"axis", "slices", "volume", "channels", "mask"}
 
 
 @dataclass(frozen=True)
 class VolumeOptions:
     axis: str = "axial"
     rule: SliceRule = SliceRule("all")
-    window: tuple[float, float] = WINDOW_PERCENTILES
+    windows: tuple[Window, ...] = DEFAULT_WINDOWS
     volume_index: int | None = None
     channels: tuple[str, ...] = ()
     mask_column: str = "mask"
 
 
-def parse_volume_options(spec: dict, path: Path) -> VolumeOptions | None:
-    if not VOLUME_KEYS & set(spec):
+def parse_volume_options(spec: dict, path: Path, windows: tuple[Window, ...] = DEFAULT_WINDOWS,
+                         channel_columns: bool = True) -> VolumeOptions | None:
+    """None when the spec has no volume key (`channels` counts only when it names columns)."""
+    keys = VOLUME_KEYS & set(spec) - (set() if channel_columns else {"channels"})
+    if not keys:
         return None
     axis = str(spec.get("axis", "axial")).lower()
     if axis not in AXES:
         raise MedprobeError(f"{path}: axis = {axis!r} is not one of {', '.join(AXES)}")
-    window = spec.get("window", list(WINDOW_PERCENTILES))
-    if (not isinstance(window, list) or len(window) != 2 or not all(isinstance(v, (int, float)) for v in window)
-            or not 0 <= window[0] < window[1] <= 100):
-        raise MedprobeError(f"{path}: window = {window!r} must be two percentiles, low < high, e.g. [0.5, 99.5]")
     volume = spec.get("volume")
     if volume is not None and (not isinstance(volume, int) or volume < 0):
         raise MedprobeError(f"{path}: volume = {volume!r} must be a whole number >= 0 (the index in a 4-D file)")
-    channels = spec.get("channels", [])
+    channels = spec.get("channels", []) if channel_columns else []
     if not isinstance(channels, list) or len(channels) not in (0, 3) or len(set(channels)) != len(channels):
         raise MedprobeError(f"{path}: channels = {channels!r} must name three different manifest columns, "
                             'e.g. ["t1", "t1c", "flair"], stacked as the RGB channels')
     rule = parse_slice_rule(spec.get("slices", "all"), str(path))
     if channels and "manifest" not in spec:
         raise MedprobeError(f"{path}: channels needs a manifest (a CSV with one column per modality)")
+    if channels and len(windows) > 1:
+        raise MedprobeError(f"{path}: channels of three modalities take one window each; give window = \"...\", "
+                            "not three windows")
     if rule.needs_mask and "manifest" not in spec:
         raise MedprobeError(f"{path}: slices = {spec['slices']!r} needs a manifest with a mask column")
-    return VolumeOptions(axis=axis, rule=rule, window=(float(window[0]), float(window[1])), volume_index=volume,
+    return VolumeOptions(axis=axis, rule=rule, windows=windows, volume_index=volume,
                          channels=tuple(str(c) for c in channels), mask_column=str(spec.get("mask", "mask")))
 
 
@@ -113,8 +116,8 @@ def _row_slices(row: dict[str, str], root: Path, options: VolumeOptions, where: 
     return [
         Sample(id=f"{relative}#{options.axis}:{index}", path=channels[0], label=row["label"], group=group,
                split=row.get("split") or None,
-               slice=VolumeSlice(axis=options.axis, index=index, channels=channels, window=options.window,
-                                 volume_index=options.volume_index))
+               windows=options.windows,
+               slice=VolumeSlice(axis=options.axis, index=index, channels=channels, volume_index=options.volume_index))
         for index in indices
     ]
 

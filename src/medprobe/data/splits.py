@@ -134,6 +134,7 @@ def pooled_test(folds: list[Fold]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dataset_splits(dataset: Dataset, *, folds: int = 5, seed: int = 0) -> SplitPlan:
+    dataset.require_labels()
     samples = dataset.samples
     return make_splits([s.label for s in samples], groups=[s.group for s in samples],
                        splits=[s.split for s in samples], folds=folds, seed=seed)

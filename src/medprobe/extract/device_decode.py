@@ -52,7 +52,7 @@ class EncodedStream(SampleStream):
     def __iter__(self):
         for unit in self.my_units():
             sample = self.samples[unit[0]]
-            if sample.slice is None:
+            if sample.plain_file:
                 try:
                     stat = sample_stat(sample, self.root)
                     data = read_image_bytes(sample.path)

@@ -81,7 +81,7 @@ VALIDATE_BLOCK = 4096
 def find_bad_headers(samples: list[Sample], workers: int = 8) -> list[tuple[Sample, str]]:
     """Header-check every image about to be extracted, before any compute is spent (volume headers were
     checked when the dataset was loaded)."""
-    images = [s for s in samples if s.slice is None]
+    images = [s for s in samples if s.decode_key is None]  # whole image files (not slices, frames, members)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # in blocks: a future per image cost 1.5 KB each
         reasons = [reason for start in range(0, len(images), VALIDATE_BLOCK)
                    for reason in pool.map(lambda s: check_image_header(s.path), images[start:start + VALIDATE_BLOCK])]

@@ -1,0 +1,154 @@
+"""DICOM decoding against pydicom's own bundled test files (its package folder, read offline; never
+pydicom.data.get_testdata_files, which may download)."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medprobe.data import decode_image, load_dataset
+from medprobe.data.images import window_to_uint8
+
+pydicom = pytest.importorskip("pydicom")
+from pydicom.pixels import apply_color_lut, apply_modality_lut  # noqa: E402
+
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+RGB_ORIGINAL = "SC_rgb_dcmtk_+eb+cr.dcm"
+YBR_TWINS = ["SC_rgb_dcmtk_+eb+cy+n1.dcm", "SC_rgb_dcmtk_+eb+cy+np.dcm", "SC_rgb_dcmtk_+eb+cy+s2.dcm",
+             "SC_rgb_jpeg_dcmtk.dcm", "SC_ybr_full_422_uncompressed.dcm"]
+UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
+
+
+def pydicom_reference(path: Path):
+    """(dataset, first frame as pydicom decodes it) or None when pydicom itself cannot decode the file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            dataset = pydicom.dcmread(path, force=True)
+            if "PixelData" not in dataset:
+                return None
+            pixels = dataset.pixel_array
+        except Exception:
+            return None
+    if int(getattr(dataset, "NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[0]
+    return dataset, pixels
+
+
+def decodable() -> list[Path]:
+    """Every bundled file pydicom decodes to a picture of at least 8 pixels a side."""
+    found = []
+    for path in sorted(TEST_FILES.glob("*.dcm")):
+        reference = pydicom_reference(path)
+        if reference is not None and min(reference[1].shape[:2]) >= 8:
+            found.append(path)
+    return found
+
+
+def test_every_file_pydicom_decodes_is_extracted(tmp_path):
+    from medprobe.cache import read_contents
+    from medprobe.extract.runner import extract
+
+    files = decodable()
+    assert len(files) >= 40  # the set this test is about (pydicom 3 with Pillow)
+    folder = tmp_path / "pydicom-files"  # a flat folder: no labels needed to extract
+    folder.mkdir()
+    for path in files:
+        shutil.copy(path, folder / path.name)
+    dataset = load_dataset(folder)
+    assert not dataset.labelled and len(dataset.samples) == len(files)
+    report = extract(dataset=dataset, model="efficientnet-lite0", cache_dir=tmp_path / "cache", device="cpu",
+                     precision="fp32", workers=0, batch_size=16, show_progress=False)
+    assert report.extracted == len(files) and not report.skipped
+    contents = read_contents(report.path)
+    assert contents.done.all() and sorted(contents.ids) == sorted(p.name for p in files)
+
+    from medprobe.cache import read_features
+
+    features = read_features(report.path, [RGB_ORIGINAL, *YBR_TWINS], "gap")
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    cosines = features[1:] @ features[0]
+    # 0.68 with the double YBR conversion. The floor is the JPEG loss itself: these twins' pixels equal
+    # libjpeg's own RGB decode (next test), and efficientnet-lite0 puts them at 0.971-0.974 from the (also
+    # lossy) RGB original on this 100x100 colour-bar picture, so 0.98 is out of any decoder's reach.
+    assert cosines.min() >= 0.97, dict(zip(YBR_TWINS, cosines.round(3), strict=True))
+
+
+@pytest.mark.parametrize("name", YBR_TWINS)
+def test_ybr_twins_differ_from_the_rgb_original_by_jpeg_noise_only(name):
+    original = np.asarray(decode_image((TEST_FILES / RGB_ORIGINAL).read_bytes(), RGB_ORIGINAL), dtype=float)
+    twin = np.asarray(decode_image((TEST_FILES / name).read_bytes(), name), dtype=float)
+    assert np.abs(twin - original).mean() < 4  # a second YBR->RGB conversion gave 96
+
+
+@pytest.mark.parametrize("name", [n for n in YBR_TWINS if "uncompressed" not in n] + [RGB_ORIGINAL])
+def test_jpeg_colour_equals_libjpegs_own_rgb_decode(name):
+    """An independent reference: Pillow decoding the embedded JPEG stream straight to RGB."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import generate_frames
+
+    dataset = pydicom.dcmread(TEST_FILES / name)
+    stream = next(generate_frames(dataset.PixelData, number_of_frames=1))
+    expected = np.asarray(Image.open(io.BytesIO(stream)).convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(decode_image((TEST_FILES / name).read_bytes(), name)), expected)
+
+
+def test_uncompressed_files_equal_pydicoms_rgb_pixels_exactly():
+    checked = set()
+    for path in decodable():
+        dataset, pixels = pydicom_reference(path)
+        if str(dataset.file_meta.get("TransferSyntaxUID", "")) not in UNCOMPRESSED:
+            continue
+        mine = np.asarray(decode_image(path.read_bytes(), path))
+        photometric = str(dataset.PhotometricInterpretation)
+        if photometric == "PALETTE COLOR":
+            expected = np.rint(apply_color_lut(pixels, dataset) / 257.0).astype(np.uint8)  # 16-bit LUT entries
+            assert len(np.unique(expected.reshape(-1, 3), axis=0)) > 16  # real colours, not grey indices
+        elif pixels.ndim == 3:
+            expected = pixels
+        else:
+            gray = window_to_uint8(apply_modality_lut(pixels, dataset))
+            expected = np.stack([255 - gray if photometric == "MONOCHROME1" else gray] * 3, axis=-1)
+        np.testing.assert_array_equal(mine, expected, err_msg=path.name)
+        checked.add(photometric)
+    assert {"MONOCHROME2", "RGB", "YBR_FULL_422", "PALETTE COLOR"} <= checked
+
+
+def test_jpeg2000_colour_equals_pydicoms_rgb():
+    path = TEST_FILES / "examples_jpeg2k.dcm"
+    dataset, pixels = pydicom_reference(path)
+    assert dataset.PhotometricInterpretation == "YBR_RCT"
+    np.testing.assert_array_equal(np.asarray(decode_image(path.read_bytes(), path)), pixels)
+
+
+def test_ct_is_decoded_in_hounsfield_units_through_rescale():
+    path = TEST_FILES / "CT_small.dcm"
+    dataset, pixels = pydicom_reference(path)
+    from medprobe.data.dicom import modality_pixels, read_dataset
+
+    values = modality_pixels(read_dataset(path.read_bytes(), path), path)
+    np.testing.assert_array_equal(values, pixels * float(dataset.RescaleSlope) + float(dataset.RescaleIntercept))
+
+
+def test_pydicom_warnings_become_one_counted_line(tmp_path, capsys):
+    from medprobe.cli import main
+
+    folder = tmp_path / "padded"
+    folder.mkdir()
+    shutil.copy(TEST_FILES / "MR_small_padded.dcm", folder / "a.dcm")  # pydicom warns about its excess padding
+    shutil.copy(TEST_FILES / "MR_small.dcm", folder / "b.dcm")
+    for debug in ([], ["--debug"]):
+        with pytest.raises(SystemExit):
+            main(["datasets", "inspect", str(folder), *debug])
+        err = capsys.readouterr().err
+        if not debug:
+            notes = [line for line in err.splitlines() if "pydicom" in line]
+            assert len(notes) == 1 and "pydicom warned 1 time(s)" in notes[0] and "--debug" in notes[0], err
+            assert "UserWarning" not in err
+    assert "warning: " in err and "a.dcm" in err and "pydicom warned" not in err, err

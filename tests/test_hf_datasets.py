@@ -1,0 +1,96 @@
+"""Hugging Face `datasets` data saved by the test (save_to_disk, parquet) through extract and probe."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import blob_image
+from PIL import Image
+from test_reliability import cli, one_error_line
+
+from medprobe.data import load_dataset
+from medprobe.data.reader import read_all
+
+datasets = pytest.importorskip("datasets")
+COUNTS = {"train": 16, "validation": 6, "test": 8}
+NAMES = ["benign", "malignant"]
+
+
+def splits(rng) -> dict:
+    features = datasets.Features({"img": datasets.Image(), "dx": datasets.ClassLabel(names=NAMES),
+                                  "note": datasets.Value("string")})
+    out = {}
+    for split, n in COUNTS.items():
+        labels = [i % 2 for i in range(n)]
+        images = [Image.fromarray(blob_image(rng, label, (32, 32))) for label in labels]
+        out[split] = datasets.Dataset.from_dict({"img": images, "dx": labels, "note": ["x"] * n}, features=features)
+    return out
+
+
+@pytest.fixture
+def saved(tmp_path):
+    folder = tmp_path / "lesions"
+    datasets.DatasetDict(splits(np.random.default_rng(0))).save_to_disk(str(folder))
+    return folder
+
+
+def test_save_to_disk_dataset_extracts_and_probes(saved, tmp_path, capsys, tiny_timm_models):
+    data = f"hf-dataset:{saved}"
+    columns = ["--image-column", "img", "--label-column", "dx"]
+    dataset = load_dataset(data, image_column="img", label_column="dx")
+    assert dataset.classes == NAMES
+    assert dataset.ids[:2] == ["train/000000", "train/000001"] and dataset.ids[-1] == "test/000007"
+    assert [s.split for s in dataset.samples].count("val") == COUNTS["validation"]
+    items = list(read_all(dataset.samples[:2], dataset.root))
+    expected = np.asarray(datasets.load_from_disk(str(saved))["train"][1]["img"].convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(items[1].image), expected)
+    cache, out_dir = tmp_path / "cache", tmp_path / "results"
+    code, out, err = cli(capsys, "extract", data, *columns, "--model", tiny_timm_models["resnet"], "--cache-dir",
+                         cache, "--workers", 0, "--device", "cpu")
+    assert code == 0 and f"extracted {sum(COUNTS.values())}" in out, err
+    code, out, err = cli(capsys, "probe", data, *columns, "--cache-dir", cache, "--bootstrap", 0, "--n-jobs", 1,
+                         "--out", out_dir)
+    assert code == 0, err
+    (record,) = [json.loads(p.read_text()) for p in out_dir.rglob("*.json")]
+    assert record["protocol"] == "given-split" and record["sizes"][0]["test"] == COUNTS["test"]
+    code, out, err = cli(capsys, "cache", "verify", "--cache-dir", cache)
+    assert code == 0, out
+    code, out, err = cli(capsys, "datasets", "inspect", data, "--image-column", "img")  # dx is not "label"
+    assert code == 0 and "no labels" in out, out
+    code, out, err = cli(capsys, "probe", data, "--image-column", "img", "--cache-dir", cache)
+    assert code == 2 and one_error_line(err) and "--label-column" in err, err
+
+
+def test_parquet_files_and_a_spec_with_the_column_keys(tmp_path):
+    folder = tmp_path / "parquet" / "data"
+    folder.mkdir(parents=True)
+    for split, part in splits(np.random.default_rng(1)).items():
+        part.to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
+    spec = tmp_path / "lesions.toml"
+    spec.write_text('hf_dataset = "parquet"\nimage_column = "img"\nlabel_column = "dx"\n')
+    dataset = load_dataset(spec)
+    assert dataset.name == "lesions" and dataset.classes == NAMES and len(dataset.samples) == sum(COUNTS.values())
+    assert {s.split for s in dataset.samples} == {"train", "val", "test"}
+    assert all(item.error is None for item in read_all(dataset.samples, dataset.root))
+
+
+def test_hf_dataset_errors_are_one_clear_line(saved, capsys, monkeypatch):
+    code, out, err = cli(capsys, "datasets", "inspect", f"hf-dataset:{saved}")
+    assert code == 2 and one_error_line(err) and "no image column 'image'" in err and "img" in err, err
+    code, out, err = cli(capsys, "datasets", "inspect", f"hf-dataset:{saved}", "--image-column", "img",
+                         "--label-column", "diagnosis")
+    assert code == 2 and "no label column 'diagnosis'" in err, err
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_datasets(name, *args, **kwargs):
+        if name == "datasets" or name.startswith("datasets."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_datasets)
+    code, out, err = cli(capsys, "datasets", "inspect", f"hf-dataset:{saved}", "--image-column", "img")
+    assert code == 2 and "pip install 'medprobe[hf]'" in err, err
