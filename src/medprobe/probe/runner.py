@@ -24,6 +24,10 @@ from medprobe.progress import STDERR, progress_bar
 from medprobe.results.metrics import evaluate_mean, group_codes, patient_block, summarize_metrics, test_report
 from medprobe.results.record import fold_sizes, record_paths, run_header, save_run
 
+# feature matrices up to this many values (e.g. 1,000 x 1,000) are probed in this process: starting worker
+# processes would cost more than the whole search
+SERIAL_LIMIT = 1_000_000
+
 
 @dataclass
 class ProbeSettings:
@@ -147,7 +151,8 @@ class Prober:
         Dask or Ray cluster of --backend); also the solver fits run and how many stopped at their cap."""
         s = self.settings
         n_classes = len(self.classes)
-        parallel = Parallel(n_jobs=s.n_jobs)
+        small = job.X is not None and job.X.size <= SERIAL_LIMIT and self.backend == "local"
+        parallel = Parallel(n_jobs=1 if small else s.n_jobs)
         if job.stream is not None:
             return parallel(delayed(streaming.stream_fold)(job.stream, self.y, fold, n_classes, s.seed, s.save_model)
                             for fold in self.plan.folds), {}
