@@ -84,9 +84,8 @@ def test_a_probe_is_one_registered_class_and_runs_through_the_whole_probe_path(t
     assert {h["temperature"] for h in record["hyperparameters"]} <= {0.05, 0.1, 1.0}
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_logreg_path_scores_do_not_depend_on_the_order_c_is_tried(seed):
-    data = fold_data(seed=seed)
+def test_logreg_path_scores_do_not_depend_on_the_order_c_is_tried(seed=0):
+    data = fold_data(dim=4, spread=3.0, seed=seed)
     Ztr, Zval = data.standardised()
     rng = np.random.default_rng(seed)
     scores = []
@@ -99,19 +98,19 @@ def test_logreg_path_scores_do_not_depend_on_the_order_c_is_tried(seed):
     assert scores[0] == scores[1] == scores[2]
 
 
-def test_coarse_to_fine_never_beats_the_full_grid_on_30_seeds():
-    """The coarse-to-fine candidates are a subset of the full grid's, with the very same scores; it misses the
-    full grid's optimum on some seeds (BENCHMARKS.md states the measured rate), never exceeds it."""
+def test_coarse_to_fine_never_beats_the_full_grid():
+    """The coarse-to-fine candidates are a subset of the full grid's, with the very same scores: it can miss the
+    full grid's optimum (benchmarks/logreg_search.py measures how often, on 40 seeds), never exceed it."""
     misses = 0
-    for seed in range(30):
-        data = fold_data(n=100, spread=2.5, seed=seed)
+    for seed in range(8):
+        data = fold_data(n=100, dim=4, spread=4.0, seed=seed)
         probe = get_probe("logreg")
         full = dict((p["C"], s) for p, s in probe.search(("all",), data, 0).candidates)
         coarse = probe.search(("all",), data, 0, coarse_to_fine=True)
         assert len(coarse.candidates) <= 12 + 2 * 6 and len(full) == 45
         assert all(full[p["C"]] == score for p, score in coarse.candidates)
         misses += max(s for _, s in coarse.candidates) < max(full.values())
-    assert misses < 30
+    assert misses < 8
 
 
 def test_kernels_from_one_gram_matrix_select_as_plain_svcs_do():
