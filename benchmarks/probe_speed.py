@@ -23,6 +23,7 @@ import argparse
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -141,12 +142,13 @@ def run_side(src: Path, features: Path, bootstrap: int, timeout: float | None) -
     env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, __file__, "--child", str(features), str(bootstrap)]
     with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.DEVNULL, env=env, cwd=src.parent)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.DEVNULL, env=env, cwd=src.parent,
+                                   start_new_session=True)  # its own process group: its workers stop with it
         try:
             process.wait(timeout=timeout)
             stopped = False
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             stopped = True
         log.seek(0)
@@ -173,9 +175,9 @@ def compare(args) -> list[dict]:
     work.mkdir(parents=True, exist_ok=True)
     old_src, new_src = old_checkout(work), ROOT / "src"
     rows = []
-    for name, (X, y) in problems(work).items():
-        if args.only and name not in args.only.split(","):
-            continue
+    found = problems(work)
+    for name in args.only.split(",") if args.only else found:
+        X, y = found[name]
         features = work / f"{name}.npz"
         np.savez(features, X=X, y=y)
         started = time.perf_counter()
@@ -189,10 +191,11 @@ def compare(args) -> list[dict]:
                             "old_bacc": round(old[clf]["balanced_accuracy"], 4),
                             "new_bacc": round(new[clf]["balanced_accuracy"], 4),
                             "old_chosen": old[clf]["chosen"], "new_chosen": new[clf]["chosen"]}
-            else:  # stopped: everything before it finished, so it ran at least the rest of the wall time
+            else:  # stopped in this classifier (it ran at least the rest of the wall time), or before it (None)
                 done = sum(old[c]["total_seconds"] for c in old)
-                lower = old_wall - done if clf == next(c for c in CLASSIFIERS if c not in old) else 0.0
-                row[clf] = {"old_s": None, "old_at_least_s": round(lower, 1), "new_s": new[clf]["fit_seconds"],
+                lower = old_wall - done if clf == next(c for c in CLASSIFIERS if c not in old) else None
+                row[clf] = {"old_s": None, "old_at_least_s": lower and round(lower, 1),
+                            "new_s": new[clf]["fit_seconds"],
                             "old_bacc": None, "new_bacc": round(new[clf]["balanced_accuracy"], 4),
                             "new_chosen": new[clf]["chosen"]}
         row["old_stopped"] = stopped
@@ -202,8 +205,13 @@ def compare(args) -> list[dict]:
     return rows
 
 
-def ratio(old: float | None, new: float, lower: float = 0.0) -> str:
-    return f"{old / new:.1f}" if old is not None else f"> {lower / new:.1f}"
+def cell(c: dict) -> str:
+    """old / new seconds (ratio); a stopped old run gives a lower bound, one never started a dash."""
+    if c["old_s"] is not None:
+        return f"{c['old_s']:.1f} / {c['new_s']:.1f} ({c['old_s'] / c['new_s']:.1f}x)"
+    if c.get("old_at_least_s"):
+        return f"> {c['old_at_least_s']:.0f} / {c['new_s']:.1f} (> {c['old_at_least_s'] / c['new_s']:.1f}x)"
+    return f"not run / {c['new_s']:.1f}"
 
 
 def print_table(rows: list[dict]) -> None:
@@ -211,11 +219,7 @@ def print_table(rows: list[dict]) -> None:
           "| test bal. acc. old -> new (logreg, svm, knn) |")
     print("|---|---|---|---|---|---|")
     for row in rows:
-        cells = []
-        for clf in CLASSIFIERS:
-            c = row[clf]
-            old = f"{c['old_s']:.1f}" if c["old_s"] is not None else f"> {c['old_at_least_s']:.0f}"
-            cells.append(f"{old} / {c['new_s']:.1f} ({ratio(c['old_s'], c['new_s'], c.get('old_at_least_s', 0))}x)")
+        cells = [cell(row[clf]) for clf in CLASSIFIERS]
         accuracy = ", ".join(f"{row[c]['old_bacc'] if row[c]['old_bacc'] is not None else '—'} -> {row[c]['new_bacc']}"
                              for c in CLASSIFIERS)
         print(f"| {row['problem']} | {row['n']} x {row['dim']}, {row['classes']} | {' | '.join(cells)} | {accuracy} |")

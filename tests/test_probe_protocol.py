@@ -100,7 +100,7 @@ def test_logreg_path_scores_do_not_depend_on_the_order_c_is_tried(seed=0):
 
 def test_coarse_to_fine_never_beats_the_full_grid():
     """The coarse-to-fine candidates are a subset of the full grid's, with the very same scores: it can miss the
-    full grid's optimum (benchmarks/logreg_search.py measures how often, on 40 seeds), never exceed it."""
+    full grid's optimum (benchmarks/logreg_search.py measures how often, on 30 seeds), never exceed it."""
     misses = 0
     for seed in range(8):
         data = fold_data(n=100, dim=4, spread=4.0, seed=seed)
