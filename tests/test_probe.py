@@ -176,12 +176,15 @@ def test_label_efficiency_records(tmp_path):
     assert 0 <= one_shot["patient_metrics"]["metrics"]["accuracy"]["value"] <= 1
 
 
-def test_parallel_folds_and_saved_model(tmp_path):
+def test_parallel_folds_and_saved_model(tmp_path, monkeypatch):
     import joblib
+
+    from medprobe.probe import runner
 
     labels, features = clustered(15, 2, 6, 1.0, seed=7)
     dataset = synthetic_study(tmp_path / "d", tmp_path / "cache", labels, features)
     serial = run_probe(dataset, tmp_path / "cache", tmp_path / "a", classifiers=("svm",))[0]
+    monkeypatch.setattr(runner, "SERIAL_LIMIT", 0)  # worker processes even for these few features
     parallel = run_probe(dataset, tmp_path / "cache", tmp_path / "b", classifiers=("svm",), n_jobs=2,
                          save_model=True)[0]
     assert serial["metrics"] == parallel["metrics"] and serial["hyperparameters"] == parallel["hyperparameters"]
