@@ -1,16 +1,20 @@
-"""Probe re-run cost against extraction cost, on this machine, in one run.
+"""The probes before and after issue 16, side by side in one run, on the same problems and this machine.
 
-For each feature width (384 = ViT-S, 1024 = ViT-L) and dataset size N, a dataset of N tiny image files
-gets a cache of synthetic features (4 classes, weakly separable, so the solvers work as hard as on real
-data), then the full `medprobe probe` path runs: cache read and freshness check, 5-fold splits, all
-three classifiers with their default grids, 5000 bootstrap resamples, records. Each size runs in its own
-process, so peak memory (the probe process plus its fold workers) is clean.
+The old implementation runs from a git worktree of commit OLD_REF (created under the system temp folder if
+missing, never inside the project); the new one from this checkout's src/. For each problem, each side runs
+in its own process the full `medprobe probe` path (its own dataset files, feature cache, freshness check,
+5-fold splits, validation search, refit on train+val, test predictions, bootstrap, records), one classifier
+at a time, and reports per classifier the search + refit seconds (the record's fit_seconds: the bootstrap is
+the same code in both and is left out, see --bootstrap) and the validation-selected test balanced accuracy.
+An old run still going after --old-timeout seconds is stopped; its time is then a lower bound (">").
 
-The extraction side is measured in the same run: the rate of `medprobe extract` with a dinov2-small-shaped
-(384-d) or dinov2-large-shaped (1024-d) backbone on 512x512 JPEGs, bf16, with which "extraction time for N
-images" = N / rate.
+Problems: the real one is scikit-learn's 1797 digit scans (10 classes, and even/odd as a binary task)
+upscaled to 64x64 and embedded by efficientnet-lite0 (1280-d, its genuine ImageNet weights through
+medprobe's registry, extracted once into --work); the others are Gaussian class centres plus unit noise,
+binary and 10-class, 384 to 1536 dims, 500 to 20,000 samples.
 
-    python benchmarks/probe_speed.py [--sizes 1000,10000] [--dims 384,1024] [--json out.json]
+    python benchmarks/probe_speed.py [--only digits10,n10000-d1024-k10] [--old-timeout 240] [--json out.json]
+    python benchmarks/probe_speed.py --goals [--goal-10k]  # digits against plain logreg; 10k x 1024 x 10
 """
 
 from __future__ import annotations
@@ -19,131 +23,281 @@ import argparse
 import csv
 import json
 import os
-import resource
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from child_run import measure_in_child
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+OLD_REF = "9f64220"
+ROOT = Path(__file__).resolve().parent.parent
+CLASSIFIERS = ("logreg", "svm", "knn")
+# (samples, dims, classes): class centres N(0, 1) x SEPARATION / sqrt(2 dims) apart by about SEPARATION noise
+# standard deviations, so that test balanced accuracy stays well inside (chance, 1) at every width
+SYNTHETIC = [(500, 384, 2), (500, 768, 10), (500, 1536, 2), (500, 1536, 10), (1000, 384, 10), (1000, 1024, 2),
+             (1000, 1024, 10), (1000, 1536, 10), (2000, 384, 2), (2000, 768, 10), (2000, 1536, 2), (2000, 1536, 10),
+             (5000, 384, 10), (5000, 768, 2), (5000, 1024, 10), (5000, 1536, 2), (10000, 384, 2), (10000, 1024, 10),
+             (20000, 384, 2), (20000, 768, 10)]
+SEPARATION = 2.5
 
 
-def build_dataset(root: Path, n: int, seed: int = 0) -> Path:
-    from PIL import Image
+def synthetic(n: int, dim: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([seed, n, dim, k])
+    y = np.arange(n) % k
+    rng.shuffle(y)
+    X = rng.normal(0, 1, (k, dim))[y] * SEPARATION / np.sqrt(2 * dim) + rng.normal(0, 1, (n, dim))
+    return X.astype(np.float32), y
 
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 4, n)
-    (root / "img").mkdir(parents=True)
-    Image.new("L", (2, 2)).save(root / "img" / "blank.png")
-    blank = (root / "img" / "blank.png").read_bytes()
-    rows = []
-    for i, label in enumerate(labels):
-        (root / "img" / f"{i:06d}.png").write_bytes(blank)
-        rows.append({"path": f"img/{i:06d}.png", "label": f"class{label}"})
-    manifest = root / "labels.csv"
-    with manifest.open("w", newline="") as handle:
+
+def digits_features(work: Path) -> tuple[np.ndarray, np.ndarray]:
+    """efficientnet-lite0 features of the 1797 digits upscaled to 64x64 (extracted once, then reused)."""
+    saved = work / "digits-efficientnet-lite0.npz"
+    if not saved.exists():
+        from PIL import Image
+        from sklearn.datasets import load_digits
+
+        from medprobe.cache import read_features
+        from medprobe.data import load_dataset
+        from medprobe.extract.runner import extract
+
+        digits = load_digits()
+        folder = work / "digits"
+        (folder / "img").mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+            pixels = (image / 16 * 255).astype(np.uint8)
+            upscaled = Image.fromarray(pixels).resize((64, 64), Image.BILINEAR).convert("RGB")
+            upscaled.save(folder / "img" / f"{i:04d}.png")
+            rows.append({"path": f"img/{i:04d}.png", "label": f"digit{label}"})
+        write_manifest(folder / "labels.csv", rows)
+        dataset = load_dataset(folder / "labels.csv")
+        report = extract(dataset=dataset, model="efficientnet-lite0", cache_dir=work / "cache", device="cpu",
+                         precision="fp32", show_progress=False)
+        X = read_features(report.path, dataset.ids, "gap")
+        np.savez(saved, X=X, y=np.array([int(s.label[len("digit"):]) for s in dataset.samples]))
+    data = np.load(saved)
+    return data["X"], data["y"]
+
+
+def problems(work: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    X, y = digits_features(work)
+    found = {"digits10": (X, y), "digits-even-odd": (X, y % 2)}
+    for n, dim, k in SYNTHETIC:
+        found[f"n{n}-d{dim}-k{k}"] = synthetic(n, dim, k)
+    return found
+
+
+def write_manifest(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["path", "label"])
         writer.writeheader()
         writer.writerows(rows)
-    return manifest
 
 
-def write_features(manifest: Path, cache_dir: Path, dim: int, seed: int = 0) -> None:
+def child(features: Path, bootstrap: int) -> None:
+    """In a fresh process on one implementation (PYTHONPATH): a dataset of blank images with the problem's
+    labels, a cache of its features, then one `probe` per classifier; one JSON line per classifier."""
+    from PIL import Image
+
     from medprobe.cache import CacheWriter, cache_path
     from medprobe.data import load_dataset
     from medprobe.data.signature import file_stat, fingerprint_bytes
     from medprobe.models.registry import resolve_model
-
-    dataset = load_dataset(manifest)
-    rng = np.random.default_rng(seed)
-    y = np.array([int(s.label[-1]) for s in dataset.samples])
-    features = rng.normal(0, 1, (4, dim))[y] * 0.05 + rng.normal(0, 1, (len(y), dim))
-    model = "dinov2-small" if dim == 384 else "dinov2-large"
-    spec = resolve_model(model)
-    path = cache_path(cache_dir, dataset.cache_slug, spec.slug, "benchmark")
-    fingerprint = fingerprint_bytes(dataset.samples[0].path.read_bytes())  # every file has the same bytes
-    with CacheWriter(path, {"model_name": model, "pools": ["gap"], "weights_identity": "synthetic"}) as writer:
-        writer.append_rows(dataset.ids)
-        writer.write(np.arange(len(y)), {"gap": features.astype(np.float32)}, [fingerprint] * len(y),
-                     [file_stat(s.path) for s in dataset.samples])
-
-
-def one_probe(n: int, dim: int, methods: tuple[str, ...]) -> dict:
-    """Runs in a child process: build, then time the probe re-run."""
-    from medprobe.data import load_dataset
     from medprobe.probe.runner import ProbeSettings, probe
 
+    data = np.load(features)
+    X, y = data["X"], data["y"]
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        manifest = build_dataset(tmp / "data", n)
-        write_features(manifest, tmp / "cache", dim)
+        root = Path(tmp)
+        (root / "img").mkdir()
+        Image.new("L", (2, 2)).save(root / "img" / "blank.png")
+        blank = (root / "img" / "blank.png").read_bytes()
+        for i in range(len(y)):
+            (root / "img" / f"{i:06d}.png").write_bytes(blank)
+        write_manifest(root / "labels.csv", [{"path": f"img/{i:06d}.png", "label": f"class{label}"}
+                                             for i, label in enumerate(y)])
+        dataset = load_dataset(root / "labels.csv")
+        path = cache_path(root / "cache", dataset.cache_slug, resolve_model("resnet50").slug, "benchmark")
+        fingerprint = fingerprint_bytes(blank)
+        with CacheWriter(path, {"model_name": "resnet50", "pools": ["gap"], "weights_identity": "synthetic"}) as out:
+            out.append_rows(dataset.ids)
+            out.write(np.arange(len(y)), {"gap": X}, [fingerprint] * len(y),
+                      [file_stat(sample.path) for sample in dataset.samples])
+        for name in CLASSIFIERS:
+            started = time.perf_counter()
+            record = probe(dataset=dataset, models=None, cache_dir=root / "cache", out_dir=root / "out",
+                           settings=ProbeSettings(classifiers=(name,), bootstrap=bootstrap), show_progress=False)[0]
+            print(json.dumps({"clf": name, "fit_seconds": record["timings"]["fit_seconds"],
+                              "total_seconds": round(time.perf_counter() - started, 2),
+                              "balanced_accuracy": record["metrics"]["balanced_accuracy"]["value"],
+                              "chosen": [{k: v for k, v in h.items() if k not in ("fold", "val_balanced_accuracy")}
+                                         for h in record["hyperparameters"]]}), flush=True)
+
+
+def run_side(src: Path, features: Path, bootstrap: int, timeout: float | None) -> tuple[dict, bool]:
+    """Per classifier, the child's result; and whether it was stopped at the timeout."""
+    env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, __file__, "--child", str(features), str(bootstrap)]
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.DEVNULL, env=env, cwd=src.parent,
+                                   start_new_session=True)  # its own process group: its workers stop with it
+        try:
+            process.wait(timeout=timeout)
+            stopped = False
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            stopped = True
+        log.seek(0)
+        results = {}
+        for line in log.read().splitlines():
+            if line.startswith("{"):
+                row = json.loads(line)
+                results[row.pop("clf")] = row
+    if process.returncode and not stopped:
+        raise RuntimeError(f"{src}: the child failed on {features}")
+    return results, stopped
+
+
+def old_checkout(work: Path) -> Path:
+    tree = Path(tempfile.gettempdir()) / f"medprobe-old-{OLD_REF}"
+    if not (tree / "src" / "medprobe").is_dir():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), OLD_REF], check=True,
+                       capture_output=True)
+    return tree / "src"
+
+
+def compare(args) -> list[dict]:
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    old_src, new_src = old_checkout(work), ROOT / "src"
+    rows = []
+    found = problems(work)
+    for name in args.only.split(",") if args.only else found:
+        X, y = found[name]
+        features = work / f"{name}.npz"
+        np.savez(features, X=X, y=y)
         started = time.perf_counter()
-        records = probe(dataset=load_dataset(manifest), models=None, cache_dir=tmp / "cache", out_dir=tmp / "out",
-                        settings=ProbeSettings(classifiers=methods), show_progress=False)
-        seconds = time.perf_counter() - started
-    from joblib.externals.loky import get_reusable_executor
+        old, stopped = run_side(old_src, features, args.bootstrap, args.old_timeout)
+        old_wall = time.perf_counter() - started
+        new, _ = run_side(new_src, features, args.bootstrap, None)
+        row = {"problem": name, "n": len(y), "dim": X.shape[1], "classes": int(y.max() + 1)}
+        for clf in CLASSIFIERS:
+            if clf in old:
+                row[clf] = {"old_s": old[clf]["fit_seconds"], "new_s": new[clf]["fit_seconds"],
+                            "old_bacc": round(old[clf]["balanced_accuracy"], 4),
+                            "new_bacc": round(new[clf]["balanced_accuracy"], 4),
+                            "old_chosen": old[clf]["chosen"], "new_chosen": new[clf]["chosen"]}
+            else:  # stopped in this classifier (it ran at least the rest of the wall time), or before it (None)
+                done = sum(old[c]["total_seconds"] for c in old)
+                lower = old_wall - done if clf == next(c for c in CLASSIFIERS if c not in old) else None
+                row[clf] = {"old_s": None, "old_at_least_s": lower and round(lower, 1),
+                            "new_s": new[clf]["fit_seconds"],
+                            "old_bacc": None, "new_bacc": round(new[clf]["balanced_accuracy"], 4),
+                            "new_chosen": new[clf]["chosen"]}
+        row["old_stopped"] = stopped
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items()}), flush=True)
+    print_table(rows)
+    return rows
 
-    get_reusable_executor().shutdown(wait=True)  # fold workers exit, so their peak counts as a child's
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent that forked this process
-    own_mb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-                  if line.startswith("VmHWM")) / 1024
-    worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"n": n, "dim": dim, "probe_seconds": round(seconds, 1), "peak_memory_mb": round(own_mb),
-            "peak_worker_memory_mb": round(worker_mb),
-            "per_classifier_seconds": {r["method"]: r["timings"]["total_seconds"] for r in records},
-            "balanced_accuracy": {r["method"]: round(r["metrics"]["balanced_accuracy"]["value"], 3) for r in records}}
+
+def cell(c: dict) -> str:
+    """old / new seconds (ratio); a stopped old run gives a lower bound, one never started a dash."""
+    if c["old_s"] is not None:
+        return f"{c['old_s']:.1f} / {c['new_s']:.1f} ({c['old_s'] / c['new_s']:.1f}x)"
+    if c.get("old_at_least_s"):
+        return f"> {c['old_at_least_s']:.0f} / {c['new_s']:.1f} (> {c['old_at_least_s'] / c['new_s']:.1f}x)"
+    return f"not run / {c['new_s']:.1f}"
 
 
-def extraction_rate(dim: int, images: int = 48) -> float:
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+def print_table(rows: list[dict]) -> None:
+    print("| problem | n x d, classes | logreg old / new s (ratio) | svm | knn "
+          "| test bal. acc. old -> new (logreg, svm, knn) |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        cells = [cell(row[clf]) for clf in CLASSIFIERS]
+        accuracy = ", ".join(f"{row[c]['old_bacc'] if row[c]['old_bacc'] is not None else '—'} -> {row[c]['new_bacc']}"
+                             for c in CLASSIFIERS)
+        print(f"| {row['problem']} | {row['n']} x {row['dim']}, {row['classes']} | {' | '.join(cells)} | {accuracy} |")
+    finished = [r for r in rows if all(r[c]["old_s"] is not None for c in CLASSIFIERS)]
+    for clf in CLASSIFIERS:
+        done = [r[clf] for r in rows if r[clf]["old_s"] is not None]
+        print(f"{clf}: old/new over {len(done)} problems the old finished: "
+              f"{sum(c['old_s'] for c in done) / sum(c['new_s'] for c in done):.1f}x")
+    if finished:
+        old = sum(r[c]["old_s"] for r in finished for c in CLASSIFIERS)
+        new = sum(r[c]["new_s"] for r in finished for c in CLASSIFIERS)
+        print(f"all three, {len(finished)} problems: {old:.0f} s -> {new:.0f} s ({old / new:.1f}x)")
+    losses = [(r["problem"], c, r[c]["old_bacc"] - r[c]["new_bacc"]) for r in rows for c in CLASSIFIERS
+              if r[c]["old_bacc"] is not None and r[c]["old_bacc"] - r[c]["new_bacc"] > 0.005]
+    print("test balanced accuracy lost beyond 0.005:", losses or "none")
 
-    from medprobe.data import load_dataset
-    from medprobe.extract.runner import extract
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from extract_throughput import write_jpegs
+def plain_logreg(X: np.ndarray, y: np.ndarray) -> dict:
+    """One plain 5-fold scikit-learn logistic regression (standardised, defaults), with the default BLAS
+    threads and with one; the faster is the yardstick."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
-    width = {384: (384, 12, 6), 1024: (1024, 24, 16)}[dim]
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        write_jpegs(tmp / "jpegs", images)
-        Dinov2Model(Dinov2Config(hidden_size=width[0], num_hidden_layers=width[1], num_attention_heads=width[2],
-                                 intermediate_size=4 * width[0], patch_size=14)).save_pretrained(tmp / "model")
-        BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}).save_pretrained(
-            tmp / "model")
-        report = extract(dataset=load_dataset(tmp / "jpegs"), model=str(tmp / "model"), cache_dir=tmp / "cache",
-                         precision="bf16", batch_size=16, show_progress=False)
-    return report.images_per_second
+    seconds = {}
+    for threads in (None, 1):
+        with threadpool_limits(threads):
+            started = time.perf_counter()
+            cross_val_score(make_pipeline(StandardScaler(), LogisticRegression()), X, y, cv=5)
+            seconds["default threads" if threads is None else "1 thread"] = round(time.perf_counter() - started, 2)
+    return seconds
+
+
+def goals(args) -> None:
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    X, y = digits_features(work)
+    features = work / "digits10.npz"
+    np.savez(features, X=X, y=y)
+    plain = plain_logreg(X, y)
+    new, _ = run_side(ROOT / "src", features, 5000, None)
+    total = sum(r["total_seconds"] for r in new.values())
+    print(json.dumps({"goal": "digits probe --clf all vs plain 5-fold logreg", "plain_logreg_s": plain,
+                      "probe_all_s": round(total, 1), "per_classifier": new,
+                      "ratio": round(total / min(plain.values()), 1),
+                      "svm_over_logreg": round(new["svm"]["total_seconds"] / new["logreg"]["total_seconds"], 2)}))
+    if not args.goal_10k:
+        return
+    X, y = synthetic(10000, 1024, 10)
+    features = work / "goal-n10000-d1024-k10.npz"
+    np.savez(features, X=X, y=y)
+    started = time.perf_counter()
+    new, _ = run_side(ROOT / "src", features, 5000, None)
+    print(json.dumps({"goal": "10k x 1024 x 10, all three, 5 folds, 5000 bootstrap",
+                      "wall_s": round(time.perf_counter() - started, 1), "per_classifier": new}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="1000,10000")
-    parser.add_argument("--dims", default="384,1024")
-    parser.add_argument("--clf", default="logreg,svm,knn", help="classifiers to run (default: all three)")
+    parser.add_argument("--only", help="comma-separated problem names (default: all)")
+    parser.add_argument("--old-timeout", type=float, default=240, help="seconds before an old run is stopped")
+    parser.add_argument("--bootstrap", type=int, default=200, help="resamples (not timed: fit_seconds excludes it)")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "medprobe-probe-speed")
+    parser.add_argument("--goals", action="store_true", help="the digits goal (plain logreg yardstick), new only")
+    parser.add_argument("--goal-10k", action="store_true", help="with --goals: also 10k x 1024 x 10, 5000 bootstrap")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--one", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    methods = tuple(args.clf.split(","))
-    if args.one:
-        print(json.dumps(one_probe(*args.one, methods)))
-        return
-    dims = [int(d) for d in args.dims.split(",")]
-    rates = {dim: extraction_rate(dim) for dim in dims}
-    rows = []
-    for dim in dims:
-        for n in (int(s) for s in args.sizes.split(",")):
-            row = measure_in_child(__file__, n, dim, "--clf", args.clf)
-            row["extraction_img_s"] = round(rates[dim], 2)
-            row["extraction_seconds_estimate"] = round(n / rates[dim], 1)
-            row["probe_over_extraction"] = round(row["probe_seconds"] / row["extraction_seconds_estimate"], 4)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+    if args.child:
+        child(Path(args.child[0]), int(args.child[1]))
+    elif args.goals:
+        goals(args)
+    else:
+        rows = compare(args)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

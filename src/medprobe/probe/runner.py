@@ -10,16 +10,23 @@ from pathlib import Path
 
 import numpy as np
 from joblib import Parallel, delayed
+from threadpoolctl import threadpool_limits
 
 from medprobe.data.samples import Dataset
 from medprobe.data.splits import Fold, SplitPlan, dataset_splits, pooled_test
 from medprobe.errors import MedprobeError
-from medprobe.probe import classifiers, streaming
+from medprobe.probe import streaming
 from medprobe.probe.backends import compute_backend
+from medprobe.probe.classifiers import CLASSIFIERS, get_probe
 from medprobe.probe.features import CacheRef, FeatureStream, extracted_models, feature_stream, find_cache, skipped_in
+from medprobe.probe.protocol import FoldData, Probe, SearchOutcome, best, fit_scaler
 from medprobe.progress import STDERR, progress_bar
 from medprobe.results.metrics import evaluate_mean, group_codes, patient_block, summarize_metrics, test_report
 from medprobe.results.record import fold_sizes, record_paths, run_header, save_run
+
+# feature matrices up to this many values (e.g. 1,000 x 1,000) are probed in this process: starting worker
+# processes would cost more than the whole search
+SERIAL_LIMIT = 1_000_000
 
 
 @dataclass
@@ -52,6 +59,7 @@ class Job:
     sources: list[dict] = field(default_factory=list)
     stream: FeatureStream | None = field(default=None, repr=False)  # set instead of X when out of core
     out_of_core: str | None = None  # why: "flag" or "memory"
+    scalers: dict = field(default_factory=dict, repr=False)  # fold index -> its training part's StandardScaler
 
     @property
     def dim(self) -> int:
@@ -64,18 +72,21 @@ class Job:
         return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
-def _search_part(name: str, part: tuple, X: np.ndarray, y: np.ndarray, fold: Fold, n_classes: int, seed: int,
-                 coarse_to_fine: bool) -> list[tuple[dict, float]]:
-    return classifiers.search_part(name, part, X[fold.train], y[fold.train], X[fold.val], y[fold.val], n_classes,
-                                   seed, coarse_to_fine=coarse_to_fine)
+def _search_part(probe: Probe, part: tuple, X: np.ndarray, y: np.ndarray, fold: Fold, scaler, n_classes: int,
+                 seed: int, coarse_to_fine: bool) -> SearchOutcome:
+    data = FoldData(X[fold.train], y[fold.train], X[fold.val], y[fold.val], n_classes, scaler)
+    with threadpool_limits(1):  # one BLAS thread per task: tasks run side by side, one per core
+        return probe.search(part, data, seed, coarse_to_fine=coarse_to_fine)
 
 
-def _fit_fold(name: str, params: dict, X: np.ndarray, y: np.ndarray, fold: Fold, n_classes: int, seed: int,
+def _fit_fold(probe: Probe, params: dict, X: np.ndarray, y: np.ndarray, fold: Fold, n_classes: int, seed: int,
               keep_model: bool) -> dict:
     train_val = np.concatenate([fold.train, fold.val])
-    fitted = classifiers.fit(name, params, X[train_val], y[train_val], n_classes, seed)
+    with threadpool_limits(1):
+        fitted = probe.fit(params, X[train_val], y[train_val], n_classes, seed)
+        scores = fitted.scores(X[fold.test], n_classes)
     # the fitted probe goes back to the parent process only when it is saved (a kNN index holds its data)
-    return {"scores": fitted.scores(X[fold.test], n_classes), "model": fitted if keep_model else None}
+    return {"scores": scores, "capped": fitted.capped, "model": fitted if keep_model else None}
 
 
 def _few_shot_indices(pool: np.ndarray, y: np.ndarray, codes: np.ndarray | None, shots: int,
@@ -91,6 +102,14 @@ def _few_shot_indices(pool: np.ndarray, y: np.ndarray, codes: np.ndarray | None,
             picked = rng.choice(patients, size=min(shots, len(patients)), replace=False)
             chosen.append(members[np.isin(codes[members], picked)])
     return np.sort(np.concatenate(chosen))
+
+
+def _warn_capped(job: str, method: str, convergence: dict) -> None:
+    at_cap = convergence["search_fits_at_cap"] + convergence["final_fits_at_cap"]
+    if at_cap:
+        total = convergence["search_fits"] + convergence["final_fits"]
+        STDERR.print(f"[yellow]warning:[/] {job} {method}: {at_cap} of {total} solver fits stopped at their "
+                     "iteration cap before their tolerance (the record's convergence and search say which limits)")
 
 
 class Prober:
@@ -120,30 +139,45 @@ class Prober:
         return save_run(self.out_dir, self.dataset, self._name(job, method, protocol), record, positions, fold_of,
                         scores)
 
-    def _fold_results(self, job: Job, method: str) -> list[dict]:
+    def _scaler(self, job: Job, fold: Fold):
+        """The fold's standardisation (its training part only), fitted once per job and fold and shared by
+        every standardised probe and search part."""
+        if fold.index not in job.scalers:
+            job.scalers[fold.index] = fit_scaler(job.X[fold.train])
+        return job.scalers[fold.index]
+
+    def _fold_results(self, job: Job, method: str) -> tuple[list[dict], dict]:
         """Every fold's search parts side by side, then every fold's final fit (joblib: local processes, or the
-        Dask or Ray cluster of --backend)."""
+        Dask or Ray cluster of --backend); also the solver fits run and how many stopped at their cap."""
         s = self.settings
         n_classes = len(self.classes)
-        parallel = Parallel(n_jobs=s.n_jobs)
+        small = job.X is not None and job.X.size <= SERIAL_LIMIT and self.backend == "local"
+        parallel = Parallel(n_jobs=1 if small else s.n_jobs)
         if job.stream is not None:
             return parallel(delayed(streaming.stream_fold)(job.stream, self.y, fold, n_classes, s.seed, s.save_model)
-                            for fold in self.plan.folds)
-        parts = classifiers.search_parts(method)
-        tasks = [(fold, part) for fold in self.plan.folds for part in parts]
-        searched = parallel(delayed(_search_part)(method, part, job.X, self.y, fold, n_classes, s.seed,
-                                                  s.coarse_to_fine) for fold, part in tasks)
-        chosen = [classifiers.best([candidate for (task_fold, _), found in zip(tasks, searched, strict=True)
-                                    if task_fold is fold for candidate in found]) for fold in self.plan.folds]
-        fitted = parallel(delayed(_fit_fold)(method, params, job.X, self.y, fold, n_classes, s.seed, s.save_model)
+                            for fold in self.plan.folds), {}
+        probe = get_probe(method)
+        tasks = [(fold, part) for fold in self.plan.folds for part in probe.parts(len(fold.train))]
+        searched = parallel(delayed(_search_part)(probe, part, job.X, self.y, fold,
+                                                  self._scaler(job, fold) if probe.standardised else None,
+                                                  n_classes, s.seed, s.coarse_to_fine) for fold, part in tasks)
+        chosen = [best([candidate for (task_fold, _), found in zip(tasks, searched, strict=True)
+                        if task_fold is fold for candidate in found.candidates]) for fold in self.plan.folds]
+        fitted = parallel(delayed(_fit_fold)(probe, params, job.X, self.y, fold, n_classes, s.seed, s.save_model)
                           for fold, (params, _) in zip(self.plan.folds, chosen, strict=True))
+        convergence = {"search_fits": sum(found.fits for found in searched),
+                       "search_fits_at_cap": sum(found.capped for found in searched),
+                       "final_fits": len(fitted), "final_fits_at_cap": sum(result.pop("capped") for result in fitted)}
         return [{"params": params, "val_balanced_accuracy": score, **result}
-                for (params, score), result in zip(chosen, fitted, strict=True)]
+                for (params, score), result in zip(chosen, fitted, strict=True)], convergence
 
     def run_full(self, job: Job, method: str) -> dict:
         s = self.settings
         started = time.perf_counter()
-        results = self._fold_results(job, method)
+        results, convergence = self._fold_results(job, method)
+        if job.stream is None:
+            _warn_capped(job.name, method, convergence)
+        search = get_probe(method).settings() if job.stream is None else None
         method = streaming.METHOD if job.stream is not None else method
         fit_seconds = time.perf_counter() - started
         positions, fold_of = pooled_test(self.plan.folds)
@@ -153,6 +187,8 @@ class Prober:
             "sizes": fold_sizes(self.plan.folds),
             "hyperparameters": [{"fold": f.index, **r["params"], "val_balanced_accuracy": r["val_balanced_accuracy"]}
                                 for f, r in zip(self.plan.folds, results, strict=True)],
+            **({"search": {**search, "coarse_to_fine": s.coarse_to_fine}, "convergence": convergence}
+               if search else {}),
             **test_report(self.y[positions], scores, fold_of=fold_of, groups=[self.groups[i] for i in positions],
                           classes=self.classes, ordinal=s.ordinal, replicates=s.bootstrap, seed=s.seed),
         })
@@ -174,7 +210,8 @@ class Prober:
     def run_few_shot(self, job: Job, method: str, shots: int) -> dict:
         s = self.settings
         started = time.perf_counter()
-        params = classifiers.FEW_SHOT_PARAMS[method]
+        probe = get_probe(method)
+        params = probe.few_shot
         positions, fold_of = pooled_test(self.plan.folds)
         repeated, train_sizes = [], []
         for repeat in range(s.repeats):
@@ -183,7 +220,7 @@ class Prober:
                 rng = np.random.default_rng([s.seed, repeat, fold.index, shots])
                 train = _few_shot_indices(np.concatenate([fold.train, fold.val]), self.y, self.codes, shots, rng)
                 train_sizes.append(len(train))
-                fitted = classifiers.fit(method, params, job.X[train], self.y[train], len(self.classes), s.seed)
+                fitted = probe.fit(params, job.X[train], self.y[train], len(self.classes), s.seed)
                 fold_scores.append(fitted.scores(job.X[fold.test], len(self.classes)))
             repeated.append(np.concatenate(fold_scores))
         y = self.y[positions]
@@ -197,7 +234,7 @@ class Prober:
         protocol = f"shots{shots}x{s.repeats}-{self.plan.protocol}"
         record = self._base_record(job, method, protocol)
         record.update({
-            "shots": shots, "repeats": s.repeats, "hyperparameters": [params],
+            "shots": shots, "repeats": s.repeats, "hyperparameters": [params], "search": probe.settings(),
             "train_sizes": {"min": int(min(train_sizes)), "max": int(max(train_sizes))},
             "metrics": metrics, "per_class_recall": per_class,
             "note": "fixed hyperparameters (no validation data at this label budget); value = mean over "
@@ -247,10 +284,9 @@ def _load_features(job: Job, datasets: list[Dataset], settings: ProbeSettings) -
 def probe(*, dataset: Dataset, models: list[str] | None, cache_dir: Path, out_dir: Path,
           settings: ProbeSettings, with_datasets: list[Dataset] = (), show_progress: bool = True) -> list[dict]:
     if not settings.classifiers:
-        raise MedprobeError(f"--clf names no classifier; use {', '.join(classifiers.CLASSIFIERS)} or all")
+        raise MedprobeError(f"--clf names no classifier; use {', '.join(CLASSIFIERS)} or all")
     for name in settings.classifiers:
-        if name not in classifiers.CLASSIFIERS:
-            raise MedprobeError(f"--clf {name!r} is not one of {', '.join(classifiers.CLASSIFIERS)}, all")
+        get_probe(name)  # an unknown name is an error listing the choices
     if settings.bootstrap < 0:
         raise MedprobeError("--bootstrap must be 0 or more")
     if not 0 < settings.memory_fraction <= 1:
@@ -278,4 +314,5 @@ def probe(*, dataset: Dataset, models: list[str] | None, cache_dir: Path, out_di
                     records.append(prober.run_few_shot(job, method, int(shots)))
                     advance(1)
             job.X = job.stream = None  # one job's features in memory at a time
+            job.scalers = {}
     return records

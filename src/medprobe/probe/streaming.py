@@ -24,8 +24,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from medprobe.data.splits import Fold
-from medprobe.probe.classifiers import FittedProbe, best, decision_scores
 from medprobe.probe.features import FeatureStream
+from medprobe.probe.protocol import FittedProbe, best, decision_scores
 from medprobe.results.metrics import balanced_accuracy
 
 METHOD = "logreg-sgd"
