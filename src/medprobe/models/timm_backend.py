@@ -111,8 +111,8 @@ def _patterns(spec) -> list[tuple[re.Pattern, tuple | None]]:
 
 def group_layout(model):
     """Blocks from timm's `group_matcher(coarse=True)` (the grouping timm's layer decay uses): the groups
-    whose parameters all match a block pattern, in order; what follows the last block (final norms, the
-    pre-logits of a CNN head) is the top; the stem stays frozen."""
+    that hold a block's parameters, in order (timm folds the final norm into the last one); what follows the last
+    block (a CNN's pre-logits) is the top; the stem stays frozen."""
     from timm.models import group_parameters
 
     from medprobe.models.backbone import BlockLayout
@@ -124,7 +124,7 @@ def group_layout(model):
     block_patterns = [p for p, suffix in _patterns(matcher.get("blocks", [])) if suffix != (99999,)]
     named = dict(model.named_parameters())
     groups = [names for _, names in sorted(group_parameters(model, matcher).items())]
-    is_block = [all(any(p.match(n) for p in block_patterns) for n in names) for names in groups]
+    is_block = [any(p.match(n) for p in block_patterns for n in names) for names in groups]
     if not any(is_block):
         return BlockLayout([])
     first, last = is_block.index(True), len(is_block) - 1 - is_block[::-1].index(True)

@@ -93,7 +93,7 @@ class Siglip(TransformersFamily):
     def layout(self, module):
         from medprobe.models.backbone import module_layout
 
-        tower = module.vision_model
+        tower = getattr(module, "vision_model", module)  # transformers 5: SiglipVisionModel is the tower itself
         return module_layout(tower.encoder.layers, tower.post_layernorm, getattr(tower, "head", None))
 
 

@@ -108,7 +108,9 @@ class TransformersVit(TransformersFamily):
     def layout(self, module):
         from medprobe.models.backbone import module_layout
 
-        return module_layout(module.encoder.layer, getattr(module, "layernorm", None))
+        encoder = getattr(module, "encoder", None)  # transformers 5 ViTModel keeps its layers at the top level
+        layers = encoder.layer if encoder is not None else module.layers
+        return module_layout(layers, getattr(module, "layernorm", None))
 
 
 @register
@@ -121,7 +123,7 @@ class TransformersCnn(TransformersFamily):
     fallback = 2
 
     def claims(self, config: dict) -> bool:
-        return True
+        return "num_channels" in config  # a vision config (text and audio ones have none)
 
     def load(self, spec, prep):
         from medprobe.models import hf_backend
