@@ -73,13 +73,12 @@ def models_command(
         families.add_row(family.name, family.backend, ",".join(family.pools), "+".join(family.standard),
                          family.summary)
     console.print(families)
-    table = Table("name", "family", "hub id / source", "licence", "gated", "params (M)", "input", "dim", "pools",
-                  "standard", "note")
+    table = Table("name", "family", "hub id / source", "licence", "gated", "params (M)", "input", "dim", "standard")
     for spec in REGISTRY.values():
         standard = spec.standard or tuple(p for p in FAMILIES[spec.family].standard if p in (spec.pools or ()))
         table.add_row(spec.name, spec.family, spec.source, spec.licence, "yes" if spec.gated else "no",
-                      f"{spec.params_m:g}", str(spec.input_size), str(spec.embed_dim), ",".join(spec.pools or ()),
-                      "+".join(standard or (spec.pools or ())[:1]), spec.note)
+                      f"{spec.params_m:g}", str(spec.input_size), str(spec.embed_dim),
+                      "+".join(standard or (spec.pools or ())[:1]))
     console.print(table)
     console.print("Also: hf:ORG/NAME (transformers), timm:NAME, openclip:hf-hub:ORG/NAME, or a folder saved by "
                   "save_pretrained / save_for_hf / open_clip. Gated models: accept the terms on the model page, "
