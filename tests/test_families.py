@@ -192,3 +192,14 @@ def test_efficientnet_lite1_and_lite2_have_real_imagenet_weights():
         with torch.inference_mode():
             probabilities = backbone.module(ImageTransform(backbone.preprocessing)(palace)[None]).softmax(-1)[0]
         assert probabilities.argmax().item() == 698 and probabilities[698] > 0.3, name
+
+
+def test_cache_records_family_and_licence(image_folder, tmp_path):
+    from medprobe.cache import read_contents
+    from medprobe.data import load_dataset
+    from medprobe.extract.runner import extract
+
+    report = extract(dataset=load_dataset(image_folder), model="efficientnet-lite0", cache_dir=tmp_path,
+                     precision="fp32", device="cpu", workers=0, batch_size=4, show_progress=False)
+    attrs = read_contents(report.path).attrs
+    assert attrs["family"] == "efficientnet-lite" and attrs["licence"] == "apache-2.0"
