@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -116,26 +117,63 @@ def test_last_n_unfreezes_exactly_n_blocks(name, family_checkpoints):
     assert apply_unfreeze(backbone, "all") == backbone.num_parameters
 
 
+def hub_answer(status: int, url: str = "https://huggingface.co/MahmoodLab/UNI2-h/resolve/main/config.json"):
+    """The exception huggingface_hub raises for an HTTP `status`, with a real response object."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    httpx = pytest.importorskip("httpx2" if importlib.util.find_spec("httpx2") else "httpx")
+    response = httpx.Response(status, request=httpx.Request("HEAD", url))
+    error = GatedRepoError if status in (401, 403) else RepositoryNotFoundError
+    return error(f"{status} Client Error", response=response)
+
+
 def test_gated_hub_answer_is_one_line_naming_the_page_and_login():
     from medprobe.models.hub import hub_error
 
-    class Response:
-        status_code = 401
-
-    class HubError(Exception):
-        response = Response()
-
     try:
         try:
-            raise HubError("401 Client Error")
-        except HubError as inner:
-            raise OSError("You are trying to access a model ...") from inner
+            raise hub_answer(403)
+        except Exception as inner:
+            raise OSError("You are trying to access a model ...") from inner  # as transformers wraps it
     except OSError as exc:
         message = str(hub_error("MahmoodLab/UNI2-h", exc))
     assert message.count("\n") == 0
     assert "https://huggingface.co/MahmoodLab/UNI2-h" in message and "hf auth login" in message
     assert "https://huggingface.co/paige-ai/Virchow2" in str(hub_error("hf-hub:paige-ai/Virchow2",
-                                                                        RuntimeError("403 Forbidden: gated repo")))
+                                                                        RuntimeError("403: gated repo")))
+    assert "gated" not in str(hub_error("org/typo", hub_answer(404)))
+
+
+def test_models_check_reports_gated_ok_and_missing_from_metadata_only(monkeypatch):
+    """With the hub answering: model_info plus a HEAD on config.json, nothing else (no weights)."""
+    import types
+
+    import huggingface_hub
+
+    from medprobe.models.hub import check_model
+
+    answers = {"MahmoodLab/uni": 403, "facebook/dinov2-small": 200, "org/typo": 404}
+    calls = []
+
+    def model_info(self, repo, **kwargs):
+        if answers[repo] == 404:
+            raise hub_answer(404)
+        return types.SimpleNamespace(siblings=[types.SimpleNamespace(rfilename="config.json")],
+                                     gated="manual" if answers[repo] == 403 else False)
+
+    def metadata(url, **kwargs):
+        calls.append(url)
+        repo = url.split("huggingface.co/")[1].split("/resolve")[0]
+        if answers[repo] != 200:
+            raise hub_answer(answers[repo], url)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", metadata)
+    uni = check_model(resolve_model("uni"), reachable=True)
+    assert uni.access.startswith("gated: accept at https://huggingface.co/MahmoodLab/uni") and uni.gated
+    assert check_model(resolve_model("dinov2-small"), reachable=True).access == "ok"
+    assert check_model(resolve_model("hf:org/typo"), reachable=True).access == "not found (or private)"
+    assert all(url.endswith("/config.json") for url in calls)
 
 
 def test_models_command_lists_families_licences_and_gating(capsys):

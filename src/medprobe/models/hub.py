@@ -27,19 +27,30 @@ def cached_commit(repo_id: str, revision: str | None, filename: str = "config.js
     return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
 
 
-def _status_code(exc: BaseException) -> int | None:
-    """The HTTP status behind an exception, following its causes (transformers wraps the hub's errors)."""
+def _causes(exc: BaseException | None):
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        response = getattr(exc, "response", None)
-        code = getattr(response, "status_code", None)
-        if isinstance(code, int):
-            return code
-        if type(exc).__name__ == "GatedRepoError":
-            return 403
+        yield exc
         exc = exc.__cause__ or exc.__context__
-    return None
+
+
+def hub_refusal(exc: BaseException) -> str | None:
+    """"gated" (401/403: terms not accepted, or not logged in), "missing" (no such repository, or private), or
+    None, from the hub error behind `exc` (transformers, timm and open_clip wrap the hub's errors)."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    for cause in _causes(exc):
+        if isinstance(cause, GatedRepoError):
+            return "gated"
+        if isinstance(cause, RepositoryNotFoundError):
+            return "missing"
+        code = getattr(getattr(cause, "response", None), "status_code", None)
+        if code in (401, 403):
+            return "gated"
+        if code == 404:
+            return "missing"
+    return "gated" if "gated repo" in str(exc).lower() else None
 
 
 def repo_of(source: str) -> str:
@@ -52,7 +63,7 @@ def gated_message(source: str) -> str:
 
 
 def hub_error(source: str, exc: BaseException) -> MedprobeError:
-    if _status_code(exc) in (401, 403) or "gated repo" in str(exc).lower():
+    if hub_refusal(exc) == "gated":
         return MedprobeError(gated_message(source))
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
     return MedprobeError(
@@ -117,22 +128,16 @@ def check_model(spec, *, reachable: bool, timeout: float = 5.0) -> ModelCheck:
     cached = _any_cached(repo, spec.revision)
     if not reachable:
         return ModelCheck(spec.name, cached, "not reachable", spec.licence, spec.gated)
-    from huggingface_hub import HfApi
+    import huggingface_hub as hub
 
     try:
-        info = HfApi().model_info(repo, revision=spec.revision, timeout=timeout)
+        info = hub.HfApi().model_info(repo, revision=spec.revision, timeout=timeout)
         files = {s.rfilename for s in (info.siblings or [])}
         probe = "open_clip_config.json" if "open_clip_config.json" in files else "config.json"
-        from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
-        get_hf_file_metadata(hf_hub_url(repo, probe, revision=spec.revision), timeout=timeout)
+        hub.get_hf_file_metadata(hub.hf_hub_url(repo, probe, revision=spec.revision), timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - each failure is a state to report
-        code = _status_code(exc)
-        if code in (401, 403) or type(exc).__name__ == "GatedRepoError":
-            access = f"gated: accept at https://huggingface.co/{repo}, then `hf auth login`"
-        elif code == 404 or type(exc).__name__ == "RepositoryNotFoundError":
-            access = "not found"
-        else:
-            access = "not reachable"
+        refusal = hub_refusal(exc)
+        access = {"gated": f"gated: accept at https://huggingface.co/{repo}, then `hf auth login`",
+                  "missing": "not found (or private)"}.get(refusal, "not reachable")
         return ModelCheck(spec.name, cached, access, spec.licence, spec.gated)
     return ModelCheck(spec.name, cached, "ok", spec.licence, spec.gated or bool(getattr(info, "gated", False)))
