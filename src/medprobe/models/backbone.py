@@ -89,9 +89,9 @@ def family_of(spec: ModelSpec) -> Family:
     """The spec's family; an `hf:` id names none, so its config.json (hub cache or hub) decides."""
     if spec.family is not None:
         return get_family(spec.family)
-    from medprobe.models.hf_backend import hub_config
+    from medprobe.models.hub import checkpoint_config
 
-    return family_for_config(spec.backend, hub_config(spec), spec.source)
+    return family_for_config(spec.backend, checkpoint_config(spec), spec.source)
 
 
 def resolve_preprocessing(spec: ModelSpec, *, image_size: int | None = None) -> Preprocessing:

@@ -4,7 +4,6 @@ clear error, weights identity, and the token pools of a ViT. trust_remote_code s
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 
 import torch
@@ -30,23 +29,6 @@ def _field(container, key: str):
 def _uses_torchvision(processor) -> bool:
     names = {cls.__name__ for cls in type(processor).__mro__}
     return bool(names & {"TorchvisionBackend", "BaseImageProcessorFast"})
-
-
-def hub_config(spec: ModelSpec) -> dict:
-    """The checkpoint's config.json (local folder, hub cache or hub), without loading weights."""
-    if spec.is_local:
-        path = Path(spec.source) / "config.json"
-    else:
-        from huggingface_hub import hf_hub_download
-
-        try:
-            path = Path(hf_hub_download(spec.source, "config.json", revision=spec.revision))
-        except Exception as exc:  # noqa: BLE001 - every hub failure becomes one line
-            raise hub_error(spec.source, exc) from exc
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MedprobeError(f"{path} is not valid JSON ({exc}); re-save the model") from exc
 
 
 def preprocessing(spec: ModelSpec) -> Preprocessing:

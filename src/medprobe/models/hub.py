@@ -72,6 +72,21 @@ def hub_error(source: str, exc: BaseException) -> MedprobeError:
     )
 
 
+def checkpoint_config(spec, filename: str = "config.json") -> dict:
+    """A checkpoint's JSON config (local folder, hub cache or hub), without loading weights."""
+    from medprobe.models.families import read_config
+
+    if spec.is_local:
+        return read_config(Path(spec.source) / filename)
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(spec.hub_repo, filename, revision=spec.revision)
+    except Exception as exc:  # noqa: BLE001 - every hub failure becomes one line
+        raise hub_error(spec.source, exc) from exc
+    return read_config(Path(path))
+
+
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 

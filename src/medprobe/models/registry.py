@@ -4,12 +4,11 @@ cache-freshness check must not pay for importing it. The entries themselves live
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from medprobe.errors import MedprobeError
-from medprobe.models.families import FAMILIES, family_for_config
+from medprobe.models.families import FAMILIES, family_for_config, read_config
 from medprobe.models.spec import CNN_POOLS, VIT_POOLS, ModelSpec
 
 __all__ = ["CNN_POOLS", "REGISTRY", "VIT_POOLS", "ModelSpec", "auto_pools", "resolve_model"]
@@ -23,22 +22,12 @@ def auto_pools(stored: list[str] | tuple[str, ...]) -> list[str]:
     return ["cls", "mean"] if "cls" in stored and "mean" in stored else list(stored[:1])
 
 
-def _read_config(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MedprobeError(f"{path} is not valid JSON ({exc}); re-save the model") from exc
-    if not isinstance(data, dict):
-        raise MedprobeError(f"{path} holds no JSON object; re-save the model")
-    return data
-
-
 def _local_spec(directory: Path) -> ModelSpec:
     """A folder as saved for the hub: transformers save_pretrained, timm save_for_hf or open_clip."""
     if (directory / OPEN_CLIP_CONFIG).is_file():
-        config, backend = _read_config(directory / OPEN_CLIP_CONFIG), "open_clip"
+        config, backend = read_config(directory / OPEN_CLIP_CONFIG), "open_clip"
     elif (directory / "config.json").is_file():
-        config = _read_config(directory / "config.json")
+        config = read_config(directory / "config.json")
         if "architecture" in config:
             backend = "timm"
         elif "model_type" in config:

@@ -11,6 +11,14 @@ from medprobe.models.families import (  # noqa: F401 - each import registers its
     timm_hub,
     transformers_vit,
 )
-from medprobe.models.families.base import FAMILIES, Family, backends, family_for_config, get_family, register
+from medprobe.models.families.base import (
+    FAMILIES,
+    Family,
+    backends,
+    family_for_config,
+    get_family,
+    read_config,
+    register,
+)
 
-__all__ = ["FAMILIES", "Family", "backends", "family_for_config", "get_family", "register"]
+__all__ = ["FAMILIES", "Family", "backends", "family_for_config", "get_family", "read_config", "register"]

@@ -9,6 +9,8 @@ runs inside the methods.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from medprobe.errors import MedprobeError
@@ -87,3 +89,14 @@ def family_for_config(backend: str, config: dict, where: str) -> Family:
             return family
     raise MedprobeError(f"{where}: no {backend} backbone family recognises model_type "
                         f"{config.get('model_type')!r}; families: {', '.join(f.name for f in candidates)}")
+
+
+def read_config(path: Path) -> dict:
+    """A checkpoint's JSON config as a dict, or one clear error naming the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MedprobeError(f"{path} is not valid JSON ({exc}); re-save the model") from exc
+    if not isinstance(data, dict):
+        raise MedprobeError(f"{path} holds no JSON object; re-save the model")
+    return data

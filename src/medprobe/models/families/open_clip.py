@@ -5,7 +5,6 @@ checkpoint's open_clip_config.json, read without loading weights."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from medprobe.errors import MedprobeError
@@ -28,24 +27,6 @@ def open_clip_name(spec: ModelSpec) -> str:
     return f"local-dir:{spec.source}" if spec.is_local else spec.source
 
 
-def read_config(spec: ModelSpec) -> dict:
-    from medprobe.models.hub import hub_error
-
-    if spec.is_local:
-        path = Path(spec.source) / CONFIG
-    else:
-        from huggingface_hub import hf_hub_download
-
-        try:
-            path = Path(hf_hub_download(spec.hub_repo, CONFIG))
-        except Exception as exc:  # noqa: BLE001 - every hub failure becomes one line
-            raise hub_error(spec.source, exc) from exc
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MedprobeError(f"{path} is not valid JSON ({exc}); re-save the model") from exc
-
-
 @register
 class OpenClip(Family):
     name = "open_clip"
@@ -63,9 +44,10 @@ class OpenClip(Family):
                           family=self.name, licence="mit")]
 
     def preprocessing(self, spec):
+        from medprobe.models.hub import checkpoint_config
         from medprobe.models.preprocess import Preprocessing
 
-        config = read_config(spec)
+        config = checkpoint_config(spec, CONFIG)
         cfg = config.get("preprocess_cfg", {})
         size = cfg.get("size") or config.get("model_cfg", {}).get("vision_cfg", {}).get("image_size", 224)
         size = (size, size) if isinstance(size, int) else tuple(size)
