@@ -4,8 +4,8 @@ card embeds with `pooler_output`: the final-normed CLS token (ViT), the normed g
 from __future__ import annotations
 
 from medprobe.models.families.base import register
-from medprobe.models.families.transformers_vit import TransformersFamily
-from medprobe.models.spec import CNN_POOLS, VIT_POOLS, ModelSpec
+from medprobe.models.families.transformers_vit import TokenFamily, TransformersFamily
+from medprobe.models.spec import CNN_POOLS, ModelSpec
 
 LICENCE = "dinov3-license"
 
@@ -21,33 +21,25 @@ def _entry(name: str, params: float, dim: int, pools: tuple[str, ...], family: s
 
 
 @register
-class Dinov3Vit(TransformersFamily):
+class Dinov3Vit(TokenFamily):
     name = "dinov3"
     summary = "DINOv3 ViT/16 with registers (excluded from mean) and RoPE"
-    pools = VIT_POOLS
     standard = ("cls",)
     model_types = ("dinov3_vit",)
 
     def entries(self):
         return [_entry(name, params, dim, self.pools, self.name) for name, params, dim in VITS]
 
-    def load(self, spec, prep):
+    def model_class(self):
         from transformers import DINOv3ViTModel
 
-        from medprobe.models import hf_backend
-        from medprobe.models.backbone import Backbone
+        return DINOv3ViTModel
 
-        model = hf_backend.load_model(DINOv3ViTModel, spec)
-        prefix = 1 + int(model.config.num_register_tokens or 0)
-        identity, commit = hf_backend.identity(spec, model)
-        return Backbone(spec=spec, module=model, preprocessing=prep, pools=self.pools, is_cnn=False,
-                        embed=hf_backend.token_embed(model, prefix_tokens=prefix, norm=model.norm),
-                        weights_identity=identity, resolved_revision=commit)
+    def final_norm(self, module):
+        return module.norm
 
-    def layout(self, module):
-        from medprobe.models.backbone import module_layout
-
-        return module_layout(module.model.layer, module.norm)
+    def blocks(self, module):
+        return module.model.layer
 
 
 @register

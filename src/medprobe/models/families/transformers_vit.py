@@ -22,14 +22,43 @@ class TransformersFamily(Family):
 
         return hf_backend.weights_identity(spec)
 
-    def load_auto(self, spec):
+
+class TokenFamily(TransformersFamily):
+    """A transformers ViT: CLS, then registers (config.num_register_tokens), then patches; final norm after the
+    last block (cls4 needs it)."""
+
+    pools = VIT_POOLS
+
+    def model_class(self):
         from transformers import AutoModel
 
-        from medprobe.models import hf_backend
+        return AutoModel
 
-        model = hf_backend.load_model(AutoModel, spec)
+    def final_norm(self, module):
+        return getattr(module, "layernorm", None)
+
+    def blocks(self, module):
+        encoder = getattr(module, "encoder", None)  # transformers 5 ViTModel keeps its layers at the top level
+        return encoder.layer if encoder is not None else module.layers
+
+    def load(self, spec, prep):
+        from medprobe.models import hf_backend
+        from medprobe.models.backbone import Backbone
+
+        model = hf_backend.load_model(self.model_class(), spec)
         hf_backend.takes_images(model, spec)
-        return model
+        prefix = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
+        norm = self.final_norm(model)
+        identity, commit = hf_backend.identity(spec, model)
+        return Backbone(spec=spec, module=model, preprocessing=prep, is_cnn=False,
+                        pools=self.pools if norm is not None else ("cls", "mean"),
+                        embed=hf_backend.token_embed(model, prefix_tokens=prefix, norm=norm),
+                        weights_identity=identity, resolved_revision=commit)
+
+    def layout(self, module):
+        from medprobe.models.backbone import module_layout
+
+        return module_layout(self.blocks(module), self.final_norm(module))
 
 
 def _dinov2(size: str, params: float, dim: int, *, registers: bool) -> ModelSpec:
@@ -40,10 +69,9 @@ def _dinov2(size: str, params: float, dim: int, *, registers: bool) -> ModelSpec
 
 
 @register
-class Dinov2(TransformersFamily):
+class Dinov2(TokenFamily):
     name = "dinov2"
     summary = "DINOv2 ViT/14, with or without registers (DINOv2, RAD-DINO, Phikon-v2)"
-    pools = VIT_POOLS
     standard = ("cls", "mean")  # DINOv2 linear eval: CLS concatenated with the patch-token average
     model_types = ("dinov2", "dinov2_with_registers")
 
@@ -60,28 +88,11 @@ class Dinov2(TransformersFamily):
                       standard=("cls",)),  # model card: last_hidden_state[:, 0]
         ]
 
-    def load(self, spec, prep):
-        from medprobe.models import hf_backend
-        from medprobe.models.backbone import Backbone
-
-        model = self.load_auto(spec)
-        prefix = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
-        identity, commit = hf_backend.identity(spec, model)
-        return Backbone(spec=spec, module=model, preprocessing=prep, pools=self.pools, is_cnn=False,
-                        embed=hf_backend.token_embed(model, prefix_tokens=prefix, norm=model.layernorm),
-                        weights_identity=identity, resolved_revision=commit)
-
-    def layout(self, module):
-        from medprobe.models.backbone import module_layout
-
-        return module_layout(module.encoder.layer, module.layernorm)
-
 
 @register
-class TransformersVit(TransformersFamily):
+class TransformersVit(TokenFamily):
     name = "transformers-vit"
     summary = "any transformers ViT (patch tokens; cls4 where it has a final layernorm)"
-    pools = VIT_POOLS
     standard = ("cls",)
     model_types = ("vit",)
     fallback = 1
@@ -92,25 +103,6 @@ class TransformersVit(TransformersFamily):
     def entries(self):
         return [ModelSpec("vit-base", "transformers", "google/vit-base-patch16-224", 86.4, 224, 768, VIT_POOLS,
                           note="supervised ViT-B/16, ImageNet-21k + 1k", family=self.name, licence="apache-2.0")]
-
-    def load(self, spec, prep):
-        from medprobe.models import hf_backend
-        from medprobe.models.backbone import Backbone
-
-        model = self.load_auto(spec)
-        norm = getattr(model, "layernorm", None)
-        identity, commit = hf_backend.identity(spec, model)
-        return Backbone(spec=spec, module=model, preprocessing=prep, is_cnn=False,
-                        pools=VIT_POOLS if norm is not None else ("cls", "mean"),
-                        embed=hf_backend.token_embed(model, prefix_tokens=1, norm=norm),
-                        weights_identity=identity, resolved_revision=commit)
-
-    def layout(self, module):
-        from medprobe.models.backbone import module_layout
-
-        encoder = getattr(module, "encoder", None)  # transformers 5 ViTModel keeps its layers at the top level
-        layers = encoder.layer if encoder is not None else module.layers
-        return module_layout(layers, getattr(module, "layernorm", None))
 
 
 @register
@@ -126,10 +118,13 @@ class TransformersCnn(TransformersFamily):
         return "num_channels" in config  # a vision config (text and audio ones have none)
 
     def load(self, spec, prep):
+        from transformers import AutoModel
+
         from medprobe.models import hf_backend
         from medprobe.models.backbone import Backbone
 
-        model = self.load_auto(spec)
+        model = hf_backend.load_model(AutoModel, spec)
+        hf_backend.takes_images(model, spec)
         identity, commit = hf_backend.identity(spec, model)
 
         def embed(pixels):
