@@ -106,7 +106,7 @@ def weights_identity(spec: ModelSpec) -> str | None:
     """What the weights are, cheaply and without loading them: a hub commit already in the local hub
     cache, or a content hash. None when unknown until the weights are fetched."""
     if spec.is_local:
-        return hash_model_directory(Path(spec.source.removeprefix("local-dir:")))
+        return hash_model_directory(Path(spec.source))
     return family_of(spec).weights_identity(spec)
 
 
@@ -118,4 +118,3 @@ def load_backbone(spec: ModelSpec, *, image_size: int | None = None) -> Backbone
                          or backbone.pools[:1])
     backbone.module.eval().requires_grad_(False)
     return backbone
-

@@ -1,4 +1,4 @@
-"""transformers helpers the transformers families share: config and image-processor reading, loading with one
+"""transformers helpers the transformers families share: image-processor reading, loading with one
 clear error, weights identity, and the token pools of a ViT. trust_remote_code stays off."""
 
 from __future__ import annotations

@@ -119,13 +119,15 @@ class ModelCheck:
 
     name: str
     cached: bool
-    access: str  # "ok" | "gated: ..." | "not reachable" | "not found" | "n/a (...)"
+    access: str  # "ok" | "gated: ..." | "not reachable" | "not found (or private)" | "n/a (...)"
     licence: str
     gated: bool
 
 
 def _any_cached(repo: str, revision: str | None) -> bool:
-    return any(cached_commit(repo, revision, filename) for filename in ("config.json", "open_clip_config.json"))
+    from medprobe.models.families.open_clip import CONFIG
+
+    return any(cached_commit(repo, revision, filename) for filename in ("config.json", CONFIG))
 
 
 def check_model(spec, *, reachable: bool, timeout: float = 5.0) -> ModelCheck:
@@ -145,10 +147,12 @@ def check_model(spec, *, reachable: bool, timeout: float = 5.0) -> ModelCheck:
         return ModelCheck(spec.name, cached, "not reachable", spec.licence, spec.gated)
     import huggingface_hub as hub
 
+    from medprobe.models.families.open_clip import CONFIG
+
     try:
         info = hub.HfApi().model_info(repo, revision=spec.revision, timeout=timeout)
         files = {s.rfilename for s in (info.siblings or [])}
-        probe = "open_clip_config.json" if "open_clip_config.json" in files else "config.json"
+        probe = CONFIG if CONFIG in files else "config.json"
         hub.get_hf_file_metadata(hub.hf_hub_url(repo, probe, revision=spec.revision), timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - each failure is a state to report
         refusal = hub_refusal(exc)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from medprobe.errors import MedprobeError
 from medprobe.models.families import FAMILIES, family_for_config, read_config
+from medprobe.models.families.open_clip import CONFIG as OPEN_CLIP_CONFIG
 from medprobe.models.spec import CNN_POOLS, VIT_POOLS, ModelSpec
 
 __all__ = ["CNN_POOLS", "REGISTRY", "VIT_POOLS", "ModelSpec", "auto_pools", "resolve_model"]
 
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for family in FAMILIES.values() for spec in family.entries()}
-OPEN_CLIP_CONFIG = "open_clip_config.json"
 
 
 def auto_pools(stored: list[str] | tuple[str, ...]) -> list[str]:

@@ -47,7 +47,7 @@ class ModelSpec:
 
     @property
     def is_local(self) -> bool:
-        return not self.from_pypi and Path(self.source.removeprefix("local-dir:")).is_dir()
+        return not self.from_pypi and Path(self.source).is_dir()
 
     @property
     def hub_repo(self) -> str | None:
