@@ -134,7 +134,7 @@ def test_layer_decay_and_class_weights(blobs, tiny_dinov2, tmp_path):
     from medprobe.finetune.runner import Classifier, _parameter_groups
 
     backbone = load_backbone(resolve_model(str(tiny_dinov2)))
-    apply_unfreeze(backbone.module, "all")
+    apply_unfreeze(backbone, "all")
     model = Classifier(backbone, 2, (32, 32))
     groups = _parameter_groups(model, FinetuneSettings(lr=1.0, head_lr=5.0, layer_decay=0.5))
     rates = {g["name"]: g["lr"] for g in groups}

@@ -49,16 +49,45 @@ def _dataset(data: Path | None, image_column: str | None = None, label_column: s
 
 
 @app.command("models")
-def models_command() -> None:
-    """List the registered backbones (plus: hf:ORG/NAME, timm:NAME, or a local model folder)."""
-    from medprobe.models.registry import REGISTRY
+def models_command(
+    names: list[str] = typer.Argument(None, help="Models to --check (registry names, hf:..., a folder)",
+                                      show_default=False),
+    check: bool = typer.Option(False, "--check", help="Say per model whether it is cached, reachable, gated, and "
+                               "its licence (metadata only, no weights are downloaded)"),
+) -> None:
+    """List the backbone families and registered backbones (plus: hf:ORG/NAME, timm:NAME,
+    openclip:hf-hub:ORG/NAME, or a local model folder)."""
+    from medprobe.models.families import FAMILIES
+    from medprobe.models.registry import REGISTRY, resolve_model
 
-    table = Table("name", "backend", "hub id / source", "params (M)", "input", "dim", "pools", "note")
+    if check:
+        from medprobe.models.hub import check_model, hub_reachable
+
+        specs = [resolve_model(name) for name in names] if names else list(REGISTRY.values())
+        reachable = hub_reachable(timeout=5.0)
+        table = Table("name", "cached", "hub access", "licence", "gated")
+        for result in (check_model(spec, reachable=reachable) for spec in specs):
+            table.add_row(result.name, "yes" if result.cached else "no", result.access, result.licence or "?",
+                          "yes" if result.gated else "no")
+        console.print(table)
+        return
+    if names:
+        raise MedprobeError("model names go with --check (e.g. medprobe models --check uni); drop them to list all")
+    families = Table("family", "backend", "pools", "standard embedding", "what")
+    for family in FAMILIES.values():
+        families.add_row(family.name, family.backend, ",".join(family.pools), "+".join(family.standard),
+                         family.summary)
+    console.print(families)
+    table = Table("name", "family", "hub id / source", "licence", "gated", "params (M)", "input", "dim", "standard")
     for spec in REGISTRY.values():
-        table.add_row(spec.name, spec.backend, spec.source, f"{spec.params_m:g}", str(spec.input_size),
-                      str(spec.embed_dim), ",".join(spec.pools or ()), spec.note)
+        standard = spec.standard or tuple(p for p in FAMILIES[spec.family].standard if p in (spec.pools or ()))
+        table.add_row(spec.name, spec.family, spec.source, spec.licence, "yes" if spec.gated else "no",
+                      f"{spec.params_m:g}", str(spec.input_size), str(spec.embed_dim),
+                      "+".join(standard or (spec.pools or ())[:1]))
     console.print(table)
-    console.print("Also: hf:ORG/NAME (transformers), timm:NAME, or a folder saved by save_pretrained / save_for_hf.")
+    console.print("Also: hf:ORG/NAME (transformers), timm:NAME, openclip:hf-hub:ORG/NAME, or a folder saved by "
+                  "save_pretrained / save_for_hf / open_clip. Gated models: accept the terms on the model page, "
+                  "then `hf auth login`; `medprobe models --check NAME` tells what is reachable.")
 
 
 @app.command("extract")

@@ -25,6 +25,6 @@ PROVENANCE_KEYS = (
     "revision_resolved", "weights_identity", "num_parameters", "preprocessing", "precision", "device",
     "device_name", "pools", "embed_dims", "dataset_name", "dataset_root", "library_versions", "created_at",
     "updated_at", "extract_seconds", "images_extracted", "images_per_second", "peak_memory_mb",
-    "batch_size", "workers", "dataset_root_relative", "skipped", "decode", "processes",
+    "batch_size", "workers", "dataset_root_relative", "skipped", "decode", "processes", "family", "licence",
 )
 JSON_ATTRS = ("preprocessing", "pools", "embed_dims", "library_versions", "skipped")

@@ -101,6 +101,7 @@ def provenance(target: CacheTarget, backbone, dataset: Dataset, *, batch_size: i
         "dataset_root_relative": os.path.relpath(dataset.root.resolve(), target.path.parent.resolve()),
         "library_versions": library_versions(), "batch_size": batch_size, "workers": workers,
         "weights_identity": backbone.weights_identity, "decode": decode, "processes": processes,
+        "family": backbone.family, "licence": target.spec.licence,
     }
 
 

@@ -20,7 +20,7 @@ from medprobe.data.samples import Dataset
 from medprobe.data.splits import Fold, dataset_splits, pooled_test
 from medprobe.errors import Interrupted, MedprobeError
 from medprobe.finetune.augment import EpochShuffle, EvalImages, TrainImages
-from medprobe.finetune.blocks import apply_unfreeze, backbone_blocks, final_norms, parse_unfreeze
+from medprobe.finetune.blocks import apply_unfreeze, parse_unfreeze
 from medprobe.finetune.checkpoint import load_training_state, load_weights, save_training_state, save_weights
 from medprobe.finetune.settings import FinetuneSettings
 from medprobe.models.backbone import Backbone, load_backbone
@@ -42,6 +42,7 @@ class Classifier(nn.Module):
         super().__init__()
         self.backbone = backbone.module
         self._embed = backbone.embed
+        self.block_layout = backbone.layout
         self.pools = auto_pools(backbone.pools)
         with torch.no_grad():
             dim = self.features(torch.zeros(1, 3, *input_size)).shape[1]
@@ -64,9 +65,10 @@ def _parameter_groups(model: Classifier, settings: FinetuneSettings) -> list[dic
         return groups + [{"params": backbone_params, "lr": settings.lr, "name": "backbone"}]
     # layer-wise decay: block i of n (and the final norm, with block n) gets lr * decay^(n - i); parameters
     # below the first block (embeddings) decay most
-    blocks = backbone_blocks(model.backbone)
-    depth_of = {id(p): i + 1 for i, block in enumerate(blocks) for p in block.parameters()}
-    depth_of.update({id(p): len(blocks) for norm in final_norms(model.backbone) for p in norm.parameters()})
+    layout = model.block_layout()
+    blocks = layout.blocks
+    depth_of = {id(p): i + 1 for i, block in enumerate(blocks) for p in block}
+    depth_of.update({id(p): len(blocks) for p in layout.top})
     by_depth: dict[int, list] = {}
     for p in backbone_params:
         by_depth.setdefault(depth_of.get(id(p), 0), []).append(p)
@@ -124,7 +126,7 @@ class FoldTrainer:
         torch.manual_seed(s.seed + fold.index)
         backbone = load_backbone(self.spec, image_size=s.image_size)
         prep = backbone.preprocessing
-        trainable_backbone = apply_unfreeze(backbone.module, s.unfreeze)
+        trainable_backbone = apply_unfreeze(backbone, s.unfreeze)
         model = Classifier(backbone, len(self.classes), prep.input_size).to(self.device)
         if backbone.is_cnn:
             model = model.to(memory_format=torch.channels_last)

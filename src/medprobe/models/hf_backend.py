@@ -1,19 +1,21 @@
-"""transformers backend: DINOv2 (with or without registers), RAD-DINO, ViT and any AutoModel vision
-checkpoint on the hub or saved locally with save_pretrained. trust_remote_code stays off."""
+"""transformers helpers the transformers families share: image-processor reading, loading with one
+clear error, weights identity, and the token pools of a ViT. trust_remote_code stays off."""
 
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import torch
 
-from medprobe.models.backbone import Backbone
+from medprobe.errors import MedprobeError
+from medprobe.models.backbone import hash_model_directory
 from medprobe.models.hub import cached_commit, hub_error
 from medprobe.models.preprocess import Preprocessing
-from medprobe.models.registry import CNN_POOLS, VIT_POOLS, ModelSpec
+from medprobe.models.spec import ModelSpec
 
 _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
-LOAD_ERRORS = (OSError, ValueError, KeyError, EnvironmentError)
+LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
 
 
 def _field(container, key: str):
@@ -30,6 +32,7 @@ def _uses_torchvision(processor) -> bool:
 
 
 def preprocessing(spec: ModelSpec) -> Preprocessing:
+    """The checkpoint's own image processor, as a Preprocessing record."""
     from transformers import AutoImageProcessor
 
     try:
@@ -71,60 +74,56 @@ def quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
-def load(spec: ModelSpec, prep: Preprocessing) -> Backbone:
-    from transformers import AutoModel
-
+def load_model(model_class, spec: ModelSpec, **kwargs):
+    """`model_class.from_pretrained` for the spec, with any hub or file failure as one clear line."""
     quiet_transformers()
-    from medprobe.models.backbone import hash_model_directory
-
     try:
-        model = AutoModel.from_pretrained(spec.source, revision=spec.revision, trust_remote_code=False)
+        return model_class.from_pretrained(spec.source, revision=spec.revision, trust_remote_code=False, **kwargs)
     except LOAD_ERRORS as exc:
         raise hub_error(spec.source, exc) from exc
-    config = model.config
-    is_vit = getattr(config, "patch_size", None) is not None and getattr(config, "hidden_size", None) is not None
-    commit = getattr(config, "_commit_hash", None)
+
+
+def load_config(spec: ModelSpec):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(spec.source, revision=spec.revision, trust_remote_code=False)
+    except LOAD_ERRORS as exc:
+        raise hub_error(spec.source, exc) from exc
+
+
+def identity(spec: ModelSpec, model) -> tuple[str, str | None]:
+    """(weights identity, resolved hub commit) of a loaded model."""
+    commit = getattr(model.config, "_commit_hash", None)
     if spec.is_local:
-        from pathlib import Path
-
-        identity = hash_model_directory(Path(spec.source))
-    else:
-        identity = f"hub:{spec.source}@{commit}"
-    if is_vit:
-        pools = VIT_POOLS if hasattr(model, "layernorm") else ("cls", "mean")
-        embed = _vit_embed(model, prefix_tokens=1 + int(getattr(config, "num_register_tokens", 0) or 0),
-                           with_cls4="cls4" in pools)
-    else:
-        pools = CNN_POOLS
-        embed = _cnn_embed(model)
-    return Backbone(spec=spec, module=model, preprocessing=prep, embed=embed, pools=pools,
-                    is_cnn=not is_vit, weights_identity=identity, resolved_revision=commit)
+        return hash_model_directory(Path(spec.source)), commit
+    return f"hub:{spec.source}@{commit}", commit
 
 
-def _vit_embed(model, *, prefix_tokens: int, with_cls4: bool):
-    """cls: final-normed CLS; mean: final-normed patch tokens (registers excluded); cls4: the last four
-    blocks' CLS tokens, each through the final norm, concatenated (DINOv2 linear-eval input)."""
-    extra = {}
-    if "interpolate_pos_encoding" in inspect.signature(model.forward).parameters:
-        extra["interpolate_pos_encoding"] = True  # lets --image-size differ from the trained size
+def takes_images(model, spec: ModelSpec) -> None:
+    if "pixel_values" not in inspect.signature(model.forward).parameters:
+        raise MedprobeError(f"{spec.source} is a {type(model).__name__}, whose forward takes no images; "
+                            "pass an image backbone (see `medprobe models`)")
+
+
+def size_kwargs(model) -> dict:
+    """Lets --image-size differ from the trained size where the model can interpolate its positions."""
+    return {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in inspect.signature(
+        model.forward).parameters else {}
+
+
+def token_embed(model, *, prefix_tokens: int, norm=None):
+    """ViT pools from one forward: cls = final-normed CLS; mean = final-normed patch tokens (registers
+    excluded); cls4 (when `norm` is the final norm) = the last four blocks' CLS tokens, each through that
+    norm, concatenated (DINOv2 linear-eval input)."""
+    extra = size_kwargs(model)
 
     def embed(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = model(pixel_values=pixels, output_hidden_states=with_cls4, **extra)
+        out = model(pixel_values=pixels, output_hidden_states=norm is not None, **extra)
         tokens = out.last_hidden_state
         pooled = {"cls": tokens[:, 0], "mean": tokens[:, prefix_tokens:].mean(dim=1)}
-        if with_cls4:
-            pooled["cls4"] = torch.cat([model.layernorm(h[:, 0]) for h in out.hidden_states[-4:]], dim=-1)
+        if norm is not None:
+            pooled["cls4"] = torch.cat([norm(h[:, 0]) for h in out.hidden_states[-4:]], dim=-1)
         return pooled
-
-    return embed
-
-
-def _cnn_embed(model):
-    def embed(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = model(pixel_values=pixels)
-        pooled = getattr(out, "pooler_output", None)
-        if pooled is None:
-            pooled = out.last_hidden_state.mean(dim=(2, 3))
-        return {"gap": pooled.flatten(1)}
 
     return embed

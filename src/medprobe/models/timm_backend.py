@@ -1,18 +1,20 @@
-"""timm backend: the torchvision-ImageNet CNNs of the reference study (`*.tv_in1k`), any `timm:NAME`,
-and local folders written by timm's save_for_hf (config.json with `architecture`)."""
+"""timm helpers for the timm family: model names, the pretrained config that travels with the weights,
+creation with the model card's kwargs, and the block layout from timm's own `group_matcher`."""
 
 from __future__ import annotations
 
+import importlib
 import math
+import re
 from pathlib import Path
 
-import torch
-
 from medprobe.errors import MedprobeError
-from medprobe.models.backbone import Backbone, hash_model_directory
 from medprobe.models.hub import cached_commit, hub_error
 from medprobe.models.preprocess import Preprocessing
-from medprobe.models.registry import CNN_POOLS, VIT_POOLS, ModelSpec
+from medprobe.models.spec import ModelSpec
+
+CLASS_PREFIX = "class:"  # a create_kwargs value naming a class, e.g. "class:timm.layers.SwiGLUPacked"
+LOAD_ERRORS = (OSError, RuntimeError, ValueError)
 
 
 def timm_name(spec: ModelSpec) -> str:
@@ -23,7 +25,7 @@ def timm_name(spec: ModelSpec) -> str:
     return spec.source
 
 
-def _pretrained_cfg(spec: ModelSpec) -> dict:
+def pretrained_cfg(spec: ModelSpec) -> dict:
     from timm.models import get_pretrained_cfg, parse_model_name
     from timm.models._hub import load_model_config_from_hf, load_model_config_from_path
 
@@ -35,7 +37,7 @@ def _pretrained_cfg(spec: ModelSpec) -> dict:
             cfg = load_model_config_from_hf(ident.split("@")[0])[0]
         else:
             cfg = get_pretrained_cfg(ident)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except LOAD_ERRORS as exc:
         raise hub_error(spec.source, exc) from exc
     if cfg is None:
         raise MedprobeError(f"timm has no pretrained weights named {spec.source!r}; see timm.list_pretrained()")
@@ -45,7 +47,7 @@ def _pretrained_cfg(spec: ModelSpec) -> dict:
 def preprocessing(spec: ModelSpec) -> Preprocessing:
     from timm.data import resolve_data_config
 
-    config = resolve_data_config({}, pretrained_cfg=_pretrained_cfg(spec))
+    config = resolve_data_config({}, pretrained_cfg=pretrained_cfg(spec))
     size = int(config["input_size"][-1])
     crop_pct = float(config.get("crop_pct") or 1.0)
     return Preprocessing(
@@ -60,63 +62,72 @@ def preprocessing(spec: ModelSpec) -> Preprocessing:
 
 
 def weights_identity(spec: ModelSpec) -> str | None:
-    hub_id = spec.hub_repo
-    commit = cached_commit(hub_id, spec.revision)
-    return f"hub:{hub_id}@{commit}" if commit else None
+    commit = cached_commit(spec.hub_repo, spec.revision)
+    return f"hub:{spec.hub_repo}@{commit}" if commit else None
 
 
-def load(spec: ModelSpec, prep: Preprocessing) -> Backbone:
+def creation_kwargs(spec: ModelSpec) -> dict:
+    """The spec's create_kwargs with class paths imported (the model card passes classes)."""
+    kwargs: dict = {}
+    for key, value in spec.create_kwargs:
+        if isinstance(value, str) and value.startswith(CLASS_PREFIX):
+            module, _, attr = value.removeprefix(CLASS_PREFIX).rpartition(".")
+            value = getattr(importlib.import_module(module), attr)
+        kwargs[key] = value
+    return kwargs | {"num_classes": 0}
+
+
+def create(spec: ModelSpec, prep: Preprocessing):
+    """timm.create_model(pretrained=True) with the entry's kwargs; a ViT asked for another input size takes
+    img_size and resamples its position embeddings (CNNs need nothing)."""
     import timm
 
-    name = timm_name(spec)
+    name, kwargs = timm_name(spec), creation_kwargs(spec)
     try:
         if prep.input_size != preprocessing(spec).input_size:
-            try:  # ViTs take img_size and resample their position embeddings; CNNs need nothing
-                model = timm.create_model(name, pretrained=True, num_classes=0, img_size=prep.input_size)
+            try:
+                return timm.create_model(name, pretrained=True, **(kwargs | {"img_size": prep.input_size}))
             except TypeError:
-                model = timm.create_model(name, pretrained=True, num_classes=0)
-        else:
-            model = timm.create_model(name, pretrained=True, num_classes=0)
-    except (OSError, RuntimeError, ValueError) as exc:
+                pass
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except LOAD_ERRORS as exc:
         raise hub_error(spec.source, exc) from exc
+
+
+def identity(spec: ModelSpec) -> tuple[str, str | None]:
+    from medprobe.models.backbone import hash_model_directory
+
     if spec.is_local:
-        identity = hash_model_directory(Path(spec.source))
-        commit = None
-    else:
-        commit = cached_commit(spec.hub_repo, spec.revision)
-        identity = f"hub:{spec.hub_repo}@{commit}"
-    is_vit = hasattr(model, "num_prefix_tokens") and hasattr(model, "forward_intermediates")
-    if is_vit:
-        has_cls = getattr(model, "cls_token", None) is not None
-        pools = VIT_POOLS if has_cls else ("mean",)
-        embed = _vit_embed(model, has_cls=has_cls)
-    else:
-        pools = CNN_POOLS
-        embed = _cnn_embed(model)
-    return Backbone(spec=spec, module=model, preprocessing=prep, embed=embed, pools=pools, is_cnn=not is_vit,
-                    weights_identity=identity, resolved_revision=commit)
+        return hash_model_directory(Path(spec.source)), None
+    commit = cached_commit(spec.hub_repo, spec.revision)
+    return f"hub:{spec.hub_repo}@{commit}", commit
 
 
-def _vit_embed(model, *, has_cls: bool):
-    prefix = int(model.num_prefix_tokens)
-
-    def embed(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        if not has_cls:
-            tokens = model.forward_features(pixels)
-            return {"mean": tokens[:, prefix:].mean(dim=1)}
-        tokens, intermediates = model.forward_intermediates(
-            pixels, indices=4, return_prefix_tokens=True, norm=True, output_fmt="NLC")
-        return {
-            "cls": tokens[:, 0],
-            "mean": tokens[:, prefix:].mean(dim=1),
-            "cls4": torch.cat([prefix_tokens[:, 0] for _, prefix_tokens in intermediates], dim=-1),
-        }
-
-    return embed
+def _patterns(spec) -> list[tuple[re.Pattern, tuple | None]]:
+    if isinstance(spec, str):
+        return [(re.compile(spec), None)]
+    return [(re.compile(pattern), suffix) for pattern, suffix in spec]
 
 
-def _cnn_embed(model):
-    def embed(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"gap": model.forward_head(model.forward_features(pixels), pre_logits=True).flatten(1)}
+def group_layout(model):
+    """Blocks from timm's `group_matcher(coarse=True)` (the grouping timm's layer decay uses): the groups
+    that hold a block's parameters, in order (timm folds the final norm into the last one); what follows the last
+    block (a CNN's pre-logits) is the top; the stem stays frozen."""
+    from timm.models import group_parameters
 
-    return embed
+    from medprobe.models.backbone import BlockLayout
+
+    try:
+        matcher = model.group_matcher(coarse=True)
+    except (AttributeError, NotImplementedError):
+        return BlockLayout([])
+    block_patterns = [p for p, suffix in _patterns(matcher.get("blocks", [])) if suffix != (99999,)]
+    named = dict(model.named_parameters())
+    groups = [names for _, names in sorted(group_parameters(model, matcher).items())]
+    is_block = [any(p.match(n) for p in block_patterns for n in names) for names in groups]
+    if not any(is_block):
+        return BlockLayout([])
+    first, last = is_block.index(True), len(is_block) - 1 - is_block[::-1].index(True)
+    blocks = [[named[n] for n in names] for names in groups[first:last + 1]]
+    top = [named[n] for names in groups[last + 1:] for n in names]
+    return BlockLayout(blocks, top)
