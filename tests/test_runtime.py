@@ -4,13 +4,11 @@ thread to die mid-handshake), and background-thread errors of a dying process of
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
-import numpy as np
 import torch
+from fast_loader import stop_fast_loaders
 from torch.utils.data import DataLoader, IterableDataset
 
 from medprobe.runtime.workers import DEBUG_VARIABLE, start_worker
@@ -34,39 +32,11 @@ def test_workers_send_tensors_by_value_not_through_shared_memory():
     assert all(t.is_shared() for t in plain)
 
 
-# A loader sending small batches as fast as it can: the main process spends most of its time receiving them,
-# so a Ctrl-C lands mid-transfer. With torch's default fd passing about half of such stops printed a
-# ConnectionResetError traceback from multiprocessing's resource sharer (21 of 40 measured).
-FAST_LOADER = r"""
-import sys, torch
-from torch.utils.data import DataLoader, IterableDataset
-from medprobe.runtime.workers import start_worker
-
-class Counting(IterableDataset):
-    def __iter__(self):
-        for i in range(10**9):
-            yield torch.full((3, 8, 8), float(i))
-
-try:
-    for i, batch in enumerate(DataLoader(Counting(), batch_size=2, num_workers=2, worker_init_fn=start_worker)):
-        if i == 0:
-            print("receiving", flush=True)
-except KeyboardInterrupt:
-    print("interrupted: one line", file=sys.stderr)
-    sys.exit(130)
-"""
-
-
 def test_ctrl_c_while_batches_cross_from_workers_prints_no_traceback():
-    rng = np.random.default_rng(0)
-    for _ in range(10):
-        process = subprocess.Popen([sys.executable, "-c", FAST_LOADER], start_new_session=True, text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert process.stdout.readline().strip() == "receiving"
-        time.sleep(rng.uniform(0.0, 0.3))
-        os.killpg(process.pid, signal.SIGINT)
-        _, err = process.communicate(timeout=60)
-        assert process.returncode == 130 and err == "interrupted: one line\n", err
+    # with torch's default fd passing about half of such stops printed a ConnectionResetError traceback
+    # (benchmarks/ctrl_c_tracebacks.py measures both ways)
+    for code, err in stop_fast_loaders("medprobe.runtime.workers:start_worker", stops=10):
+        assert code == 130 and err == "interrupted: one line\n", err
 
 
 BACKGROUND_ERRORS = r"""

@@ -151,8 +151,8 @@ def feature_stream(datasets: list[Dataset], refs_per_dataset: list[list[CacheRef
                 dims.append(dim)
             sources.append({"dataset": dataset.name, "model": ref.model, "pools": pools, "cache": str(ref.path),
                             "provenance": {k: ref.attrs.get(k) for k in (
-                                "backend", "source", "revision_resolved", "weights_identity", "precision",
-                                "device_name", "num_parameters", "embed_dims", "images_per_second",
+                                "backend", "family", "licence", "source", "revision_resolved", "weights_identity",
+                                "precision", "device_name", "num_parameters", "embed_dims", "images_per_second",
                                 "preprocessing")}})
     return FeatureStream(parts, dims), sources
 

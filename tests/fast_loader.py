@@ -1,0 +1,53 @@
+"""A child process whose DataLoader sends small batches as fast as it can, so the main process spends most of
+its time receiving them and a Ctrl-C lands mid-transfer. Used by tests/test_runtime.py and
+benchmarks/ctrl_c_tracebacks.py (which also runs it with the worker set-up medprobe had before)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+CHILD = r"""
+import sys, torch
+from torch.utils.data import DataLoader, IterableDataset
+from {module} import {function} as init
+
+class Counting(IterableDataset):
+    def __iter__(self):
+        for i in range(10**9):
+            yield torch.full((3, 8, 8), float(i))
+
+try:
+    for i, batch in enumerate(DataLoader(Counting(), batch_size=2, num_workers=2, worker_init_fn=init)):
+        if i == 0:
+            print("receiving", flush=True)
+except KeyboardInterrupt:
+    print("interrupted: one line", file=sys.stderr)
+    sys.exit(130)
+"""
+
+
+def stop_fast_loaders(init: str, stops: int, seed: int = 0, timeout: float = 120,
+                      import_path: str | None = None) -> list[tuple[int, str]]:
+    """Start the child `stops` times with worker_init_fn `init` ("module:function"), Ctrl-C it at a random
+    moment while batches flow; (exit code, stderr) of each. `import_path`: a folder the child imports `init` from."""
+    module, function = init.split(":")
+    code = CHILD.format(module=module, function=function)
+    rng, outcomes = np.random.default_rng(seed), []
+    env = {**os.environ}
+    if import_path:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (import_path, env.get("PYTHONPATH")) if p)
+    for _ in range(stops):
+        process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        assert process.stdout.readline().strip() == "receiving"
+        time.sleep(rng.uniform(0.0, 0.3))
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=timeout)
+        outcomes.append((process.returncode, err))
+    return outcomes
