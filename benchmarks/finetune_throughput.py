@@ -28,10 +28,10 @@ from extract_throughput import save_dinov2_small_shape, write_jpegs  # noqa: E40
 
 
 def bare_steps_per_second(model_dir: Path, batch: int, device: torch.device, precision: str, steps: int = 30) -> float:
-    from medprobe.extract.device import autocast
     from medprobe.finetune.runner import Classifier
     from medprobe.models.backbone import load_backbone
     from medprobe.models.registry import resolve_model
+    from medprobe.runtime.device import autocast
 
     backbone = load_backbone(resolve_model(str(model_dir)))
     backbone.module.requires_grad_(True)
@@ -56,8 +56,8 @@ def bare_steps_per_second(model_dir: Path, batch: int, device: torch.device, pre
 
 def main() -> None:
     from medprobe.data import load_dataset
-    from medprobe.extract.device import resolve_device, resolve_precision
     from medprobe.finetune.runner import FinetuneSettings, finetune
+    from medprobe.runtime.device import resolve_device, resolve_precision
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=256)

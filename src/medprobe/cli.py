@@ -347,17 +347,22 @@ def cache_rm(
         console.print(f"removed {path}")
 
 
+VerboseOption = typer.Option(False, "--verbose", help="A progress bar and a line (train loss, validation score) per "
+                             "fine-tune epoch; default: one progress bar per fine-tune")
+
+
 @app.command("run")
 def run_command(
     experiment: Path = typer.Argument(..., help="Experiment .toml: datasets x backbones x methods (see README)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and what is already done; run nothing"),
+    verbose: bool = VerboseOption,
 ) -> None:
     """Run a whole study grid from one file: extraction once per dataset x backbone, probes, fine-tunes and one
     report; finished steps are skipped on a rerun, so an interrupted run resumes."""
     from medprobe.run.experiment import load_experiment
     from medprobe.run.runner import Runner
 
-    runner = Runner(load_experiment(experiment), console)
+    runner = Runner(load_experiment(experiment), console, verbose=verbose)
     summary = runner.run(dry_run=dry_run)
     print_run_summary(summary, dry_run=dry_run)
 
@@ -390,6 +395,7 @@ def print_run_summary(summary, *, dry_run: bool) -> None:
 def demo_command(
     out_dir: Path = typer.Option(Path("medprobe-demo"), "--out", help="Where the demo writes its data, cache and "
                                  "results"),
+    verbose: bool = VerboseOption,
 ) -> None:
     """The whole study, offline, on synthetic X-rays and brain MRI: extraction, probes, fine-tuning, report."""
     from medprobe.demo import prepare_demo
@@ -398,7 +404,7 @@ def demo_command(
 
     experiment = prepare_demo(out_dir, console)
     console.print(f"experiment: {experiment} (rerun it with `medprobe run {experiment}`)")
-    summary = Runner(load_experiment(experiment), console).run()
+    summary = Runner(load_experiment(experiment), console, verbose=verbose).run()
     print_run_summary(summary, dry_run=False)
 
 

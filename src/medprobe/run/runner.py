@@ -80,8 +80,9 @@ def plan_steps(experiment: Experiment) -> list[Step]:
 
 
 class Runner:
-    def __init__(self, experiment: Experiment, console) -> None:
+    def __init__(self, experiment: Experiment, console, *, verbose: bool = False) -> None:
         self.experiment = experiment
+        self.verbose = verbose  # a progress bar and a line per fine-tune epoch; else one bar per fine-tune
         self.console = console
         self.records_dir = experiment.out / "records"
         self.state_path = experiment.out / STATE_FILE
@@ -218,7 +219,7 @@ class Runner:
                                            "folds": self.experiment.folds, "bootstrap": self.experiment.bootstrap,
                                            "ordinal": step.dataset.ordinal, "resume": True})
             records = [finetune(dataset=dataset, model=step.backbone, settings=settings, out_dir=self.records_dir,
-                                show_progress=show_progress)]
+                                show_progress=show_progress, verbose=self.verbose)]
         step.records = [r["record_path"] for r in records]
         self.state["steps"][step.key(self.experiment)] = {"label": step.label(self.names), "records": step.records,
                                                           "finished_at": now_iso()}
