@@ -212,6 +212,25 @@ def finetune_command(
                   f"record: {record['record_path']}")
 
 
+@app.command("explain")
+def explain_command(
+    data: Path = typer.Argument(None, help=DATA_HELP, show_default=False),
+    model: str = typer.Option(..., "--model", "-m", help="The backbone the record was run with"),
+    record: Path = typer.Option(..., "--record", help="A logreg or linear-SVM probe record (.json) saved with "
+                                "`medprobe probe --save-model`"),
+    count: int = typer.Option(4, "--count", min=1, help="How many correct and how many wrong test images"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:i"),
+) -> None:
+    """Where a run's evidence lies: its probe applied to every patch token (ViT) or feature-map cell (CNN,
+    a class activation map) of a few correct and wrong test images; overlays beside the record."""
+    from medprobe.explain import explain
+
+    result = explain(dataset=_dataset(data), model=model, record_path=record, count=count, device=device)
+    correct = sum(e.correct for e in result.explanations)
+    console.print(f"{len(result.explanations)} overlays ({correct} correct, {len(result.explanations) - correct} "
+                  f"wrong; map over {result.kind}): {result.folder}")
+
+
 @app.command("report")
 def report_command(
     results: list[Path] = typer.Argument(None, help="Results folders of probe/finetune [default: medprobe-results]"),
@@ -220,13 +239,18 @@ def report_command(
     latex: bool = typer.Option(False, "--latex", help="Also write report.tex (booktabs tables)"),
     bootstrap: int = typer.Option(2000, help="Shared resamples of the paired test against each column's best"),
     seed: int = typer.Option(0, help="Seed of the paired bootstrap"),
+    embedding: str = typer.Option("pca", "--embedding", help="2-D projection of the embedding maps: pca | tsne | "
+                                  "umap (needs umap-learn)"),
 ) -> None:
-    """Tables (backbone x method, CI, paired test vs the best) and figures from every run record."""
+    """A leaderboard (backbone x dataset), tables (backbone x method, CI, paired test vs the best) and figures
+    from every run record."""
     from medprobe.report import build_report
     from medprobe.report.render import console_table
 
     report = build_report(results_dirs=list(results or []) or [Path("medprobe-results")], out_dir=out, metric=metric,
-                          latex=latex, replicates=bootstrap, seed=seed)
+                          latex=latex, replicates=bootstrap, seed=seed, embedding=embedding)
+    if report.leaderboard is not None:
+        console.print(console_table(report.leaderboard))
     for table in report.tables:
         if table.level == "sample":
             console.print(console_table(table))
@@ -376,6 +400,8 @@ def print_run_summary(summary, *, dry_run: bool) -> None:
         for step in summary.steps:
             table.add_row(step.label(summary.names), step.status)
         console.print(table)
+    if summary.report_leaderboard is not None:
+        console.print(console_table(summary.report_leaderboard))
     for table in summary.report_tables:
         if table.level == "sample":
             console.print(console_table(table))

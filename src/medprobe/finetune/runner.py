@@ -20,8 +20,6 @@ from medprobe.data.reader import SampleImages
 from medprobe.data.samples import Dataset
 from medprobe.data.splits import Fold, dataset_splits, pooled_test
 from medprobe.errors import Interrupted, MedprobeError
-from medprobe.extract.loader import ignore_interrupts
-from medprobe.extract.runner import default_workers
 from medprobe.finetune.augment import EpochShuffle, EvalImages, TrainImages
 from medprobe.finetune.blocks import apply_unfreeze, backbone_blocks, final_norms, parse_unfreeze
 from medprobe.finetune.checkpoint import load_training_state, load_weights, save_training_state, save_weights
@@ -32,6 +30,7 @@ from medprobe.progress import STDERR, progress_bar
 from medprobe.results.metrics import balanced_accuracy, test_report
 from medprobe.results.record import fold_sizes, run_header, safe_name, save_run
 from medprobe.runtime.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
+from medprobe.runtime.workers import default_workers, start_worker
 
 
 class Classifier(nn.Module):
@@ -119,7 +118,7 @@ class FoldTrainer:
     def _loader(self, data, sampler=None, drop_last: bool = False) -> DataLoader:
         return DataLoader(data, batch_size=self.settings.batch_size, sampler=sampler, num_workers=self.workers,
                           pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
-                          drop_last=drop_last, worker_init_fn=ignore_interrupts)
+                          drop_last=drop_last, worker_init_fn=start_worker)
 
     def images_per_epoch(self, fold: Fold) -> int:
         """Full batches only when there is at least one (see train)."""

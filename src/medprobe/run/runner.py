@@ -62,6 +62,7 @@ class RunSummary:
     names: dict[DatasetEntry, str]
     report_html: Path | None = None
     report_tables: list = field(default_factory=list)
+    report_leaderboard: object = None  # report.tables.Table: backbone x dataset
 
     def count(self, status: str) -> int:
         return sum(step.status == status for step in self.steps)
@@ -232,3 +233,4 @@ class Runner:
                               metric=self.experiment.metric)
         summary.report_html = report.html
         summary.report_tables = report.tables
+        summary.report_leaderboard = report.leaderboard
