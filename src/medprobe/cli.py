@@ -218,14 +218,16 @@ def explain_command(
     model: str = typer.Option(..., "--model", "-m", help="The backbone the record was run with"),
     record: Path = typer.Option(..., "--record", help="A logreg or linear-SVM probe record (.json) saved with "
                                 "`medprobe probe --save-model`"),
-    count: int = typer.Option(4, "--count", min=1, help="How many correct and how many wrong test images"),
+    count: int = typer.Option(None, "--count", min=1, help="How many correct and how many wrong test images "
+                              "[default: 4]", show_default=False),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:i"),
 ) -> None:
     """Where a run's evidence lies: its probe applied to every patch token (ViT) or feature-map cell (CNN,
     a class activation map) of a few correct and wrong test images; overlays beside the record."""
     from medprobe.explain import explain
 
-    result = explain(dataset=_dataset(data), model=model, record_path=record, count=count, device=device)
+    result = explain(dataset=_dataset(data), model=model, record_path=record, device=device,
+                     **({"count": count} if count else {}))
     correct = sum(e.correct for e in result.explanations)
     console.print(f"{len(result.explanations)} overlays ({correct} correct, {len(result.explanations) - correct} "
                   f"wrong; map over {result.kind}): {result.folder}")
@@ -239,8 +241,8 @@ def report_command(
     latex: bool = typer.Option(False, "--latex", help="Also write report.tex (booktabs tables)"),
     bootstrap: int = typer.Option(2000, help="Shared resamples of the paired test against each column's best"),
     seed: int = typer.Option(0, help="Seed of the paired bootstrap"),
-    embedding: str = typer.Option("pca", "--embedding", help="2-D projection of the embedding maps: pca | tsne | "
-                                  "umap (needs umap-learn)"),
+    embedding: str = typer.Option(None, "--embedding", help="2-D projection of the embedding maps: pca (default) | "
+                                  "tsne | umap (needs umap-learn)", show_default=False),
 ) -> None:
     """A leaderboard (backbone x dataset), tables (backbone x method, CI, paired test vs the best) and figures
     from every run record."""
@@ -248,7 +250,8 @@ def report_command(
     from medprobe.report.render import console_table
 
     report = build_report(results_dirs=list(results or []) or [Path("medprobe-results")], out_dir=out, metric=metric,
-                          latex=latex, replicates=bootstrap, seed=seed, embedding=embedding)
+                          latex=latex, replicates=bootstrap, seed=seed,
+                          **({"embedding": embedding} if embedding else {}))
     if report.leaderboard is not None:
         console.print(console_table(report.leaderboard))
     for table in report.tables:
