@@ -219,7 +219,7 @@ def explain_command(
     record: Path = typer.Option(..., "--record", help="A logreg or linear-SVM probe record (.json) saved with "
                                 "`medprobe probe --save-model`"),
     count: int = typer.Option(None, "--count", min=1, help="How many correct and how many wrong test images "
-                              "[default: 4]", show_default=False),
+                              "(default 4)", show_default=False),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:i"),
 ) -> None:
     """Where a run's evidence lies: its probe applied to every patch token (ViT) or feature-map cell (CNN,

@@ -35,7 +35,7 @@ class Explanation:
     correct: bool
     confidence: float
     fold: int
-    heat: np.ndarray  # (H, W) in [0, 1]: evidence for the predicted class, relative to the image's weakest position
+    heat: np.ndarray  # (H, W) in [0, 1]: evidence_heat of the predicted class's evidence
     png: Path
     probe_agrees: bool  # the probe on this forward pass predicts what the record says
 
@@ -81,6 +81,13 @@ def class_evidence(decision: np.ndarray, n_classes: int, target: int) -> np.ndar
     if n_classes == 2:
         return decision if target == 1 else -decision
     return decision[:, target] - decision.mean(axis=1)
+
+
+def evidence_heat(evidence: np.ndarray) -> np.ndarray:
+    """Where a position adds more evidence than the image's median position (most of an image is background,
+    whose constant share of the score is located nowhere), scaled so that the strongest position is 1."""
+    above = np.clip(evidence - np.median(evidence), 0, None)
+    return above / above.max() if above.max() > 0 else above
 
 
 def choose(rows: list[dict], classes: list[str], count: int) -> list[dict]:
@@ -155,8 +162,7 @@ def explain(*, dataset: Dataset, model: str, record_path: Path, count: int = DEF
         predicted = classes.index(row["prediction"])
         evidence = class_evidence(probe.decision_function(grid.reshape(-1, dim)), len(classes), predicted)
         pooled_choice = classes[int(probe.predict(found.pooled.cpu().numpy().astype(np.float64))[0])]
-        span = evidence.max() - evidence.min()
-        heat = ((evidence - evidence.min()) / span if span > 0 else np.zeros_like(evidence)).reshape(height, width)
+        heat = evidence_heat(evidence).reshape(height, width)
         correct = row["label"] == row["prediction"]
         png = folder / f"{k:02d}-{'correct' if correct else 'wrong'}-{safe_name(row['id'])}.png"
         shown = (pixels[0].cpu() * torch.tensor(prep.std)[:, None, None] + torch.tensor(prep.mean)[:, None, None])
