@@ -4,6 +4,7 @@ the evidence of a correctly classified image must lie on the square."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,7 +67,7 @@ def squares(tmp_path_factory):
         [record] = probe(dataset=dataset, models=[str(folder)], cache_dir=base / "cache", out_dir=base / "results",
                          show_progress=False, settings=ProbeSettings(classifiers=("logreg",), pool=pool, folds=4,
                                                                      bootstrap=50, n_jobs=1, save_model=True))
-        records[kind] = record["record_path"]
+        records[kind] = Path(record["record_path"])
     return dataset, boxes, models, records, base
 
 
@@ -95,8 +96,10 @@ def test_vit_class_evidence_lies_on_the_square(squares):
 
 def test_cnn_map_is_the_class_activation_map_and_the_report_embeds_it(squares, tmp_path, capsys):
     dataset, _, models, records, base = squares
-    main(["explain", str(dataset.source), "--model", str(models["cnn"]), "--record", str(records["cnn"]),
-          "--count", "2", "--device", "cpu"])
+    with pytest.raises(SystemExit) as info:
+        main(["explain", str(dataset.source), "--model", str(models["cnn"]), "--record", str(records["cnn"]),
+              "--count", "2", "--device", "cpu"])
+    assert not info.value.code
     assert "map over feature map" in capsys.readouterr().out
     index = json.loads((records["cnn"].parent / (records["cnn"].stem + ".explain") / "explain.json").read_text())
     assert index["map"] == "feature map" and all(s["probe_agrees"] for s in index["samples"])
