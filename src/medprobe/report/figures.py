@@ -152,13 +152,23 @@ def score_vs_parameters(tables: list[Table]) -> object | None:
                           capsize=2, label="frozen (best method)" if frozen else "unfrozen (best)")
             for xi, value, (_, _, label) in zip(x, values, points, strict=True):
                 axes.annotate(label, (xi, value), textcoords="offset points", xytext=(4, 3), fontsize=7)
-        axes.set_xscale("log")
+        _log_x(axes)
         axes.set_xlabel("backbone parameters (millions, log scale)")
         axes.set_ylabel(table.metric)
         axes.set_title(table.dataset, fontsize=10)
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7, loc="lower right")
     return figure
+
+
+def _log_x(axes) -> None:
+    """A log x axis labelled in plain numbers (matplotlib labels minor ticks over a narrow range, and they
+    overlap)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.xaxis.set_minor_formatter(NullFormatter())
 
 
 def score_vs_cost(board: Table) -> object | None:
@@ -182,7 +192,7 @@ def score_vs_cost(board: Table) -> object | None:
                 axes.errorbar([cost], [cell.value], yerr=_whiskers([cell.value], [cell.ci]), fmt="o", capsize=2,
                               color=colours[row.label], markeredgecolor="black" if cell.best else None)
                 axes.annotate(row.label, (cost, cell.value), textcoords="offset points", xytext=(4, 3), fontsize=7)
-            axes.set_xscale("log")
+            _log_x(axes)
             axes.set_xlabel(title, fontsize=8)
             axes.set_ylabel(board.metric)
             axes.set_title(dataset, fontsize=10)
