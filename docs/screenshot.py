@@ -9,10 +9,11 @@ weights, extraction on this machine's CPU, probes, fine-tuning, report. Needs De
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from medprobe.report.browser import screenshot
 
 DOCS = Path(__file__).resolve().parent
 
@@ -24,13 +25,7 @@ def main() -> None:
     report = args.demo / "results" / "report" / "report.html"
     if not report.is_file():
         subprocess.run([sys.executable, "-m", "medprobe", "demo", "--out", str(args.demo)], check=True)
-    chromium = next((found for name in ("chromium", "chromium-browser", "google-chrome")
-                     if (found := shutil.which(name))), None)
-    if chromium is None:
-        sys.exit("no chromium binary; apt-get install chromium")
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--window-size=1200,1700", f"--screenshot={DOCS / 'report.png'}", report.resolve().as_uri()],
-                   check=True, capture_output=True)
+    screenshot(report, DOCS / "report.png", width=1200, height=1700)
     print(DOCS / "report.png")
 
 

@@ -24,6 +24,8 @@ from medprobe.data import load_dataset
 from medprobe.errors import MedprobeError
 from medprobe.probe.runner import ProbeSettings, probe
 from medprobe.report import build_report
+from medprobe.report.browser import chromium_binary
+from medprobe.report.browser import screenshot as browser_screenshot
 from medprobe.report.records import RunRecord
 from medprobe.report.stats import PairedBootstrap, held_out
 from medprobe.results.metrics import interval
@@ -172,13 +174,14 @@ def test_html_is_self_contained_with_every_figure_embedded(report):
     collector = ImageCollector()
     collector.feed(report.html.read_text())
     assert not collector.references and not {"script", "link", "iframe"} & collector.tags
-    assert len(collector.images) == len(report.content.figures) == 6
+    assert len(collector.images) == len(report.content.figures) == 8
     for source in collector.images:
         assert source.startswith("data:image/png;base64,")
         assert base64.b64decode(source.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
     names = sorted(f.path.name for f in report.content.figures)
-    assert names == ["blobs-labels__bars.png", "blobs-labels__confusion.png", "blobs-labels__frozen-vs-unfrozen.png",
-                     "blobs-labels__label-efficiency.png", "blobs-labels__roc.png", "score-vs-parameters.png"]
+    assert names == ["blobs-labels__bars.png", "blobs-labels__confusion.png", "blobs-labels__embedding-pca.png",
+                     "blobs-labels__frozen-vs-unfrozen.png", "blobs-labels__label-efficiency.png",
+                     "blobs-labels__roc.png", "score-vs-extraction-cost.png", "score-vs-parameters.png"]
     assert all(f.path.is_file() and f.path.read_bytes() == f.png for f in report.content.figures)
     markdown = report.markdown.read_text()
     assert all(f"](figures/{name})" in markdown for name in names)
@@ -194,9 +197,9 @@ def test_summary_csv_has_one_tidy_row_per_record(study, report):
         assert column in rows[0], column
     for row in rows:
         data = json.loads(Path(row["record"]).read_text())
-        for name, entry in data["metrics"].items():
-            assert float(row[name]) == entry["value"] and float(row[f"{name}_ci_low"]) == entry["ci"][0]
-        assert float(row["patient_accuracy"]) == data["patient_metrics"]["metrics"]["accuracy"]["value"]
+        for name, entry in data["metrics"].items():  # to the bootstrap's precision: 300 resamples, 3 decimals
+            assert row[name] == f"{entry['value']:.3f}" and row[f"{name}_ci_low"] == f"{entry['ci'][0]:.3f}"
+        assert float(row["patient_accuracy"]) == round(data["patient_metrics"]["metrics"]["accuracy"]["value"], 3)
         if data["method"].startswith("finetune"):
             assert int(float(row["trainable_parameters"])) == data["cost"]["trainable_parameters"]
     shots = sorted(int(r["shots"]) for r in rows if r["shots"])
@@ -277,20 +280,75 @@ def test_report_errors_exit_2(tmp_path, capsys):
         build_report(results_dirs=[tmp_path / "empty"], out_dir=tmp_path / "out")
 
 
-def chromium_binary() -> str | None:
-    return next((found for name in ("chromium", "chromium-browser", "google-chrome") if (found := shutil.which(name))),
-                None)
-
-
 @pytest.mark.skipif(chromium_binary() is None, reason="no chromium binary (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(report, tmp_path):
     """The HTML renders in a real browser with no network (docs/screenshot.py makes docs/report.png)."""
-    screenshot = tmp_path / "report.png"
-    command = [chromium_binary(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               "--window-size=1200,1500", f"--screenshot={screenshot}", report.html.as_uri()]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert screenshot.is_file(), result.stderr
+    screenshot = browser_screenshot(report.html, tmp_path / "report.png", width=1200, height=1500)
     with Image.open(screenshot) as image:
         assert image.size == (1200, 1500)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 200  # text, tables and plots, not a blank page
+
+
+def test_leaderboard_comes_first_and_picks_each_backbones_method_on_validation(study, report):
+    board = report.leaderboard
+    assert board.methods == ["blobs-labels"] and [row.label for row in board.rows] == ["dinov2-small", "tiny-cnn",
+                                                                                          "vgg16"]
+    records = records_by_cell(study)
+    for row in board.rows:
+        cell = row.cells["blobs-labels"]
+        candidates = {m: d for (model, m), d in records.items() if model == row.model}
+        validation = {m: np.mean([h["val_balanced_accuracy"] for h in d["hyperparameters"]])
+                      for m, d in candidates.items()}
+        assert validation[cell.record.method] == max(validation.values())  # chosen on validation, not on test
+        assert cell.value == candidates[cell.record.method]["metrics"]["accuracy"]["value"]
+    by_label = {row.label: row.cells["blobs-labels"] for row in board.rows}
+    assert by_label["dinov2-small"].best and by_label["dinov2-small"].comparison is None
+    assert by_label["vgg16"].comparison.comparable and by_label["vgg16"].comparison.p_value < 0.05
+    assert next(r for r in board.rows if r.label == "tiny-cnn").backbone.peak_memory_mb > 0  # from the real extraction
+    html = report.html.read_text()
+    landmarks = ('id="leaderboard"', "accuracy against extraction cost", "<h2>blobs-labels</h2>")
+    order = [html.index(text) for text in landmarks]
+    assert order == sorted(order)
+    section = report.markdown.read_text().split("## Leaderboard\n\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
+    assert list(rows[0]) == ["backbone", "params", "extract img/s (device)", "extract peak memory", "blobs-labels"]
+    assert rows[0]["blobs-labels"].startswith("**")
+    assert by_label["dinov2-small"].record.method in rows[0]["blobs-labels"]
+    with report.comparisons_csv.open() as handle:
+        assert any(c["level"] == "leaderboard" and c["model"] == "vgg16" for c in csv.DictReader(handle))
+
+
+def separation(found) -> float:
+    """Distance between the two class centres over the mean within-class spread."""
+    centres = [found.points[found.y == k].mean(axis=0) for k in (0, 1)]
+    spread = np.mean([found.points[found.y == k].std(axis=0).mean() for k in (0, 1)])
+    return float(np.linalg.norm(centres[0] - centres[1]) / spread)
+
+
+@pytest.mark.parametrize("name", ["pca", "tsne"])
+def test_embedding_map_separates_the_classes_of_the_informative_backbone(study, name):
+    from medprobe.report.embedding import embedding_map, projection
+
+    records = {key: RunRecord(Path(data["record_path"]), data) for key, data in records_by_cell(study).items()}
+    maps = {model: embedding_map(model, records[(model, "logreg")], records[(model, "logreg")].read_predictions(),
+                                 projection(name), seed=0) for model in ("dinov2-small", "vgg16")}
+    assert all(len(m.points) == PATIENTS * SLICES and m.points.shape[1] == 2 for m in maps.values())
+    assert separation(maps["dinov2-small"]) > 2 * separation(maps["vgg16"])
+    assert maps["vgg16"].wrong.sum() > maps["dinov2-small"].wrong.sum()
+
+
+def test_embedding_projection_errors_name_the_choices(study, tmp_path):
+    with pytest.raises(MedprobeError, match="--embedding 'mds' is not one of pca, tsne, umap"):
+        build_report(results_dirs=[study], out_dir=tmp_path / "report", embedding="mds")
+
+
+def test_cpu_name_is_the_model_name_from_cpuinfo(tmp_path):
+    from medprobe.runtime.device import cpu_name
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC   7B13 64-Core Processor\n")
+    assert cpu_name(info).startswith("AMD EPYC 7B13 64-Core Processor (")
+    assert cpu_name(tmp_path / "missing")  # falls back to what platform knows

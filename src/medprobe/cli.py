@@ -256,6 +256,27 @@ def finetune_command(
                   f"record: {record['record_path']}")
 
 
+@app.command("explain")
+def explain_command(
+    data: Path = typer.Argument(None, help=DATA_HELP, show_default=False),
+    model: str = typer.Option(..., "--model", "-m", help="The backbone the record was run with"),
+    record: Path = typer.Option(..., "--record", help="A logreg or linear-SVM probe record (.json) saved with "
+                                "`medprobe probe --save-model`"),
+    count: int = typer.Option(None, "--count", min=1, help="How many correct and how many wrong test images "
+                              "(default 4)", show_default=False),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:i"),
+) -> None:
+    """Where a run's evidence lies: its probe applied to every patch token (ViT) or feature-map cell (CNN,
+    a class activation map) of a few correct and wrong test images; overlays beside the record."""
+    from medprobe.explain import explain
+
+    result = explain(dataset=_dataset(data), model=model, record_path=record, device=device,
+                     **({"count": count} if count else {}))
+    correct = sum(e.correct for e in result.explanations)
+    console.print(f"{len(result.explanations)} overlays ({correct} correct, {len(result.explanations) - correct} "
+                  f"wrong; map over {result.kind}): {result.folder}")
+
+
 @app.command("report")
 def report_command(
     results: list[Path] = typer.Argument(None, help="Results folders of probe/finetune [default: medprobe-results]"),
@@ -264,13 +285,19 @@ def report_command(
     latex: bool = typer.Option(False, "--latex", help="Also write report.tex (booktabs tables)"),
     bootstrap: int = typer.Option(2000, help="Shared resamples of the paired test against each column's best"),
     seed: int = typer.Option(0, help="Seed of the paired bootstrap"),
+    embedding: str = typer.Option(None, "--embedding", help="2-D projection of the embedding maps: pca (default) | "
+                                  "tsne | umap (needs umap-learn)", show_default=False),
 ) -> None:
-    """Tables (backbone x method, CI, paired test vs the best) and figures from every run record."""
+    """A leaderboard (backbone x dataset), tables (backbone x method, CI, paired test vs the best) and figures
+    from every run record."""
     from medprobe.report import build_report
     from medprobe.report.render import console_table
 
     report = build_report(results_dirs=list(results or []) or [Path("medprobe-results")], out_dir=out, metric=metric,
-                          latex=latex, replicates=bootstrap, seed=seed)
+                          latex=latex, replicates=bootstrap, seed=seed,
+                          **({"embedding": embedding} if embedding else {}))
+    if report.leaderboard is not None:
+        console.print(console_table(report.leaderboard))
     for table in report.tables:
         if table.level == "sample":
             console.print(console_table(table))
@@ -394,17 +421,22 @@ def cache_rm(
         console.print(f"removed {path}")
 
 
+VerboseOption = typer.Option(False, "--verbose", help="A progress bar and a line (train loss, validation score) per "
+                             "fine-tune epoch; default: one progress bar per fine-tune")
+
+
 @app.command("run")
 def run_command(
     experiment: Path = typer.Argument(..., help="Experiment .toml: datasets x backbones x methods (see README)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and what is already done; run nothing"),
+    verbose: bool = VerboseOption,
 ) -> None:
     """Run a whole study grid from one file: extraction once per dataset x backbone, probes, fine-tunes and one
     report; finished steps are skipped on a rerun, so an interrupted run resumes."""
     from medprobe.run.experiment import load_experiment
     from medprobe.run.runner import Runner
 
-    runner = Runner(load_experiment(experiment), console)
+    runner = Runner(load_experiment(experiment), console, verbose=verbose)
     summary = runner.run(dry_run=dry_run)
     print_run_summary(summary, dry_run=dry_run)
 
@@ -418,6 +450,8 @@ def print_run_summary(summary, *, dry_run: bool) -> None:
         for step in summary.steps:
             table.add_row(step.label(summary.names), step.status)
         console.print(table)
+    if summary.report_leaderboard is not None:
+        console.print(console_table(summary.report_leaderboard))
     for table in summary.report_tables:
         if table.level == "sample":
             console.print(console_table(table))
@@ -437,6 +471,7 @@ def print_run_summary(summary, *, dry_run: bool) -> None:
 def demo_command(
     out_dir: Path = typer.Option(Path("medprobe-demo"), "--out", help="Where the demo writes its data, cache and "
                                  "results"),
+    verbose: bool = VerboseOption,
 ) -> None:
     """The whole study, offline, on synthetic X-rays and brain MRI: extraction, probes, fine-tuning, report."""
     from medprobe.demo import prepare_demo
@@ -445,7 +480,7 @@ def demo_command(
 
     experiment = prepare_demo(out_dir, console)
     console.print(f"experiment: {experiment} (rerun it with `medprobe run {experiment}`)")
-    summary = Runner(load_experiment(experiment), console).run()
+    summary = Runner(load_experiment(experiment), console, verbose=verbose).run()
     print_run_summary(summary, dry_run=False)
 
 

@@ -19,7 +19,9 @@ class _RateColumn(TextColumn):
     def render(self, task):  # noqa: ANN001 - rich's signature
         from rich.text import Text
 
-        speed = task.finished_speed or task.speed
+        # rich's own estimate needs two updates within its window; a short task (one batch) has one
+        speed = task.finished_speed or task.speed or (task.completed / task.elapsed if task.completed and
+                                                      task.elapsed else None)
         return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="cyan")
 
 

@@ -5,6 +5,7 @@ validation data only; the test fold is predicted once, by the best checkpoint.""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict
@@ -121,7 +122,13 @@ class FoldTrainer:
                           pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
                           drop_last=drop_last, worker_init_fn=start_worker)
 
-    def train(self, fold: Fold, show_progress: bool) -> dict:
+    def images_per_epoch(self, fold: Fold) -> int:
+        """Full batches only when there is at least one (see train)."""
+        size = self.settings.batch_size
+        return len(fold.train) // size * size if len(fold.train) >= size else len(fold.train)
+
+    def train(self, fold: Fold, show_progress: bool, advance_all=None) -> dict:
+        """One fold. `advance_all`: one progress bar for the whole fine-tune (no per-epoch bars or lines)."""
         s = self.settings
         torch.manual_seed(s.seed + fold.index)
         backbone = load_backbone(self.spec, image_size=s.image_size)
@@ -135,7 +142,7 @@ class FoldTrainer:
         # the shuffle changes which few samples wait for the next epoch
         drop_last = len(fold.train) >= s.batch_size
         steps_per_epoch = len(fold.train) // s.batch_size if drop_last else 1
-        images_per_epoch = steps_per_epoch * s.batch_size if drop_last else len(fold.train)
+        images_per_epoch = self.images_per_epoch(fold)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, _schedule(s.epochs * steps_per_epoch, max(1, round(s.warmup_epochs * steps_per_epoch))))
         weights = None
@@ -164,7 +171,8 @@ class FoldTrainer:
                 model.backbone.eval()  # nothing of the backbone changes, batch-norm statistics included
             started, losses, seen = time.perf_counter(), [], 0
             description = f"fold {fold.index} epoch {epoch + 1}/{s.epochs}"
-            with progress_bar(description, total=images_per_epoch, enabled=show_progress) as advance:
+            with (contextlib.nullcontext(advance_all) if advance_all else
+                  progress_bar(description, total=images_per_epoch, enabled=show_progress)) as advance:
                 for pixels, labels in train_loader:
                     pixels = pixels.to(self.device, non_blocking=True)
                     if backbone.is_cnn:
@@ -186,7 +194,7 @@ class FoldTrainer:
             score = balanced_accuracy(self.y[fold.val], val_scores)
             progress["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
                                         "val_balanced_accuracy": score})
-            if show_progress:
+            if show_progress and advance_all is None:
                 STDERR.print(f"{description}: train loss {np.mean(losses):.4f}, val balanced accuracy {score:.3f}"
                              f"{' (best)' if score > progress['best_score'] else ''}")
             if score > progress["best_score"]:
@@ -213,7 +221,9 @@ class FoldTrainer:
 
 
 def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_dir: Path,
-             show_progress: bool = True) -> dict:
+             show_progress: bool = True, verbose: bool = True) -> dict:
+    """Fine-tune `model` on every fold's training part and score its test part. `verbose`: a progress bar
+    and a line per epoch; otherwise one progress bar for the whole fine-tune."""
     parse_unfreeze(settings.unfreeze)
     if settings.epochs < 1 or settings.batch_size < 1:
         raise MedprobeError("--epochs and --batch-size must be at least 1")
@@ -226,7 +236,14 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
     trainer = FoldTrainer(dataset, model, settings, out_dir)
     started = time.perf_counter()
     try:
-        results = [trainer.train(fold, show_progress) for fold in folds]
+        if show_progress and not verbose:
+            total = sum(trainer.images_per_epoch(fold) for fold in folds) * settings.epochs
+            description = (f"finetune {trainer.spec.name} ({settings.unfreeze}, {len(folds)} folds x "
+                           f"{settings.epochs} epochs)")
+            with progress_bar(description, total=total) as advance:
+                results = [trainer.train(fold, show_progress, advance) for fold in folds]
+        else:
+            results = [trainer.train(fold, show_progress) for fold in folds]
     except KeyboardInterrupt:
         raise Interrupted(f"{trainer.spec.name}: every finished epoch is checkpointed under "
                           f"{trainer.out_dir / safe_name(dataset.name) / 'checkpoints'}; run the same command with "

@@ -13,6 +13,8 @@ from pathlib import Path
 from medprobe import __version__
 from medprobe.errors import MedprobeError
 from medprobe.report import render
+from medprobe.report.embedding import DEFAULT_PROJECTION, projection
+from medprobe.report.explanations import explanation_figures
 from medprobe.report.figures import draw_all
 from medprobe.report.records import REPORT_METRICS, load_records
 from medprobe.report.stats import PairedBootstrap
@@ -31,25 +33,33 @@ class Report:
     comparisons_csv: Path
     latex: Path | None
     tables: list[Table]
+    leaderboard: Table | None
     content: render.ReportContent
 
 
 def build_report(*, results_dirs: list[Path], out_dir: Path, metric: str = "accuracy", latex: bool = False,
-                 replicates: int = DEFAULT_REPLICATES, seed: int = 0) -> Report:
+                 replicates: int = DEFAULT_REPLICATES, seed: int = 0, embedding: str = DEFAULT_PROJECTION) -> Report:
     """Read every run record under `results_dirs` and write report.md, report.html, summary.csv,
-    comparisons.csv, figures/*.png (and report.tex with `latex`) under `out_dir`."""
+    comparisons.csv, figures/*.png (and report.tex with `latex`) under `out_dir`. `embedding`: the 2-D
+    projection of the embedding maps (pca, tsne, umap)."""
     if metric not in REPORT_METRICS:
         raise MedprobeError(f"--metric {metric!r} is not one of {', '.join(REPORT_METRICS)}")
     if replicates < 1:
         raise MedprobeError(f"--bootstrap {replicates}: the paired test needs at least 1 resample (e.g. 2000)")
+    projection(embedding)  # an unknown or uninstalled projection fails before any work
     loaded = load_records([Path(d) for d in results_dirs], metric)
     problems = list(loaded.problems)
     builder = TableBuilder(metric, PairedBootstrap(metric, replicates, seed), problems)
     tables = builder.build(loaded.records)
+    leaderboard = builder.leaderboard(tables)
     out_dir = Path(out_dir)
-    figures, notes = draw_all(tables, loaded.records, out_dir / "figures", metric, builder.predictions)
+    figures, notes = draw_all(tables, leaderboard, loaded.records, out_dir / "figures", metric, builder.predictions,
+                              embedding=embedding, seed=seed)
+    explained, explain_notes = explanation_figures(loaded.records, out_dir / "figures" / "explain")
+    figures, notes = figures + explained, notes + explain_notes
     content = render.ReportContent(metric=metric, sources=[Path(d) for d in results_dirs], records=loaded.records,
-                                   tables=tables, figures=figures, problems=problems, notes=notes,
+                                   tables=tables, leaderboard=leaderboard, figures=figures, problems=problems,
+                                   notes=notes,
                                    replicates=replicates, seed=seed, created_at=now_iso(), version=__version__)
     paths = {name: out_dir / name for name in ("summary.csv", "comparisons.csv", "report.md", "report.tex",
                                                "report.html")}
@@ -63,7 +73,7 @@ def build_report(*, results_dirs: list[Path], out_dir: Path, metric: str = "accu
         _atomic_write(paths[name], lambda handle, text=text: handle.write(text))
     return Report(html=paths["report.html"], markdown=paths["report.md"], summary_csv=paths["summary.csv"],
                   comparisons_csv=paths["comparisons.csv"], latex=paths["report.tex"] if latex else None,
-                  tables=tables, content=content)
+                  tables=tables, leaderboard=leaderboard, content=content)
 
 
 __all__ = ["DEFAULT_REPLICATES", "Report", "build_report"]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medprobe.errors import MedprobeError
+from medprobe.report.embedding import DEFAULT_PROJECTION, embedding_map, map_source, projection
 from medprobe.report.records import Predictions, RunRecord
 from medprobe.report.tables import Row, Table, is_frozen
 from medprobe.results.metrics import binary_auroc
@@ -150,12 +152,75 @@ def score_vs_parameters(tables: list[Table]) -> object | None:
                           capsize=2, label="frozen (best method)" if frozen else "unfrozen (best)")
             for xi, value, (_, _, label) in zip(x, values, points, strict=True):
                 axes.annotate(label, (xi, value), textcoords="offset points", xytext=(4, 3), fontsize=7)
-        axes.set_xscale("log")
+        _log_x(axes)
         axes.set_xlabel("backbone parameters (millions, log scale)")
         axes.set_ylabel(table.metric)
         axes.set_title(table.dataset, fontsize=10)
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7, loc="lower right")
+    return figure
+
+
+def _log_x(axes) -> None:
+    """A log x axis labelled in plain numbers (matplotlib labels minor ticks over a narrow range, and they
+    overlap)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.xaxis.set_minor_formatter(NullFormatter())
+
+
+def score_vs_cost(board: Table) -> object | None:
+    """The leaderboard's headline score against what extraction costs: images/s and peak memory, one column
+    per dataset. Up and right on the first row, up and left on the second, is better."""
+    axes_of = (("images_per_second", "extraction images/s (log scale)"),
+               ("peak_memory_mb", "extraction peak memory, MB (log scale)"))
+    measured = [(name, title) for name, title in axes_of if any(getattr(r.backbone, name) for r in board.rows)]
+    if not measured:
+        return None
+    figure = _new_figure(4.2 * len(board.methods), 3.3 * len(measured))
+    grid = figure.subplots(len(measured), len(board.methods), squeeze=False)
+    colours = dict(zip([row.label for row in board.rows], _colours(len(board.rows)), strict=True))
+    for line, (name, title) in enumerate(measured):
+        for column, dataset in enumerate(board.methods):
+            axes = grid[line, column]
+            for row, cell in board.column(dataset):
+                cost = getattr(row.backbone, name)
+                if not cost or cell.value is None:
+                    continue
+                axes.errorbar([cost], [cell.value], yerr=_whiskers([cell.value], [cell.ci]), fmt="o", capsize=2,
+                              color=colours[row.label], markeredgecolor="black" if cell.best else None)
+                axes.annotate(row.label, (cost, cell.value), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            _log_x(axes)
+            axes.set_xlabel(title, fontsize=8)
+            axes.set_ylabel(board.metric)
+            axes.set_title(dataset, fontsize=10)
+            axes.grid(alpha=0.3)
+    return figure
+
+
+def embedding_maps(dataset: str, maps: list) -> object:
+    """One panel per backbone: the 2-D projection coloured by class; hollow markers: the run was wrong."""
+    columns = min(len(maps), 3)
+    lines = -(-len(maps) // columns)
+    figure = _new_figure(3.6 * columns + 1.2, 3.3 * lines)
+    grid = figure.subplots(lines, columns, squeeze=False).ravel()
+    for axes in grid[len(maps):]:
+        axes.set_visible(False)
+    classes = maps[0].classes
+    colours = _colours(len(classes))
+    for axes, found in zip(grid, maps, strict=False):
+        for k, (name, colour) in enumerate(zip(found.classes, colours, strict=False)):
+            for wrong in (False, True):
+                chosen = (found.y == k) & (found.wrong == wrong)
+                axes.scatter(found.points[chosen, 0], found.points[chosen, 1], s=14, linewidths=0.9,
+                             facecolors="none" if wrong else [colour], edgecolors=[colour],
+                             label=None if wrong else name)
+        axes.set_title(found.label, fontsize=9)
+        axes.set_xticks([])
+        axes.set_yticks([])
+    grid[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0) if len(maps) == 1 else None)
     return figure
 
 
@@ -249,10 +314,11 @@ def roc_curves(record: RunRecord, predictions: Predictions) -> object:
     return figure
 
 
-def draw_all(tables: list[Table], records: list[RunRecord], out_dir: Path, metric: str,
-             predictions_of) -> tuple[list[Figure], list[str]]:
+def draw_all(tables: list[Table], board: Table | None, records: list[RunRecord], out_dir: Path, metric: str,
+             predictions_of, embedding: str = DEFAULT_PROJECTION, seed: int = 0) -> tuple[list[Figure], list[str]]:
     """Every figure that the records allow, written as PNG under out_dir; and a note per figure that could
     not be drawn and why."""
+    chosen_projection = projection(embedding)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures, notes = [], []
 
@@ -284,6 +350,24 @@ def draw_all(tables: list[Table], records: list[RunRecord], out_dir: Path, metri
                 keep(figure, dataset, f"{dataset}__label-efficiency", f"{dataset}: label efficiency",
                      "Mean over draws with its 95% bootstrap CI (band); `all`: the full protocol with tuned "
                      "hyperparameters.")
+        maps, missing = [], []
+        for row in sample.rows:
+            record = map_source([cell.record for cell in row.cells.values()])
+            predictions = predictions_of(record) if record else None
+            if not isinstance(predictions, Predictions):
+                continue
+            try:
+                maps.append(embedding_map(row.label, record, predictions, chosen_projection, seed))
+            except MedprobeError as exc:
+                missing.append(f"{row.label}: {exc}")
+        if maps:
+            keep(embedding_maps(dataset, maps), dataset, f"{dataset}__embedding-{embedding}",
+                 f"{dataset}: embedding map ({chosen_projection.name.upper()} of the cached features)",
+                 "Each test sample of the backbone's best-on-validation probe, placed by a 2-D projection of its "
+                 "frozen features and coloured by its true class; hollow: that probe got it wrong. Separated "
+                 "colours: the classes are apart before any probe is fitted. Features: " +
+                 "; ".join(f"{m.label}: {m.source}" for m in maps) + ".")
+        notes += [f"{dataset}: no embedding map for {why}" for why in missing]
         best = sample.best_cell()
         if best is None:
             continue
@@ -299,6 +383,12 @@ def draw_all(tables: list[Table], records: list[RunRecord], out_dir: Path, metri
                  "From the test predictions; binary: the second class is positive; else one-vs-rest.")
         else:
             notes.append(f"{dataset}: no ROC curves ({record.name} has no readable predictions CSV)")
+    figure = score_vs_cost(board) if board is not None else None
+    if figure is not None:
+        keep(figure, None, "score-vs-extraction-cost", f"{metric} against extraction cost",
+             "The leaderboard's headline score per backbone against its extraction images/s and peak memory "
+             "(as recorded in the cache; the device is in the leaderboard); black edge: the best per dataset; "
+             "whiskers: 95% CI.")
     figure = score_vs_parameters([t for t in tables if t.level == "sample"])
     if figure is None:
         notes.append("no score-vs-parameters figure (no record knows its backbone's parameter count)")

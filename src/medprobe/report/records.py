@@ -17,7 +17,7 @@ import numpy as np
 
 from medprobe.errors import MedprobeError
 from medprobe.results.metrics import CONFUSION_METRICS
-from medprobe.results.record import RECORD_SCHEMA
+from medprobe.results.record import EXPLAIN_SUFFIX, RECORD_SCHEMA
 
 REPORT_METRICS = (*CONFUSION_METRICS, "auroc", "kappa_quadratic")
 SCHEMA_FAMILY = RECORD_SCHEMA.rsplit("/", 1)[0]  # "medprobe.run"
@@ -39,6 +39,7 @@ class Backbone:
     embed_dim: str | None = None
     images_per_second: float | None = None
     device_name: str | None = None
+    peak_memory_mb: float | None = None  # of the extraction (the process's peak RSS on a CPU)
 
 
 @dataclass
@@ -140,10 +141,20 @@ class RunRecord:
         if len(provenance) == 1:  # a fused matrix has no single extraction speed
             info.images_per_second = number(provenance[0].get("images_per_second"))
             info.device_name = provenance[0].get("device_name") or None
+            peak = provenance[0].get("peak_memory_mb")  # the probe copies only some cache attributes
+            info.peak_memory_mb = number(peak if peak is not None else _cache_attr(sources[0], "peak_memory_mb"))
         cost = self.data.get("cost") or {}
         if info.parameters is None and isinstance(cost, dict):
             info.parameters = number(cost.get("total_parameters"))
         return info
+
+    @property
+    def validation_score(self) -> float | None:
+        """Mean validation balanced accuracy over the folds (what chose the hyperparameters or the
+        checkpoint), None when the record has none: a score that never saw the test samples."""
+        found = [number(h.get("val_balanced_accuracy")) for h in self.data.get("hyperparameters") or []
+                 if isinstance(h, dict)]
+        return float(np.mean(found)) if found and all(v is not None for v in found) else None
 
     def read_predictions(self) -> Predictions:
         """The predictions CSV; MedprobeError naming the file when it is missing or malformed."""
@@ -170,6 +181,17 @@ class RunRecord:
         return Predictions(ids=np.array([row[column["id"]] for row in rows], dtype=object),
                            groups=[row[column["group"]] or None for row in rows], y=y,
                            scores=scores.reshape(len(rows), len(classes)), classes=classes)
+
+
+def _cache_attr(source: dict, name: str):
+    """An attribute of the cache a record read, for what its provenance copy lacks; None once it is gone."""
+    from medprobe.cache.store import read_cache_attrs
+
+    path = Path(str(source.get("cache") or ""))
+    try:
+        return read_cache_attrs(path).get(name) if path.is_file() else None
+    except (OSError, MedprobeError):
+        return None
 
 
 def _embed_dim(embed_dims, pools) -> str | None:
@@ -222,6 +244,8 @@ def load_records(folders: list[Path], metric: str) -> LoadedRecords:
         for path in sorted(folder.rglob("*.json.partial")):
             problems.append(Problem(path, "an interrupted write (the run did not finish); re-run it", True))
         for path in sorted(folder.rglob("*.json")):
+            if path.parent.name.endswith(EXPLAIN_SUFFIX):  # `medprobe explain`'s index, not a run record
+                continue
             if path.resolve() in seen:
                 continue
             seen.add(path.resolve())

@@ -7,6 +7,7 @@ import base64
 import csv
 import html
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ class ReportContent:
     sources: list[Path]
     records: list[RunRecord]
     tables: list[Table]
+    leaderboard: Table | None  # backbone x dataset, the first thing the report shows
     figures: list[Figure]
     problems: list[Problem]
     notes: list[str]
@@ -71,12 +73,32 @@ def format_speed(backbone: Backbone) -> str:
     return f"{backbone.images_per_second:.1f}{device}"
 
 
+def format_memory(backbone: Backbone) -> str:
+    megabytes = backbone.peak_memory_mb
+    if megabytes is None:
+        return "—"
+    return f"{megabytes / 1024:.1f} GB" if megabytes >= 1024 else f"{megabytes:.0f} MB"
+
+
 BACKBONE_COLUMNS = ("backbone", "params", "dim", "extract img/s (device)")
+LEADERBOARD_COLUMNS = ("backbone", "params", "extract img/s (device)", "extract peak memory")
+
+
+def backbone_columns(table: Table) -> tuple[str, ...]:
+    return LEADERBOARD_COLUMNS if table.is_leaderboard else BACKBONE_COLUMNS
 
 
 def backbone_cells(table: Table, row) -> list[str]:
+    if table.is_leaderboard:
+        return [row.label, format_parameters(row.backbone.parameters), format_speed(row.backbone),
+                format_memory(row.backbone)]
     return [row.label, format_parameters(row.backbone.parameters), row.backbone.embed_dim or "—",
             format_speed(row.backbone)]
+
+
+def chosen_method(table: Table, cell: Cell) -> str:
+    """The leaderboard says which method each cell is; the other tables have a column per method."""
+    return cell.record.method if table.is_leaderboard else ""
 
 
 def not_comparable_reasons(table: Table) -> list[str]:
@@ -87,6 +109,12 @@ def not_comparable_reasons(table: Table) -> list[str]:
 
 def protocols(table: Table) -> str:
     return ", ".join(sorted({cell.record.protocol for row in table.rows for cell in row.cells.values()}))
+
+
+def leaderboard_text(content: ReportContent) -> str:
+    return (f"Each cell: the backbone's run with the best mean validation balanced accuracy among its methods "
+            f"(probes and fine-tunes; the test samples never chose it), its test {content.metric} with 95% CI "
+            "and the method. Bold: the best per dataset; p: paired bootstrap against it.")
 
 
 def method_text(content: ReportContent) -> str:
@@ -114,12 +142,13 @@ def method_cells(table: Table, row, *, best, plain=lambda text: text) -> list[st
             cells.append("")
             continue
         text = plain(format_value(cell.value, cell.ci))
-        cells.append(f"{best(text) if cell.best else text} {comparison_text(cell)}".strip())
+        cells.append(" ".join(part for part in (best(text) if cell.best else text, chosen_method(table, cell),
+                                                comparison_text(cell)) if part))
     return cells
 
 
 def markdown_table(table: Table) -> str:
-    header = [*BACKBONE_COLUMNS, *table.methods]
+    header = [*backbone_columns(table), *table.methods]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.rows:
         cells = method_cells(table, row, best=lambda text: f"**{text}**")
@@ -136,6 +165,13 @@ def render_markdown(content: ReportContent, out_dir: Path) -> str:
     parts = [f"# medprobe report\n\n{len(content.records)} run record(s) from "
              f"{', '.join(str(s) for s in content.sources)}; medprobe {content.version}, {content.created_at}.\n\n"
              f"{method_text(content)}\n"]
+    if content.leaderboard is not None:
+        parts.append(f"## Leaderboard\n\n{leaderboard_text(content)}\n\n{markdown_table(content.leaderboard)}")
+    shared = [f for f in content.figures if f.dataset is None]
+    if shared:
+        parts.append("## Across datasets\n")
+        parts += [f"![{f.title}]({f.path.relative_to(out_dir).as_posix()})\n\n*{f.title}.* {f.caption}\n"
+                  for f in shared]
     for dataset in dict.fromkeys(t.dataset for t in content.tables):
         parts.append(f"## {dataset}\n")
         for table in (t for t in content.tables if t.dataset == dataset):
@@ -143,11 +179,6 @@ def render_markdown(content: ReportContent, out_dir: Path) -> str:
         for figure in (f for f in content.figures if f.dataset == dataset):
             parts.append(f"![{figure.title}]({figure.path.relative_to(out_dir).as_posix()})\n\n*{figure.title}.* "
                          f"{figure.caption}\n")
-    shared = [f for f in content.figures if f.dataset is None]
-    if shared:
-        parts.append("## Across datasets\n")
-        parts += [f"![{f.title}]({f.path.relative_to(out_dir).as_posix()})\n\n*{f.title}.* {f.caption}\n"
-                  for f in shared]
     if content.problems:
         parts.append("## Skipped or incomplete records\n\n| file | status | reason |\n|---|---|---|\n" +
                      "".join(f"| {_md_escape(a)} | {b} | {_md_escape(c)} |\n" for a, b, c in problem_rows(content)))
@@ -182,7 +213,7 @@ def _e(text: str) -> str:
 
 def html_table(table: Table) -> str:
     head = "".join(f'<th class="name">{_e(c)}</th>' if i == 0 else f"<th>{_e(c)}</th>"
-                   for i, c in enumerate([*BACKBONE_COLUMNS, *table.methods]))
+                   for i, c in enumerate([*backbone_columns(table), *table.methods]))
     body = []
     for row in table.rows:
         first, *info = backbone_cells(table, row)
@@ -195,7 +226,7 @@ def html_table(table: Table) -> str:
             # value on top, CI and p below: keeps columns narrow enough for five methods side by side
             value = "—" if cell.value is None else f"{cell.value:.3f}"
             ci = f'<span class="ci">[{cell.ci[0]:.3f}, {cell.ci[1]:.3f}]</span>' if cell.ci else ""
-            extra = comparison_text(cell)
+            extra = " ".join(part for part in (chosen_method(table, cell), comparison_text(cell)) if part)
             title = _e(cell.comparison.reason if cell.comparison and not cell.comparison.comparable else
                        cell.record.name)
             note = f'<span class="p">{_e(extra)}</span>' if extra else ""
@@ -218,13 +249,16 @@ def render_html(content: ReportContent) -> str:
     parts = [f"<h1>medprobe report</h1><p class=\"meta\">{len(content.records)} run record(s) from "
              f"{_e(', '.join(str(s) for s in content.sources))}; medprobe {_e(content.version)}, "
              f"{_e(content.created_at)}.</p><p>{method}</p>"]
+    if content.leaderboard is not None:
+        parts.append(f'<h2 id="leaderboard">Leaderboard</h2><p>{_e(leaderboard_text(content))}</p>'
+                     f"{html_table(content.leaderboard)}")
+    shared = [f for f in content.figures if f.dataset is None]
+    if shared:
+        parts.append("<h2>Across datasets</h2>" + "".join(html_figure(f) for f in shared))
     for dataset in dict.fromkeys(t.dataset for t in content.tables):
         parts.append(f"<h2>{_e(dataset)}</h2>")
         parts += [f"<h3>{_e(t.title)}</h3>{html_table(t)}" for t in content.tables if t.dataset == dataset]
         parts += [html_figure(f) for f in content.figures if f.dataset == dataset]
-    shared = [f for f in content.figures if f.dataset is None]
-    if shared:
-        parts.append("<h2>Across datasets</h2>" + "".join(html_figure(f) for f in shared))
     if content.problems:
         rows = "".join(f'<tr><td class="file">{_e(a)}</td><td class="reason">{_e(b)}</td>'
                        f'<td class="reason">{_e(c)}</td></tr>' for a, b, c in problem_rows(content))
@@ -303,6 +337,19 @@ def _p_values(tables: list[Table]) -> dict[tuple[str, str], float]:
     return found
 
 
+def bootstrap_digits(replicates) -> int:
+    """Decimals a bootstrap of `replicates` resamples resolves: one resample moves a percentile by about
+    1/replicates of the distribution, so 1000 -> 3, 2000 to 10000 -> 4 (never under 3)."""
+    count = replicates if isinstance(replicates, int) and replicates > 0 else 1000
+    return max(3, math.ceil(math.log10(count)))
+
+
+def _csv_value(value, digits: int):
+    if value is None:
+        return ""
+    return f"{value:.{digits}f}" if isinstance(value, float) else value
+
+
 def render_summary_csv(content: ReportContent) -> str:
     metrics = summary_metrics(content.records)
     p_values = _p_values(content.tables)
@@ -338,7 +385,13 @@ def render_summary_csv(content: ReportContent) -> str:
                 value, ci = record.value(name, level)
                 row[f"{prefix}{name}"] = value
                 row[f"{prefix}{name}_ci_low"], row[f"{prefix}{name}_ci_high"] = ci if ci else (None, None)
-        writer.writerow({k: "" if v is None else (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+        digits = bootstrap_digits((data.get("bootstrap") or {}).get("replicates"))
+        rounded = {k: _csv_value(v, digits) for k, v in row.items()}
+        for name in ("parameters", "trainable_parameters"):  # counts, not estimates
+            rounded[name] = "" if row[name] is None else int(row[name])
+        for name in ("extract_images_per_second", "train_images_per_second"):
+            rounded[name] = "" if row[name] is None else f"{row[name]:.1f}"
+        writer.writerow(rounded)
     return buffer.getvalue()
 
 
@@ -348,7 +401,8 @@ def render_comparisons_csv(content: ReportContent) -> str:
     writer.writerow(["dataset", "level", "metric", "method", "model", "best_model", "comparable", "difference",
                      "difference_ci_low", "difference_ci_high", "p_value", "unit", "replicates", "seed", "note",
                      "record", "best_record"])
-    for table in content.tables:
+    boards = [content.leaderboard] if content.leaderboard is not None else []
+    for table in [*boards, *content.tables]:  # the leaderboard's columns (`method`) are datasets
         for method in table.methods:
             column = table.column(method)
             reference = next((cell for _, cell in column if cell.best and cell.comparison is None), None)
@@ -356,11 +410,12 @@ def render_comparisons_csv(content: ReportContent) -> str:
                 c = cell.comparison
                 if c is None:
                     continue
-                ci = c.ci or ["", ""]
+                digits = bootstrap_digits(c.replicates)
+                ci = [f"{v:.{digits}f}" for v in c.ci] if c.ci else ["", ""]
                 writer.writerow([table.dataset, table.level, table.metric, method, row.label,
                                  reference.record.model if reference else "", c.comparable,
-                                 "" if c.difference is None else repr(c.difference), *ci,
-                                 "" if c.p_value is None else repr(c.p_value), c.unit, c.replicates, c.seed, c.reason,
+                                 _csv_value(c.difference, digits), *ci, _csv_value(c.p_value, digits), c.unit,
+                                 c.replicates, c.seed, c.reason,
                                  cell.record.path, reference.record.path if reference else ""])
     return buffer.getvalue()
 
@@ -372,7 +427,7 @@ def console_table(table: Table):
     from rich.markup import escape
     from rich.table import Table as RichTable
 
-    rich_table = RichTable(*BACKBONE_COLUMNS, *table.methods,
+    rich_table = RichTable(*backbone_columns(table), *table.methods,
                            title=f"{table.title} (95% CI; *: best per column; p: paired test vs the best)")
     for row in table.rows:
         # a star as well as bold: piped output loses the bold

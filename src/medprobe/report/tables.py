@@ -13,6 +13,7 @@ from medprobe.report.stats import Comparison, PairedBootstrap, held_out
 
 PROBE_METHODS = ("logreg", "svm", "knn")
 TIE_TOLERANCE = 1e-12
+LEADERBOARD = "leaderboard"  # the level of the backbone x dataset table; its columns are datasets
 
 
 def method_order(method: str) -> tuple:
@@ -61,10 +62,16 @@ class Table:
 
     @property
     def title(self) -> str:
+        if self.is_leaderboard:
+            return f"Leaderboard: {self.metric} per image, each backbone's method chosen on validation"
         return f"{self.dataset}: {self.metric}, {'per patient' if self.level == 'patient' else 'per image'}"
 
     def column(self, method: str) -> list[tuple[Row, Cell]]:
         return [(row, row.cells[method]) for row in self.rows if method in row.cells]
+
+    @property
+    def is_leaderboard(self) -> bool:
+        return self.level == LEADERBOARD
 
     def best_cell(self) -> tuple[Row, Cell] | None:
         """The best cell of the table; ties go to the first in reading order (row, then method column)."""
@@ -119,6 +126,35 @@ class TableBuilder:
                 tables.append(table)
         return tables
 
+    def leaderboard(self, tables: list[Table]) -> Table | None:
+        """Backbones x datasets (per image): each cell is the backbone's headline run on that dataset, the
+        method with the best validation score (never the test: the test only scores the choice); the best
+        per dataset marked and every other cell paired-tested against it. None with no validation scores."""
+        rows: dict[str, Row] = {}
+        members: dict[str, list[RunRecord]] = defaultdict(list)
+        datasets = []
+        for table in (t for t in tables if t.level == "sample"):
+            for row in table.rows:
+                scored = [(cell.record.validation_score, -k, cell) for k, method in enumerate(table.methods)
+                          if (cell := row.cells.get(method)) is not None and cell.value is not None
+                          and cell.record.validation_score is not None]
+                if not scored:
+                    continue
+                chosen = max(scored, key=lambda item: item[:2])[2]  # ties: the cheaper (earlier) method
+                board_row = rows.setdefault(row.label, Row(row.label, row.model, Backbone()))
+                board_row.cells[table.dataset] = Cell(chosen.record, chosen.value, chosen.ci)
+                members[row.label] += [cell.record for cell in row.cells.values()]
+                datasets.append(table.dataset)
+        if not rows:
+            return None
+        for label, row in rows.items():
+            row.backbone = _merged_backbone(members[label])
+        board = Table("all datasets", LEADERBOARD, self.metric, list(dict.fromkeys(datasets)),
+                      [rows[label] for label in sorted(rows)])
+        for dataset in board.methods:
+            self._mark_column(board, dataset)
+        return board
+
     def _rows(self, records: list[RunRecord]) -> list[Row]:
         pools = defaultdict(set)
         for record in records:
@@ -163,7 +199,8 @@ class TableBuilder:
             other_tests = self._tests(cell.record, table.level)
             if isinstance(reference_tests, str) or isinstance(other_tests, str):
                 reason = reference_tests if isinstance(reference_tests, str) else other_tests
-                cell.comparison = Comparison(False, reason, unit=table.level, replicates=self.bootstrap.replicates,
+                cell.comparison = Comparison(False, reason, unit="sample" if table.is_leaderboard else table.level,
+                                             replicates=self.bootstrap.replicates,
                                              seed=self.bootstrap.seed)
                 continue
             cell.comparison = self.bootstrap.compare(str(reference.record.path), reference_tests,
@@ -171,6 +208,7 @@ class TableBuilder:
 
     def _tests(self, record: RunRecord, level: str):
         """The run's test set at `level`, or why there is none."""
+        level = "sample" if level == LEADERBOARD else level
         predictions = self.predictions(record)
         if isinstance(predictions, MedprobeError):
             return "not comparable: predictions CSV missing or unreadable"

@@ -35,6 +35,14 @@ def record_paths(out_dir: Path, dataset_name: str, name: str) -> tuple[Path, Pat
     return folder / f"{base}.json", folder / f"{base}.predictions.csv"
 
 
+EXPLAIN_SUFFIX = ".explain"  # `medprobe explain` writes its overlays into <record stem>.explain/ beside it
+EXPLAIN_INDEX = "explain.json"
+
+
+def explanation_dir(record_path: Path) -> Path:
+    return Path(record_path).with_name(Path(record_path).stem + EXPLAIN_SUFFIX)
+
+
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".partial")

@@ -62,6 +62,7 @@ class RunSummary:
     names: dict[DatasetEntry, str]
     report_html: Path | None = None
     report_tables: list = field(default_factory=list)
+    report_leaderboard: object = None  # report.tables.Table: backbone x dataset
 
     def count(self, status: str) -> int:
         return sum(step.status == status for step in self.steps)
@@ -80,8 +81,9 @@ def plan_steps(experiment: Experiment) -> list[Step]:
 
 
 class Runner:
-    def __init__(self, experiment: Experiment, console) -> None:
+    def __init__(self, experiment: Experiment, console, *, verbose: bool = False) -> None:
         self.experiment = experiment
+        self.verbose = verbose  # a progress bar and a line per fine-tune epoch; else one bar per fine-tune
         self.console = console
         self.records_dir = experiment.out / "records"
         self.state_path = experiment.out / STATE_FILE
@@ -218,7 +220,7 @@ class Runner:
                                            "folds": self.experiment.folds, "bootstrap": self.experiment.bootstrap,
                                            "ordinal": step.dataset.ordinal, "resume": True})
             records = [finetune(dataset=dataset, model=step.backbone, settings=settings, out_dir=self.records_dir,
-                                show_progress=show_progress)]
+                                show_progress=show_progress, verbose=self.verbose)]
         step.records = [r["record_path"] for r in records]
         self.state["steps"][step.key(self.experiment)] = {"label": step.label(self.names), "records": step.records,
                                                           "finished_at": now_iso()}
@@ -231,3 +233,4 @@ class Runner:
                               metric=self.experiment.metric)
         summary.report_html = report.html
         summary.report_tables = report.tables
+        summary.report_leaderboard = report.leaderboard

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 
@@ -50,11 +51,34 @@ def autocast(device: torch.device, precision: str):
 
 
 def device_name(device: torch.device) -> str:
+    """The device as its user knows it: the GPU's name, or the CPU's model name."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    return cpu_name()
+
+
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name ('AMD EPYC 7B13', 'Apple M2'), with its logical core count; the architecture
+    ('x86_64') only where the system says nothing more."""
+    import os
     import platform
 
-    return platform.processor() or platform.machine()
+    name = ""
+    with contextlib.suppress(OSError):
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "cpu model", "Hardware") and value.strip():
+                name = value.strip()
+                break
+    if not name and platform.system() == "Darwin":
+        import subprocess
+
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            name = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                  timeout=5).stdout.strip()
+    name = " ".join(name.split()) or platform.processor() or platform.machine() or "CPU"
+    cores = os.cpu_count()
+    return f"{name} ({cores} cores)" if cores else name
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -1,0 +1,126 @@
+"""`medprobe explain` on a synthetic set whose class is a drawn square (bright or dark) at a random place:
+the evidence of a correctly classified image must lie on the square."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import save_tiny_timm
+from PIL import Image
+
+from medprobe.cli import main
+from medprobe.data import load_dataset
+from medprobe.errors import MedprobeError
+from medprobe.explain import explain
+from medprobe.probe.runner import ProbeSettings, probe
+from medprobe.report import build_report
+
+SIZE, SIDE, PATCH = 64, 20, 8
+
+
+def write_squares(root, count: int = 40) -> dict[str, tuple[int, int]]:
+    """bright/ and dark/ images: a SIDE x SIDE square on a noisy grey background; returns id -> (top, left)."""
+    rng = np.random.default_rng(0)
+    boxes = {}
+    for i in range(count):
+        label = ("bright", "dark")[i % 2]
+        image = 0.5 + rng.normal(0, 0.03, (SIZE, SIZE))
+        top, left = (int(v) for v in rng.integers(0, SIZE - SIDE, 2))
+        image[top:top + SIDE, left:left + SIDE] = 0.95 if label == "bright" else 0.05
+        (root / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).convert("RGB").save(root / label / f"{i}.png")
+        boxes[f"{label}/{i}.png"] = (top, left)
+    return boxes
+
+
+def save_patch_vit(folder):
+    """One transformer block, 8-pixel patches on 64-pixel inputs: an 8 x 8 grid of patch tokens."""
+    import torch
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(0)
+    model = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                               patch_size=PATCH, image_size=SIZE), add_pooling_layer=False)
+    torch.nn.init.normal_(model.embeddings.patch_embeddings.projection.weight, std=0.5)
+    model.save_pretrained(folder)
+    ViTImageProcessor(size={"height": SIZE, "width": SIZE}, resample=2).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def squares(tmp_path_factory):
+    from medprobe.extract.runner import extract
+
+    base = tmp_path_factory.mktemp("squares")
+    boxes = write_squares(base / "squares")
+    dataset = load_dataset(base / "squares")
+    models = {"vit": save_patch_vit(base / "tiny-patch-vit"),
+              "cnn": save_tiny_timm(base / "tiny-cnn", "test_resnet", input_size=SIZE)}
+    records = {}
+    for kind, folder in models.items():
+        extract(dataset=dataset, model=str(folder), cache_dir=base / "cache", device="cpu", precision="fp32",
+                batch_size=8, workers=0, show_progress=False)
+        pool = "mean" if kind == "vit" else "gap"
+        [record] = probe(dataset=dataset, models=[str(folder)], cache_dir=base / "cache", out_dir=base / "results",
+                         show_progress=False, settings=ProbeSettings(classifiers=("logreg",), pool=pool, folds=4,
+                                                                     bootstrap=50, n_jobs=1, save_model=True))
+        records[kind] = Path(record["record_path"])
+    return dataset, boxes, models, records, base
+
+
+def mass_inside(heat: np.ndarray, top: int, left: int) -> float:
+    """Share of the map's mass on the grid cells the square covers."""
+    cell = SIZE // heat.shape[0]
+    inside = np.zeros_like(heat, dtype=bool)
+    inside[top // cell:(top + SIDE - 1) // cell + 1, left // cell:(left + SIDE - 1) // cell + 1] = True
+    return float(heat[inside].sum() / heat.sum())
+
+
+def test_vit_class_evidence_lies_on_the_square(squares):
+    dataset, boxes, models, records, _ = squares
+    result = explain(dataset=dataset, model=str(models["vit"]), record_path=records["vit"], count=5)
+    assert result.kind == "patch tokens"
+    correct = [e for e in result.explanations if e.correct]
+    assert len(correct) == 5 and all(e.heat.shape == (SIZE // PATCH, SIZE // PATCH) for e in correct)
+    masses = [mass_inside(e.heat, *boxes[e.sample_id]) for e in correct]
+    assert min(masses) > 0.5, masses  # the square covers 9 to 16 of the 64 cells
+    assert all(e.probe_agrees for e in result.explanations)  # the same probe, the same prediction as the record
+    index = json.loads(result.index.read_text())
+    assert [s["id"] for s in index["samples"]] == [e.sample_id for e in result.explanations]
+    with Image.open(result.explanations[0].png) as picture:
+        assert picture.size == (2 * (2 * SIZE + 4), 2 * SIZE)  # the image and its overlay, drawn twice as large
+
+
+def test_cnn_map_is_the_class_activation_map_and_the_report_embeds_it(squares, tmp_path, capsys):
+    dataset, _, models, records, base = squares
+    with pytest.raises(SystemExit) as info:
+        main(["explain", str(dataset.source), "--model", str(models["cnn"]), "--record", str(records["cnn"]),
+              "--count", "2", "--device", "cpu"])
+    assert not info.value.code
+    assert "map over feature map" in capsys.readouterr().out
+    index = json.loads((records["cnn"].parent / (records["cnn"].stem + ".explain") / "explain.json").read_text())
+    assert index["map"] == "feature map" and all(s["probe_agrees"] for s in index["samples"])
+    report = build_report(results_dirs=[base / "results"], out_dir=tmp_path / "report", replicates=50)
+    explained = [f for f in report.content.figures if "explain" in f.path.parts]
+    written = [s for path in (base / "results").rglob("explain.json") for s in json.loads(path.read_text())["samples"]]
+    assert len(explained) == len(written) >= len(index["samples"])  # the ViT record's too, when explained first
+    html = report.html.read_text()
+    assert all(f.title.split(":")[0] in html for f in explained)
+
+
+def test_explain_refuses_a_record_without_its_probe_or_of_another_model(squares, tmp_path):
+    dataset, _, models, records, _ = squares
+    with pytest.raises(MedprobeError, match="is a run of"):
+        explain(dataset=dataset, model=str(models["cnn"]), record_path=records["vit"])
+    data = json.loads(records["vit"].read_text())
+    del data["model_file"]
+    stripped = records["vit"].with_name("stripped.json")
+    stripped.write_text(json.dumps(data))
+    try:
+        with pytest.raises(MedprobeError, match="--save-model"):
+            explain(dataset=dataset, model=str(models["vit"]), record_path=stripped)
+    finally:
+        stripped.unlink()
