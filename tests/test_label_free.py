@@ -39,7 +39,9 @@ def path_only(root: Path) -> Path:
 
 
 CASES = {
-    "flat": (flat, r"no labels; .*has no class sub-folders; put images in .*<class>"),
+    # images beside a sub-folder: the folder is unlabelled, and the error names an image that keeps it so
+    "flat": (flat, r"no labels; .*holds 3 image\(s\) in itself \(e\.g\. im3\.png\) besides its sub-folders, "
+                   r"so .*; move "),
     "one-class": (one_class, r"only one class \(normal\); a classifier needs at least two"),
     "path-only": (path_only, r"no labels; .*paths\.csv has no label column"),
 }
