@@ -1,5 +1,6 @@
-"""DataLoader workers stop quietly on Ctrl-C by construction: tensors shared by file name (no socket-serving
-thread to die mid-handshake), and background-thread errors of a dying process off the terminal unless --debug."""
+"""DataLoader workers stop quietly on Ctrl-C by construction: tensors sent by value (no socket-serving
+thread to die mid-handshake, no shared segment), and background-thread errors of a dying process off the
+terminal unless --debug."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ def debugging() -> bool:
 
 def start_worker(_worker_id: int) -> None:
     """`worker_init_fn` of every DataLoader: Ctrl-C is the main process's to handle (it saves the work and
-    stops the workers); tensors are shared by file name; background-thread errors stay quiet."""
+    stops the workers); tensors travel by value; background-thread errors stay quiet."""
     from multiprocessing.reduction import ForkingPickler
 
     import torch
