@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,25 +138,34 @@ def test_extraction_survives_24_stops_mid_run_and_kills_anywhere(tmp_path):
 
 
 def test_finetune_resume_after_5_stops_mid_training_equals_an_uninterrupted_run(tmp_path, tiny_timm_models):
+    import json
+
     data = many_images(tmp_path / "data", 48)
     model = tiny_timm_models["resnet"]
     # one loader worker, so Ctrl-C also meets fine-tuning's worker processes
-    common = ["finetune", data, "--model", model, "--epochs", 10, "--batch-size", 8, "--workers", 1, "--fold", 0,
-              "--folds", 3, "--precision", "fp32", "--device", "cpu", "--bootstrap", 50, "--patience", 10]
+    epochs = 20
+    common = ["finetune", data, "--model", model, "--epochs", epochs, "--batch-size", 8, "--workers", 1, "--fold", 0,
+              "--folds", 3, "--precision", "fp32", "--device", "cpu", "--bootstrap", 50, "--patience", epochs]
     reference = medprobe(*common, "--out", tmp_path / "reference")
     assert reference.wait(timeout=300) == 0, reference.stderr.read()
+    [record] = (tmp_path / "reference").rglob("*seed0.json")
+    # an epoch here takes a fraction of a second, and more on a loaded machine: a stop's delay is drawn
+    # from this machine's own epoch time, so that it lands in the next epoch or its checkpoint write
+    epoch_seconds = json.loads(record.read_text())["cost"]["wall_seconds"] / epochs
     checkpoints = tmp_path / "resumed"
     rng = np.random.default_rng(1)
     stops = []
-    for attempt in range(15):  # until 5 stops landed after an epoch this run checkpointed
+    for _attempt in range(40):  # until 5 stops landed after an epoch this run checkpointed
         if len(stops) == 5:
             break
-        how = signal.SIGINT if attempt % 2 else signal.SIGKILL
-        # anywhere in the next epoch, or in its checkpoint write
+        how = signal.SIGINT if len(stops) % 2 else signal.SIGKILL
         stop = stop_once_it_saved([*common, "--out", checkpoints, "--resume"], checkpoints, "**/last.safetensors",
-                                  how, rng.uniform(0.0, 0.5))
+                                  how, rng.uniform(0.0, 1.5 * epoch_seconds))
         stops += [how.name] if stop.landed else []
         assert stop.returncode != 130 or "--resume" in stop.err, stop.err
+        if stop.returncode == 0:  # it trained to the end between stops: start another cycle
+            shutil.rmtree(checkpoints)
+            stops = []
     assert len(stops) == 5 and {"SIGKILL", "SIGINT"} <= set(stops), stops
     final = medprobe(*common, "--out", checkpoints, "--resume")
     assert final.wait(timeout=300) == 0, final.stderr.read()
