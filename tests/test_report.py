@@ -211,7 +211,14 @@ def test_summary_csv_has_one_tidy_row_per_record(study, report):
 
 def test_latex_table_marks_the_best(report):
     latex = report.latex.read_text()
-    assert latex.count(r"\begin{tabular}") == 2 and r"\toprule" in latex
+    # the leaderboard first, then one table per dataset and level
+    assert report.leaderboard is not None
+    assert latex.count(r"\begin{tabular}") == 1 + len(report.tables) and r"\toprule" in latex
+    leaderboard, _, _ = latex.partition(r"\end{table}")
+    assert r"\label{tab:medprobe-leaderboard}" in leaderboard and "Leaderboard" in leaderboard
+    for row in report.leaderboard.rows:
+        for cell in row.cells.values():  # each cell names the method validation chose
+            assert rf"{cell.value:.3f}" in leaderboard and cell.record.method in leaderboard
     table = report.tables[0]
     _, best = max(((row, row.cells["logreg"]) for row in table.rows), key=lambda item: item[1].value)
     assert rf"\textbf{{{best.value:.3f}}}" in latex

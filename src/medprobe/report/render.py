@@ -298,13 +298,20 @@ def latex_table(table: Table) -> str:
             comparison = cell.comparison
             dagger = r"$^\dagger$" if comparison and comparison.comparable and comparison.p_value < SIGNIFICANCE \
                 else ""
-            cells.append(text + dagger + ci)
+            method = latex_escape(chosen_method(table, cell))
+            cells.append(text + dagger + ci + (rf" {{\scriptsize {method}}}" if method else ""))
         lines.append(" & ".join(cells) + r" \\")
     label = f"tab:medprobe-{table.dataset}-{table.level}".replace("_", "-")
-    caption = (f"{latex_escape(table.dataset)}: {latex_escape(table.metric)} "
-               f"{'per patient' if table.level == 'patient' else 'per image'} with 95\\% bootstrap CI. "
-               r"Bold: best per column; $^\dagger$: differs from the column's best "
-               rf"(paired bootstrap, $p<{SIGNIFICANCE}$).")
+    significance = rf"$^\dagger$: differs from the column's best (paired bootstrap, $p<{SIGNIFICANCE}$)."
+    if table.is_leaderboard:
+        label = "tab:medprobe-leaderboard"
+        caption = (f"Leaderboard: test {latex_escape(table.metric)} per image with 95\\% bootstrap CI; each "
+                   "backbone's method (named in the cell) chosen on validation balanced accuracy. "
+                   f"Bold: best per dataset; {significance}")
+    else:
+        caption = (f"{latex_escape(table.dataset)}: {latex_escape(table.metric)} "
+                   f"{'per patient' if table.level == 'patient' else 'per image'} with 95\\% bootstrap CI. "
+                   f"Bold: best per column; {significance}")
     return "\n".join([r"\begin{table}[ht]", r"\centering", r"\small", rf"\caption{{{caption}}}",
                       rf"\label{{{latex_escape(label)}}}", r"\begin{tabular}{lrr" + "l" * len(table.methods) + "}",
                       r"\toprule", header + r" \\", r"\midrule", *lines, r"\bottomrule", r"\end{tabular}",
@@ -312,8 +319,9 @@ def latex_table(table: Table) -> str:
 
 
 def render_latex(content: ReportContent) -> str:
+    tables = ([content.leaderboard] if content.leaderboard else []) + content.tables
     return ("% medprobe report tables; needs \\usepackage{booktabs}\n" +
-            "\n".join(latex_table(t) for t in content.tables))
+            "\n".join(latex_table(t) for t in tables))
 
 
 # ---- CSV
