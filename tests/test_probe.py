@@ -238,3 +238,17 @@ def test_probe_cli_bad_input_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["probe", str(dataset.source), "--cache-dir", str(tmp_path / "cache"), "--shots", "4,many"])
     assert info.value.code == 2 and "--shots '4,many'" in capsys.readouterr().err
+
+
+def test_the_extraction_cost_travels_with_the_record_once_the_cache_is_gone(tmp_path):
+    from medprobe.report.records import load_records
+
+    labels, features = clustered(20, 2, 8, 0.5)
+    dataset = load_dataset(write_manifest(tmp_path / "d", labels))
+    cache = write_cache(dataset, tmp_path / "cache", "dinov2-small", {"cls": features}, peak_memory_mb=1234.5,
+                        images_per_second=56.7, device_name="Some CPU (2 cores)")
+    [record] = run_probe(dataset, tmp_path / "cache", tmp_path / "out", bootstrap=50)
+    assert record["features"][0]["provenance"]["peak_memory_mb"] == 1234.5
+    cache.unlink()  # the report of a copied results folder has no caches to read
+    [loaded] = load_records([tmp_path / "out"], "balanced_accuracy").records
+    assert (loaded.backbone.peak_memory_mb, loaded.backbone.images_per_second) == (1234.5, 56.7)

@@ -153,6 +153,6 @@ def feature_stream(datasets: list[Dataset], refs_per_dataset: list[list[CacheRef
                             "provenance": {k: ref.attrs.get(k) for k in (
                                 "backend", "family", "licence", "source", "revision_resolved", "weights_identity",
                                 "precision", "device_name", "num_parameters", "embed_dims", "images_per_second",
-                                "preprocessing")}})
+                                "peak_memory_mb", "preprocessing")}})
     return FeatureStream(parts, dims), sources
 

@@ -141,7 +141,7 @@ class RunRecord:
         if len(provenance) == 1:  # a fused matrix has no single extraction speed
             info.images_per_second = number(provenance[0].get("images_per_second"))
             info.device_name = provenance[0].get("device_name") or None
-            peak = provenance[0].get("peak_memory_mb")  # the probe copies only some cache attributes
+            peak = provenance[0].get("peak_memory_mb")  # records written before it was copied read the cache
             info.peak_memory_mb = number(peak if peak is not None else _cache_attr(sources[0], "peak_memory_mb"))
         cost = self.data.get("cost") or {}
         if info.parameters is None and isinstance(cost, dict):
