@@ -28,17 +28,20 @@ def test_demo_runs_offline_with_every_method_in_the_report(tmp_path, monkeypatch
     from medprobe import demo
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    experiment = demo.prepare_demo(tmp_path / "demo", QUIET, xray_patients=10, glioma_patients=15, epochs=1)
-    text = experiment.read_text()
-    assert 'backbones = ["efficientnet-lite0"]' in text  # the hub models are skipped offline, not waited for
+    # the demo's own choice: Lite0/1/2 (real weights); the hub models are skipped offline, not waited for
+    own = demo.prepare_demo(tmp_path / "own", QUIET, xray_patients=2, glioma_patients=3)
+    assert load_experiment(own).backbones == ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
+    # the run itself with Lite0 alone keeps the suite short; the three load as they do in test_fidelity
+    experiment = demo.prepare_demo(tmp_path / "demo", QUIET, xray_patients=10, glioma_patients=15, epochs=1,
+                                   backbones=["efficientnet-lite0"])
     summary = Runner(load_experiment(experiment), QUIET).run(show_progress=False)
-    assert summary.count("ran") == len(summary.steps) == 4 + 4 + 2  # extract x4, probe x4, finetune x2
+    assert summary.count("ran") == len(summary.steps) == 4 + 4 + 1  # extract x4, probe x4, finetune x1
     with summary.report_html.with_name("summary.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     methods = {(row["dataset"], row["method"]) for row in rows}
     for dataset in ("chest-xray", "glioma-t1", "glioma-t1c", "glioma-flair"):
         assert {(dataset, m) for m in ("logreg", "svm", "knn")} <= methods
-    assert {("chest-xray", "finetune-none"), ("chest-xray", "finetune-all")} <= methods
+    assert ("chest-xray", "finetune-all") in methods
     glioma = [row for row in rows if row["dataset"] == "glioma-t1c" and row["method"] == "logreg"][0]
     assert glioma["patient_balanced_accuracy"], "slices aggregate to patients"
     assert "<img" in summary.report_html.read_text()

