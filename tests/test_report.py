@@ -56,9 +56,10 @@ def study(tmp_path_factory) -> Path:
     y = np.array([(i // SLICES) % 2 for i in range(PATIENTS * SLICES)])
     strong = y[:, None] * 2.5 + rng.normal(size=(len(y), 6))  # a clearly better backbone
     write_cache(dataset, cache, "dinov2-small", {"cls": strong[:, :3], "mean": strong[:, 3:]},
-                        num_parameters=22_056_576, images_per_second=412.5, device_name="synthetic-device")
+                        num_parameters=22_056_576, images_per_second=412.5, device_name="synthetic-device",
+                        licence="apache-2.0")
     write_cache(dataset, cache, "vgg16", {"gap": rng.normal(size=(len(y), 5))},  # no signal at all
-                        num_parameters=134_260_544)
+                        num_parameters=134_260_544, licence="bsd-3-clause")
     settings = {"folds": 4, "bootstrap": REPLICATES, "n_jobs": 1, "seed": 0}
     probe(dataset=dataset, models=None, cache_dir=cache, out_dir=out, show_progress=False,
           settings=ProbeSettings(classifiers=("logreg", "svm", "knn"), **settings))
@@ -321,7 +322,11 @@ def test_leaderboard_comes_first_and_picks_each_backbones_method_on_validation(s
     lines = [line for line in section.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
-    assert list(rows[0]) == ["backbone", "params", "extract img/s (device)", "extract peak memory", "blobs-labels"]
+    assert list(rows[0]) == ["backbone", "params", "licence", "extract img/s (device)", "extract peak memory",
+                             "blobs-labels"]
+    # each registry backbone's licence, from its cache's provenance; a local checkpoint has none to name
+    assert {r["backbone"]: r["licence"] for r in rows} == {"dinov2-small": "apache-2.0", "tiny-cnn": "—",
+                                                            "vgg16": "bsd-3-clause"}
     assert rows[0]["blobs-labels"].startswith("**")
     assert by_label["dinov2-small"].record.method in rows[0]["blobs-labels"]
     with report.comparisons_csv.open() as handle:

@@ -216,7 +216,7 @@ class FoldTrainer:
             "train_seconds": progress["train_seconds"], "train_images": progress["train_images"],
             "train_steps": progress.get("train_steps", 0),
             "train_images_per_second": progress["train_images"] / max(progress["train_seconds"], 1e-9),
-            "preprocessing": prep.to_dict(), "pools": model.pools,
+            "preprocessing": prep.to_dict(), "pools": model.pools, "family": backbone.family,
         }
 
 
@@ -259,6 +259,7 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
                      bootstrap=settings.bootstrap, ordinal=settings.ordinal),
         "settings": asdict(settings),
         "backbone": {"name": trainer.spec.name, "backend": trainer.spec.backend, "source": trainer.spec.source,
+                     "family": results[0]["family"], "licence": trainer.spec.licence,
                      "preprocessing": results[0]["preprocessing"]},
         "sizes": fold_sizes(folds),
         "hyperparameters": [{"fold": f.index, "best_epoch": r["best_epoch"],

@@ -40,6 +40,7 @@ class Backbone:
     images_per_second: float | None = None
     device_name: str | None = None
     peak_memory_mb: float | None = None  # of the extraction (the process's peak RSS on a CPU)
+    licence: str | None = None  # the registry's licence of the weights; None for arbitrary checkpoints
 
 
 @dataclass
@@ -146,6 +147,10 @@ class RunRecord:
         cost = self.data.get("cost") or {}
         if info.parameters is None and isinstance(cost, dict):
             info.parameters = number(cost.get("total_parameters"))
+        finetuned = self.data.get("backbone")
+        licences = {str(p.get("licence")) for p in provenance if p.get("licence")} or (
+            {str(finetuned["licence"])} if isinstance(finetuned, dict) and finetuned.get("licence") else set())
+        info.licence = " + ".join(sorted(licences)) or None
         return info
 
     @property

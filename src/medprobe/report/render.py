@@ -81,7 +81,7 @@ def format_memory(backbone: Backbone) -> str:
 
 
 BACKBONE_COLUMNS = ("backbone", "params", "dim", "extract img/s (device)")
-LEADERBOARD_COLUMNS = ("backbone", "params", "extract img/s (device)", "extract peak memory")
+LEADERBOARD_COLUMNS = ("backbone", "params", "licence", "extract img/s (device)", "extract peak memory")
 
 
 def backbone_columns(table: Table) -> tuple[str, ...]:
@@ -90,8 +90,8 @@ def backbone_columns(table: Table) -> tuple[str, ...]:
 
 def backbone_cells(table: Table, row) -> list[str]:
     if table.is_leaderboard:
-        return [row.label, format_parameters(row.backbone.parameters), format_speed(row.backbone),
-                format_memory(row.backbone)]
+        return [row.label, format_parameters(row.backbone.parameters), row.backbone.licence or "—",
+                format_speed(row.backbone), format_memory(row.backbone)]
     return [row.label, format_parameters(row.backbone.parameters), row.backbone.embed_dim or "—",
             format_speed(row.backbone)]
 
@@ -362,7 +362,7 @@ def render_summary_csv(content: ReportContent) -> str:
     metrics = summary_metrics(content.records)
     p_values = _p_values(content.tables)
     columns = ["dataset", "model", "method", "kind", "protocol", "pool", "shots", "seed", "test_samples",
-               "patients", "parameters", "embed_dim", "extract_images_per_second", "extract_device",
+               "patients", "parameters", "embed_dim", "licence", "extract_images_per_second", "extract_device",
                "trainable_parameters", "train_images_per_second", "train_device"]
     for prefix in ("", "patient_"):
         for name in metrics:
@@ -381,6 +381,7 @@ def render_summary_csv(content: ReportContent) -> str:
                "protocol": record.protocol, "pool": record.pool, "shots": record.shots, "seed": data.get("seed"),
                "test_samples": sum(sizes) if sizes and all(isinstance(s, int) for s in sizes) else None,
                "patients": patients, "parameters": backbone.parameters, "embed_dim": backbone.embed_dim,
+               "licence": backbone.licence,
                "extract_images_per_second": backbone.images_per_second, "extract_device": backbone.device_name,
                "trainable_parameters": number(cost.get("trainable_parameters")),
                "train_images_per_second": number(cost.get("train_images_per_second")),
