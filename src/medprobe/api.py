@@ -65,9 +65,14 @@ def _cache_dir(value: str | Path | None) -> Path:
 
 
 def _names(value: str | Sequence[str] | None) -> list[str]:
-    """A name, names, or comma-separated names (as --clf and --classes take them)."""
+    """A name, names, or comma-separated names (as --clf takes them)."""
     items = [value] if isinstance(value, str) else list(value or [])
     return [name.strip() for item in items for name in str(item).split(",") if name.strip()]
+
+
+def _class_order(classes: str | Sequence[str]) -> list[str]:
+    """--classes: "II,III,IV" or a list."""
+    return [c.strip() for c in classes.split(",")] if isinstance(classes, str) else [str(c) for c in classes]
 
 
 def parse_shots(shots: str | Sequence[int | str] | None) -> tuple[int | str, ...]:
@@ -159,7 +164,7 @@ def features(data: Data = None, *, model: str, pool: str = _P.pool, cache_dir: s
     if skipped:  # as the probes do: unreadable images were never embedded
         dataset = dataset.without(set(skipped))
     if classes:
-        dataset = dataset.with_class_order(_names(classes))
+        dataset = dataset.with_class_order(_class_order(classes))
     stream, sources = feature_stream([dataset], [[ref]], pool, dataset.ids)
     samples = dataset.samples
     return FeatureSet(ids=dataset.ids, X=stream.matrix(), labels=[s.label if s.label != NO_LABEL else None
@@ -216,6 +221,7 @@ def probe(data: Data = None, *, models: str | Sequence[str] | None = None,
 
     Returns one RunRecord per backbone x classifier (x budget): `.data` is the record saved at `.path`
     (JSON, beside its predictions CSV); `.value("accuracy")` gives (value, [ci low, ci high])."""
+    from medprobe.data import Dataset, load_dataset
     from medprobe.probe.classifiers import CLASSIFIERS
     from medprobe.probe.runner import probe as run_probe
 
@@ -229,9 +235,10 @@ def probe(data: Data = None, *, models: str | Sequence[str] | None = None,
     dataset = load(data, image_column=image_column, label_column=label_column)
     dataset.require_labels()
     if classes:
-        dataset = dataset.with_class_order(_names(classes))
-    others = [load(Path(other) if isinstance(other, str) else other) for other in with_data]
-    records = run_probe(dataset=dataset, models=_names(models) or None, cache_dir=_cache_dir(cache_dir),
+        dataset = dataset.with_class_order(_class_order(classes))
+    others = [other if isinstance(other, Dataset) else load_dataset(Path(other)) for other in with_data]
+    names = [models] if isinstance(models, str) else list(models or [])
+    records = run_probe(dataset=dataset, models=names or None, cache_dir=_cache_dir(cache_dir),
                         out_dir=Path(out), settings=settings, with_datasets=others, show_progress=progress)
     return _run_records(records)
 
