@@ -313,7 +313,7 @@ def load_results(folder: str | Path | Sequence[str | Path] = RESULTS_DIR, *, met
     try:
         import pandas
     except ImportError as exc:
-        raise MedprobeError("load_results needs pandas; pip install pandas") from exc
+        raise MedprobeError("load_results needs pandas; pip install pandas (or medprobe[notebook])") from exc
     from medprobe import __version__
     from medprobe.report import render
     from medprobe.report.records import REPORT_METRICS, load_records
