@@ -16,6 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 from medprobe.errors import Interrupted, MedprobeError
+from medprobe.extract.settings import ExtractSettings
+from medprobe.finetune.settings import FinetuneSettings
+from medprobe.locations import RESULTS_DIR
+from medprobe.probe.settings import ProbeSettings
 from medprobe.runtime.workers import debugging, quiet_background_errors, set_debug
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -43,9 +47,9 @@ def _cache_dir(value: Path | None) -> Path:
 
 
 def _dataset(data: Path | None, image_column: str | None = None, label_column: str | None = None):
-    from medprobe.data import load_dataset, resolve_data_argument
+    from medprobe.api import load
 
-    return load_dataset(resolve_data_argument(data), image_column=image_column, label_column=label_column)
+    return load(data, image_column=image_column, label_column=label_column)
 
 
 @app.command("models")
@@ -95,23 +99,25 @@ def extract_command(
     data: Path = typer.Argument(None, help=DATA_HELP, show_default=False),
     model: list[str] = typer.Option(..., "--model", "-m", help="Backbone name (repeatable); see `medprobe models`"),
     cache_dir: Path = CacheDirOption,
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:i"),
-    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (auto: bf16 where supported)"),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    device: str = typer.Option(ExtractSettings.device, help="auto | cpu | cuda | cuda:i"),
+    precision: str = typer.Option(ExtractSettings.precision, help="auto | fp32 | bf16 | fp16 (auto: bf16 where "
+                                  "supported)"),
+    batch_size: int = typer.Option(ExtractSettings.batch_size, "--batch-size", min=1),
     workers: int = typer.Option(None, help="Decoding worker processes [default: CPU cores - 1, at most 8]"),
     image_size: int = typer.Option(None, "--image-size", help="Override the input size (ViTs interpolate)"),
     revision: str = typer.Option(None, help="Pin a hub revision (branch, tag or commit)"),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out unreadable images (recorded in the cache) "
-                                  "instead of stopping"),
+    skip_bad: bool = typer.Option(ExtractSettings.skip_bad, "--skip-bad", help="Leave out unreadable images "
+                                  "(recorded in the cache) instead of stopping"),
     gpus: int = typer.Option(None, "--gpus", min=1, help="Processes, one per GPU, launched with torchrun (with "
                              "--device cpu: CPU processes)"),
-    decode: str = typer.Option("cpu", "--decode", help="cpu | gpu: decode and resize JPEGs on the GPU"),
+    decode: str = typer.Option(ExtractSettings.decode, "--decode", help="cpu | gpu: decode and resize JPEGs on the "
+                               "GPU"),
     image_column: str = ImageColumnOption,
     label_column: str = LabelColumnOption,
 ) -> None:
     """Embed every image once with each backbone into the HDF5 feature cache (resumable, incremental)."""
+    from medprobe.api import extract
     from medprobe.extract import distributed
-    from medprobe.extract.runner import extract
 
     if gpus and gpus > 1 and not distributed.is_distributed():  # one torchrun process per GPU runs this command
         argv = ["extract", *([str(data)] if data else []), *(f"--model={name}" for name in model),
@@ -129,9 +135,9 @@ def extract_command(
         return
     dataset = _dataset(data, image_column, label_column)
     for name in model:
-        report = extract(dataset=dataset, model=name, cache_dir=_cache_dir(cache_dir), device=device,
-                         precision=precision, batch_size=batch_size, workers=workers, image_size=image_size,
-                         revision=revision, show_progress=True, skip_bad=skip_bad, decode=decode)
+        report = extract(dataset, models=[name], cache_dir=_cache_dir(cache_dir), device=device, precision=precision,
+                         batch_size=batch_size, workers=workers, image_size=image_size, revision=revision,
+                         skip_bad=skip_bad, decode=decode)[0]
         if not distributed.is_leader():  # under torchrun, rank 0 reports for all
             continue
         for sample_id, why in list(report.skipped.items())[:5]:
@@ -150,105 +156,103 @@ def extract_command(
 def probe_command(
     data: Path = typer.Argument(None, help=DATA_HELP, show_default=False),
     model: list[str] = typer.Option(None, "--model", "-m", help="Backbone(s) to probe [default: every cached one]"),
-    clf: list[str] = typer.Option(["logreg"], "--clf", help="logreg | svm | knn | all (repeatable or comma-separated)"),
-    pool: str = typer.Option("auto", help="auto | cls | mean | cls+mean | cls4 | gap (auto: cls+mean for ViTs, gap)"),
-    folds: int = typer.Option(5, help="k for stratified (patient-grouped) k-fold, when DATA has no split column"),
-    seed: int = typer.Option(0, help="Seed for splits, classifiers and the bootstrap"),
-    bootstrap: int = typer.Option(5000, help="Bootstrap resamples for the 95% CIs (0: none)"),
-    n_jobs: int = typer.Option(-1, "--n-jobs", help="Folds in parallel processes (-1: one per core)"),
-    out: Path = typer.Option(Path("medprobe-results"), "--out", help="Results folder"),
+    clf: list[str] = typer.Option(list(ProbeSettings.classifiers), "--clf", help="logreg | svm | knn | all "
+                                  "(repeatable or comma-separated)"),
+    pool: str = typer.Option(ProbeSettings.pool, help="auto | cls | mean | cls+mean | cls4 | gap (auto: cls+mean "
+                             "for ViTs, gap)"),
+    folds: int = typer.Option(ProbeSettings.folds, help="k for stratified (patient-grouped) k-fold, when DATA has "
+                              "no split column"),
+    seed: int = typer.Option(ProbeSettings.seed, help="Seed for splits, classifiers and the bootstrap"),
+    bootstrap: int = typer.Option(ProbeSettings.bootstrap, help="Bootstrap resamples for the 95% CIs (0: none)"),
+    n_jobs: int = typer.Option(ProbeSettings.n_jobs, "--n-jobs", help="Folds in parallel processes (-1: one per "
+                               "core)"),
+    out: Path = typer.Option(RESULTS_DIR, "--out", help="Results folder"),
     cache_dir: Path = CacheDirOption,
-    ordinal: bool = typer.Option(False, "--ordinal", help="Labels are ordered (e.g. grades): adds quadratic kappa"),
+    ordinal: bool = typer.Option(ProbeSettings.ordinal, "--ordinal", help="Labels are ordered (e.g. grades): adds "
+                                 "quadratic kappa"),
     classes: str = typer.Option(None, "--classes", help="Class order, e.g. II,III,IV [default: natural sort]"),
     shots: str = typer.Option(None, "--shots", help="Label-efficiency curve, e.g. 1,4,16,all (per class)"),
-    repeats: int = typer.Option(5, "--repeats", help="Draws per --shots budget"),
-    fuse: bool = typer.Option(False, "--fuse", help="One probe on the concatenated features of all --model"),
+    repeats: int = typer.Option(ProbeSettings.repeats, "--repeats", help="Draws per --shots budget"),
+    fuse: bool = typer.Option(ProbeSettings.fuse, "--fuse", help="One probe on the concatenated features of all "
+                              "--model"),
     with_data: list[Path] = typer.Option(None, "--with", help="Another dataset with the same sample ids (e.g. a "
                                          "second modality) whose features are concatenated"),
-    save_model: bool = typer.Option(False, "--save-model", help="Also save the fitted probes (joblib)"),
-    coarse_to_fine: bool = typer.Option(False, "--coarse-to-fine",
+    save_model: bool = typer.Option(ProbeSettings.save_model, "--save-model", help="Also save the fitted probes "
+                                    "(joblib)"),
+    coarse_to_fine: bool = typer.Option(ProbeSettings.coarse_to_fine, "--coarse-to-fine",
                                         help="logreg: ~24 of the 45 C values around the best peaks (faster)"),
-    backend: str = typer.Option("local", "--backend", help="local | dask | ray: where the folds and grid run"),
-    scheduler: str = typer.Option(None, "--scheduler", help="Dask scheduler (tcp://host:8786) or Ray cluster address"),
-    out_of_core: bool = typer.Option(False, "--out-of-core", help="Stream features from the cache (logreg-sgd), "
-                                     "for caches larger than memory"),
-    memory_fraction: float = typer.Option(0.25, "--memory-fraction", help="Stream automatically when the feature "
-                                          "matrix exceeds this share of available memory"),
+    backend: str = typer.Option(ProbeSettings.backend, "--backend", help="local | dask | ray: where the folds and "
+                                "grid run"),
+    scheduler: str = typer.Option(ProbeSettings.scheduler, "--scheduler", help="Dask scheduler (tcp://host:8786) or "
+                                  "Ray cluster address"),
+    out_of_core: bool = typer.Option(ProbeSettings.out_of_core, "--out-of-core", help="Stream features from the "
+                                     "cache (logreg-sgd), for caches larger than memory"),
+    memory_fraction: float = typer.Option(ProbeSettings.memory_fraction, "--memory-fraction", help="Stream "
+                                          "automatically when the feature matrix exceeds this share of available "
+                                          "memory"),
     image_column: str = ImageColumnOption,
     label_column: str = LabelColumnOption,
 ) -> None:
     """Logistic regression, SVM and kNN probes on cached features, with honest splits and bootstrap CIs."""
-    from medprobe.data import load_dataset
-    from medprobe.probe.classifiers import CLASSIFIERS
-    from medprobe.probe.runner import ProbeSettings, probe
+    from medprobe.api import probe
     from medprobe.results.table import records_table
 
-    methods = [c.strip() for item in clf for c in item.split(",") if c.strip()]
-    methods = list(CLASSIFIERS) if "all" in methods else methods
-    shot_list: tuple = ()
-    if shots:
-        try:
-            shot_list = tuple(s.strip() if s.strip() == "all" else int(s) for s in shots.split(",") if s.strip())
-        except ValueError as exc:
-            raise MedprobeError(f"--shots {shots!r}: give counts per class and/or all, e.g. 1,4,16,all") from exc
-        if any(s != "all" and s < 1 for s in shot_list):
-            raise MedprobeError(f"--shots {shots!r}: counts must be at least 1")
-    settings = ProbeSettings(classifiers=tuple(dict.fromkeys(methods)), pool=pool, folds=folds, seed=seed,
-                             bootstrap=bootstrap, n_jobs=n_jobs, ordinal=ordinal, shots=shot_list, repeats=repeats,
-                             fuse=fuse, coarse_to_fine=coarse_to_fine, save_model=save_model, backend=backend,
-                             scheduler=scheduler, out_of_core=out_of_core, memory_fraction=memory_fraction)
-    dataset = _dataset(data, image_column, label_column)
-    dataset.require_labels()
-    if classes:
-        dataset = dataset.with_class_order([c.strip() for c in classes.split(",")])
-    records = probe(dataset=dataset, models=list(model) if model else None, cache_dir=_cache_dir(cache_dir),
-                    out_dir=out, settings=settings, with_datasets=[load_dataset(p) for p in with_data or []])
-    console.print(records_table(records))
-    console.print(f"records: {Path(records[0]['record_path']).parent}")
+    records = probe(data, models=list(model) if model else None, clf=clf, pool=pool, folds=folds, seed=seed,
+                    bootstrap=bootstrap, n_jobs=n_jobs, out=out, cache_dir=_cache_dir(cache_dir), ordinal=ordinal,
+                    classes=classes, shots=shots, repeats=repeats, fuse=fuse, with_data=list(with_data or []),
+                    save_model=save_model, coarse_to_fine=coarse_to_fine, backend=backend, scheduler=scheduler,
+                    out_of_core=out_of_core, memory_fraction=memory_fraction, image_column=image_column,
+                    label_column=label_column)
+    console.print(records_table([record.data for record in records]))
+    console.print(f"records: {records[0].path.parent}")
 
 
 @app.command("finetune")
 def finetune_command(
     data: Path = typer.Argument(None, help=DATA_HELP, show_default=False),
     model: str = typer.Option(..., "--model", "-m", help="Backbone name; see `medprobe models`"),
-    unfreeze: str = typer.Option("all", help="none (train the head only) | all | last-N (last N blocks)"),
-    epochs: int = typer.Option(10, min=1),
-    lr: float = typer.Option(1e-5, help="Backbone learning rate"),
-    head_lr: float = typer.Option(1e-3, "--head-lr", help="Linear head learning rate"),
-    weight_decay: float = typer.Option(0.05, "--weight-decay"),
-    layer_decay: float = typer.Option(None, "--layer-decay", help="Layer-wise lr decay, e.g. 0.75 (off by default)"),
-    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", help="Linear warm-up, then cosine decay"),
-    patience: int = typer.Option(5, help="Early stopping: epochs without a better validation score"),
-    class_weights: bool = typer.Option(False, "--class-weights", help="Weight the loss by inverse class frequency"),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
-    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:i"),
-    workers: int = typer.Option(None, help="Data-loading worker processes"),
-    image_size: int = typer.Option(None, "--image-size"),
-    seed: int = typer.Option(0),
-    folds: int = typer.Option(5, help="k of the (patient-grouped) k-fold, as in probe"),
+    unfreeze: str = typer.Option(FinetuneSettings.unfreeze, help="none (train the head only) | all | last-N (last N "
+                                 "blocks)"),
+    epochs: int = typer.Option(FinetuneSettings.epochs, min=1),
+    lr: float = typer.Option(FinetuneSettings.lr, help="Backbone learning rate"),
+    head_lr: float = typer.Option(FinetuneSettings.head_lr, "--head-lr", help="Linear head learning rate"),
+    weight_decay: float = typer.Option(FinetuneSettings.weight_decay, "--weight-decay"),
+    layer_decay: float = typer.Option(FinetuneSettings.layer_decay, "--layer-decay", help="Layer-wise lr decay, e.g. "
+                                      "0.75 (off by default)"),
+    warmup_epochs: float = typer.Option(FinetuneSettings.warmup_epochs, "--warmup-epochs", help="Linear warm-up, then "
+                                        "cosine decay"),
+    patience: int = typer.Option(FinetuneSettings.patience, help="Early stopping: epochs without a better validation "
+                                 "score"),
+    class_weights: bool = typer.Option(FinetuneSettings.class_weights, "--class-weights", help="Weight the loss by "
+                                       "inverse class frequency"),
+    batch_size: int = typer.Option(FinetuneSettings.batch_size, "--batch-size", min=1),
+    precision: str = typer.Option(FinetuneSettings.precision, help="auto | fp32 | bf16 | fp16"),
+    device: str = typer.Option(FinetuneSettings.device, help="auto | cpu | cuda | cuda:i"),
+    workers: int = typer.Option(FinetuneSettings.workers, help="Data-loading worker processes"),
+    image_size: int = typer.Option(FinetuneSettings.image_size, "--image-size"),
+    seed: int = typer.Option(FinetuneSettings.seed),
+    folds: int = typer.Option(FinetuneSettings.folds, help="k of the (patient-grouped) k-fold, as in probe"),
     fold: str = typer.Option("all", help="all | i (one fold, 0-based)"),
-    bootstrap: int = typer.Option(5000),
-    ordinal: bool = typer.Option(False, "--ordinal"),
-    out: Path = typer.Option(Path("medprobe-results"), "--out", help="Results folder"),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint"),
+    bootstrap: int = typer.Option(FinetuneSettings.bootstrap),
+    ordinal: bool = typer.Option(FinetuneSettings.ordinal, "--ordinal"),
+    out: Path = typer.Option(RESULTS_DIR, "--out", help="Results folder"),
+    resume: bool = typer.Option(FinetuneSettings.resume, "--resume", help="Continue an interrupted run from its last "
+                                "checkpoint"),
     image_column: str = ImageColumnOption,
     label_column: str = LabelColumnOption,
 ) -> None:
     """Fine-tune a backbone (frozen, partly or fully unfrozen) on the probes' splits; same run records."""
-    from medprobe.finetune.runner import FinetuneSettings, finetune
+    from medprobe.api import finetune
     from medprobe.results.table import records_table
 
     if fold != "all" and not fold.isdigit():
         raise MedprobeError(f"--fold {fold!r}: use all or a fold number such as 0")
-    settings = FinetuneSettings(
-        unfreeze=unfreeze, epochs=epochs, lr=lr, head_lr=head_lr, weight_decay=weight_decay, layer_decay=layer_decay,
-        warmup_epochs=warmup_epochs, patience=patience, class_weights=class_weights, batch_size=batch_size,
-        precision=precision, device=device, workers=workers, image_size=image_size, seed=seed, folds=folds,
-        fold=None if fold == "all" else int(fold), bootstrap=bootstrap, ordinal=ordinal, resume=resume)
-    dataset = _dataset(data, image_column, label_column)
-    dataset.require_labels()
-    record = finetune(dataset=dataset, model=model, settings=settings, out_dir=out)
+    record = finetune(data, model=model, unfreeze=unfreeze, epochs=epochs, lr=lr, head_lr=head_lr,
+                      weight_decay=weight_decay, layer_decay=layer_decay, warmup_epochs=warmup_epochs,
+                      patience=patience, class_weights=class_weights, batch_size=batch_size, precision=precision,
+                      device=device, workers=workers, image_size=image_size, seed=seed, folds=folds,
+                      fold=None if fold == "all" else int(fold), bootstrap=bootstrap, ordinal=ordinal, resume=resume,
+                      out=out, image_column=image_column, label_column=label_column).data
     console.print(records_table([record]))
     cost = record["cost"]
     console.print(f"trainable {cost['trainable_parameters']:,} of {cost['total_parameters']:,} parameters, "
@@ -290,12 +294,11 @@ def report_command(
 ) -> None:
     """A leaderboard (backbone x dataset), tables (backbone x method, CI, paired test vs the best) and figures
     from every run record."""
-    from medprobe.report import build_report
+    from medprobe.api import report as build_report
     from medprobe.report.render import console_table
 
-    report = build_report(results_dirs=list(results or []) or [Path("medprobe-results")], out_dir=out, metric=metric,
-                          latex=latex, replicates=bootstrap, seed=seed,
-                          **({"embedding": embedding} if embedding else {}))
+    report = build_report(list(results or []) or [RESULTS_DIR], out=out, metric=metric, latex=latex,
+                          bootstrap=bootstrap, seed=seed, embedding=embedding)
     if report.leaderboard is not None:
         console.print(console_table(report.leaderboard))
     for table in report.tables:

@@ -9,3 +9,8 @@ class Interrupted(MedprobeError):
     """Ctrl-C: the work so far is saved; the message says how to resume. Exit code 130, as for SIGINT."""
 
     exit_code = 130
+
+
+class InvalidData(MedprobeError, ValueError):
+    """Arrays given to a medprobe estimator (medprobe.probes) that it cannot fit: also a ValueError, as
+    scikit-learn's tools expect of an estimator."""

@@ -14,3 +14,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "medprobe"
+
+
+RESULTS_DIR = Path("medprobe-results")  # where probe and finetune write run records, and report reads them

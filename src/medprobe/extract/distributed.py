@@ -93,7 +93,7 @@ class Plan:
     """What rank 0 tells every rank before the forward passes."""
 
     error: str | None = None
-    report: runner.ExtractReport | None = None  # nothing to do
+    report: runner.CacheInfo | None = None  # nothing to do
     todo: list[int] = field(default_factory=list)  # sample positions still to extract
 
 
@@ -106,7 +106,7 @@ def _broadcast(value, rank: int):
 def extract_sharded(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "auto",
                     precision: str = "auto", batch_size: int = 32, workers: int | None = None,
                     image_size: int | None = None, revision: str | None = None, show_progress: bool = True,
-                    skip_bad: bool = False, decode: str = "cpu") -> runner.ExtractReport:
+                    skip_bad: bool = False, decode: str = "cpu") -> runner.CacheInfo:
     """`extract` for one rank of a torchrun world; every rank returns the same report."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
@@ -138,14 +138,14 @@ def extract_sharded(*, dataset: Dataset, model: str, cache_dir: Path, device: st
 
 def _run_rank(dataset: Dataset, target: runner.CacheTarget, journal: Journal, rank: int, world: int, *,
               batch_size: int, workers: int, image_size: int | None, skip_bad: bool, decode: str,
-              decode_device: torch.device | None, show_progress: bool) -> runner.ExtractReport:
+              decode_device: torch.device | None, show_progress: bool) -> runner.CacheInfo:
     work, plan = None, None
     if rank == 0:
         try:
             runner.recover(target, journal, dataset)
             work = runner.prepare(dataset, target, journal, batch_size=batch_size, workers=workers,
                                   image_size=image_size, skip_bad=skip_bad, decode=decode, processes=world)
-            if isinstance(work, runner.ExtractReport):
+            if isinstance(work, runner.CacheInfo):
                 plan = Plan(report=work)
             else:
                 position = {s.id: i for i, s in enumerate(dataset.samples)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,27 +21,13 @@ from medprobe.data.signature import stat_or_empty, unchanged_records
 from medprobe.errors import Interrupted, MedprobeError
 from medprobe.extract.device_decode import make_device_decode_loader, resolve_decode
 from medprobe.extract.loader import make_loader
+from medprobe.extract.settings import CacheInfo, ExtractSettings
 from medprobe.models.backbone import load_backbone, resolve_preprocessing, weights_identity
 from medprobe.models.registry import ModelSpec, resolve_model
 from medprobe.models.transforms import ImageTransform
 from medprobe.progress import progress_bar
 from medprobe.runtime.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
 from medprobe.runtime.workers import default_workers
-
-
-@dataclass
-class ExtractReport:
-    model: str
-    path: Path
-    extracted: int
-    reused: int
-    changed: int
-    images_per_second: float | None
-    skipped: dict[str, dict] = field(default_factory=dict)  # id -> {"reason", "stat"}, with --skip-bad
-
-    @property
-    def up_to_date(self) -> bool:
-        return self.extracted == 0
 
 
 @dataclass
@@ -115,10 +101,16 @@ def recover(target: CacheTarget, journal: Journal, dataset: Dataset) -> None:
            fresh=meta["fresh"])
 
 
-def extract(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "auto", precision: str = "auto",
-            batch_size: int = 32, workers: int | None = None, image_size: int | None = None,
-            revision: str | None = None, show_progress: bool = True, skip_bad: bool = False,
-            decode: str = "cpu") -> ExtractReport:
+_DEFAULTS = ExtractSettings()
+
+
+def extract(*, dataset: Dataset, model: str, cache_dir: Path, device: str = _DEFAULTS.device,
+            precision: str = _DEFAULTS.precision, batch_size: int = _DEFAULTS.batch_size,
+            workers: int | None = _DEFAULTS.workers, image_size: int | None = _DEFAULTS.image_size,
+            revision: str | None = _DEFAULTS.revision, show_progress: bool = True,
+            skip_bad: bool = _DEFAULTS.skip_bad, decode: str = _DEFAULTS.decode) -> CacheInfo:
+    """Embed every sample of `dataset` not yet fresh in `model`'s cache under `cache_dir` (resumable,
+    incremental); what it did, and where the cache is."""
     options = dict(dataset=dataset, model=model, cache_dir=cache_dir, device=device, precision=precision,
                    batch_size=batch_size, workers=workers, image_size=image_size, revision=revision,
                    show_progress=show_progress, skip_bad=skip_bad, decode=decode)
@@ -137,7 +129,7 @@ def extract(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "aut
             recover(target, journal, dataset)
             work = prepare(dataset, target, journal, batch_size=batch_size, workers=workers, image_size=image_size,
                            skip_bad=skip_bad, decode=decode)
-            if isinstance(work, ExtractReport):
+            if isinstance(work, CacheInfo):
                 return work
             stats = _run(work.backbone, work.todo, dataset.root, journal, target, batch_size=batch_size,
                          workers=work.workers, show_progress=show_progress,
@@ -170,7 +162,7 @@ class Work:
 
 
 def prepare(dataset: Dataset, target: CacheTarget, journal: Journal, *, batch_size: int, workers: int | None,
-            image_size: int | None, skip_bad: bool, decode: str, processes: int = 1) -> Work | ExtractReport:
+            image_size: int | None, skip_bad: bool, decode: str, processes: int = 1) -> Work | CacheInfo:
     """Plan against the cache, check the images, load the backbone: the work, or the report when there is
     none. Loads no weights when the cache is up to date."""
     samples = dataset.samples
@@ -187,7 +179,7 @@ def prepare(dataset: Dataset, target: CacheTarget, journal: Journal, *, batch_si
     if plan.up_to_date and known_identity is not None:
         if plan.restat:
             commit(target.path, journal, ids=[], provenance={}, restat=plan.restat)
-        return ExtractReport(target.spec.name, target.path, 0, plan.fresh, 0, None, skipped=skipped)
+        return CacheInfo(target.spec.name, target.path, 0, plan.fresh, 0, None, skipped=skipped)
 
     todo = _checked_todo(samples, plan, skipped, dataset.root, skip_bad)
     backbone = load_backbone(target.spec, image_size=image_size)
@@ -205,7 +197,7 @@ def prepare(dataset: Dataset, target: CacheTarget, journal: Journal, *, batch_si
 
 
 def finish(dataset: Dataset, target: CacheTarget, journal: Journal, work: Work, stats: dict, *,
-           skip_bad: bool) -> ExtractReport:
+           skip_bad: bool) -> CacheInfo:
     """Commit the journal into the cache (recording skipped files and timings), then report."""
     skipped = dict(work.skipped)
     skipped.update({sample_id: {"reason": reason, "stat": stat_or_empty(sample, dataset.root)}
@@ -224,7 +216,7 @@ def finish(dataset: Dataset, target: CacheTarget, journal: Journal, work: Work, 
             f"{len(errors)} image(s) failed to decode, the rest were cached: {errors[0]}"
             f"{' (and more)' if len(errors) > 1 else ''}; fix them, or pass --skip-bad to leave them out"
         )
-    return ExtractReport(target.spec.name, target.path, stats["count"], work.plan.fresh, len(work.plan.changed),
+    return CacheInfo(target.spec.name, target.path, stats["count"], work.plan.fresh, len(work.plan.changed),
                          stats["rate"], skipped=skipped)
 
 

@@ -20,6 +20,7 @@ from medprobe.probe.backends import compute_backend
 from medprobe.probe.classifiers import CLASSIFIERS, get_probe
 from medprobe.probe.features import CacheRef, FeatureStream, extracted_models, feature_stream, find_cache, skipped_in
 from medprobe.probe.protocol import FoldData, Probe, SearchOutcome, best, fit_scaler
+from medprobe.probe.settings import ProbeSettings
 from medprobe.progress import STDERR, progress_bar
 from medprobe.results.metrics import evaluate_mean, group_codes, patient_block, summarize_metrics, test_report
 from medprobe.results.record import fold_sizes, record_paths, run_header, save_run
@@ -27,26 +28,6 @@ from medprobe.results.record import fold_sizes, record_paths, run_header, save_r
 # feature matrices up to this many values (e.g. 1,000 x 1,000) are probed in this process: starting worker
 # processes would cost more than the whole search
 SERIAL_LIMIT = 1_000_000
-
-
-@dataclass
-class ProbeSettings:
-    classifiers: tuple[str, ...] = ("logreg",)
-    pool: str = "auto"
-    folds: int = 5
-    seed: int = 0
-    bootstrap: int = 5000
-    n_jobs: int = -1  # folds in parallel processes, one per core (liblinear and libsvm are single-threaded)
-    ordinal: bool = False
-    shots: tuple[int | str, ...] = ()
-    repeats: int = 5
-    fuse: bool = False
-    coarse_to_fine: bool = False
-    save_model: bool = False
-    backend: str = "local"  # local | dask | ray (probe/backends.py)
-    scheduler: str | None = None  # the Dask scheduler or Ray cluster address
-    out_of_core: bool = False  # stream features from the cache (probe/streaming.py), whatever their size
-    memory_fraction: float = streaming.DEFAULT_MEMORY_FRACTION  # ... and always above this share of free memory
 
 
 @dataclass

@@ -32,7 +32,6 @@ METHOD = "logreg-sgd"
 BLOCK_ROWS = 8192  # a multiple of the cache's 256-row chunks: 12 MB of float32 at 384 features
 SGD_ALPHAS = tuple(float(a) for a in np.logspace(0, -6, 7))  # most regularised first (ties go to it)
 SGD_EPOCHS = 5
-DEFAULT_MEMORY_FRACTION = 0.25
 
 
 def available_memory() -> int:

@@ -20,6 +20,7 @@ from medprobe.report.records import REPORT_METRICS, load_records
 from medprobe.report.stats import PairedBootstrap
 from medprobe.report.tables import Table, TableBuilder
 from medprobe.results.record import _atomic_write
+from medprobe.stages import make_callable
 from medprobe.timestamps import now_iso
 
 DEFAULT_REPLICATES = 2000
@@ -77,3 +78,5 @@ def build_report(*, results_dirs: list[Path], out_dir: Path, metric: str = "accu
 
 
 __all__ = ["DEFAULT_REPLICATES", "Report", "build_report"]
+
+make_callable(__name__)  # medprobe.report(...) is medprobe.api.report(...)
