@@ -1,6 +1,6 @@
 """Re-create docs/report.png: headless Chromium's screenshot of the report `medprobe demo` writes.
 
-The demo's data are synthetic (no real patients); the pipeline is real: efficientnet-lite0's ImageNet
+The demo's data are synthetic (no real patients); the pipeline is real: EfficientNet-Lite0/1/2's ImageNet
 weights, extraction on this machine's CPU, probes, fine-tuning, report. Needs Debian's chromium.
 
     python docs/screenshot.py [--demo DIR]     # runs `medprobe demo --out DIR` unless DIR has a report

@@ -113,7 +113,7 @@ def write_glioma_cohort(folder: Path, *, patients: int = 15, seed: int = 0) -> l
 
 
 def write_experiment(out_dir: Path, *, backbones: list[str], xray: Path, glioma: list[Path],
-                     epochs: int = 3, folds: int = 5) -> Path:
+                     epochs: int = 3, folds: int = 3) -> Path:
     lines = [
         "# written by `medprobe demo`: synthetic data, a real pipeline",
         'out = "results"', 'cache_dir = "cache"',
