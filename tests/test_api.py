@@ -223,7 +223,8 @@ def test_estimators_fit_as_the_probe_runner_does(study, tmp_path, estimator, met
         assert probe.best_params_ == {k: v for k, v in chosen.items() if k not in ("fold", "val_balanced_accuracy")}
         assert probe.best_score_ == pytest.approx(chosen["val_balanced_accuracy"])
         in_fold = np.isin(predictions.ids, [fs.ids[i] for i in fold.test])
-        np.testing.assert_allclose(probe.predict_proba(fs.X[fold.test]), predictions.scores[in_fold], atol=1e-4)
+        # the same model up to its solver's tolerance (libSVM stops at 1e-3; the sample order differs)
+        np.testing.assert_allclose(probe.predict_proba(fs.X[fold.test]), predictions.scores[in_fold], atol=1e-3)
         assert list(probe.classes_) == ["class0", "class1"]
 
 

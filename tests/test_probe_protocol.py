@@ -162,3 +162,18 @@ def test_saved_probes_are_plain_scikit_learn_pipelines_with_the_search_s_choice(
     assert isinstance(fitted.model, type(make_pipeline(SVC()))) and fitted.model[-1].kernel == "rbf"
     scores = fitted.scores(data.Xval, 3)
     assert scores.shape == (len(data.Xval), 3) and np.allclose(scores.sum(1), 1)
+
+
+@pytest.mark.parametrize(("scores", "chosen"), [
+    ([0.5, 1.0, 1.0, 1.0, 0.9], 2),  # the centre of the plateau
+    ([1.0, 0.5, 1.0, 1.0, 1.0], 3),  # the longest run of tied neighbours, not the first tie
+    ([0.5, 1.0, 1.0], 1),  # of two centres the earlier, more regularised one
+    ([1.0, 0.5, 1.0], 0),  # equally long runs: the earlier
+    ([0.3, 0.7, 0.6], 1),  # no tie: the best
+])
+def test_ties_go_to_the_centre_of_the_tied_plateau(scores, chosen):
+    from medprobe.probe.protocol import best
+
+    candidates = [({"C": 10.0 ** i}, s) for i, s in enumerate(scores)]
+    assert best(candidates) is candidates[chosen]
+

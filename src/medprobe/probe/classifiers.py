@@ -1,7 +1,8 @@
 """The probes, by name: logreg (probe/logreg.py), svm (probe/svm.py), knn (probe/knn.py), each one class
 registered under probe/protocol.py's protocol. Each returns per-class scores that sum to 1 (logreg:
 probabilities; svm: a softmax of decision values; knn: normalised neighbour votes). Validation selection
-maximises balanced accuracy (robust to class imbalance); ties go to the earlier, more regularised candidate.
+maximises balanced accuracy (robust to class imbalance); ties go to the centre of the tied plateau
+(protocol.best).
 """
 
 from __future__ import annotations

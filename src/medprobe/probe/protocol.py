@@ -93,9 +93,21 @@ def decision_scores(estimator, Z: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def best(candidates: list[tuple[dict, float]]) -> tuple[dict, float]:
-    """The highest validation score; ties go to the earlier, more regularised candidate."""
-    best_index = max(range(len(candidates)), key=lambda i: (candidates[i][1], -i))
-    return candidates[best_index]
+    """The highest validation score. Ties go to the centre of the longest run of tied neighbours in grid
+    order (the earlier run, and of two centres the earlier, more regularised one): when a small validation
+    set saturates, the regularised end of the plateau is a near-constant model whose argmax hangs on tiny
+    margins (logreg at C = 1e-6 scored 1.0 on validation and 0.575 on test in the demo)."""
+    top = max(score for _, score in candidates)
+    runs: list[list[int]] = []
+    for i, (_, score) in enumerate(candidates):
+        if score != top:
+            continue
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    longest = max(runs, key=len)  # the first of equally long runs
+    return candidates[longest[(len(longest) - 1) // 2]]
 
 
 @dataclass

@@ -6,7 +6,7 @@ The features are read from the HDF5 caches BLOCK_ROWS rows at a time and never h
 - SGDClassifier(loss="log_loss"), L2, with partial_fit over SGD_EPOCHS passes, blocks in a seeded random
   order and rows shuffled within each; one model per alpha in SGD_ALPHAS, all fed the same blocks, so a
   pass is one read of the cache whatever the grid;
-- alpha chosen on the validation split (balanced accuracy, ties to the more regularised), refit on
+- alpha chosen on the validation split (balanced accuracy, ties to the centre of the tied plateau), refit on
   train+val with its own scaler, test predictions streamed as well.
 Memory holds one block, the models, and per-sample labels and scores, whatever the number of samples.
 The price is accuracy: SGD stops after a fixed number of passes over a 7-value grid, where the in-memory
@@ -30,7 +30,7 @@ from medprobe.results.metrics import balanced_accuracy
 
 METHOD = "logreg-sgd"
 BLOCK_ROWS = 8192  # a multiple of the cache's 256-row chunks: 12 MB of float32 at 384 features
-SGD_ALPHAS = tuple(float(a) for a in np.logspace(0, -6, 7))  # most regularised first (ties go to it)
+SGD_ALPHAS = tuple(float(a) for a in np.logspace(0, -6, 7))  # most regularised first
 SGD_EPOCHS = 5
 
 
