@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A shell's background job starts with SIGINT ignored, and ignored signals survive exec: every medprobe the
+# interruption tests start would then ignore their Ctrl-C. A handled signal is reset to default on exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
