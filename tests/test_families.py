@@ -12,8 +12,9 @@ from family_models import OPEN_CLIP_TIMM, OPEN_CLIP_VIT, save_clip, save_dinov3,
 
 from medprobe.errors import MedprobeError
 from medprobe.finetune.blocks import apply_unfreeze
-from medprobe.models.backbone import load_backbone, resolve_preprocessing
+from medprobe.models.backbone import load_backbone
 from medprobe.models.families import FAMILIES, family_for_config, get_family
+from medprobe.models.identity import resolve_preprocessing
 from medprobe.models.registry import REGISTRY, auto_pools, resolve_model
 
 

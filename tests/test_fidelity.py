@@ -34,7 +34,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def assert_same_pixels(model_folder, images, reference: torch.Tensor) -> None:
     """The sharp check: medprobe's input tensors equal the reference ones (float rounding aside)."""
-    from medprobe.models.backbone import resolve_preprocessing
+    from medprobe.models.identity import resolve_preprocessing
     from medprobe.models.registry import resolve_model
     from medprobe.models.transforms import ImageTransform
 

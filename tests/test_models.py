@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from medprobe.errors import MedprobeError
-from medprobe.models.backbone import load_backbone, resolve_preprocessing
+from medprobe.models.backbone import load_backbone
+from medprobe.models.identity import resolve_preprocessing
 from medprobe.models.registry import REGISTRY, resolve_model
 from medprobe.models.transforms import ImageTransform
 

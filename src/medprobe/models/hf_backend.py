@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from medprobe.errors import MedprobeError
-from medprobe.models.backbone import hash_model_directory
 from medprobe.models.hub import cached_commit, hub_error
+from medprobe.models.identity import hash_model_directory
 from medprobe.models.preprocess import Preprocessing
 from medprobe.models.spec import ModelSpec
 

@@ -95,7 +95,7 @@ def create(spec: ModelSpec, prep: Preprocessing):
 
 
 def identity(spec: ModelSpec) -> tuple[str, str | None]:
-    from medprobe.models.backbone import hash_model_directory
+    from medprobe.models.identity import hash_model_directory
 
     if spec.is_local:
         return hash_model_directory(Path(spec.source)), None

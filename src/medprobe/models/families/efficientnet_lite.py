@@ -55,7 +55,7 @@ class EfficientNetLite(Family):
                              mean=TF_LITE_MEAN, std=TF_LITE_STD, resize_impl="pil", crop_rounding="round")
 
     def weights_identity(self, spec):
-        from medprobe.models.backbone import hash_files
+        from medprobe.models.identity import hash_files
 
         return "sha:" + hash_files([weights_file(spec.source)])
 

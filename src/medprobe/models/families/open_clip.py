@@ -68,8 +68,9 @@ class OpenClip(Family):
         return f"hub:{spec.hub_repo}@{commit}" if commit else None
 
     def load(self, spec, prep):
-        from medprobe.models.backbone import Backbone, hash_model_directory
+        from medprobe.models.backbone import Backbone
         from medprobe.models.hub import hub_error
+        from medprobe.models.identity import hash_model_directory
 
         open_clip = require_open_clip()
         try:
