@@ -85,14 +85,14 @@ def loader_rate(dataset, transform, *, decode_device: torch.device | None, batch
     from medprobe.extract.loader import make_loader
 
     if decode_device is None:
-        loader = make_loader(dataset.samples, dataset.root, transform, batch_size=batch_size, workers=workers,
+        loader = make_loader(dataset.samples, dataset.root, [transform], batch_size=batch_size, workers=workers,
                              pin_memory=device.type == "cuda")
     else:
         loader = make_device_decode_loader(dataset.samples, dataset.root, transform, device=decode_device,
                                            batch_size=batch_size, workers=workers)
     times, sizes, began = [], [], time.perf_counter()
     for batch in loader:
-        batch["pixels"].to(device, non_blocking=True)
+        batch["pixels"][0].to(device, non_blocking=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         now = time.perf_counter()

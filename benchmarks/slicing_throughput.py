@@ -85,11 +85,11 @@ def main() -> None:
         device = torch.device("cpu")
         precision = resolve_precision("auto", device)
         backbone = load_backbone(resolve_model("efficientnet-lite0"))
-        loader = make_loader(samples, dataset.root, ImageTransform(backbone.preprocessing),
+        loader = make_loader(samples, dataset.root, [ImageTransform(backbone.preprocessing)],
                              batch_size=args.batch_size, workers=args.workers, pin_memory=False)
         batches, started = [], time.perf_counter()
         for batch in loader:
-            batches.append(batch["pixels"])
+            batches.append(batch["pixels"][0])
         loader_rate = rate(n, time.perf_counter() - started)
 
         module = backbone.module.to(memory_format=torch.channels_last).eval()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from medprobe.data import load_dataset
 from medprobe.extract import distributed
-from medprobe.extract.runner import extract
+from medprobe.extract.settings import ExtractSettings
 
 
 def die_after_two_batches(*args, **kwargs):
@@ -35,5 +35,6 @@ if __name__ == "__main__":
     original_load = distributed.load_backbone
     if os.environ["RANK"] == "1":
         distributed.load_backbone = die_after_two_batches
-    extract(dataset=load_dataset(Path(data)), model=model, cache_dir=Path(cache_dir), device="cpu",
-            precision="fp32", batch_size=4, workers=0, show_progress=False)
+    distributed.extract_sharded(load_dataset(Path(data)), [model], Path(cache_dir),
+                                ExtractSettings(device="cpu", precision="fp32", batch_size=4, workers=0),
+                                show_progress=False)

@@ -77,18 +77,21 @@ def test_shards_are_whole_batches_dealt_round_robin():
     assert together == positions
 
 
-def test_two_processes_write_the_single_process_cache(tiny_dinov2, larger_folder, tmp_path):
-    reference = single_process(load_dataset(larger_folder), tiny_dinov2, tmp_path / "one")
-    result = cli_extract(larger_folder, tiny_dinov2, tmp_path / "two", "--gpus", "2")
+def test_two_processes_write_the_single_process_caches(tiny_dinov2, tiny_timm_models, larger_folder, tmp_path):
+    """Two backbones in one sharded command: each cache equals its single-process file."""
+    resnet = tiny_timm_models["resnet"]
+    references = [single_process(load_dataset(larger_folder), model, tmp_path / "one")
+                  for model in (tiny_dinov2, resnet)]
+    result = cli_extract(larger_folder, tiny_dinov2, tmp_path / "two", "--gpus", "2", "--model", resnet)
     assert result.returncode == 0, result.stderr
-    assert "extracted 30, reused 0" in result.stdout and result.stdout.count("extracted") == 1
-    sharded = next((tmp_path / "two").rglob("*.h5"))
-    assert sharded.name == reference.path.name
-    assert_same_cache(reference.path, sharded)
-    assert read_contents(sharded).attrs["processes"] == 2
+    assert result.stdout.count("extracted 30, reused 0") == 2, result.stdout
+    for reference in references:
+        sharded = tmp_path / "two" / reference.path.parent.name / reference.path.name
+        assert_same_cache(reference.path, sharded)
+        assert read_contents(sharded).attrs["processes"] == 2
     assert not list((tmp_path / "two").rglob("*.journal"))  # every rank's batches committed
-    again = cli_extract(larger_folder, tiny_dinov2, tmp_path / "two", "--gpus", "2")
-    assert again.returncode == 0 and "up to date (30 images)" in again.stdout
+    again = cli_extract(larger_folder, tiny_dinov2, tmp_path / "two", "--gpus", "2", "--model", resnet)
+    assert again.returncode == 0 and again.stdout.count("up to date (30 images)") == 2, again.stdout
 
 
 def test_killed_rank_resumes_from_the_journal(tiny_dinov2, larger_folder, tmp_path):

@@ -9,7 +9,10 @@ def main() -> None:
         from medprobe.cli import main as run_cli
     except KeyboardInterrupt:
         sys.exit(130)
-    run_cli()
+    try:
+        run_cli()
+    except KeyboardInterrupt:  # in the instant between the command's end and ignoring Ctrl-C (cli.main)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

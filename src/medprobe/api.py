@@ -97,24 +97,35 @@ def extract(data: Data = None, *, models: str | Sequence[str], cache_dir: str | 
             progress: bool = True) -> list[CacheInfo]:
     """Embed every image of `data` once with each backbone of `models` into the HDF5 feature cache under
     `cache_dir` (default: $MEDPROBE_CACHE or ~/.cache/medprobe), as `medprobe extract`. Resumable and
-    incremental: only new or changed images are embedded. Needs torch.
+    incremental: only new or changed images are embedded. Needs torch, except to find that every
+    cache is already complete and fresh.
 
     device: auto | cpu | cuda | cuda:i. precision: auto | fp32 | bf16 | fp16. workers: decoding processes
     (default: CPU cores - 1, at most 8). image_size: override the input size. revision: pin a hub revision.
     skip_bad: leave out unreadable images (recorded in the cache) instead of raising. decode: cpu | gpu.
 
     Returns one CacheInfo per backbone: its cache file (`path`), images extracted, reused and changed, and
-    the throughput. Several GPUs (--gpus) are the CLI's: it launches torchrun."""
-    from medprobe.extract.runner import extract as extract_one
+    the throughput. Each image is decoded once for all the backbones that need it. Several GPUs (--gpus)
+    are the CLI's: it launches torchrun."""
+    from medprobe.extract.plan import up_to_date_reports
 
     names = [models] if isinstance(models, str) else list(models)
     if not names:
         raise MedprobeError("--model names no backbone; see `medprobe models`")
     dataset = load(data, image_column=image_column, label_column=label_column)
-    return [extract_one(dataset=dataset, model=name, cache_dir=_cache_dir(cache_dir), device=device,
-                        precision=precision, batch_size=batch_size, workers=workers, image_size=image_size,
-                        revision=revision, show_progress=progress, skip_bad=skip_bad, decode=decode)
-            for name in names]
+    settings = ExtractSettings(device=device, precision=precision, batch_size=batch_size, workers=workers,
+                               image_size=image_size, revision=revision, skip_bad=skip_bad, decode=decode)
+    cache = _cache_dir(cache_dir)
+    answered = up_to_date_reports(dataset, names, cache, settings)
+    if answered is not None:  # nothing to do: decided without importing torch
+        return answered
+    try:
+        from medprobe.extract.runner import extract_models
+    except ImportError as exc:
+        needed = exc.name or "torch"
+        raise MedprobeError(f"{', '.join(names)}: images to embed (or a cache to check), which needs {needed}; "
+                            "install it (pip install torch torchvision) or extract on a machine that has it") from exc
+    return extract_models(dataset, names, cache, settings, show_progress=progress)
 
 
 @dataclass

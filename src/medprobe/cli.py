@@ -7,6 +7,7 @@ on the command line, shows the traceback instead.
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
@@ -115,41 +116,59 @@ def extract_command(
     image_column: str = ImageColumnOption,
     label_column: str = LabelColumnOption,
 ) -> None:
-    """Embed every image once with each backbone into the HDF5 feature cache (resumable, incremental)."""
+    """Embed every image once with each backbone into the HDF5 feature cache (resumable, incremental); with
+    several backbones each image is decoded once for all of them."""
     from medprobe.api import extract
+    from medprobe.runtime.world import is_distributed, is_leader
+
+    settings = ExtractSettings(device=device, precision=precision, batch_size=batch_size, workers=workers,
+                               image_size=image_size, revision=revision, skip_bad=skip_bad, decode=decode)
+    dataset = _dataset(data, image_column, label_column)
+    if gpus and gpus > 1 and not is_distributed():  # one torchrun process per GPU
+        from medprobe.extract.plan import up_to_date_reports
+
+        answered = up_to_date_reports(dataset, list(model), _cache_dir(cache_dir), settings)
+        if answered is not None:  # nothing to do: no processes to start
+            print_extract_reports(answered)
+            return
+        from medprobe.extract import distributed
+
+        job = distributed.ShardedJob(data=str(data) if data else None, models=list(model),
+                                     cache_dir=str(_cache_dir(cache_dir)), settings=settings,
+                                     image_column=image_column, label_column=label_column)
+        print_extract_reports(distributed.launch(gpus, job))
+        return
+    if is_distributed():  # started by torchrun itself: this process is one rank
+        from medprobe.extract import distributed
+
+        reports = distributed.extract_sharded(dataset, list(model), _cache_dir(cache_dir), settings)
+        if is_leader():  # rank 0 reports for all
+            print_extract_reports(reports)
+        return
+    print_extract_reports(extract(dataset, models=list(model), cache_dir=_cache_dir(cache_dir), **vars(settings)))
+
+
+@app.command("extract-rank", hidden=True)
+def extract_rank_command(job_file: Path = typer.Argument(..., help="The job `medprobe extract --gpus` wrote")) -> None:
+    """One torchrun process of `medprobe extract --gpus N` (started by it; rank 0 writes the reports)."""
     from medprobe.extract import distributed
 
-    if gpus and gpus > 1 and not distributed.is_distributed():  # one torchrun process per GPU runs this command
-        argv = ["extract", *([str(data)] if data else []), *(f"--model={name}" for name in model),
-                f"--cache-dir={_cache_dir(cache_dir)}", f"--device={device}", f"--precision={precision}",
-                f"--batch-size={batch_size}", f"--decode={decode}",
-                *([f"--workers={workers}"] if workers is not None else []),
-                *([f"--image-size={image_size}"] if image_size else []),
-                *([f"--revision={revision}"] if revision else []), *(["--skip-bad"] if skip_bad else []),
-                *([f"--image-column={image_column}"] if image_column else []),
-                *([f"--label-column={label_column}"] if label_column else [])]
-        code = distributed.launch(gpus, device, argv)
-        if code:
-            raise MedprobeError(f"extraction with --gpus {gpus} failed (torchrun exit code {code}); the failing "
-                                "process's error is printed above")
-        return
-    dataset = _dataset(data, image_column, label_column)
-    for name in model:
-        report = extract(dataset, models=[name], cache_dir=_cache_dir(cache_dir), device=device, precision=precision,
-                         batch_size=batch_size, workers=workers, image_size=image_size, revision=revision,
-                         skip_bad=skip_bad, decode=decode)[0]
-        if not distributed.is_leader():  # under torchrun, rank 0 reports for all
-            continue
+    distributed.run_job_file(job_file)
+
+
+def print_extract_reports(reports) -> None:
+    for report in reports:
         for sample_id, why in list(report.skipped.items())[:5]:
             console.print(f"[yellow]skipped:[/] {sample_id}: {why['reason']}")
         if report.skipped:
             console.print(f"{len(report.skipped)} unreadable image(s) skipped and recorded in the cache")
         if report.up_to_date:
-            console.print(f"{name}: up to date ({report.reused} images) {report.path}")
+            console.print(f"{report.model}: up to date ({report.reused} images) {report.path}")
         else:
             rate = f", {report.images_per_second:.1f} img/s" if report.images_per_second else ""
             changed = f", {report.changed} changed" if report.changed else ""
-            console.print(f"{name}: extracted {report.extracted}, reused {report.reused}{changed}{rate} {report.path}")
+            console.print(f"{report.model}: extracted {report.extracted}, reused {report.reused}{changed}{rate} "
+                          f"{report.path}")
 
 
 @app.command("probe")
@@ -530,7 +549,11 @@ def main(argv: list[str] | None = None) -> None:
     if debug:
         set_debug(True)  # workers inherit it: library warnings and background-thread errors in full
     try:
-        app(args=args, prog_name="medprobe")
+        try:
+            app(args=args, prog_name="medprobe")
+        finally:
+            if argv is None:  # the real command has ended, its work saved or reported: a Ctrl-C landing now
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # must not turn its exit into a traceback or -2
     except Interrupted as exc:
         quiet_background_errors()  # threads dying while the process shuts down are not the user's news
         print(f"interrupted: {exc}", file=sys.stderr)

@@ -26,13 +26,19 @@ class _RateColumn(TextColumn):
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, *, total: int, enabled: bool = True,
-                 unit: str = "img") -> Iterator[Callable[[int], None]]:
+def progress_bar(description: str, *, total: int, enabled: bool = True, unit: str = "img",
+                 status: bool = False) -> Iterator[Callable[..., None]]:
+    """A bar; `advance(n)` moves it on. With `status`, `advance(n, status=text)` also shows a short text
+    after the rate (extraction's bottleneck stage)."""
     if not enabled:
-        yield lambda n: None
+        yield lambda n, status=None: None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(unit),
-               TimeRemainingColumn())
+               TimeRemainingColumn(), *([TextColumn("{task.fields[status]}", style="dim")] if status else []))
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
+        task = progress.add_task(description, total=total, status="")
+
+        def advance(n: int, status: str | None = None) -> None:
+            progress.update(task, advance=n, **({"status": status} if status is not None else {}))
+
+        yield advance

@@ -26,5 +26,7 @@ PROVENANCE_KEYS = (
     "device_name", "pools", "embed_dims", "dataset_name", "dataset_root", "library_versions", "created_at",
     "updated_at", "extract_seconds", "images_extracted", "images_per_second", "peak_memory_mb",
     "batch_size", "workers", "dataset_root_relative", "skipped", "decode", "processes", "family", "licence",
+    "requested", "extract_stage_seconds", "extract_bottleneck",
 )
-JSON_ATTRS = ("preprocessing", "pools", "embed_dims", "library_versions", "skipped")
+JSON_ATTRS = ("preprocessing", "pools", "embed_dims", "library_versions", "skipped", "requested",
+              "extract_stage_seconds")

@@ -90,7 +90,7 @@ def collate_encoded(items: list[tuple]) -> dict:
 
 
 class DeviceDecodeLoader:
-    """Batches in the format of extract.loader.collate, with pixels already on the device."""
+    """Batches in the format of extract.loader.collate (one transform), with pixels already on the device."""
 
     def __init__(self, loader: DataLoader, samples: list[Sample], transform: ImageTransform,
                  device: torch.device) -> None:
@@ -123,7 +123,8 @@ class DeviceDecodeLoader:
         keep = [i for i, pixels in enumerate(slots) if pixels is not None]
         return {
             "positions": [batch["positions"][i] for i in keep],
-            "pixels": torch.stack([slots[i] for i in keep]) if keep else None,
+            "pixels": {0: torch.stack([slots[i] for i in keep])} if keep else {},
+            "rows": {0: list(range(len(keep)))} if keep else {},
             "fingerprints": [batch["fingerprints"][i] for i in keep],
             "stats": [batch["stats"][i] for i in keep],
             "errors": errors,
@@ -158,7 +159,7 @@ def make_device_decode_loader(samples: list[Sample], root: Path, transform: Imag
     if transform.prep.resize is not None and interpolation not in TENSOR_RESIZE_MODES:
         raise MedprobeError(f"--decode gpu: the backbone resizes with {interpolation}, which only PIL implements; "
                             "use --decode cpu")
-    stream = EncodedStream(samples, root, transform)
+    stream = EncodedStream(samples, root, [transform])
     workers = min(workers, len(stream.units))
     loader = DataLoader(stream, batch_size=batch_size, num_workers=workers, collate_fn=collate_encoded,
                         prefetch_factor=4 if workers > 0 else None, worker_init_fn=start_worker)

@@ -2,14 +2,15 @@
 
     torchrun --nproc-per-node N -m medprobe extract DATA --model M      (or: medprobe extract ... --gpus N)
 
-- Rank 0 takes the cache's lock, commits what an interrupted run left in the journal, plans against the
-  cache and checks the images (runner.prepare), exactly as a single-process run does; the plan goes to
-  every rank.
+- Rank 0 takes the caches' locks, commits what an interrupted run left in the journals, plans against the
+  caches and checks the images (runner.plan_work), exactly as a single-process run does; the plan goes to
+  every rank. Several backbones (--model A --model B) decode each image once on every rank, as in one process.
 - The to-do list is dealt out in blocks of --batch-size, round robin (block b to rank b % N). Batches run
   at the full batch shape, so every image's features are the single-process run's bit for bit.
 - Every rank appends its batches to the cache's journal under its own prefix (`batch-r<rank>-*.npz`,
-  written atomically); after a barrier rank 0 commits the journal into the cache (runner.finish), as one
-  process would. The result is the single-process file: same ids, order and features.
+  written atomically) through the same pipeline as one process (extract/pipeline.py); after a barrier rank 0
+  commits the journals into the caches (runner.commit_works), as one process would. The result is the
+  single-process file: same ids, order and features.
 - Resume: batches of a killed run stay in the journal, and the next run's rank 0 commits them first, so
   only what no batch holds is extracted again.
 Only control messages (the plan, errors, timings) travel between ranks; features go through files. That
@@ -19,10 +20,12 @@ is why the gloo backend serves CPU and GPU runs alike.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,33 +38,75 @@ from medprobe.data.samples import Dataset
 from medprobe.errors import MedprobeError
 from medprobe.extract import runner
 from medprobe.extract.device_decode import resolve_decode
+from medprobe.extract.pipeline import CacheTarget, Job, ShardStats, StageSeconds, run_jobs
+from medprobe.extract.settings import CacheInfo, ExtractSettings
 from medprobe.models.backbone import load_backbone
 from medprobe.runtime.device import peak_memory_mb
+from medprobe.runtime.world import is_leader
 
 # Rank 0 may hash a large archive while the others wait for its plan: a generous limit, since torchrun
 # stops every rank as soon as one fails, so the limit only ends a genuine hang.
 COLLECTIVE_TIMEOUT = timedelta(hours=6)
 
 
-def is_distributed() -> bool:
-    """True inside a torchrun world of more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+@dataclass
+class ShardedJob:
+    """Everything `medprobe extract --gpus N` hands its torchrun processes: written to a file, so no option
+    is rebuilt into a command line."""
+
+    data: str | None
+    models: list[str]
+    cache_dir: str
+    settings: ExtractSettings
+    image_column: str | None = None
+    label_column: str | None = None
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps({**asdict(self), "settings": asdict(self.settings)}))
+
+    @classmethod
+    def load(cls, path: Path) -> ShardedJob:
+        fields = json.loads(path.read_text())
+        return cls(**{**fields, "settings": ExtractSettings(**fields["settings"])})
 
 
-def is_leader() -> bool:
-    return os.environ.get("RANK", "0") == "0"
+def reports_path(job_file: Path) -> Path:
+    return job_file.with_name(job_file.stem + ".reports.json")
 
 
-def launch(nproc: int, device: str, argv: list[str]) -> int:
-    """Run `medprobe <argv>` in `nproc` processes under torchrun on this machine; returns its exit code."""
+def launch(nproc: int, job: ShardedJob) -> list[CacheInfo]:
+    """Run `job` in `nproc` processes under torchrun on this machine; the reports rank 0 wrote."""
+    device = job.settings.device
     if device != "cpu" and torch.cuda.device_count() < nproc:
         raise MedprobeError(f"--gpus {nproc}: {torch.cuda.device_count()} GPU(s) visible; use --gpus "
                             f"{max(torch.cuda.device_count(), 1)}, or --device cpu to run {nproc} CPU processes")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "medprobe", *argv]
-    # torchrun would pin every process to one thread (with a banner); share the cores out instead
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
-    return subprocess.run(command, check=False, env={**os.environ, "OMP_NUM_THREADS": threads}).returncode
+    with tempfile.TemporaryDirectory(prefix="medprobe-extract-") as folder:
+        job_file = Path(folder) / "job.json"
+        job.save(job_file)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                   "-m", "medprobe", "extract-rank", str(job_file)]
+        # torchrun would pin every process to one thread (with a banner); share the cores out instead
+        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
+        code = subprocess.run(command, check=False, env={**os.environ, "OMP_NUM_THREADS": threads}).returncode
+        if code == 130:
+            raise SystemExit(130)  # rank 0 said what was saved and how to resume
+        if code or not reports_path(job_file).is_file():
+            raise MedprobeError(f"extraction with --gpus {nproc} failed (torchrun exit code {code}); the failing "
+                                "process's error is printed above")
+        return [CacheInfo(**{**report, "path": Path(report["path"])})
+                for report in json.loads(reports_path(job_file).read_text())]
+
+
+def run_job_file(job_file: Path) -> None:
+    """One torchrun process of a ShardedJob; rank 0 writes the reports next to the job file."""
+    from medprobe.data import load_dataset, resolve_data_argument
+
+    job = ShardedJob.load(job_file)
+    dataset = load_dataset(resolve_data_argument(Path(job.data) if job.data else None),
+                           image_column=job.image_column, label_column=job.label_column)
+    reports = extract_sharded(dataset, job.models, Path(job.cache_dir), job.settings)
+    if is_leader():
+        reports_path(job_file).write_text(json.dumps([{**asdict(r), "path": str(r.path)} for r in reports]))
 
 
 def rank_device(device: str, local_rank: int, world: int) -> str:
@@ -93,8 +138,8 @@ class Plan:
     """What rank 0 tells every rank before the forward passes."""
 
     error: str | None = None
-    report: runner.CacheInfo | None = None  # nothing to do
-    todo: list[int] = field(default_factory=list)  # sample positions still to extract
+    reports: list[CacheInfo | None] = field(default_factory=list)  # per backbone: its report when nothing is to do
+    todo: list[list[int]] = field(default_factory=list)  # per backbone: sample positions still to extract
 
 
 def _broadcast(value, rank: int):
@@ -103,91 +148,99 @@ def _broadcast(value, rank: int):
     return box[0]
 
 
-def extract_sharded(*, dataset: Dataset, model: str, cache_dir: Path, device: str = "auto",
-                    precision: str = "auto", batch_size: int = 32, workers: int | None = None,
-                    image_size: int | None = None, revision: str | None = None, show_progress: bool = True,
-                    skip_bad: bool = False, decode: str = "cpu") -> runner.CacheInfo:
-    """`extract` for one rank of a torchrun world; every rank returns the same report."""
+def extract_sharded(dataset: Dataset, models: list[str], cache_dir: Path, settings: ExtractSettings | None = None, *,
+                    show_progress: bool = True) -> list[CacheInfo]:
+    """`runner.extract_models` for one rank of a torchrun world; every rank returns the same reports."""
+    settings = settings or ExtractSettings()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    if batch_size < 1:
-        raise MedprobeError(f"--batch-size {batch_size} must be at least 1")
+    runner.check_settings(settings)
     own_group = not dist.is_initialized()
     if own_group:
         dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
     try:
-        device = rank_device(device, local_rank, world)
-        target = runner.locate_cache(dataset=dataset, model=model, cache_dir=cache_dir, device=device,
-                                     precision=precision, image_size=image_size, revision=revision, decode=decode)
-        decode_device = resolve_decode(decode, target.device)
-        workers = default_rank_workers(world) if workers is None else workers
-        with cache_lock(target.path) if rank == 0 else contextlib.nullcontext():
-            journal = Journal(target.path, prefix=f"r{rank}-")
+        settings = replace(settings, device=rank_device(settings.device, local_rank, world),
+                           workers=default_rank_workers(world) if settings.workers is None else settings.workers)
+        named = [runner.locate_cache(dataset=dataset, model=name, cache_dir=cache_dir, device=settings.device,
+                                     precision=settings.precision, image_size=settings.image_size,
+                                     revision=settings.revision, decode=settings.decode) for name in models]
+        targets = list({target.path: target for target in named}.values())
+        decode_device = resolve_decode(settings.decode, targets[0].device)
+        journals = [Journal(target.path, prefix=f"r{rank}-") for target in targets]
+        with contextlib.ExitStack() as locks:
+            if rank == 0:
+                for target in targets:
+                    locks.enter_context(cache_lock(target.path))
             try:
-                return _run_rank(dataset, target, journal, rank, world, batch_size=batch_size, workers=workers,
-                                 image_size=image_size, skip_bad=skip_bad, decode=decode,
-                                 decode_device=decode_device, show_progress=show_progress)
+                reports = _run_rank(dataset, targets, journals, rank, world, settings, decode_device=decode_device,
+                                    show_progress=show_progress)
             except KeyboardInterrupt:
                 if rank == 0:
-                    raise runner.interrupted(target, journal, dataset) from None
+                    raise runner.interrupted(targets, journals, dataset) from None
                 raise SystemExit(130) from None
+        by_path = {report.path: report for report in reports}
+        return [by_path[target.path] for target in named]
     finally:
         if own_group:
             dist.destroy_process_group()
 
 
-def _run_rank(dataset: Dataset, target: runner.CacheTarget, journal: Journal, rank: int, world: int, *,
-              batch_size: int, workers: int, image_size: int | None, skip_bad: bool, decode: str,
-              decode_device: torch.device | None, show_progress: bool) -> runner.CacheInfo:
-    work, plan = None, None
+def _run_rank(dataset: Dataset, targets: list[CacheTarget], journals: list[Journal], rank: int, world: int,
+              settings: ExtractSettings, *, decode_device: torch.device | None,
+              show_progress: bool) -> list[CacheInfo]:
+    works, plan = None, None
     if rank == 0:
         try:
-            runner.recover(target, journal, dataset)
-            work = runner.prepare(dataset, target, journal, batch_size=batch_size, workers=workers,
-                                  image_size=image_size, skip_bad=skip_bad, decode=decode, processes=world)
-            if isinstance(work, runner.CacheInfo):
-                plan = Plan(report=work)
-            else:
-                position = {s.id: i for i, s in enumerate(dataset.samples)}
-                plan = Plan(todo=[position[s.id] for s in work.todo])
+            works = runner.plan_work(dataset, targets, journals, settings, processes=world)
+            position = {s.id: i for i, s in enumerate(dataset.samples)}
+            plan = Plan(reports=[w if isinstance(w, CacheInfo) else None for w in works],
+                        todo=[[] if isinstance(w, CacheInfo) else [position[s.id] for s in w.todo] for w in works])
         except MedprobeError as exc:
             plan = Plan(error=str(exc))
     plan = _broadcast(plan, rank)
     if plan.error:
         _fail(plan.error, rank)
-    if plan.report is not None:
-        return plan.report
-    backbone = work.backbone if rank == 0 else load_backbone(target.spec, image_size=image_size)
-    mine = [dataset.samples[i] for i in shard(plan.todo, batch_size, rank, world)]
-    stats = {"count": 0, "rate": None, "errors": [], "seconds": 0.0, "dims": {}}
-    if mine:
-        stats = runner._run(backbone, mine, dataset.root, journal, target, batch_size=batch_size, workers=workers,
-                            show_progress=show_progress and rank == 0, decode_device=decode_device)
-    stats["peak_memory_mb"] = round(peak_memory_mb(target.device), 1)
+    active = [i for i, report in enumerate(plan.reports) if report is None]
+    if not active:
+        return list(plan.reports)
+    jobs = []
+    for i in active:
+        backbone = works[i].backbone if rank == 0 else load_backbone(targets[i].spec, image_size=settings.image_size)
+        mine = [dataset.samples[p] for p in shard(plan.todo[i], settings.batch_size, rank, world)]
+        jobs.append(Job(backbone, mine, journals[i], targets[i]))
+    busy = [job for job in jobs if job.todo]
+    shard_stats = run_jobs(busy, dataset.root, batch_size=settings.batch_size, workers=settings.workers,
+                           show_progress=show_progress and rank == 0, decode_device=decode_device) if busy else []
+    stats_of = iter(shard_stats)
+    mine_stats = [next(stats_of) if job.todo else ShardStats() for job in jobs]
+    for stats, job in zip(mine_stats, jobs, strict=True):
+        stats.peak_memory_mb = round(peak_memory_mb(job.target.device), 1)
     gathered = [None] * world
-    dist.all_gather_object(gathered, stats)  # also the barrier: every rank's batches are in the journal
-    combined = _combine(gathered)
-    report = None
+    dist.all_gather_object(gathered, mine_stats)  # also the barrier: every rank's batches are in the journal
+    reports = None
     if rank == 0:
+        combined = [_combine([per_rank[k] for per_rank in gathered]) for k in range(len(active))]
         try:
-            report = runner.finish(dataset, target, journal, work, combined, skip_bad=skip_bad)
+            reports = runner.commit_works(dataset, targets, journals, works, combined, skip_bad=settings.skip_bad)
         except MedprobeError as exc:
-            report = str(exc)
-    report = _broadcast(report, rank)
-    if isinstance(report, str):
-        _fail(report, rank)
-    return report
+            reports = str(exc)
+    reports = _broadcast(reports, rank)
+    if isinstance(reports, str):
+        _fail(reports, rank)
+    return reports
 
 
-def _combine(gathered: list[dict]) -> dict:
-    """One stats dict for the whole world: images summed, rates summed (the ranks ran side by side)."""
-    done = [s for s in gathered if s["count"]]
-    rates = [s["rate"] for s in done if s["rate"]]
-    return {"count": sum(s["count"] for s in gathered), "rate": round(sum(rates), 2) if rates else None,
-            "errors": [error for s in gathered for error in s["errors"]],
-            "seconds": max((s["seconds"] for s in gathered), default=0.0),
-            "dims": done[0]["dims"] if done else {},
-            "peak_memory_mb": max(s["peak_memory_mb"] for s in gathered)}
+def _combine(gathered: list[ShardStats]) -> ShardStats:
+    """One backbone's stats for the whole world: images summed, rates summed (the ranks ran side by side)."""
+    done = [s for s in gathered if s.count]
+    rates = [s.rate for s in done if s.rate]
+    return ShardStats(count=sum(s.count for s in gathered), rate=round(sum(rates), 2) if rates else None,
+                      errors=[error for s in gathered for error in s.errors],
+                      seconds=max((s.seconds for s in gathered), default=0.0),
+                      dims=done[0].dims if done else {},
+                      stages=StageSeconds(**{stage: max(getattr(s.stages, stage) for s in gathered)
+                                             for stage in ("decode", "compute", "write")}),
+                      peak_memory_mb=max(s.peak_memory_mb for s in gathered))
 
 
 def _fail(message: str, rank: int) -> None:

@@ -20,8 +20,14 @@ from medprobe.runtime.workers import start_worker
 
 
 class SampleStream(IterableDataset):
-    def __init__(self, samples: list[Sample], root: Path, transform: ImageTransform) -> None:
-        self.samples, self.root, self.transform = samples, root, transform
+    """Decodes each sample once and applies each transform it is wanted for (`wants[position]`: indices
+    into `transforms`; default: every transform): one decode serves several backbones."""
+
+    def __init__(self, samples: list[Sample], root: Path, transforms: list[ImageTransform],
+                 wants: list[tuple[int, ...]] | None = None) -> None:
+        self.samples, self.root, self.transforms = samples, root, transforms
+        self.transform = transforms[0]
+        self.wants = wants if wants is not None else [tuple(range(len(transforms)))] * len(samples)
         self.units = decode_units(samples)
 
     def my_units(self) -> list[list[int]]:
@@ -35,25 +41,32 @@ class SampleStream(IterableDataset):
                 if item.error is not None:
                     yield item.position, None, "", "", item.error
                 else:
-                    yield item.position, self.transform(item.image), item.fingerprint, item.stat, None
+                    pixels = {t: self.transforms[t](item.image) for t in self.wants[item.position]}
+                    yield item.position, pixels, item.fingerprint, item.stat, None
 
 
 def collate(items):
+    """A batch: the decoded samples' positions, and per transform the stacked pixels of the samples that
+    want it (`pixels[t]`) with their places in `positions` (`rows[t]`)."""
     good = [item for item in items if item[4] is None]
     errors = [(item[0], item[4]) for item in items if item[4] is not None]
-    pixels = torch.stack([item[1] for item in good]) if good else None
+    rows: dict[int, list[int]] = {}
+    for index, item in enumerate(good):
+        for t in item[1]:
+            rows.setdefault(t, []).append(index)
     return {
         "positions": [item[0] for item in good],
-        "pixels": pixels,
+        "pixels": {t: torch.stack([good[i][1][t] for i in indices]) for t, indices in rows.items()},
+        "rows": rows,
         "fingerprints": [item[2] for item in good],
         "stats": [item[3] for item in good],
         "errors": errors,
     }
 
 
-def make_loader(samples: list[Sample], root: Path, transform: ImageTransform, *, batch_size: int, workers: int,
-                pin_memory: bool) -> DataLoader:
-    stream = SampleStream(samples, root, transform)
+def make_loader(samples: list[Sample], root: Path, transforms: list[ImageTransform], *, batch_size: int,
+                workers: int, pin_memory: bool, wants: list[tuple[int, ...]] | None = None) -> DataLoader:
+    stream = SampleStream(samples, root, transforms, wants)
     workers = min(workers, len(stream.units))  # a worker without a unit would only cost start-up time
     return DataLoader(
         stream,

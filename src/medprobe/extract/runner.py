@@ -3,8 +3,8 @@ images that need work, then stream them through the backbone and write rows incr
 
 from __future__ import annotations
 
+import contextlib
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,23 +19,15 @@ from medprobe.data.images import check_image_header
 from medprobe.data.samples import Dataset, Sample
 from medprobe.data.signature import stat_or_empty, unchanged_records
 from medprobe.errors import Interrupted, MedprobeError
-from medprobe.extract.device_decode import make_device_decode_loader, resolve_decode
-from medprobe.extract.loader import make_loader
+from medprobe.extract.device_decode import resolve_decode
+from medprobe.extract.pipeline import CacheTarget, Job, ShardStats, run_jobs
+from medprobe.extract.plan import requested
 from medprobe.extract.settings import CacheInfo, ExtractSettings
-from medprobe.models.backbone import load_backbone, resolve_preprocessing, weights_identity
-from medprobe.models.registry import ModelSpec, resolve_model
-from medprobe.models.transforms import ImageTransform
-from medprobe.progress import progress_bar
-from medprobe.runtime.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
+from medprobe.models.backbone import load_backbone
+from medprobe.models.identity import resolve_preprocessing, weights_identity
+from medprobe.models.registry import resolve_model
+from medprobe.runtime.device import device_name, peak_memory_mb, resolve_device, resolve_precision
 from medprobe.runtime.workers import default_workers
-
-
-@dataclass
-class CacheTarget:
-    spec: ModelSpec
-    path: Path
-    precision: str
-    device: torch.device
 
 
 def library_versions() -> dict[str, str]:
@@ -74,8 +66,8 @@ def find_bad_headers(samples: list[Sample], workers: int = 8) -> list[tuple[Samp
     return [(s, r) for s, r in zip(images, reasons, strict=True) if r]
 
 
-def provenance(target: CacheTarget, backbone, dataset: Dataset, *, batch_size: int, workers: int,
-               decode: str = "cpu", processes: int = 1) -> dict:
+def provenance(target: CacheTarget, backbone, dataset: Dataset, settings: ExtractSettings, *, workers: int,
+               processes: int = 1) -> dict:
     """What a cache records about how its features were made."""
     return {
         "medprobe_version": __version__, "model_name": target.spec.name, "backend": target.spec.backend,
@@ -85,9 +77,9 @@ def provenance(target: CacheTarget, backbone, dataset: Dataset, *, batch_size: i
         "device": str(target.device), "device_name": device_name(target.device), "pools": list(backbone.pools),
         "dataset_name": dataset.name, "dataset_root": str(dataset.root.resolve()),
         "dataset_root_relative": os.path.relpath(dataset.root.resolve(), target.path.parent.resolve()),
-        "library_versions": library_versions(), "batch_size": batch_size, "workers": workers,
-        "weights_identity": backbone.weights_identity, "decode": decode, "processes": processes,
-        "family": backbone.family, "licence": target.spec.licence,
+        "library_versions": library_versions(), "batch_size": settings.batch_size, "workers": workers,
+        "weights_identity": backbone.weights_identity, "decode": settings.decode, "processes": processes,
+        "family": backbone.family, "licence": target.spec.licence, "requested": requested(target.spec, settings),
     }
 
 
@@ -101,50 +93,86 @@ def recover(target: CacheTarget, journal: Journal, dataset: Dataset) -> None:
            fresh=meta["fresh"])
 
 
-_DEFAULTS = ExtractSettings()
+def extract(*, dataset: Dataset, model: str, cache_dir: Path, show_progress: bool = True, **options) -> CacheInfo:
+    """One backbone: `extract_models` with ExtractSettings(**options)."""
+    return extract_models(dataset, [model], cache_dir, ExtractSettings(**options), show_progress=show_progress)[0]
 
 
-def extract(*, dataset: Dataset, model: str, cache_dir: Path, device: str = _DEFAULTS.device,
-            precision: str = _DEFAULTS.precision, batch_size: int = _DEFAULTS.batch_size,
-            workers: int | None = _DEFAULTS.workers, image_size: int | None = _DEFAULTS.image_size,
-            revision: str | None = _DEFAULTS.revision, show_progress: bool = True,
-            skip_bad: bool = _DEFAULTS.skip_bad, decode: str = _DEFAULTS.decode) -> CacheInfo:
-    """Embed every sample of `dataset` not yet fresh in `model`'s cache under `cache_dir` (resumable,
-    incremental); what it did, and where the cache is."""
-    options = dict(dataset=dataset, model=model, cache_dir=cache_dir, device=device, precision=precision,
-                   batch_size=batch_size, workers=workers, image_size=image_size, revision=revision,
-                   show_progress=show_progress, skip_bad=skip_bad, decode=decode)
-    from medprobe.extract import distributed
-
-    if distributed.is_distributed():  # one process of a torchrun world: one shard (extract/distributed.py)
-        return distributed.extract_sharded(**options)
-    if batch_size < 1:
-        raise MedprobeError(f"--batch-size {batch_size} must be at least 1")
-    target = locate_cache(dataset=dataset, model=model, cache_dir=cache_dir, device=device,
-                          precision=precision, image_size=image_size, revision=revision, decode=decode)
-    decode_device = resolve_decode(decode, target.device)
-    with cache_lock(target.path):
-        journal = Journal(target.path)
+def extract_models(dataset: Dataset, models: list[str], cache_dir: Path, settings: ExtractSettings | None = None, *,
+                   show_progress: bool = True) -> list[CacheInfo]:
+    """Embed every sample of `dataset` not yet fresh in each backbone's cache under `cache_dir` (resumable,
+    incremental), decoding each image once for all the backbones that need it; one report per backbone."""
+    settings = settings or ExtractSettings()
+    check_settings(settings)
+    named = [locate_cache(dataset=dataset, model=name, cache_dir=cache_dir, device=settings.device,
+                          precision=settings.precision, image_size=settings.image_size, revision=settings.revision,
+                          decode=settings.decode) for name in models]
+    targets = list({target.path: target for target in named}.values())  # a backbone named twice runs once
+    decode_device = resolve_decode(settings.decode, targets[0].device)
+    with contextlib.ExitStack() as locks:
+        for target in targets:
+            locks.enter_context(cache_lock(target.path))
+        journals = [Journal(target.path) for target in targets]
         try:
-            recover(target, journal, dataset)
-            work = prepare(dataset, target, journal, batch_size=batch_size, workers=workers, image_size=image_size,
-                           skip_bad=skip_bad, decode=decode)
-            if isinstance(work, CacheInfo):
-                return work
-            stats = _run(work.backbone, work.todo, dataset.root, journal, target, batch_size=batch_size,
-                         workers=work.workers, show_progress=show_progress,
-                         decode_device=decode_device)
-            return finish(dataset, target, journal, work, stats, skip_bad=skip_bad)
+            works = plan_work(dataset, targets, journals, settings)
+            jobs = [Job(work.backbone, work.todo, journal, target)
+                    for work, journal, target in zip(works, journals, targets, strict=True) if isinstance(work, Work)]
+            shard = run_jobs(jobs, dataset.root, batch_size=settings.batch_size, workers=resolved_workers(settings),
+                             show_progress=show_progress, decode_device=decode_device) if jobs else []
+            reports = commit_works(dataset, targets, journals, works, shard, skip_bad=settings.skip_bad)
         except KeyboardInterrupt:
-            raise interrupted(target, journal, dataset) from None
+            raise interrupted(targets, journals, dataset) from None
+    by_path = {report.path: report for report in reports}
+    return [by_path[target.path] for target in named]
 
 
-def interrupted(target: CacheTarget, journal: Journal, dataset: Dataset) -> Interrupted:
-    """Commit every finished batch, and say how to resume."""
-    recover(target, journal, dataset)
-    done = int(read_contents(target.path).done.sum()) if target.path.exists() else 0
-    return Interrupted(f"{target.spec.name}: {done} of {len(dataset.samples)} images are cached in {target.path}; "
-                       "run the same command again to resume")
+def check_settings(settings: ExtractSettings) -> None:
+    if settings.batch_size < 1:
+        raise MedprobeError(f"--batch-size {settings.batch_size} must be at least 1")
+
+
+def resolved_workers(settings: ExtractSettings) -> int:
+    return default_workers() if settings.workers is None else settings.workers
+
+
+def plan_work(dataset: Dataset, targets: list[CacheTarget], journals: list[Journal], settings: ExtractSettings, *,
+              processes: int = 1) -> list[Work | CacheInfo]:
+    """With the caches locked: commit what killed runs left, then per backbone the work, or its report
+    when there is none (no weights loaded then)."""
+    works = []
+    for target, journal in zip(targets, journals, strict=True):
+        recover(target, journal, dataset)
+        works.append(prepare(dataset, target, journal, settings, processes=processes))
+    return works
+
+
+def commit_works(dataset: Dataset, targets: list[CacheTarget], journals: list[Journal], works: list[Work | CacheInfo],
+                 shard: list[ShardStats], *, skip_bad: bool) -> list[CacheInfo]:
+    """Commit every backbone's journal (its stats in `shard`, in the order of the works that had work), then
+    raise the first error, so one backbone's bad images never cost another its rows."""
+    stats = iter(shard)
+    reports, errors = [], []
+    for target, journal, work in zip(targets, journals, works, strict=True):
+        if isinstance(work, CacheInfo):
+            reports.append(work)
+            continue
+        try:
+            reports.append(finish(dataset, target, journal, work, next(stats), skip_bad=skip_bad))
+        except MedprobeError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+    return reports
+
+
+def interrupted(targets: list[CacheTarget], journals: list[Journal], dataset: Dataset) -> Interrupted:
+    """Commit every finished batch of every backbone, and say how to resume."""
+    parts = []
+    for target, journal in zip(targets, journals, strict=True):
+        recover(target, journal, dataset)
+        done = int(read_contents(target.path).done.sum()) if target.path.exists() else 0
+        parts.append(f"{target.spec.name}: {done} of {len(dataset.samples)} images are cached in {target.path}")
+    return Interrupted("; ".join(parts) + "; run the same command again to resume")
 
 
 @dataclass
@@ -158,14 +186,13 @@ class Work:
     pending: list[str]
     fresh: bool
     made: dict  # provenance
-    workers: int
 
 
-def prepare(dataset: Dataset, target: CacheTarget, journal: Journal, *, batch_size: int, workers: int | None,
-            image_size: int | None, skip_bad: bool, decode: str, processes: int = 1) -> Work | CacheInfo:
+def prepare(dataset: Dataset, target: CacheTarget, journal: Journal, settings: ExtractSettings, *,
+            processes: int = 1) -> Work | CacheInfo:
     """Plan against the cache, check the images, load the backbone: the work, or the report when there is
     none. Loads no weights when the cache is up to date."""
-    samples = dataset.samples
+    samples, skip_bad, image_size = dataset.samples, settings.skip_bad, settings.image_size
     contents = read_contents(target.path) if target.path.exists() else None
     known_identity = weights_identity(target.spec)
     if contents is not None and known_identity and contents.attrs.get("weights_identity") != known_identity:
@@ -188,36 +215,34 @@ def prepare(dataset: Dataset, target: CacheTarget, journal: Journal, *, batch_si
     if fresh:  # the stored rows came from other weights: every sample is extracted anew
         plan, skipped = plan_rows(None, samples, dataset.root), {}
         todo = _checked_todo(samples, plan, skipped, dataset.root, skip_bad)
-    workers = default_workers() if workers is None else workers
-    made = provenance(target, backbone, dataset, batch_size=batch_size, workers=workers, decode=decode,
-                      processes=processes)
+    made = provenance(target, backbone, dataset, settings, workers=resolved_workers(settings), processes=processes)
     pending = [samples[i].id for i in plan.changed]
     journal.start(made, pending=pending, fresh=fresh)
-    return Work(backbone, todo, plan, skipped, pending, fresh, made, workers)
+    return Work(backbone, todo, plan, skipped, pending, fresh, made)
 
 
-def finish(dataset: Dataset, target: CacheTarget, journal: Journal, work: Work, stats: dict, *,
+def finish(dataset: Dataset, target: CacheTarget, journal: Journal, work: Work, stats: ShardStats, *,
            skip_bad: bool) -> CacheInfo:
     """Commit the journal into the cache (recording skipped files and timings), then report."""
     skipped = dict(work.skipped)
-    skipped.update({sample_id: {"reason": reason, "stat": stat_or_empty(sample, dataset.root)}
-                    for sample, sample_id, reason in stats["errors"] if skip_bad})
+    skipped.update({sample.id: {"reason": reason, "stat": stat_or_empty(sample, dataset.root)}
+                    for sample, reason in stats.errors if skip_bad})
     attrs = {"skipped": skipped}
-    if stats["count"]:
-        attrs.update({"embed_dims": stats["dims"], "extract_seconds": round(stats["seconds"], 3),
-                      "images_extracted": stats["count"], "images_per_second": stats["rate"],
-                      "peak_memory_mb": round(max(stats.get("peak_memory_mb", 0.0),
-                                                  peak_memory_mb(target.device)), 1)})
+    if stats.count:
+        attrs.update({"embed_dims": stats.dims, "extract_seconds": round(stats.seconds, 3),
+                      "images_extracted": stats.count, "images_per_second": stats.rate,
+                      "extract_stage_seconds": stats.stages.to_dict(), "extract_bottleneck": stats.stages.bottleneck(),
+                      "peak_memory_mb": round(max(stats.peak_memory_mb, peak_memory_mb(target.device)), 1)})
     commit(target.path, journal, ids=dataset.ids, provenance=work.made, attrs=attrs, pending=work.pending,
            restat=work.plan.restat, fresh=work.fresh)
-    errors = [reason for _, _, reason in stats["errors"]]
+    errors = [reason for _, reason in stats.errors]
     if errors and not skip_bad:
         raise MedprobeError(
             f"{len(errors)} image(s) failed to decode, the rest were cached: {errors[0]}"
             f"{' (and more)' if len(errors) > 1 else ''}; fix them, or pass --skip-bad to leave them out"
         )
-    return CacheInfo(target.spec.name, target.path, stats["count"], work.plan.fresh, len(work.plan.changed),
-                         stats["rate"], skipped=skipped)
+    return CacheInfo(target.spec.name, target.path, stats.count, work.plan.fresh, len(work.plan.changed),
+                     stats.rate, skipped=skipped)
 
 
 def _checked_todo(samples: list[Sample], plan, skipped: dict, root: Path, skip_bad: bool) -> list[Sample]:
@@ -233,65 +258,3 @@ def _checked_todo(samples: list[Sample], plan, skipped: dict, root: Path, skip_b
         )
     skipped.update({s.id: {"reason": reason, "stat": stat_or_empty(s, root)} for s, reason in bad})
     return [s for s in todo if s.id not in skipped]
-
-
-def _run(backbone, todo: list[Sample], root: Path, journal: Journal, target: CacheTarget, *, batch_size: int,
-         workers: int, show_progress: bool, decode_device: torch.device | None = None) -> dict:
-    device = target.device
-    module = backbone.module.to(device)
-    if backbone.is_cnn:
-        module = module.to(memory_format=torch.channels_last)
-    transform = ImageTransform(backbone.preprocessing)
-    if decode_device is not None:  # JPEGs decoded and preprocessed on the GPU (extract/device_decode.py)
-        loader = make_device_decode_loader(todo, root, transform, device=decode_device, batch_size=batch_size,
-                                           workers=workers)
-    else:
-        loader = make_loader(todo, root, transform, batch_size=batch_size, workers=workers,
-                             pin_memory=device.type == "cuda")
-    errors: list[tuple[Sample, str, str]] = []
-    dims: dict[str, int] = {}
-    count, started, warm_start, warm_count = 0, time.perf_counter(), None, 0
-    with progress_bar(f"extract {backbone.spec.name}", total=len(todo), enabled=show_progress) as advance:
-        for batch in loader:
-            errors += [(todo[position], todo[position].id, reason) for position, reason in batch["errors"]]
-            if batch["pixels"] is not None:
-                features = _embed_fixed_shape(backbone, batch["pixels"], batch_size, target)
-                dims = {pool: int(value.shape[1]) for pool, value in features.items()}
-                _check_finite(features, backbone.spec.name)
-                journal.append([todo[p].id for p in batch["positions"]], features, batch["fingerprints"],
-                               batch["stats"])
-            size = len(batch["positions"]) + len(batch["errors"])
-            count += len(batch["positions"])
-            if warm_start is None:  # the marginal rate leaves out start-up and the first batch
-                warm_start = time.perf_counter()
-            else:
-                warm_count += len(batch["positions"])
-            advance(size)
-    seconds = time.perf_counter() - started
-    warm_seconds = time.perf_counter() - warm_start if warm_start else 0.0
-    rate = warm_count / warm_seconds if warm_count and warm_seconds > 0 else (count / seconds if seconds else None)
-    return {"count": count, "seconds": seconds, "rate": round(rate, 2) if rate else None, "dims": dims,
-            "errors": errors}
-
-
-def _embed_fixed_shape(backbone, pixels: torch.Tensor, batch_size: int, target: CacheTarget) -> dict[str, np.ndarray]:
-    """Forward a batch padded to `batch_size` rows: kernels may pick another algorithm for another batch
-    shape, and a fixed shape keeps every image's features bit-identical however the batches were cut
-    (an interrupted and resumed extraction equals an uninterrupted one)."""
-    count = pixels.shape[0]
-    if count < batch_size:
-        pixels = torch.cat([pixels, pixels[-1:].expand(batch_size - count, *pixels.shape[1:])])
-    pixels = pixels.to(target.device, non_blocking=True)
-    if backbone.is_cnn:
-        pixels = pixels.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast(target.device, target.precision):
-        pooled = backbone.embed(pixels)
-    return {pool: value[:count].float().cpu().numpy() for pool, value in pooled.items()}
-
-
-def _check_finite(features: dict[str, np.ndarray], model: str) -> None:
-    for pool, values in features.items():
-        if not np.isfinite(values).all() or np.abs(values).max(initial=0) > 65000:
-            raise MedprobeError(
-                f"{model} produced non-finite or float16-overflowing {pool} features; try --precision fp32"
-            )

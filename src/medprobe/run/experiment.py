@@ -32,7 +32,6 @@ from medprobe.errors import MedprobeError
 TOP_KEYS = {"out", "cache_dir", "backbones", "seeds", "folds", "bootstrap", "metric", "datasets", "extract",
             "probe", "finetune"}
 DATASET_KEYS = {"data", "ordinal", "classes", "finetune"}
-EXTRACT_KEYS = {"precision", "batch_size", "device", "workers", "image_size", "skip_bad"}
 PROBE_KEYS = {"classifiers", "pools", "shots", "repeats"}
 FINETUNE_EXCLUDED = {"unfreeze", "seed", "folds", "bootstrap", "ordinal", "resume", "fold"}  # set by the run
 
@@ -111,7 +110,9 @@ def load_experiment(path: Path) -> Experiment:
                                      finetune=bool(entry.get("finetune", True))))
     seeds = _list_of(spec.get("seeds", [0]), int, str(path), "seeds")
     extract = _table(spec, "extract", path)
-    _unknown(extract, EXTRACT_KEYS, f"{path}: [extract]")
+    from medprobe.extract.settings import ExtractSettings  # torch-free dataclass
+
+    _unknown(extract, {f.name for f in fields(ExtractSettings)}, f"{path}: [extract]")
     probe = _table(spec, "probe", path)
     _unknown(probe, PROBE_KEYS, f"{path}: [probe]")
     finetune = dict(_table(spec, "finetune", path))

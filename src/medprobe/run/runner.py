@@ -20,6 +20,7 @@ from pathlib import Path
 from medprobe.data import load_dataset
 from medprobe.data.samples import Dataset
 from medprobe.errors import Interrupted, MedprobeError
+from medprobe.extract.settings import ExtractSettings
 from medprobe.results.record import _atomic_write, safe_name
 from medprobe.run.experiment import DatasetEntry, Experiment
 from medprobe.timestamps import now_iso
@@ -114,10 +115,9 @@ class Runner:
 
         return self.experiment.cache_dir or default_cache_dir()
 
-    def _extract_options(self) -> dict:
-        options = {"precision": "auto", "device": "auto", "batch_size": 32}
-        options.update(self.experiment.extract)
-        return options
+    @property
+    def extract_settings(self) -> ExtractSettings:
+        return ExtractSettings(**self.experiment.extract)
 
     def status(self, step: Step) -> str:
         """done | to do | partial (...) | unavailable (...), without loading any weights."""
@@ -142,11 +142,12 @@ class Runner:
         from medprobe.extract.runner import locate_cache
 
         dataset = self.datasets[step.dataset]
-        options = self._extract_options()
+        settings = self.extract_settings
         try:
             target = locate_cache(dataset=dataset, model=step.backbone, cache_dir=self.cache_dir,
-                                  device=options["device"], precision=options["precision"],
-                                  image_size=options.get("image_size"))
+                                  device=settings.device, precision=settings.precision,
+                                  image_size=settings.image_size, revision=settings.revision,
+                                  decode=settings.decode)
         except MedprobeError as exc:
             return f"unavailable ({exc})"
         contents = read_contents(target.path) if target.path.exists() else None
@@ -167,8 +168,12 @@ class Runner:
             return summary
         failed_extractions: set[tuple] = set()
         try:
+            for entry in self.experiment.datasets:  # one decode of each image for all its backbones
+                group = [s for s in steps if s.kind == "extract" and s.dataset == entry and s.status != "done"]
+                if len(group) > 1:
+                    self._extract_together(group, show_progress)
             for step in steps:
-                if step.status == "done":
+                if step.status in ("done", "ran"):
                     continue
                 if step.kind != "extract" and (step.dataset, step.backbone) in failed_extractions:
                     step.status = "blocked (its extraction failed)"
@@ -194,14 +199,31 @@ class Runner:
             self._report(summary)
         return summary
 
+    def _extract_together(self, group: list[Step], show_progress: bool) -> None:
+        """Extract a dataset's backbones in one pass; when it fails, the steps run one by one afterwards, so
+        the failing backbone is named and the others still extract."""
+        from medprobe.extract.runner import extract_models
+
+        started = time.perf_counter()
+        try:
+            extract_models(self.datasets[group[0].dataset], [s.backbone for s in group], self.cache_dir,
+                           self.extract_settings, show_progress=show_progress)
+        except Interrupted:
+            raise
+        except MedprobeError:
+            return
+        for step in group:
+            step.status = "ran"
+            self.console.print(f"done: {step.label(self.names)} ({time.perf_counter() - started:.1f}s, "
+                               f"{len(group)} backbones in one pass)")
+
     def _execute(self, step: Step, show_progress: bool) -> None:
         dataset = self.datasets[step.dataset]
         if step.kind == "extract":
-            from medprobe.extract.runner import extract
+            from medprobe.extract.runner import extract_models
 
-            options = self._extract_options()
-            extract(dataset=dataset, model=step.backbone, cache_dir=self.cache_dir, show_progress=show_progress,
-                    **options)
+            extract_models(dataset, [step.backbone], self.cache_dir, self.extract_settings,
+                           show_progress=show_progress)
             return
         if step.kind == "probe":
             from medprobe.probe.runner import ProbeSettings, probe

@@ -1,2 +1,3 @@
 """What every torch stage runs on: device and precision (device.py), DataLoader workers and quiet interrupts
-(workers.py). Below extract and finetune, which both use it and never each other."""
+(workers.py), whether this process is a torchrun rank (world.py, torch-free). Below extract and finetune,
+which both use it and never each other."""
