@@ -40,12 +40,14 @@ def medprobe(*args) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_new_file(folder: Path, pattern: str, process: subprocess.Popen, timeout: float = 120) -> bool:
-    """Until this process has written a file matching `pattern` under `folder` (files left by an earlier run
-    are older than it): from then on a stop lands mid-run, with finished work to keep."""
+def wait_for_new_file(folder: Path, pattern: str | tuple[str, ...], process: subprocess.Popen,
+                      timeout: float = 120) -> bool:
+    """Until this process has written a file matching `pattern` (or one of several) under `folder` (files
+    left by an earlier run are older than it): from then on a stop lands mid-run, with finished work to keep."""
     started, deadline = time.time(), time.monotonic() + timeout
+    patterns = (pattern,) if isinstance(pattern, str) else pattern
     while time.monotonic() < deadline and process.poll() is None:
-        for found in folder.glob(pattern) if folder.is_dir() else []:
+        for found in [f for p in patterns for f in folder.glob(p)] if folder.is_dir() else []:
             try:
                 if found.stat().st_mtime > started:
                     return True
@@ -62,7 +64,8 @@ class Stop:
     err: str
 
 
-def stop_once_it_saved(command: list, folder: Path, pattern: str, how: signal.Signals, delay: float) -> Stop:
+def stop_once_it_saved(command: list, folder: Path, pattern: str | tuple[str, ...], how: signal.Signals,
+                       delay: float) -> Stop:
     """Start `medprobe COMMAND`, wait until it has written a file matching `pattern` under `folder`, wait
     `delay` more, send `how` to its whole process group. A Ctrl-C that reached a running process must end
     in the one line and exit code 130 (or the run had just finished)."""

@@ -113,9 +113,10 @@ def test_run_resumes_after_kills_and_ends_with_the_same_results(tmp_path, tiny_t
         if len(stops) == 6:
             break
         how = signal.SIGINT if attempt % 2 else signal.SIGKILL
-        # saved work: a journal batch (results/ holds records only once a step finished)
-        stop = stop_once_it_saved(["run", experiment], tmp_path / "b" / "cache", "**/batch-*.npz", how,
-                                  rng.uniform(0.0, 3.0))
+        # saved work: a journal batch, or a finished step's record or run state (once the extractions are
+        # done, in one fast pass for both backbones, the later steps are where stops land)
+        stop = stop_once_it_saved(["run", experiment], tmp_path / "b", ("cache/**/batch-*.npz", "results/**/*.json"),
+                                  how, rng.uniform(0.0, 3.0))
         stops += [how.name] if stop.landed else []
         if stop.returncode == 0:  # finished before the stop: the study starts again from nothing
             shutil.rmtree(tmp_path / "b" / "results")
