@@ -161,10 +161,8 @@ def extract_sharded(dataset: Dataset, models: list[str], cache_dir: Path, settin
     try:
         settings = replace(settings, device=rank_device(settings.device, local_rank, world),
                            workers=default_rank_workers(world) if settings.workers is None else settings.workers)
-        named = [runner.locate_cache(dataset=dataset, model=name, cache_dir=cache_dir, device=settings.device,
-                                     precision=settings.precision, image_size=settings.image_size,
-                                     revision=settings.revision, decode=settings.decode) for name in models]
-        targets = list({target.path: target for target in named}.values())
+        named = runner.locate_caches(dataset, models, cache_dir, settings)
+        targets = runner.distinct(named)
         decode_device = resolve_decode(settings.decode, targets[0].device)
         journals = [Journal(target.path, prefix=f"r{rank}-") for target in targets]
         with contextlib.ExitStack() as locks:
@@ -178,8 +176,7 @@ def extract_sharded(dataset: Dataset, models: list[str], cache_dir: Path, settin
                 if rank == 0:
                     raise runner.interrupted(targets, journals, dataset) from None
                 raise SystemExit(130) from None
-        by_path = {report.path: report for report in reports}
-        return [by_path[target.path] for target in named]
+        return runner.per_name(named, reports)
     finally:
         if own_group:
             dist.destroy_process_group()

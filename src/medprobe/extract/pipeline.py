@@ -149,15 +149,14 @@ def run_jobs(jobs: list[Job], root: Path, *, batch_size: int, workers: int, show
         job.backbone.module = job.backbone.module.to(job.target.device)
         if job.backbone.is_cnn:
             job.backbone.module = job.backbone.module.to(memory_format=torch.channels_last)
-    samples, wants, transform_of, transforms = _plan_decoding(jobs)
+    samples, needs, transform_of, transforms = _plan_decoding(jobs)
     if decode_device is not None:
         loader = make_device_decode_loader(samples, root, transforms[0], device=decode_device,
                                            batch_size=batch_size, workers=workers)
     else:
+        wants = [tuple(sorted({transform_of[j] for j in jobs_of})) for jobs_of in needs]
         loader = make_loader(samples, root, transforms, batch_size=batch_size, workers=workers, wants=wants,
                              pin_memory=any(job.target.device.type == "cuda" for job in jobs))
-    id_sets = _id_sets(jobs)
-    needs = [{j for j, ids in enumerate(id_sets) if sample.id in ids} for sample in samples]
     stats = [ShardStats() for _ in jobs]
     buffers = [_Buffer() for _ in jobs]
     writer = JournalWriter()
@@ -205,13 +204,9 @@ def run_jobs(jobs: list[Job], root: Path, *, batch_size: int, workers: int, show
     return stats
 
 
-def _id_sets(jobs: list[Job]) -> list[set[str]]:
-    return [{s.id for s in job.todo} for job in jobs]
-
-
 def _plan_decoding(jobs: list[Job]):
-    """The samples to decode (each once, in the jobs' order), the transforms (one per distinct
-    preprocessing), which transforms each sample wants, and each job's transform."""
+    """The samples to decode (each once, in the jobs' order), which jobs need each, each job's transform,
+    and the transforms (one per distinct preprocessing)."""
     by_id: dict[str, Sample] = {}
     for job in jobs:
         for sample in job.todo:
@@ -226,9 +221,9 @@ def _plan_decoding(jobs: list[Job]):
             index_of[key] = len(transforms)
             transforms.append(ImageTransform(job.backbone.preprocessing))
         transform_of.append(index_of[key])
-    id_sets = _id_sets(jobs)
-    wants = [tuple(sorted({transform_of[j] for j, ids in enumerate(id_sets) if s.id in ids})) for s in samples]
-    return samples, wants, transform_of, transforms
+    id_sets = [{s.id for s in job.todo} for job in jobs]
+    needs = [{j for j, ids in enumerate(id_sets) if s.id in ids} for s in samples]
+    return samples, needs, transform_of, transforms
 
 
 class _Warm:

@@ -104,10 +104,8 @@ def extract_models(dataset: Dataset, models: list[str], cache_dir: Path, setting
     incremental), decoding each image once for all the backbones that need it; one report per backbone."""
     settings = settings or ExtractSettings()
     check_settings(settings)
-    named = [locate_cache(dataset=dataset, model=name, cache_dir=cache_dir, device=settings.device,
-                          precision=settings.precision, image_size=settings.image_size, revision=settings.revision,
-                          decode=settings.decode) for name in models]
-    targets = list({target.path: target for target in named}.values())  # a backbone named twice runs once
+    named = locate_caches(dataset, models, cache_dir, settings)
+    targets = distinct(named)
     decode_device = resolve_decode(settings.decode, targets[0].device)
     with contextlib.ExitStack() as locks:
         for target in targets:
@@ -122,6 +120,23 @@ def extract_models(dataset: Dataset, models: list[str], cache_dir: Path, setting
             reports = commit_works(dataset, targets, journals, works, shard, skip_bad=settings.skip_bad)
         except KeyboardInterrupt:
             raise interrupted(targets, journals, dataset) from None
+    return per_name(named, reports)
+
+
+def locate_caches(dataset: Dataset, models: list[str], cache_dir: Path, settings: ExtractSettings) -> list[CacheTarget]:
+    """Each named backbone's cache target under these settings, in the order named."""
+    return [locate_cache(dataset=dataset, model=name, cache_dir=cache_dir, device=settings.device,
+                         precision=settings.precision, image_size=settings.image_size, revision=settings.revision,
+                         decode=settings.decode) for name in models]
+
+
+def distinct(named: list[CacheTarget]) -> list[CacheTarget]:
+    """A backbone named twice (or by two names for one cache) is extracted once."""
+    return list({target.path: target for target in named}.values())
+
+
+def per_name(named: list[CacheTarget], reports: list[CacheInfo]) -> list[CacheInfo]:
+    """One report per backbone as named, from the reports of the distinct caches."""
     by_path = {report.path: report for report in reports}
     return [by_path[target.path] for target in named]
 

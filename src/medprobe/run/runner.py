@@ -139,15 +139,11 @@ class Runner:
     def _extract_status(self, step: Step) -> str:
         from medprobe.cache import plan_rows, read_contents
         from medprobe.cache.journal import Journal
-        from medprobe.extract.runner import locate_cache
+        from medprobe.extract.runner import locate_caches
 
         dataset = self.datasets[step.dataset]
-        settings = self.extract_settings
         try:
-            target = locate_cache(dataset=dataset, model=step.backbone, cache_dir=self.cache_dir,
-                                  device=settings.device, precision=settings.precision,
-                                  image_size=settings.image_size, revision=settings.revision,
-                                  decode=settings.decode)
+            target = locate_caches(dataset, [step.backbone], self.cache_dir, self.extract_settings)[0]
         except MedprobeError as exc:
             return f"unavailable ({exc})"
         contents = read_contents(target.path) if target.path.exists() else None
