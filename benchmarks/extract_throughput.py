@@ -9,8 +9,11 @@ All three rates are measured in one run, on the same machine, backbone, precisio
 
 The backbone is dinov2-small-shaped (ViT-S/14: 384 wide, 12 blocks, 6 heads, 224 input after a 256
 resize), built from its config with random weights: the cost is the same as the real one's. It prints
-the ratios medprobe/bare (target >= 0.85) and medprobe/naive, and the bf16-vs-fp32 feature cosine of
-the real efficientnet-lite0, and the bare forward's speed-up from the chosen precision over fp32.
+the ratios medprobe/bare (target >= 0.9) and medprobe/naive, the bf16-vs-fp32 feature cosine of the real
+efficientnet-lite0, the bare forward's speed-up from the chosen precision over fp32, medprobe's time per
+pipeline stage, and one core's decoding time per image. On a CPU the loader workers decode on the cores the
+forward pass uses, so medprobe/bare cannot pass forward / (forward + decode) core-seconds per image
+(`cpu_ceiling_shared_cores`).
 
     python benchmarks/extract_throughput.py [--images 256] [--batch-size 32] [--workers N] [--device cpu]
 """
@@ -26,6 +29,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import h5py
 import numpy as np
 import torch
 from PIL import Image
@@ -79,6 +83,24 @@ def bare_rate(model_dir: Path, dataset, batch_size: int, device: torch.device, p
         sizes.append(len(batch))
     del module
     return marginal_rate(times, sizes)
+
+
+def decode_seconds_per_image(model_dir: Path, dataset) -> float:
+    """One core's time to read, decode, resize, crop and normalise an image, as a loader worker does."""
+    from medprobe.models.backbone import load_backbone
+    from medprobe.models.registry import resolve_model
+    from medprobe.models.transforms import ImageTransform
+
+    transform = ImageTransform(load_backbone(resolve_model(str(model_dir))).preprocessing)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    try:
+        began = time.perf_counter()
+        for sample in dataset.samples:
+            transform(Image.open(sample.path).convert("RGB"))
+        return (time.perf_counter() - began) / len(dataset.samples)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def naive_rate(model_dir: Path, dataset, batch_size: int, device: torch.device) -> float:
@@ -149,6 +171,13 @@ def main() -> None:
         bare_fp32 = bare_rate(model_dir, dataset, args.batch_size, device, "fp32") if precision != "fp32" else bare
         naive = None if args.skip_naive else naive_rate(model_dir, dataset, args.batch_size, device)
         cosine = None if args.skip_fidelity else bf16_fidelity(dataset)
+        decode = decode_seconds_per_image(model_dir, dataset)
+        with h5py.File(report.path, "r") as cache:
+            stages = json.loads(cache.attrs["extract_stage_seconds"])
+    # On a CPU the workers decode on the cores the forward pass uses: at best the forward's core-seconds per
+    # image are shared with one image's decoding.
+    forward_core_seconds = torch.get_num_threads() / bare
+    ceiling = forward_core_seconds / (forward_core_seconds + decode) if device.type == "cpu" else None
 
     result = {
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -161,6 +190,9 @@ def main() -> None:
         "medprobe_over_bare": round(ours / bare, 3),
         "bare_fp32_img_s": round(bare_fp32, 2),
         f"bare_{precision}_over_bare_fp32": round(bare / bare_fp32, 2),
+        "decode_ms_per_image_one_core": round(1000 * decode, 2),
+        "cpu_ceiling_shared_cores": round(ceiling, 3) if ceiling is not None else None,
+        "medprobe_stage_seconds": stages,
         "medprobe_over_naive": round(ours / naive, 2) if naive else None,
         "efficientnet_lite0_bf16_vs_fp32_min_cosine": round(cosine, 5) if cosine is not None else None,
         "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None,

@@ -20,6 +20,7 @@ from medprobe.cache.journal import Journal, journal_dir
 from medprobe.cache.manage import verify
 from medprobe.data import load_dataset
 from medprobe.extract import loader as loader_module
+from medprobe.extract import pipeline as pipeline_module
 from medprobe.extract.runner import extract, extract_models
 from medprobe.extract.settings import ExtractSettings
 
@@ -102,7 +103,25 @@ def test_progress_and_cache_name_the_slow_stage(tmp_path, image_folder, tiny_tim
     report = extract_models(dataset, [model], tmp_path / "slow-decode", SETTINGS, show_progress=False)[0]
     attrs = read_contents(report.path).attrs
     assert attrs["extract_bottleneck"] == "decode-bound", attrs["extract_stage_seconds"]
-    assert set(attrs["extract_stage_seconds"]) == {"decode", "compute", "write"}
+    assert set(attrs["extract_stage_seconds"]) == {"decode", "transfer", "compute", "write"}
+    assert attrs["extract_stage_seconds"]["transfer"] == 0.0  # no copy to a CPU
+    monkeypatch.setattr(loader_module, "read_unit", original_read)
+
+    class SlowCopy(pipeline_module._CopyTimer):  # a slow bus: what the CUDA events would time
+        def to_device(self, pixels):
+            began = time.perf_counter()
+            time.sleep(0.5)
+            self.host_seconds = time.perf_counter() - began
+            return super().to_device(pixels)
+
+        def seconds(self):
+            return self.host_seconds
+
+    monkeypatch.setattr(pipeline_module, "_CopyTimer", SlowCopy)
+    report = extract_models(dataset, [model], tmp_path / "slow-copy", SETTINGS, show_progress=False)[0]
+    stages = read_contents(report.path).attrs["extract_stage_seconds"]
+    assert read_contents(report.path).attrs["extract_bottleneck"] == "transfer-bound", stages
+    assert stages["transfer"] >= 0.5 * 3 and stages["compute"] < stages["transfer"], stages  # not counted twice
 
 
 def cli_without_torch(*args) -> subprocess.CompletedProcess:

@@ -38,7 +38,7 @@ from medprobe.data.samples import Dataset
 from medprobe.errors import MedprobeError
 from medprobe.extract import runner
 from medprobe.extract.device_decode import resolve_decode
-from medprobe.extract.pipeline import CacheTarget, Job, ShardStats, StageSeconds, run_jobs
+from medprobe.extract.pipeline import STAGES, CacheTarget, Job, ShardStats, StageSeconds, run_jobs
 from medprobe.extract.settings import CacheInfo, ExtractSettings
 from medprobe.models.backbone import load_backbone
 from medprobe.runtime.device import peak_memory_mb
@@ -236,7 +236,7 @@ def _combine(gathered: list[ShardStats]) -> ShardStats:
                       seconds=max((s.seconds for s in gathered), default=0.0),
                       dims=done[0].dims if done else {},
                       stages=StageSeconds(**{stage: max(getattr(s.stages, stage) for s in gathered)
-                                             for stage in ("decode", "compute", "write")}),
+                                             for stage in STAGES}),
                       peak_memory_mb=max(s.peak_memory_mb for s in gathered))
 
 

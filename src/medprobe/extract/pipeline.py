@@ -7,8 +7,9 @@
 Queues are bounded (the loader's prefetch, a per-backbone buffer of under one batch, at most
 `WRITE_DEPTH` batches waiting for the writer), so memory stays flat however many images there are. Each
 stage's time is measured: waiting for the loader (decode-bound: more `--workers` or `--decode gpu` would
-help), the forward passes including the copy to the device (compute-bound), waiting for the writer
-(write-bound: a slow disk); the progress line names the slowest.
+help), the host-to-device copies (transfer-bound: pinned memory is on already; smaller batches in flight
+or `--decode gpu` would help), the forward passes (compute-bound: the backbone is the limit), waiting
+for the writer (write-bound: a slow disk); the progress line names the slowest.
 
 Every backbone forwards batches of exactly `batch_size` rows (the last one padded), as a single-backbone
 run does, so its features are bit-identical whichever backbones ran beside it and however a resumed run
@@ -37,6 +38,7 @@ from medprobe.progress import progress_bar
 from medprobe.runtime.device import autocast
 
 WRITE_DEPTH = 2  # batches computed but not yet in the journal
+STAGES = ("decode", "transfer", "compute", "write")  # StageSeconds' fields, in pipeline order
 
 
 @dataclass
@@ -62,15 +64,16 @@ class Job:
 @dataclass
 class StageSeconds:
     decode: float = 0.0  # waiting for the loader's next batch
-    compute: float = 0.0  # copies to the device and forward passes
+    transfer: float = 0.0  # host-to-device copies (timed on the GPU by CUDA events; none on a CPU)
+    compute: float = 0.0  # forward passes and the features' copy back
     write: float = 0.0  # waiting for the journal writer
 
     def bottleneck(self) -> str:
-        stages = {"decode": self.decode, "compute": self.compute, "write": self.write}
+        stages = self.to_dict()
         return f"{max(stages, key=stages.get)}-bound"
 
     def to_dict(self) -> dict[str, float]:
-        return {"decode": round(self.decode, 3), "compute": round(self.compute, 3), "write": round(self.write, 3)}
+        return {stage: round(getattr(self, stage), 3) for stage in STAGES}
 
 
 @dataclass
@@ -256,8 +259,9 @@ class _Warm:
 
 
 def _status(stats: list[ShardStats]) -> str:
-    total = StageSeconds(decode=stats[0].stages.decode, compute=sum(s.stages.compute for s in stats),
-                         write=sum(s.stages.write for s in stats))
+    """The loader is shared, so its wait counts once; the other stages add up over the backbones."""
+    total = StageSeconds(**{stage: sum(getattr(s.stages, stage) for s in stats) for stage in STAGES})
+    total.decode = stats[0].stages.decode
     return total.bottleneck()
 
 
@@ -265,9 +269,10 @@ def _forward(job: Job, batch, batch_size: int, stats: ShardStats, writer: Journa
     """One batch through the backbone, queued for the journal; (images, forward seconds)."""
     pixels, ids, fingerprints, file_stats = batch
     began = time.perf_counter()
-    features = _embed_fixed_shape(job.backbone, pixels, batch_size, job.target)
+    features, transfer = _embed_fixed_shape(job.backbone, pixels, batch_size, job.target)
     seconds = time.perf_counter() - began
-    stats.stages.compute += seconds
+    stats.stages.transfer += transfer
+    stats.stages.compute += seconds - transfer
     stats.dims = {pool: int(value.shape[1]) for pool, value in features.items()}
     _check_finite(features, job.backbone.spec.name)
     stats.stages.write += writer.submit(job.journal, ids, features, fingerprints, file_stats)
@@ -275,19 +280,43 @@ def _forward(job: Job, batch, batch_size: int, stats: ShardStats, writer: Journa
     return len(ids), seconds
 
 
-def _embed_fixed_shape(backbone, pixels: torch.Tensor, batch_size: int, target: CacheTarget) -> dict[str, np.ndarray]:
+def _embed_fixed_shape(backbone, pixels: torch.Tensor, batch_size: int,
+                       target: CacheTarget) -> tuple[dict[str, np.ndarray], float]:
     """Forward a batch padded to `batch_size` rows: kernels may pick another algorithm for another batch
     shape, and a fixed shape keeps every image's features bit-identical however the batches were cut
-    (an interrupted and resumed extraction equals an uninterrupted one)."""
+    (an interrupted and resumed extraction equals an uninterrupted one). Also: the copy's seconds."""
     count = pixels.shape[0]
     if count < batch_size:
         pixels = torch.cat([pixels, pixels[-1:].expand(batch_size - count, *pixels.shape[1:])])
-    pixels = pixels.to(target.device, non_blocking=True)
+    copy = _CopyTimer(target.device)
+    pixels = copy.to_device(pixels)
     if backbone.is_cnn:
         pixels = pixels.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), autocast(target.device, target.precision):
         pooled = backbone.embed(pixels)
-    return {pool: value[:count].float().cpu().numpy() for pool, value in pooled.items()}
+    features = {pool: value[:count].float().cpu().numpy() for pool, value in pooled.items()}
+    return features, copy.seconds()  # the features' copy back synchronised the stream: the events are done
+
+
+class _CopyTimer:
+    """A non-blocking host-to-device copy, timed between two CUDA events on the copying stream, so timing it
+    adds no synchronisation (read only after the batch's results came back)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        cuda = device.type == "cuda"
+        self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if cuda else None
+
+    def to_device(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.events is None:
+            return pixels.to(self.device)
+        self.events[0].record()
+        pixels = pixels.to(self.device, non_blocking=True)
+        self.events[1].record()
+        return pixels
+
+    def seconds(self) -> float:
+        return self.events[0].elapsed_time(self.events[1]) / 1000 if self.events is not None else 0.0
 
 
 def _check_finite(features: dict[str, np.ndarray], model: str) -> None:
