@@ -69,25 +69,38 @@ def metrics_from_confusion(cm: np.ndarray, *, ordinal: bool) -> dict[str, np.nda
 
 def binary_auroc(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Weighted Mann-Whitney AUROC for each weight row; NaN where a resample lacks either class."""
-    order = np.argsort(score, kind="mergesort")
-    sorted_score = score[order]
-    starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])
-    w = weights[:, order]
-    pos = positive[order]
-    w_pos = np.add.reduceat(w * pos, starts, axis=1)
-    w_neg = np.add.reduceat(w * ~pos, starts, axis=1)
-    negatives_below = np.cumsum(w_neg, axis=1) - w_neg
-    numerator = (w_pos * (negatives_below + 0.5 * w_neg)).sum(1)
-    denominator = w_pos.sum(1) * w_neg.sum(1)
+    return _auroc_of_columns(score, positive, np.ascontiguousarray(weights.T))
+
+
+def _auroc_of_columns(score: np.ndarray, positive: np.ndarray, weights_t: np.ndarray) -> np.ndarray:
+    """binary_auroc with the weights transposed, (samples, resamples): gathering samples is then copying
+    rows, and the cumulative sum runs down columns, both contiguous.
+
+    The scores are fixed across resamples, so where each positive falls among the sorted negatives is
+    found once; per resample only the negatives' weights are cumulated. For a positive at `lo:hi` among
+    them (ties in between), negatives below + half the tied ones = (cum[lo] + cum[hi]) / 2. Resampling
+    weights are counts, so every sum here is of integers and exact in float64."""
+    negatives = np.flatnonzero(~positive)
+    negatives = negatives[np.argsort(score[negatives], kind="mergesort")]
+    sorted_negative = score[negatives]
+    positives = np.flatnonzero(positive)
+    lo = np.searchsorted(sorted_negative, score[positives], side="left")
+    hi = np.searchsorted(sorted_negative, score[positives], side="right")
+    cumulative = np.zeros((len(negatives) + 1, weights_t.shape[1]))
+    np.cumsum(weights_t[negatives], axis=0, out=cumulative[1:])
+    w_pos = weights_t[positives]
+    numerator = np.einsum("ib,ib->b", w_pos, cumulative[lo] + cumulative[hi]) / 2
+    denominator = w_pos.sum(0) * cumulative[-1]
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(denominator > 0, numerator / denominator, np.nan)
 
 
 def auroc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
     n_classes = scores.shape[1]
+    weights_t = np.ascontiguousarray(weights.T)  # once for all classes
     if n_classes == 2:
-        return binary_auroc(scores[:, 1], y == 1, weights)
-    per_class = np.stack([binary_auroc(scores[:, k], y == k, weights) for k in range(n_classes)], axis=1)
+        return _auroc_of_columns(scores[:, 1], y == 1, weights_t)
+    per_class = np.stack([_auroc_of_columns(scores[:, k], y == k, weights_t) for k in range(n_classes)], axis=1)
     return per_class.mean(axis=1)  # NaN when a class is absent, like scikit-learn's refusal
 
 
@@ -105,7 +118,7 @@ def balanced_accuracy(y: np.ndarray, scores: np.ndarray) -> float:
 
 
 def bootstrap_weights(n: int, replicates: int, seed: int, clusters: np.ndarray | None = None,
-                      max_cells: int = 4_000_000) -> Iterator[np.ndarray]:
+                      max_cells: int = 1_000_000) -> Iterator[np.ndarray]:
     """Chunks of (b, n) resampling weights. With `clusters` (a code per sample), whole clusters (patients)
     are drawn with replacement, so correlated slices are not counted as independent evidence."""
     rng = np.random.default_rng(seed)

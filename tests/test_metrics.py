@@ -1,0 +1,39 @@
+"""The bootstrap's AUROC against scikit-learn's, resample by resample."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sklearn.metrics as skm
+
+from medprobe.results.metrics import auroc, binary_auroc, bootstrap_weights
+
+
+@pytest.mark.parametrize("levels", [None, 4])  # continuous scores, and scores with many ties
+def test_weighted_auroc_equals_scikit_learn_on_every_resample(levels):
+    rng = np.random.default_rng(1)
+    n, k = 300, 4
+    y = rng.integers(0, k, n)
+    scores = rng.random((n, k)) + 0.4 * np.eye(k)[y]
+    if levels:
+        scores = np.round(scores * levels) / levels
+    weights = next(bootstrap_weights(n, 20, seed=3))
+    per_resample = auroc(y, scores, weights)
+    for w, value in zip(weights, per_resample, strict=True):
+        keep = w > 0  # scikit-learn refuses zero weights for classes it then sees as absent
+        per_class = [skm.roc_auc_score(y[keep] == c, scores[keep, c], sample_weight=w[keep]) for c in range(k)]
+        assert value == pytest.approx(np.mean(per_class), abs=1e-12)
+    binary = binary_auroc(scores[:, 0], y == 0, weights)
+    assert binary[0] == pytest.approx(skm.roc_auc_score(y == 0, scores[:, 0], sample_weight=weights[0]), abs=1e-12)
+
+
+def test_a_resample_without_positives_has_no_auroc():
+    weights = np.array([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    values = binary_auroc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([False, False, True, True]), weights)
+    assert np.isnan(values[0]) and values[1] == 1.0
+
+
+def test_bootstrap_draws_do_not_depend_on_the_chunk_size():
+    whole = np.concatenate(list(bootstrap_weights(50, 30, seed=7, max_cells=10_000)))
+    chunked = np.concatenate(list(bootstrap_weights(50, 30, seed=7, max_cells=400)))
+    assert chunked.shape == (30, 50) and np.array_equal(whole, chunked)
