@@ -114,3 +114,42 @@ def save_timm_entry(folder: Path, spec) -> Path:
         config["model_args"].pop(key)
     (folder / "config.json").write_text(json.dumps(config))
     return folder
+
+
+RETFOUND_VIT = dict(img_size=32, patch_size=8, embed_dim=128, depth=3, num_heads=2)  # 64 per head, as RETFound
+
+
+def save_retfound(path: Path, kind: str) -> Path:
+    """A RETFound training checkpoint as the hub holds one: MAE's {"model": encoder + decoder weights, ...} or
+    DINOv2's {"teacher": "backbone."-prefixed weights + heads, ...}, with the run's argparse Namespace."""
+    import argparse
+
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    encoder = VisionTransformer(**RETFOUND_VIT, num_classes=0, init_values=1e-5 if kind == "dinov2" else None)
+    _sharpen(encoder.patch_embed.proj.weight)
+    with torch.no_grad():  # trained norms are not the identity: the pools must tell normed from raw tokens
+        encoder.norm.weight.uniform_(0.5, 1.5)
+        encoder.norm.bias.normal_(0, 0.3)
+    weights = encoder.state_dict()
+    args = argparse.Namespace(model="vit_large_patch16", input_size=224, blr=1e-3, norm_pix_loss=True)
+    if kind == "mae":
+        weights |= {"mask_token": torch.zeros(1, 1, 64), "decoder_embed.weight": torch.randn(64, 128),
+                    "decoder_pred.bias": torch.zeros(192)}
+        checkpoint = {"model": weights, "epoch": 3, "args": args, "optimizer": {"state": {}, "param_groups": []}}
+    else:
+        checkpoint = {"teacher": {f"backbone.{k}": v for k, v in weights.items()} | {
+            "dino_head.mlp.0.weight": torch.randn(8, 128)}, "iteration": 10, "args": args}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    return path
+
+
+def publish_to_hub_cache(cache: Path, repo: str, file: Path, commit: str = "a" * 40) -> None:
+    """`file` laid out as huggingface_hub's cache holds a download of REPO/FILE at `commit`."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    (folder / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+    (folder / "snapshots" / commit / file.name).write_bytes(file.read_bytes())

@@ -8,7 +8,15 @@ import json
 
 import pytest
 import torch
-from family_models import OPEN_CLIP_TIMM, OPEN_CLIP_VIT, save_clip, save_dinov3, save_open_clip, save_siglip
+from family_models import (
+    OPEN_CLIP_TIMM,
+    OPEN_CLIP_VIT,
+    save_clip,
+    save_dinov3,
+    save_open_clip,
+    save_retfound,
+    save_siglip,
+)
 
 from medprobe.errors import MedprobeError
 from medprobe.finetune.blocks import apply_unfreeze
@@ -26,7 +34,7 @@ def test_every_registry_entry_belongs_to_a_registered_family_with_its_pools():
         assert set(spec.standard or ()) <= set(spec.pools), spec.name
     wanted = {"medsiglip-448", "siglip2-base", "clip-vit-b16", "biomedclip", "uni", "uni2-h", "virchow2",
               "h-optimus-0", "phikon-v2", "dinov3-vits16", "dinov3-vith16plus", "dinov3-convnext-large",
-              "efficientnet-lite1", "efficientnet-lite2"}
+              "efficientnet-lite1", "efficientnet-lite2", "retfound-mae-cfp", "retfound-dinov2-meh"}
     assert wanted <= set(REGISTRY)
     assert REGISTRY["uni"].gated and not REGISTRY["clip-vit-b16"].gated
     assert auto_pools(REGISTRY["clip-vit-b16"].pools) == ["embed"]  # the probes' auto = CLIP's embedding
@@ -35,7 +43,7 @@ def test_every_registry_entry_belongs_to_a_registered_family_with_its_pools():
 def test_unknown_family_or_backend_is_an_error_naming_the_choices():
     with pytest.raises(MedprobeError, match="families: .*clip.*dinov2"):
         get_family("dinov9")
-    with pytest.raises(MedprobeError, match="backends: efficientnet-lite, open_clip, timm, transformers"):
+    with pytest.raises(MedprobeError, match="backends: efficientnet-lite, open_clip, retfound, timm, transformers"):
         family_for_config("onnx", {}, "model.onnx")
 
 
@@ -95,12 +103,13 @@ def family_checkpoints(tmp_path_factory, tiny_dinov2, tiny_vit, tiny_timm_models
         "timm-vit": (tiny_timm_models["vit"], 6), "timm-resnet": (tiny_timm_models["resnet"], 4),
         "timm-densenet": (tiny_timm_models["densenet"], 4), "timm-vgg": (tiny_timm_models["vgg"], 8),
         "efficientnet-lite": ("efficientnet-lite0", 16),
+        "retfound": (f"retfound:{save_retfound(base / 'rf' / 'RETFound_mae_natureCFP.pth', 'mae')}", 3),
     }
 
 
 @pytest.mark.parametrize("name", ["dinov2", "transformers-vit", "clip", "siglip", "dinov3", "dinov3-convnext",
                                   "open_clip", "open_clip-timm", "timm-vit", "timm-resnet", "timm-densenet",
-                                  "timm-vgg", "efficientnet-lite"])
+                                  "timm-vgg", "efficientnet-lite", "retfound"])
 def test_last_n_unfreezes_exactly_n_blocks(name, family_checkpoints):
     """last-2 trains the last two blocks and what follows them (final norm, projection), nothing before."""
     source, expected_blocks = family_checkpoints[name]
@@ -242,3 +251,21 @@ def test_cache_records_family_and_licence(image_folder, tmp_path):
                      precision="fp32", device="cpu", workers=0, batch_size=4, show_progress=False)
     attrs = read_contents(report.path).attrs
     assert attrs["family"] == "efficientnet-lite" and attrs["licence"] == "apache-2.0"
+
+
+class NotAllowed:  # a pickled object outside the allow-list (an attacker's would run code on unpickling)
+    pass
+
+
+def test_retfound_checkpoint_with_other_objects_is_refused_without_unpickling_them(tmp_path):
+    import torch
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"cls_token": torch.zeros(1, 1, 8)}, "args": NotAllowed()}, path)
+    with pytest.raises(MedprobeError, match="not a RETFound checkpoint medprobe can read safely"):
+        load_backbone(resolve_model(f"retfound:{path}"))
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(MedprobeError, match="neither 'model'"):
+        load_backbone(resolve_model(f"retfound:{path}"))
+    with pytest.raises(MedprobeError, match="no such file"):
+        resolve_model(f"retfound:{tmp_path / 'missing.pth'}")

@@ -282,3 +282,82 @@ def test_timm_hub_entries_with_their_creation_kwargs(entry, tmp_path, photo_fold
     standard = torch.cat([ours[p] for p in backbone.standard], dim=1)
     assert cosine(standard.numpy(), card_embedding.numpy()).min() >= 0.9999
     assert_pools_match({k: v.numpy() for k, v in ours.items()}, reference)
+
+
+@pytest.mark.parametrize("entry", ["retfound-mae-cfp", "retfound-dinov2-meh"])
+def test_retfound_matches_the_authors_embedding(entry, tmp_path, photo_folder, monkeypatch):
+    """A RETFound training checkpoint in the hub cache, as the hub holds it, loaded by its registry entry; the
+    reference is the authors' own recipe rebuilt on timm: their eval transform (bicubic resize to input / 0.875,
+    center crop, ImageNet statistics), MAE's global-pool ViT (the mean of the un-normed patch tokens through
+    fc_norm, freshly initialised) and DINOv2's notebook (forward_features, mean of the patch tokens, a fresh
+    LayerNorm); and the CLS token of their --cls_token mode."""
+    import dataclasses
+
+    import huggingface_hub
+    from family_models import RETFOUND_VIT, publish_to_hub_cache, save_retfound
+    from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from timm.models.vision_transformer import VisionTransformer
+    from torchvision import transforms
+
+    from medprobe.models.backbone import load_backbone
+    from medprobe.models.registry import REGISTRY
+    from medprobe.models.transforms import ImageTransform
+
+    card = REGISTRY[entry]
+    kind = "mae" if "mae" in entry else "dinov2"
+    checkpoint = save_retfound(tmp_path / "download" / card.hub_file, kind)
+    publish_to_hub_cache(tmp_path / "hub", card.hub_repo, checkpoint)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    backbone = load_backbone(dataclasses.replace(card, input_size=32))
+    assert backbone.weights_identity == f"hub:{card.hub_repo}@{'a' * 40}" and backbone.standard == ("global_pool",)
+    images = photos(load_dataset(photo_folder))
+    our_pixels = torch.stack([ImageTransform(backbone.preprocessing)(image) for image in images])
+    ours = backbone.embed(our_pixels)
+
+    evaluation = transforms.Compose([transforms.Resize(int(32 / (224 / 256)), transforms.InterpolationMode.BICUBIC),
+                                     transforms.CenterCrop(32), transforms.ToTensor(),
+                                     transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
+    pixels = torch.stack([evaluation(image) for image in images])
+    assert (our_pixels - pixels).abs().max() < 1e-4
+    saved = torch.load(checkpoint, weights_only=False)
+    layer_scale = {"init_values": 1e-5} if kind == "dinov2" else {}
+    with torch.inference_mode():
+        if kind == "mae":
+            pooled = VisionTransformer(**RETFOUND_VIT, num_classes=0, global_pool="avg")
+            pooled.load_state_dict(saved["model"], strict=False)  # as the authors do: fc_norm stays as initialised
+            card_embedding = pooled.eval()(pixels)
+        else:
+            weights = {k.removeprefix("backbone."): v for k, v in saved["teacher"].items() if k.startswith("backbone.")}
+            model = VisionTransformer(**RETFOUND_VIT, num_classes=0, **layer_scale)
+            model.load_state_dict(weights)
+            latent = model.eval().forward_features(pixels)[:, 1:].mean(dim=1)
+            card_embedding = torch.nn.LayerNorm(latent.shape[-1], eps=1e-6)(latent)
+        token = VisionTransformer(**RETFOUND_VIT, num_classes=0, **layer_scale)
+        token.load_state_dict(saved["model"] if kind == "mae" else weights, strict=False)
+        tokens = token.eval().forward_features(pixels)
+    reference = {"global_pool": card_embedding, "cls": tokens[:, 0], "mean": tokens[:, 1:].mean(dim=1)}
+    assert_pools_match({k: v.numpy() for k, v in ours.items()}, {k: v.numpy() for k, v in reference.items()})
+    mean_instead = cosine(ours["mean"].numpy(), card_embedding.numpy()).min()
+    assert mean_instead < 0.999  # the standard embedding is not just another name for a pool we already had
+
+
+def test_retfound_file_extracts_through_the_pipeline(tmp_path, photo_folder):
+    """retfound:PATH through workers, transform and cache equals the backbone's own embedding, at --image-size."""
+    from family_models import save_retfound
+
+    from medprobe.cache import read_contents
+    from medprobe.models.backbone import load_backbone
+    from medprobe.models.registry import resolve_model
+    from medprobe.models.transforms import ImageTransform
+
+    name = f"retfound:{save_retfound(tmp_path / 'mine.pth', 'mae')}"
+    dataset = load_dataset(photo_folder)
+    report = extract(dataset=dataset, model=name, cache_dir=tmp_path / "cache", precision="fp32", device="cpu",
+                     workers=1, batch_size=3, image_size=32, show_progress=False)
+    attrs = read_contents(report.path).attrs
+    assert attrs["family"] == "retfound" and attrs["pools"] == ["global_pool", "cls", "mean"]
+    backbone = load_backbone(resolve_model(name), image_size=32)
+    with torch.inference_mode():
+        expected = backbone.embed(torch.stack([ImageTransform(backbone.preprocessing)(i) for i in photos(dataset)]))
+    for pool in ("global_pool", "cls"):
+        assert cosine(read_features(report.path, dataset.ids, pool), expected[pool].numpy()).min() >= 0.9999

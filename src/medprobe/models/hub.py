@@ -104,7 +104,7 @@ def hub_reachable(timeout: float) -> bool:
 def unavailable_reason(spec, timeout: float = 3.0) -> str | None:
     """Why a hub backbone cannot be loaded here right now (None when it can, or needs no hub): it is in
     the local hub cache, or the hub answers within `timeout` seconds. Never waits on a dead network."""
-    if spec.hub_repo is None or cached_commit(spec.hub_repo, spec.revision) is not None:
+    if spec.hub_repo is None or cached_commit(spec.hub_repo, spec.revision, spec.hub_file) is not None:
         return None
     if offline():
         return "HF_HUB_OFFLINE is set and it is not in the local hub cache"
@@ -124,10 +124,10 @@ class ModelCheck:
     gated: bool
 
 
-def _any_cached(repo: str, revision: str | None) -> bool:
+def _any_cached(spec) -> bool:
     from medprobe.models.families.open_clip import CONFIG
 
-    return any(cached_commit(repo, revision, filename) for filename in ("config.json", CONFIG))
+    return any(cached_commit(spec.hub_repo, spec.revision, filename) for filename in (spec.hub_file, CONFIG))
 
 
 def check_model(spec, *, reachable: bool, timeout: float = 5.0) -> ModelCheck:
@@ -142,7 +142,7 @@ def check_model(spec, *, reachable: bool, timeout: float = 5.0) -> ModelCheck:
                           spec.licence, spec.gated)
     if repo is None:
         return ModelCheck(spec.name, True, "n/a (local folder)", spec.licence, spec.gated)
-    cached = _any_cached(repo, spec.revision)
+    cached = _any_cached(spec)
     if not reachable:
         return ModelCheck(spec.name, cached, "not reachable", spec.licence, spec.gated)
     import huggingface_hub as hub
@@ -152,7 +152,7 @@ def check_model(spec, *, reachable: bool, timeout: float = 5.0) -> ModelCheck:
     try:
         info = hub.HfApi().model_info(repo, revision=spec.revision, timeout=timeout)
         files = {s.rfilename for s in (info.siblings or [])}
-        probe = CONFIG if CONFIG in files else "config.json"
+        probe = CONFIG if CONFIG in files else spec.hub_file
         hub.get_hf_file_metadata(hub.hf_hub_url(repo, probe, revision=spec.revision), timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - each failure is a state to report
         refusal = hub_refusal(exc)

@@ -26,7 +26,9 @@ def hash_files(paths: list[Path]) -> str:
 
 
 def hash_model_directory(directory: Path) -> str:
-    """Content identity of a local checkpoint: config plus every weight file."""
+    """Content identity of a local checkpoint: config plus every weight file (or the one checkpoint file)."""
+    if directory.is_file():
+        return "sha:" + hash_files([directory])
     files = [p for p in directory.iterdir() if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.suffix == ".json")]
     if not any(p.suffix in WEIGHT_SUFFIXES for p in files):
         raise MedprobeError(f"model directory {directory} holds no weights ({', '.join(WEIGHT_SUFFIXES)})")

@@ -46,22 +46,30 @@ PREFIXES = {  # name prefix -> (backend, family or None when the checkpoint's co
     "hf:": ("transformers", None),
     "timm:": ("timm", "timm"),
     "openclip:": ("open_clip", "open_clip"),
+    "retfound:": ("retfound", "retfound"),  # retfound:PATH.pth, a RETFound checkpoint downloaded by hand
 }
 
 
 def resolve_model(name: str, *, revision: str | None = None) -> ModelSpec:
-    """Registry name, `hf:ORG/NAME`, `timm:NAME`, `openclip:hf-hub:ORG/NAME` or a local model folder -> ModelSpec."""
+    """Registry name, `hf:ORG/NAME`, `timm:NAME`, `openclip:hf-hub:ORG/NAME`, `retfound:PATH.pth` or a local model
+    folder -> ModelSpec."""
     name = name.strip()
     prefix = next((p for p in PREFIXES if name.startswith(p) and len(name) > len(p)), None)
     if name in REGISTRY:
         spec = REGISTRY[name]
     elif prefix == "hf:" and "/" not in name[3:]:
         raise MedprobeError(f"{name}: use hf:ORG/NAME")
+    elif prefix == "retfound:" and not Path(name[len(prefix):]).expanduser().is_file():
+        raise MedprobeError(f"{name}: no such file; use retfound:PATH to a RETFound .pth checkpoint, or a registry "
+                            "name (retfound-mae-cfp, ...)")
     elif prefix == "openclip:" and not name[len(prefix):].startswith("hf-hub:"):
         raise MedprobeError(f"{name}: use openclip:hf-hub:ORG/NAME, or pass a folder holding {OPEN_CLIP_CONFIG}")
     elif prefix is not None:
         backend, family = PREFIXES[prefix]
-        spec = ModelSpec(name, backend, name[len(prefix):], family=family)
+        source = name[len(prefix):]
+        if prefix == "retfound:":  # a file: the same checkpoint whatever the working directory
+            source = str(Path(source).expanduser().resolve())
+        spec = ModelSpec(name, backend, source, family=family)
     elif Path(name).expanduser().is_dir():
         spec = _local_spec(Path(name).expanduser().resolve())
     else:

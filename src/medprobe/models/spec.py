@@ -12,6 +12,7 @@ VIT_POOLS = ("cls", "mean", "cls4")
 CNN_POOLS = ("gap",)
 # families whose cache keys predate families: their keys stay [backend, source, revision] so existing caches
 # stay valid; every newer family adds its name (its pools differ from what a generic loader once stored)
+CHECKPOINT_SUFFIXES = (".pth", ".pt")  # single-file checkpoints given by path
 UNKEYED_FAMILIES = ("dinov2", "transformers-vit", "transformers-cnn", "timm", "efficientnet-lite")
 
 
@@ -44,10 +45,13 @@ class ModelSpec:
     norm: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
     standard: tuple[str, ...] | None = None
     from_pypi: bool = False
+    hub_file: str = "config.json"  # the hub file whose presence in the hub cache means "downloaded"
 
     @property
     def is_local(self) -> bool:
-        return not self.from_pypi and Path(self.source).is_dir()
+        """A checkpoint folder here, or a single checkpoint file (RETFound's .pth)."""
+        path = Path(self.source)
+        return not self.from_pypi and (path.is_dir() or (path.suffix in CHECKPOINT_SUFFIXES and path.is_file()))
 
     @property
     def hub_repo(self) -> str | None:

@@ -8,6 +8,7 @@ from medprobe.models.families import (  # noqa: F401 - each import registers its
     dinov3,
     efficientnet_lite,
     open_clip,
+    retfound,
     timm_hub,
     transformers_vit,
 )
