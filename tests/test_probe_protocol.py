@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from probe_helpers import synthetic_study
-from sklearn.pipeline import make_pipeline
 from sklearn.svm import SVC
 
 from medprobe.errors import MedprobeError
@@ -137,6 +136,12 @@ def test_above_the_kernel_limit_the_svm_search_is_liblinear_and_nystroem(monkeyp
     assert [name for name, _ in fitted.model.steps] == ["standardscaler", "nystroem", "linearsvc"]
 
 
+def test_exact_kernels_up_to_8000_training_samples_then_liblinear_and_nystroem():
+    assert svm.KERNEL_LIMIT == 8000
+    assert get_probe("svm").parts(8000) == [("kernels",)]
+    assert get_probe("svm").parts(8001) == [("linear",), ("nystroem",)]
+
+
 def test_linear_svm_solves_the_dual_only_when_features_outnumber_samples():
     assert svm.linear_svc(1.0, 100, 500, 0).dual is True
     assert svm.linear_svc(1.0, 5000, 500, 0).dual is False
@@ -156,12 +161,22 @@ def test_iteration_caps_are_counted_recorded_and_warned_about(tmp_path, monkeypa
     assert "stopped at their iteration cap" in " ".join(capsys.readouterr().err.split())
 
 
-def test_saved_probes_are_plain_scikit_learn_pipelines_with_the_search_s_choice(tmp_path):
+@pytest.mark.parametrize("kernel", ["rbf", "linear"])
+def test_saved_probes_are_plain_scikit_learn_pipelines_with_the_search_s_choice(kernel):
+    """The final SVM is scikit-learn parts only (scaler, kernel against the training rows, precomputed SVC) and
+    decides as a plain SVC(kernel, gamma="scale") trained on the same standardised rows."""
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
     data = fold_data(n=90, seed=3)
-    fitted = get_probe("svm").fit({"kernel": "rbf", "C": 10.0}, data.Xtr, data.ytr, 3, 0)
-    assert isinstance(fitted.model, type(make_pipeline(SVC()))) and fitted.model[-1].kernel == "rbf"
+    fitted = get_probe("svm").fit({"kernel": kernel, "C": 10.0, "solver": "libsvm"}, data.Xtr, data.ytr, 3, 0)
+    assert [type(step) for step in fitted.model] == [StandardScaler, FunctionTransformer, SVC]
+    assert fitted.model[-1].kernel == "precomputed"
     scores = fitted.scores(data.Xval, 3)
     assert scores.shape == (len(data.Xval), 3) and np.allclose(scores.sum(1), 1)
+    Ztr, Zval = data.standardised()
+    plain = SVC(kernel=kernel, C=10.0, gamma="scale", tol=svm.KERNEL_LIMITS.tol).fit(Ztr, data.ytr)
+    assert np.abs(fitted.model.decision_function(data.Xval) - plain.decision_function(Zval)).max() < 1e-3
+    assert (fitted.model.predict(data.Xval) == plain.predict(Zval)).all()
 
 
 @pytest.mark.parametrize(("scores", "chosen"), [
