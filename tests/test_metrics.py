@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import sklearn.metrics as skm
 
-from medprobe.results.metrics import auroc, binary_auroc, bootstrap_weights
+from medprobe.results.metrics import auroc, binary_auroc, bootstrap_weights, evaluate
 
 
 @pytest.mark.parametrize("levels", [None, 4])  # continuous scores, and scores with many ties
@@ -37,3 +37,28 @@ def test_bootstrap_draws_do_not_depend_on_the_chunk_size():
     whole = np.concatenate(list(bootstrap_weights(50, 30, seed=7, max_cells=10_000)))
     chunked = np.concatenate(list(bootstrap_weights(50, 30, seed=7, max_cells=400)))
     assert chunked.shape == (30, 50) and np.array_equal(whole, chunked)
+
+
+def scorer(confidence: float, accuracy: float, n: int = 4000, seed: int = 0):
+    """Binary predictions right `accuracy` of the time, each with top-class probability `confidence`."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    predicted = np.where(rng.random(n) < accuracy, y, 1 - y)
+    scores = np.where(predicted[:, None] == np.arange(2), confidence, 1 - confidence)
+    return y, scores
+
+
+def test_an_over_confident_scorer_has_a_high_ece_and_a_calibrated_one_does_not():
+    over, _ = evaluate(*scorer(0.99, 0.7), ordinal=False, replicates=200, seed=0, calibration=True)
+    calibrated, spread = evaluate(*scorer(0.7, 0.7), ordinal=False, replicates=200, seed=0, calibration=True)
+    assert over["ece"] == pytest.approx(0.29, abs=0.02) and calibrated["ece"] < 0.06  # binomial noise per bin
+    assert over["nll"] > 2 * calibrated["nll"] and over["brier"] > calibrated["brier"]
+    y, scores = scorer(0.7, 0.7)
+    assert calibrated["brier"] == pytest.approx(skm.brier_score_loss(y, scores[:, 1]), abs=1e-12)
+    assert calibrated["nll"] == pytest.approx(skm.log_loss(y, scores), abs=1e-12)
+    assert spread["ece"].shape == (200,) and np.isfinite(spread["ece"]).all()
+
+
+def test_without_probabilities_no_calibration_metric_is_computed():
+    point, _ = evaluate(*scorer(0.7, 0.7), ordinal=False, replicates=0, seed=0)
+    assert not {"ece", "brier", "nll"} & set(point)

@@ -86,6 +86,22 @@ def read_predictions(path):
 
 
 @pytest.mark.parametrize("method", ["logreg", "svm", "knn"])
+def test_calibration_is_measured_for_probabilities_and_refused_for_other_scores(tmp_path, method):
+    labels, features = clustered(20, 3, 8, 1.2, seed=2)
+    dataset = synthetic_study(tmp_path / "d", tmp_path / "cache", labels, features)
+    record = run_probe(dataset, tmp_path / "cache", tmp_path / "out", classifiers=(method,))[0]
+    calibration = record["calibration"]
+    if method == "logreg":
+        assert calibration["scores_are_probabilities"] and calibration["ece_bins"] == 15
+        for name in ("ece", "brier", "nll"):
+            entry = record["metrics"][name]
+            assert entry["value"] >= 0 and entry["ci"][0] <= entry["value"] <= entry["ci"][1], name
+    else:
+        assert not calibration["scores_are_probabilities"] and "not probabilities" in calibration["why"]
+        assert not {"ece", "brier", "nll"} & set(record["metrics"])
+
+
+@pytest.mark.parametrize("method", ["logreg", "svm", "knn"])
 def test_record_metrics_recompute_exactly_from_the_predictions_csv(tmp_path, method):
     labels, features = clustered(20, 3, 8, 1.2, seed=2)
     groups = [f"p{i // 2}" for i in range(len(labels))]

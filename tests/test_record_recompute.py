@@ -20,6 +20,9 @@ from medprobe.data.splits import dataset_splits
 from medprobe.finetune.runner import FinetuneSettings, finetune
 from medprobe.probe.runner import ProbeSettings, probe
 
+# float32 softmax rows sum to one within 1e-7, which scikit-learn's check calls "not probabilities"
+pytestmark = pytest.mark.filterwarnings("ignore:The y_prob values do not sum to one")
+
 
 def read_predictions(path: Path):
     with path.open() as handle:
@@ -44,7 +47,23 @@ def one_vs_rest_auroc(y: np.ndarray, scores: np.ndarray) -> float:
     return float(np.mean([rank_sum_auroc(y == k, scores[:, k]) for k in range(scores.shape[1])]))
 
 
-def plain_metrics(y: np.ndarray, scores: np.ndarray, n_classes: int, ordinal: bool) -> dict[str, float]:
+def plain_bins(scores: np.ndarray, bins: int = 15) -> np.ndarray:
+    """Equal-mass calibration bins: the rank of each top-class confidence (ties by row order), cut in 15."""
+    ranks = np.empty(len(scores), dtype=int)
+    ranks[np.argsort(scores.max(1), kind="stable")] = np.arange(len(scores))
+    return ranks * bins // len(scores)
+
+
+def plain_calibration(y: np.ndarray, scores: np.ndarray, bin_of: np.ndarray) -> dict[str, float]:
+    labels = list(range(scores.shape[1]))
+    gaps = scores.max(1) - (scores.argmax(1) == y)
+    return {"ece": sum(abs(gaps[bin_of == b].sum()) for b in np.unique(bin_of)) / len(y),
+            "brier": skm.brier_score_loss(y, scores, labels=labels), "nll": skm.log_loss(y, scores, labels=labels)}
+
+
+def plain_metrics(y: np.ndarray, scores: np.ndarray, n_classes: int, ordinal: bool,
+                  bin_of: np.ndarray | None = None) -> dict[str, float]:
+    """`bin_of`: the scores are probabilities; each row's calibration bin (fixed on the unresampled rows)."""
     pred, labels = scores.argmax(1), list(range(n_classes))
     out = {"accuracy": skm.accuracy_score(y, pred), "auroc": one_vs_rest_auroc(y, scores)}
     present = [k for k in labels if (y == k).any()]
@@ -58,11 +77,15 @@ def plain_metrics(y: np.ndarray, scores: np.ndarray, n_classes: int, ordinal: bo
     if ordinal:
         out["kappa_quadratic"] = skm.cohen_kappa_score(y, pred, weights="quadratic", labels=labels) \
             if len(set(y)) > 1 or len(set(pred)) > 1 else np.nan
+    if bin_of is not None:
+        out |= plain_calibration(y, scores, bin_of)
     return out
 
 
-def plain_bootstrap(y, scores, units: np.ndarray, replicates: int, seed: int, ordinal: bool) -> dict[str, list]:
+def plain_bootstrap(y, scores, units: np.ndarray, replicates: int, seed: int, ordinal: bool,
+                    calibration: bool) -> dict[str, list]:
     """Percentile bootstrap: draw `units` (patients, or samples) with replacement, score the drawn rows."""
+    bin_of = plain_bins(scores) if calibration else None
     codes, members = np.unique(units, return_inverse=True)[1], {}
     for row, code in enumerate(codes):
         members.setdefault(code, []).append(row)
@@ -70,15 +93,17 @@ def plain_bootstrap(y, scores, units: np.ndarray, replicates: int, seed: int, or
     values: dict[str, list] = {}
     for draw in draws:
         rows = np.concatenate([members[unit] for unit in draw])
-        for name, value in plain_metrics(y[rows], scores[rows], scores.shape[1], ordinal).items():
+        drawn_bins = bin_of[rows] if calibration else None
+        for name, value in plain_metrics(y[rows], scores[rows], scores.shape[1], ordinal, drawn_bins).items():
             values.setdefault(name, []).append(value)
     return {name: [float(np.percentile(v[np.isfinite(v)], q)) for q in (2.5, 97.5)]
             for name, v in ((n, np.array(v, dtype=float)) for n, v in values.items())}
 
 
-def assert_block_recomputes(block: dict, y, scores, units, classes, *, replicates, seed, ordinal) -> None:
-    point = plain_metrics(y, scores, len(classes), ordinal)
-    cis = plain_bootstrap(y, scores, units, replicates, seed, ordinal)
+def assert_block_recomputes(block: dict, y, scores, units, classes, *, replicates, seed, ordinal,
+                            calibration) -> None:
+    point = plain_metrics(y, scores, len(classes), ordinal, plain_bins(scores) if calibration else None)
+    cis = plain_bootstrap(y, scores, units, replicates, seed, ordinal, calibration)
     carried = {**block["metrics"], **{f"recall[{classes.index(c)}]": v for c, v in block["per_class_recall"].items()}}
     assert set(carried) == set(point)  # every metric the record carries, and no other, is recomputed here
     for name, entry in carried.items():
@@ -90,10 +115,13 @@ def assert_record_recomputes(record: dict, csv_path: Path) -> None:
     rows, classes, y, scores = read_predictions(csv_path)
     seed, replicates, ordinal = record["bootstrap"]["seed"], record["bootstrap"]["replicates"], record["ordinal"]
     grouped = record["bootstrap"]["unit"] == "patient"
+    calibration = record["calibration"]["scores_are_probabilities"]
     units = np.array([r["group"] for r in rows]) if grouped else np.arange(len(rows))
-    assert_block_recomputes(record, y, scores, units, classes, replicates=replicates, seed=seed, ordinal=ordinal)
+    assert_block_recomputes(record, y, scores, units, classes, replicates=replicates, seed=seed, ordinal=ordinal,
+                            calibration=calibration)
     folds = np.array([r["fold"] for r in rows])
-    per_fold = [plain_metrics(y[folds == f], scores[folds == f], len(classes), ordinal) for f in np.unique(folds)]
+    per_fold = [plain_metrics(y[folds == f], scores[folds == f], len(classes), ordinal,
+                              plain_bins(scores[folds == f]) if calibration else None) for f in np.unique(folds)]
     for name, entry in record["metrics"].items():
         values = np.array([p[name] for p in per_fold], dtype=float)
         assert entry["fold_mean"] == pytest.approx(np.nanmean(values), abs=1e-9), name
@@ -104,7 +132,7 @@ def assert_record_recomputes(record: dict, csv_path: Path) -> None:
         patient_scores = np.array([scores[units == p].mean(0) for p in patients])
         assert record["patient_metrics"]["patients"] == len(patients)
         assert_block_recomputes(record["patient_metrics"], patient_y, patient_scores, np.arange(len(patients)),
-                                classes, replicates=replicates, seed=seed, ordinal=ordinal)
+                                classes, replicates=replicates, seed=seed, ordinal=ordinal, calibration=calibration)
 
 
 @pytest.mark.parametrize("method", ["logreg", "knn"])

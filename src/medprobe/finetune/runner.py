@@ -268,7 +268,7 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
         "history": [{"fold": f.index, "epochs": r["history"]} for f, r in zip(folds, results, strict=True)],
         **test_report(trainer.y[positions], scores, fold_of=fold_of, groups=[samples[i].group for i in positions],
                       classes=dataset.classes, ordinal=settings.ordinal, replicates=settings.bootstrap,
-                      seed=settings.seed),
+                      seed=settings.seed, scores_are="probabilities"),  # softmax of a cross-entropy-trained head
         "cost": {"trainable_parameters": results[0]["trainable_parameters"],
                  "total_parameters": results[0]["total_parameters"], "wall_seconds": round(wall, 3),
                  "train_images_per_second": round(float(np.mean([r["train_images_per_second"] for r in results])), 2),

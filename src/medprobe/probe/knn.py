@@ -62,6 +62,7 @@ class Knn(Probe):
     name = "knn"
     rank = 2
     few_shot = {"k": 20, "weighting": "softmax"}
+    scores_are = "neighbour vote shares"
     standardised = False
 
     def settings(self) -> dict:

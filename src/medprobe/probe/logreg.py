@@ -89,6 +89,7 @@ class LogReg(Probe):
     name = "logreg"
     rank = 0
     few_shot = {"C": 1.0}
+    scores_are = "probabilities"
 
     def settings(self) -> dict:
         return {"C_grid": list(LOGREG_GRID), "solver": "lbfgs", **LIMITS.record(),

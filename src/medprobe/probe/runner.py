@@ -22,7 +22,14 @@ from medprobe.probe.features import CacheRef, FeatureStream, extracted_models, f
 from medprobe.probe.protocol import FoldData, Probe, SearchOutcome, best, fit_scaler
 from medprobe.probe.settings import ProbeSettings
 from medprobe.progress import STDERR, progress_bar
-from medprobe.results.metrics import evaluate_mean, group_codes, patient_block, summarize_metrics, test_report
+from medprobe.results.metrics import (
+    calibration_block,
+    evaluate_mean,
+    group_codes,
+    patient_block,
+    summarize_metrics,
+    test_report,
+)
 from medprobe.results.record import fold_sizes, record_paths, run_header, save_run
 
 # feature matrices up to this many values (e.g. 1,000 x 1,000) are probed in this process: starting worker
@@ -159,6 +166,7 @@ class Prober:
         if job.stream is None:
             _warn_capped(job.name, method, convergence)
         search = get_probe(method).settings() if job.stream is None else None
+        scores_are = get_probe(method).scores_are if job.stream is None else streaming.SCORES_ARE
         method = streaming.METHOD if job.stream is not None else method
         fit_seconds = time.perf_counter() - started
         positions, fold_of = pooled_test(self.plan.folds)
@@ -171,7 +179,8 @@ class Prober:
             **({"search": {**search, "coarse_to_fine": s.coarse_to_fine}, "convergence": convergence}
                if search else {}),
             **test_report(self.y[positions], scores, fold_of=fold_of, groups=[self.groups[i] for i in positions],
-                          classes=self.classes, ordinal=s.ordinal, replicates=s.bootstrap, seed=s.seed),
+                          classes=self.classes, ordinal=s.ordinal, replicates=s.bootstrap, seed=s.seed,
+                          scores_are=scores_are),
         })
         if s.save_model:
             import joblib
@@ -207,8 +216,9 @@ class Prober:
         y = self.y[positions]
         groups = [self.groups[i] for i in positions]
         clusters = group_codes(groups)
+        calibration = probe.scores_are == "probabilities"
         mean, std, distributions = evaluate_mean(y, repeated, ordinal=s.ordinal, replicates=s.bootstrap,
-                                                 seed=s.seed, clusters=clusters)
+                                                 seed=s.seed, clusters=clusters, calibration=calibration)
         metrics, per_class = summarize_metrics(mean, distributions, self.classes)
         for name, entry in metrics.items():
             entry["repeat_std"] = std[name] if np.isfinite(std[name]) else None
@@ -217,13 +227,13 @@ class Prober:
         record.update({
             "shots": shots, "repeats": s.repeats, "hyperparameters": [params], "search": probe.settings(),
             "train_sizes": {"min": int(min(train_sizes)), "max": int(max(train_sizes))},
-            "metrics": metrics, "per_class_recall": per_class,
+            "metrics": metrics, "per_class_recall": per_class, "calibration": calibration_block(probe.scores_are),
             "note": "fixed hyperparameters (no validation data at this label budget); value = mean over "
                     "repeats, ci = bootstrap of that mean over the shared test samples",
             "timings": {"total_seconds": round(time.perf_counter() - started, 3)},
         })
         record["patient_metrics"] = patient_block(y, repeated, groups, self.classes, ordinal=s.ordinal,
-                                                  replicates=s.bootstrap, seed=s.seed)
+                                                  replicates=s.bootstrap, seed=s.seed, calibration=calibration)
         mean_scores = np.mean(repeated, axis=0)
         return self._write(job, method, protocol, record, positions, fold_of, mean_scores)
 

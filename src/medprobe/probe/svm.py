@@ -99,6 +99,7 @@ class Svm(Probe):
     name = "svm"
     rank = 1
     few_shot = {"kernel": "linear", "C": 1.0}
+    scores_are = "a softmax of SVM decision values"
 
     def settings(self) -> dict:
         return {"linear_C_grid": list(SVM_LINEAR_GRID), "rbf_C_grid": list(SVM_RBF_GRID),

@@ -21,6 +21,8 @@ from medprobe.data.splits import patient_ids
 CONFUSION_METRICS = ("accuracy", "balanced_accuracy", "precision_weighted", "recall_weighted", "f1_weighted",
                      "precision_macro", "recall_macro", "f1_macro")
 CI_LEVEL = 95.0
+CALIBRATION_BINS = 15
+CALIBRATION_METRICS = ("ece", "brier", "nll")
 
 
 def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -104,12 +106,54 @@ def auroc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return per_class.mean(axis=1)  # NaN when a class is absent, like scikit-learn's refusal
 
 
-def all_metrics(y: np.ndarray, scores: np.ndarray, weights: np.ndarray, *, ordinal: bool) -> dict[str, np.ndarray]:
+def equal_mass_bins(confidence: np.ndarray, bins: int = CALIBRATION_BINS) -> np.ndarray:
+    """Each sample's calibration bin: samples sorted by confidence (ties in index order) and cut into `bins`
+    groups of equal size (within one)."""
+    order = np.argsort(confidence, kind="mergesort")
+    bin_of = np.empty(len(confidence), dtype=np.int64)
+    bin_of[order] = np.arange(len(confidence)) * bins // max(len(confidence), 1)
+    return bin_of
+
+
+def calibration_metrics(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Expected calibration error of the top-class confidence (equal-mass bins of these scores, kept for every
+    weight row, so a bootstrap resample keeps each sample's bin), Brier score (scikit-learn's: squared error
+    summed over classes, halved for two) and negative log-likelihood (p floored at float64 eps, as
+    scikit-learn's log_loss), for each weight row."""
+    n, n_classes = scores.shape
+    confidence = scores.max(axis=1)
+    gap = confidence - (scores.argmax(axis=1) == y)
+    bin_of = equal_mass_bins(confidence)
+    members = sparse.csr_matrix((gap, (np.arange(n), bin_of)), shape=(n, int(bin_of.max()) + 1))
+    per_bin = np.asarray((members.T @ weights.T).T)
+    total = weights.sum(axis=1)
+    brier = ((scores - np.eye(n_classes)[y]) ** 2).sum(axis=1) * (0.5 if n_classes == 2 else 1.0)
+    nll = -np.log(np.maximum(scores[np.arange(n), y], np.finfo(np.float64).eps))
+    return {"ece": _safe_divide(np.abs(per_bin).sum(axis=1), total), "brier": _safe_divide(weights @ brier, total),
+            "nll": _safe_divide(weights @ nll, total)}
+
+
+def all_metrics(y: np.ndarray, scores: np.ndarray, weights: np.ndarray, *, ordinal: bool,
+                calibration: bool = False) -> dict[str, np.ndarray]:
+    """Every metric for each weight row; `calibration`: the scores are probabilities, so ECE, Brier and NLL too."""
     n_classes = scores.shape[1]
     pred = scores.argmax(axis=1)
     out = metrics_from_confusion(confusion_matrices(y, pred, n_classes, weights), ordinal=ordinal)
     out["auroc"] = auroc(y, scores, weights)
+    if calibration:
+        out.update(calibration_metrics(y, scores, weights))
     return out
+
+
+def calibration_block(scores_are: str) -> dict:
+    """What the record says about calibration: how it was measured, or why it was not."""
+    if scores_are != "probabilities":
+        return {"scores_are_probabilities": False,
+                "why": f"the scores are {scores_are}, not probabilities; ECE, Brier and NLL are not computed"}
+    return {"scores_are_probabilities": True, "ece_bins": CALIBRATION_BINS,
+            "ece_binning": "equal-mass over the pooled test predictions' top-class confidence, kept for the bootstrap",
+            "brier": "squared error summed over classes (halved for two classes, scikit-learn's convention)",
+            "nll": "mean -log p(true class), p floored at float64 eps"}
 
 
 def balanced_accuracy(y: np.ndarray, scores: np.ndarray) -> float:
@@ -135,11 +179,12 @@ def bootstrap_weights(n: int, replicates: int, seed: int, clusters: np.ndarray |
 
 
 def evaluate(y: np.ndarray, scores: np.ndarray, *, ordinal: bool, replicates: int, seed: int,
-             clusters: np.ndarray | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+             clusters: np.ndarray | None = None, calibration: bool = False) -> tuple[dict[str, float],
+                                                                                 dict[str, np.ndarray]]:
     """Point estimates on all test predictions, and each metric's bootstrap distribution."""
     point = {name: float(values[0]) for name, values in
-             all_metrics(y, scores, np.ones((1, len(y))), ordinal=ordinal).items()}
-    chunks = [all_metrics(y, scores, w, ordinal=ordinal)
+             all_metrics(y, scores, np.ones((1, len(y))), ordinal=ordinal, calibration=calibration).items()}
+    chunks = [all_metrics(y, scores, w, ordinal=ordinal, calibration=calibration)
               for w in bootstrap_weights(len(y), replicates, seed, clusters)] if replicates else []
     distributions = {name: np.concatenate([c[name] for c in chunks]) if chunks else np.empty(0) for name in point}
     return point, distributions
@@ -154,18 +199,19 @@ def interval(distribution: np.ndarray, level: float = CI_LEVEL) -> list[float] |
 
 
 def evaluate_mean(y: np.ndarray, repeated_scores: list[np.ndarray], *, ordinal: bool, replicates: int, seed: int,
-                  clusters: np.ndarray | None = None) -> tuple[dict[str, float], dict[str, float],
-                                                               dict[str, np.ndarray]]:
+                  clusters: np.ndarray | None = None, calibration: bool = False) -> tuple[dict[str, float],
+                                                                                      dict[str, float],
+                                                                                      dict[str, np.ndarray]]:
     """Metrics averaged over repeats that predict the same test samples (few-shot draws): mean and std of
     the point values, and the bootstrap distribution of the mean (each resample scores every repeat)."""
     ones = np.ones((1, len(y)))
-    points = [all_metrics(y, s, ones, ordinal=ordinal) for s in repeated_scores]
+    points = [all_metrics(y, s, ones, ordinal=ordinal, calibration=calibration) for s in repeated_scores]
     names = list(points[0])
     mean = {n: float(np.mean([p[n][0] for p in points])) for n in names}
     std = {n: float(np.std([p[n][0] for p in points])) for n in names}
     chunks = []
     for weights in (bootstrap_weights(len(y), replicates, seed, clusters) if replicates else []):
-        per_repeat = [all_metrics(y, s, weights, ordinal=ordinal) for s in repeated_scores]
+        per_repeat = [all_metrics(y, s, weights, ordinal=ordinal, calibration=calibration) for s in repeated_scores]
         chunks.append({n: np.mean([r[n] for r in per_repeat], axis=0) for n in names})
     distributions = {n: np.concatenate([c[n] for c in chunks]) if chunks else np.empty(0) for n in names}
     return mean, std, distributions
@@ -208,7 +254,7 @@ def patient_level(y: np.ndarray, scores: np.ndarray, groups: list[str | None]) -
 
 
 def patient_block(y: np.ndarray, repeated_scores: list[np.ndarray], groups: list[str | None], classes: list[str], *,
-                  ordinal: bool, replicates: int, seed: int) -> dict | None:
+                  ordinal: bool, replicates: int, seed: int, calibration: bool = False) -> dict | None:
     """Patient-level metrics from mean slice scores (averaged over repeats, if several); None without
     groups or when a patient's slices disagree on the label."""
     per_patient = [patient_level(y, scores, groups) for scores in repeated_scores]
@@ -216,21 +262,24 @@ def patient_block(y: np.ndarray, repeated_scores: list[np.ndarray], groups: list
         return None
     labels = per_patient[0][0]
     mean, _, distributions = evaluate_mean(labels, [p[1] for p in per_patient], ordinal=ordinal,
-                                           replicates=replicates, seed=seed)
+                                           replicates=replicates, seed=seed, calibration=calibration)
     metrics, per_class = summarize_metrics(mean, distributions, classes)
     return {"patients": len(labels), "aggregation": "mean slice score", "metrics": metrics,
             "per_class_recall": per_class}
 
 
 def test_report(y: np.ndarray, scores: np.ndarray, *, fold_of: np.ndarray, groups: list[str | None],
-                classes: list[str], ordinal: bool, replicates: int, seed: int) -> dict:
+                classes: list[str], ordinal: bool, replicates: int, seed: int, scores_are: str) -> dict:
     """The metric part of a run record, from pooled test predictions: values with bootstrap CIs (patients
-    resampled when grouped), fold mean and std, per-class recall, confusion matrix, patient level."""
+    resampled when grouped), fold mean and std, per-class recall, confusion matrix, patient level; calibration
+    where `scores_are` "probabilities"."""
     codes = group_codes(groups)
-    point, distributions = evaluate(y, scores, ordinal=ordinal, replicates=replicates, seed=seed, clusters=codes)
+    calibration = scores_are == "probabilities"
+    point, distributions = evaluate(y, scores, ordinal=ordinal, replicates=replicates, seed=seed, clusters=codes,
+                                    calibration=calibration)
     metrics, per_class = summarize_metrics(point, distributions, classes)
-    fold_points = [evaluate(y[fold_of == f], scores[fold_of == f], ordinal=ordinal, replicates=0, seed=seed)[0]
-                   for f in np.unique(fold_of)]
+    fold_points = [evaluate(y[fold_of == f], scores[fold_of == f], ordinal=ordinal, replicates=0, seed=seed,
+                            calibration=calibration)[0] for f in np.unique(fold_of)]
     for name, entry in metrics.items():
         values = np.array([p[name] for p in fold_points], dtype=float)
         finite = np.isfinite(values).any()
@@ -241,6 +290,7 @@ def test_report(y: np.ndarray, scores: np.ndarray, *, fold_of: np.ndarray, group
     return {
         "metrics": metrics, "per_class_recall": per_class,
         "confusion_matrix": {"labels": list(classes), "rows": "true", "matrix": confusion.tolist()},
+        "calibration": calibration_block(scores_are),
         "patient_metrics": patient_block(y, [scores], groups, classes, ordinal=ordinal, replicates=replicates,
-                                         seed=seed),
+                                         seed=seed, calibration=calibration),
     }
