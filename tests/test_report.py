@@ -175,14 +175,15 @@ def test_html_is_self_contained_with_every_figure_embedded(report):
     collector = ImageCollector()
     collector.feed(report.html.read_text())
     assert not collector.references and not {"script", "link", "iframe"} & collector.tags
-    assert len(collector.images) == len(report.content.figures) == 8
+    assert len(collector.images) == len(report.content.figures) == 9
     for source in collector.images:
         assert source.startswith("data:image/png;base64,")
         assert base64.b64decode(source.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
     names = sorted(f.path.name for f in report.content.figures)
     assert names == ["blobs-labels__bars.png", "blobs-labels__confusion.png", "blobs-labels__embedding-pca.png",
                      "blobs-labels__frozen-vs-unfrozen.png", "blobs-labels__label-efficiency.png",
-                     "blobs-labels__roc.png", "score-vs-extraction-cost.png", "score-vs-parameters.png"]
+                     "blobs-labels__reliability.png", "blobs-labels__roc.png", "score-vs-extraction-cost.png",
+                     "score-vs-parameters.png"]
     assert all(f.path.is_file() and f.path.read_bytes() == f.png for f in report.content.figures)
     markdown = report.markdown.read_text()
     assert all(f"](figures/{name})" in markdown for name in names)
@@ -208,6 +209,23 @@ def test_summary_csv_has_one_tidy_row_per_record(study, report):
     with report.comparisons_csv.open() as handle:
         comparisons = list(csv.DictReader(handle))
     assert {c["seed"] for c in comparisons} == {"0"} and {c["replicates"] for c in comparisons} == {str(REPLICATES)}
+
+
+def test_reliability_diagram_and_calibration_columns_come_from_runs_with_probabilities(study, report):
+    [figure] = [f for f in report.content.figures if f.path.name.endswith("__reliability.png")]
+    records = records_by_cell(study)
+    drawn = next(data for (model, method), data in records.items() if f"({model}, {method})" in figure.title)
+    assert drawn["calibration"]["scores_are_probabilities"] and drawn["method"] in ("logreg", "finetune-all",
+                                                                                    "finetune-none")
+    with (report.html.parent / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        probabilistic = row["method"] not in ("svm", "knn")
+        assert (row["ece"] != "") == probabilistic and (row["nll_ci_low"] != "") == probabilistic, row["method"]
+        if probabilistic:
+            data = records[(row["model"], row["method"])] if not row["shots"] else None
+            if data is not None:
+                assert float(row["ece"]) == pytest.approx(data["metrics"]["ece"]["value"], abs=1e-3)
 
 
 def test_latex_table_marks_the_best(report):

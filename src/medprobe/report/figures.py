@@ -18,7 +18,7 @@ from medprobe.errors import MedprobeError
 from medprobe.report.embedding import DEFAULT_PROJECTION, embedding_map, map_source, projection
 from medprobe.report.records import Predictions, RunRecord
 from medprobe.report.tables import Row, Table, is_frozen
-from medprobe.results.metrics import binary_auroc
+from medprobe.results.metrics import binary_auroc, equal_mass_bins
 from medprobe.results.record import safe_name
 
 DPI = 110
@@ -314,6 +314,34 @@ def roc_curves(record: RunRecord, predictions: Predictions) -> object:
     return figure
 
 
+def reliability_diagram(record: RunRecord, predictions: Predictions) -> object:
+    """Accuracy against top-class confidence in the records' own equal-mass bins, with the record's ECE."""
+    confidence = predictions.scores.max(axis=1)
+    correct = predictions.scores.argmax(axis=1) == predictions.y
+    bin_of = equal_mass_bins(confidence)
+    bins = np.unique(bin_of)
+    mean_confidence = np.array([confidence[bin_of == b].mean() for b in bins])
+    accuracy = np.array([correct[bin_of == b].mean() for b in bins])
+    figure = _new_figure(4.6, 4.2)
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], ":", color="grey", linewidth=0.8, label="perfectly calibrated")
+    axes.plot(mean_confidence, accuracy, "o-", color=_colours(1)[0], markersize=4,
+              label=f"{len(bins)} equal-mass bins")
+    ece = (record.data.get("metrics") or {}).get("ece") or {}
+    if ece.get("value") is not None:
+        ci = ece.get("ci") or [None, None]
+        interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else ""
+        axes.text(0.04, 0.92, f"ECE {ece['value']:.3f}{interval}", transform=axes.transAxes, fontsize=8)
+    axes.set_xlim(0, 1.02)
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel("confidence (top-class probability)")
+    axes.set_ylabel("accuracy")
+    axes.set_aspect("equal")
+    axes.set_title(f"{record.model} {record.method}", fontsize=9)
+    axes.legend(fontsize=7, loc="lower right")
+    return figure
+
+
 def draw_all(tables: list[Table], board: Table | None, records: list[RunRecord], out_dir: Path, metric: str,
              predictions_of, embedding: str = DEFAULT_PROJECTION, seed: int = 0) -> tuple[list[Figure], list[str]]:
     """Every figure that the records allow, written as PNG under out_dir; and a note per figure that could
@@ -383,6 +411,19 @@ def draw_all(tables: list[Table], board: Table | None, records: list[RunRecord],
                  "From the test predictions; binary: the second class is positive; else one-vs-rest.")
         else:
             notes.append(f"{dataset}: no ROC curves ({record.name} has no readable predictions CSV)")
+        calibrated = sample.best_cell(probabilities=True)
+        predictions = predictions_of(calibrated[1].record) if calibrated else None
+        if isinstance(predictions, Predictions):
+            record = calibrated[1].record
+            which = "best run" if calibrated[1] is best[1] else "best run with probabilities"
+            keep(reliability_diagram(record, predictions), dataset, f"{dataset}__reliability",
+                 f"{dataset}: reliability of the {which} ({record.model}, {record.method})",
+                 "Test accuracy against mean top-class confidence in 15 equal-mass bins (the record's ECE bins); "
+                 "on the diagonal a confidence of p is right a fraction p of the time. SVM and kNN scores are "
+                 "not probabilities and are not drawn.")
+        else:
+            notes.append(f"{dataset}: no reliability diagram (no run with probabilities and a readable "
+                         "predictions CSV; logreg and fine-tuning have them)")
     figure = score_vs_cost(board) if board is not None else None
     if figure is not None:
         keep(figure, None, "score-vs-extraction-cost", f"{metric} against extraction cost",

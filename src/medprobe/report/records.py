@@ -71,6 +71,11 @@ class RunRecord:
         return self.data["dataset"]["name"]
 
     @property
+    def probabilities(self) -> bool:
+        """Its scores are probabilities, so calibration was measured (records before calibration: unknown, no)."""
+        return bool((self.data.get("calibration") or {}).get("scores_are_probabilities"))
+
+    @property
     def model(self) -> str:
         return self.data["model"]
 

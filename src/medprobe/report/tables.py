@@ -73,10 +73,12 @@ class Table:
     def is_leaderboard(self) -> bool:
         return self.level == LEADERBOARD
 
-    def best_cell(self) -> tuple[Row, Cell] | None:
-        """The best cell of the table; ties go to the first in reading order (row, then method column)."""
+    def best_cell(self, *, probabilities: bool = False) -> tuple[Row, Cell] | None:
+        """The best cell of the table (`probabilities`: among runs whose scores are probabilities); ties go to
+        the first in reading order (row, then method column)."""
         scored = [(row, row.cells[m]) for row in self.rows for m in self.methods
-                  if m in row.cells and row.cells[m].value is not None]
+                  if m in row.cells and row.cells[m].value is not None
+                  and (row.cells[m].record.probabilities or not probabilities)]
         return max(scored, key=lambda item: item[1].value) if scored else None
 
 
