@@ -62,3 +62,31 @@ def test_an_over_confident_scorer_has_a_high_ece_and_a_calibrated_one_does_not()
 def test_without_probabilities_no_calibration_metric_is_computed():
     point, _ = evaluate(*scorer(0.7, 0.7), ordinal=False, replicates=0, seed=0)
     assert not {"ece", "brier", "nll"} & set(point)
+
+
+def test_temperature_scaling_cools_an_over_confident_scorer_without_changing_a_prediction():
+    from medprobe.results.calibration import get_calibrator
+
+    rng = np.random.default_rng(4)
+    n, k = 3000, 4
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 1.5 * np.eye(k)[y]
+    # the true posterior is softmax(1.5 logits) (unit Gaussian noise, margin 1.5); 4 logits: over-confident
+    over = np.exp(4 * logits) / np.exp(4 * logits).sum(1, keepdims=True)
+    calibrator = get_calibrator("temperature")
+    params = calibrator.fit(over[:1500], y[:1500])  # fitted on one half, judged on the other
+    assert params["temperature"] == pytest.approx(4 / 1.5, rel=0.1) and not params["at_bound"]
+    assert params["val_nll_after"] < params["val_nll_before"]
+    cooled = calibrator.apply(params, over[1500:])
+    before, _ = evaluate(y[1500:], over[1500:], ordinal=False, replicates=0, seed=0, calibration=True)
+    after, _ = evaluate(y[1500:], cooled, ordinal=False, replicates=0, seed=0, calibration=True)
+    assert before["ece"] > 0.15 and after["ece"] < before["ece"] / 3 and after["nll"] < before["nll"]
+    assert (cooled.argmax(1) == over[1500:].argmax(1)).all() and np.allclose(cooled.sum(1), 1)
+
+
+def test_an_unknown_calibrator_is_an_error_naming_the_choices():
+    from medprobe.errors import MedprobeError
+    from medprobe.results.calibration import get_calibrator
+
+    with pytest.raises(MedprobeError, match="is not one of temperature"):
+        get_calibrator("isotonic")

@@ -172,3 +172,36 @@ def test_finetune_record_recomputes_from_its_predictions(tmp_path, tiny_timm_mod
     assert record["cost"]["optimizer_steps"] == 2 * (train // 8)
     assert record["cost"]["train_images"] == 2 * (train // 8) * 8
     assert_record_recomputes(record, Path(record["record_path"]).with_name(record["predictions"]))
+
+
+def test_temperature_calibrated_metrics_recompute_from_the_predictions_and_the_recorded_temperatures(
+        tmp_path, monkeypatch):
+    from medprobe.results import calibration
+
+    rng = np.random.default_rng(5)
+    labels = [f"c{k}" for k in np.repeat(np.arange(3), 30)]
+    features = np.repeat(rng.normal(0, 1, (3, 8)), 30, axis=0) + 1.2 * rng.normal(0, 1, (90, 8))
+    dataset = synthetic_study(tmp_path / "d", tmp_path / "cache", labels, features.astype(np.float32))
+    seen = []
+    original = calibration.Temperature.fit
+    monkeypatch.setattr(calibration.Temperature, "fit", lambda self, s, y: seen.append(len(y)) or original(self, s, y))
+    records = probe(dataset=dataset, models=None, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
+                    settings=ProbeSettings(classifiers=("logreg", "svm"), bootstrap=200, seed=1, n_jobs=1,
+                                           calibrate="temperature"), show_progress=False)
+    logreg, svm = records
+    folds = dataset_splits(dataset, folds=5, seed=1).folds
+    assert seen == [len(f.val) for f in folds]  # fitted on each fold's validation part, nothing else
+    assert not svm["calibrated"]["applied"] and "not probabilities" in svm["calibrated"]["why"]
+    calibrated = logreg["calibrated"]
+    assert calibrated["applied"] and [f["fold"] for f in calibrated["per_fold"]] == [f.index for f in folds]
+    rows, classes, y, scores = read_predictions(Path(logreg["record_path"]).with_name(logreg["predictions"]))
+    temperature = {str(f["fold"]): f["temperature"] for f in calibrated["per_fold"]}
+    logits = np.log(np.maximum(scores, np.finfo(float).eps)) / np.array([[temperature[r["fold"]]] for r in rows])
+    scaled = np.exp(logits - logits.max(1, keepdims=True))
+    scaled /= scaled.sum(1, keepdims=True)
+    point = plain_calibration(y, scaled, plain_bins(scaled))
+    cis = plain_bootstrap(y, scaled, np.arange(len(y)), 200, 1, False, True)
+    for name in ("ece", "brier", "nll"):
+        assert calibrated["metrics"][name]["value"] == pytest.approx(point[name], abs=1e-9), name
+        assert calibrated["metrics"][name]["ci"] == pytest.approx(cis[name], abs=1e-9), name
+    assert logreg["metrics"]["nll"]["value"] == pytest.approx(plain_calibration(y, scores, plain_bins(scores))["nll"])

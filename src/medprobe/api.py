@@ -214,8 +214,9 @@ def probe(data: Data = None, *, models: str | Sequence[str] | None = None,
           repeats: int = _P.repeats, fuse: bool = _P.fuse, with_data: Sequence[str | Path | Dataset] = (),
           save_model: bool = _P.save_model, coarse_to_fine: bool = _P.coarse_to_fine, backend: str = _P.backend,
           scheduler: str | None = _P.scheduler, out_of_core: bool = _P.out_of_core,
-          memory_fraction: float = _P.memory_fraction, image_column: str | None = None,
-          label_column: str | None = None, progress: bool = True) -> list[RunRecord]:
+          memory_fraction: float = _P.memory_fraction, calibrate: str | None = _P.calibrate,
+          image_column: str | None = None, label_column: str | None = None,
+          progress: bool = True) -> list[RunRecord]:
     """Logistic regression, SVM and kNN probes on the cached features of `models` (default: every backbone
     with a fresh cache), as `medprobe probe`: hyperparameters chosen on validation data, refit on
     train+val, test predictions pooled over the folds, bootstrap CIs. Never imports torch.
@@ -229,6 +230,8 @@ def probe(data: Data = None, *, models: str | Sequence[str] | None = None,
     features are concatenated. save_model: also save the fitted probes (joblib). coarse_to_fine: logreg on
     ~24 of its 45 C values. backend: local | dask | ray, with `scheduler` its address. out_of_core /
     memory_fraction: stream features from the cache (logreg-sgd) always / above that share of free memory.
+    calibrate: "temperature" fits a temperature on each fold's validation predictions (runs with
+    probabilities) and records the calibrated ECE/Brier/NLL beside the raw ones.
 
     Returns one RunRecord per backbone x classifier (x budget): `.data` is the record saved at `.path`
     (JSON, beside its predictions CSV); `.value("accuracy")` gives (value, [ci low, ci high])."""
@@ -242,7 +245,7 @@ def probe(data: Data = None, *, models: str | Sequence[str] | None = None,
                              bootstrap=bootstrap, n_jobs=n_jobs, ordinal=ordinal, shots=parse_shots(shots),
                              repeats=repeats, fuse=fuse, coarse_to_fine=coarse_to_fine, save_model=save_model,
                              backend=backend, scheduler=scheduler, out_of_core=out_of_core,
-                             memory_fraction=memory_fraction)
+                             memory_fraction=memory_fraction, calibrate=calibrate)
     dataset = load(data, image_column=image_column, label_column=label_column)
     dataset.require_labels()
     if classes:

@@ -209,6 +209,8 @@ def probe_command(
     memory_fraction: float = typer.Option(ProbeSettings.memory_fraction, "--memory-fraction", help="Stream "
                                           "automatically when the feature matrix exceeds this share of available "
                                           "memory"),
+    calibrate: str = typer.Option(ProbeSettings.calibrate, "--calibrate", help="temperature: fit a temperature "
+                                  "on each fold's validation predictions; records calibrated ECE/Brier/NLL too"),
     image_column: str = ImageColumnOption,
     label_column: str = LabelColumnOption,
 ) -> None:
@@ -220,8 +222,8 @@ def probe_command(
                     bootstrap=bootstrap, n_jobs=n_jobs, out=out, cache_dir=_cache_dir(cache_dir), ordinal=ordinal,
                     classes=classes, shots=shots, repeats=repeats, fuse=fuse, with_data=list(with_data or []),
                     save_model=save_model, coarse_to_fine=coarse_to_fine, backend=backend, scheduler=scheduler,
-                    out_of_core=out_of_core, memory_fraction=memory_fraction, image_column=image_column,
-                    label_column=label_column)
+                    out_of_core=out_of_core, memory_fraction=memory_fraction, calibrate=calibrate,
+                    image_column=image_column, label_column=label_column)
     console.print(records_table([record.data for record in records]))
     console.print(f"records: {records[0].path.parent}")
 

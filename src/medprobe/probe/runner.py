@@ -22,8 +22,11 @@ from medprobe.probe.features import CacheRef, FeatureStream, extracted_models, f
 from medprobe.probe.protocol import FoldData, Probe, SearchOutcome, best, fit_scaler
 from medprobe.probe.settings import ProbeSettings
 from medprobe.progress import STDERR, progress_bar
+from medprobe.results.calibration import Calibrator, get_calibrator
 from medprobe.results.metrics import (
+    CALIBRATION_METRICS,
     calibration_block,
+    evaluate,
     evaluate_mean,
     group_codes,
     patient_block,
@@ -68,13 +71,20 @@ def _search_part(probe: Probe, part: tuple, X: np.ndarray, y: np.ndarray, fold: 
 
 
 def _fit_fold(probe: Probe, params: dict, X: np.ndarray, y: np.ndarray, fold: Fold, n_classes: int, seed: int,
-              keep_model: bool) -> dict:
+              keep_model: bool, calibrator: Calibrator | None = None) -> dict:
+    """The chosen hyperparameters refitted on train+val, scoring the test part; with a calibrator, also fitted
+    on the training part alone, so its validation predictions (never seen in training) fit the calibration."""
     train_val = np.concatenate([fold.train, fold.val])
     with threadpool_limits(1):
         fitted = probe.fit(params, X[train_val], y[train_val], n_classes, seed)
         scores = fitted.scores(X[fold.test], n_classes)
+        calibration = None
+        if calibrator is not None:
+            on_train = probe.fit(params, X[fold.train], y[fold.train], n_classes, seed)
+            calibration = calibrator.fit(on_train.scores(X[fold.val], n_classes), y[fold.val])
     # the fitted probe goes back to the parent process only when it is saved (a kNN index holds its data)
-    return {"scores": scores, "capped": fitted.capped, "model": fitted if keep_model else None}
+    return {"scores": scores, "capped": fitted.capped, "model": fitted if keep_model else None,
+            "calibration": calibration}
 
 
 def _few_shot_indices(pool: np.ndarray, y: np.ndarray, codes: np.ndarray | None, shots: int,
@@ -151,7 +161,9 @@ class Prober:
                                                   n_classes, s.seed, s.coarse_to_fine) for fold, part in tasks)
         chosen = [best([candidate for (task_fold, _), found in zip(tasks, searched, strict=True)
                         if task_fold is fold for candidate in found.candidates]) for fold in self.plan.folds]
-        fitted = parallel(delayed(_fit_fold)(probe, params, job.X, self.y, fold, n_classes, s.seed, s.save_model)
+        calibrator = get_calibrator(s.calibrate) if s.calibrate and probe.scores_are == "probabilities" else None
+        fitted = parallel(delayed(_fit_fold)(probe, params, job.X, self.y, fold, n_classes, s.seed, s.save_model,
+                                             calibrator)
                           for fold, (params, _) in zip(self.plan.folds, chosen, strict=True))
         convergence = {"search_fits": sum(found.fits for found in searched),
                        "search_fits_at_cap": sum(found.capped for found in searched),
@@ -191,11 +203,38 @@ class Prober:
             joblib.dump({"classes": self.classes, "features": job.sources,
                          "fold_models": [r["model"] for r in results]}, model_path)
             record["model_file"] = model_path.name
+        if s.calibrate:
+            record["calibrated"] = self._calibrated(results, scores, positions, fold_of, scores_are,
+                                                    streamed=job.stream is not None)
         if job.stream is not None:
             record["out_of_core"] = streaming.settings_record(job.out_of_core, job.stream)
         record["timings"] = {"fit_seconds": round(fit_seconds, 3),
                              "total_seconds": round(time.perf_counter() - started, 3), "backend": self.backend}
         return self._write(job, method, self.plan.protocol, record, positions, fold_of, scores)
+
+    def _calibrated(self, results: list[dict], scores: np.ndarray, positions: np.ndarray, fold_of: np.ndarray,
+                    scores_are: str, *, streamed: bool) -> dict:
+        """--calibrate: each fold's test scores through its calibrator, with the calibration metrics of the
+        result (predictions are unchanged); or why it was not applied."""
+        s = self.settings
+        name = s.calibrate
+        if scores_are != "probabilities":
+            return {"method": name, "applied": False, "why": f"the scores are {scores_are}, not probabilities"}
+        if streamed:
+            return {"method": name, "applied": False, "why": "not available out of core (logreg-sgd)"}
+        calibrator = get_calibrator(name)
+        scaled = np.concatenate([calibrator.apply(r["calibration"], r["scores"]) for r in results])
+        groups = [self.groups[i] for i in positions]
+        point, distributions = evaluate(self.y[positions], scaled, ordinal=False, replicates=s.bootstrap, seed=s.seed,
+                                        clusters=group_codes(groups), calibration=True)
+        metrics, _ = summarize_metrics({m: point[m] for m in CALIBRATION_METRICS},
+                                       {m: distributions[m] for m in CALIBRATION_METRICS}, self.classes)
+        return {"method": name, "applied": True, "summary": calibrator.summary,
+                "fitted_on": "each fold's validation part, predicted by the chosen hyperparameters fitted on that "
+                             "fold's training part alone; applied to the fold's test predictions",
+                "per_fold": [{"fold": f.index, **r["calibration"]} for f, r in zip(self.plan.folds, results,
+                                                                                   strict=True)],
+                "metrics": metrics}
 
     def run_few_shot(self, job: Job, method: str, shots: int) -> dict:
         s = self.settings
@@ -228,6 +267,8 @@ class Prober:
             "shots": shots, "repeats": s.repeats, "hyperparameters": [params], "search": probe.settings(),
             "train_sizes": {"min": int(min(train_sizes)), "max": int(max(train_sizes))},
             "metrics": metrics, "per_class_recall": per_class, "calibration": calibration_block(probe.scores_are),
+            **({"calibrated": {"method": s.calibrate, "applied": False,
+                               "why": "no validation data at a label budget"}} if s.calibrate else {}),
             "note": "fixed hyperparameters (no validation data at this label budget); value = mean over "
                     "repeats, ci = bootstrap of that mean over the shared test samples",
             "timings": {"total_seconds": round(time.perf_counter() - started, 3)},
@@ -280,6 +321,8 @@ def probe(*, dataset: Dataset, models: list[str] | None, cache_dir: Path, out_di
         get_probe(name)  # an unknown name is an error listing the choices
     if settings.bootstrap < 0:
         raise MedprobeError("--bootstrap must be 0 or more")
+    if settings.calibrate is not None:
+        get_calibrator(settings.calibrate)  # an unknown name is an error listing the choices
     if not 0 < settings.memory_fraction <= 1:
         raise MedprobeError(f"--memory-fraction {settings.memory_fraction:g} must be in (0, 1], e.g. 0.25")
     jobs = build_jobs(dataset, models, cache_dir, list(with_datasets), settings.fuse)

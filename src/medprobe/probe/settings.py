@@ -26,3 +26,4 @@ class ProbeSettings:
     scheduler: str | None = None  # the Dask scheduler or Ray cluster address
     out_of_core: bool = False  # stream features from the cache (probe/streaming.py), whatever their size
     memory_fraction: float = DEFAULT_MEMORY_FRACTION  # ... and always above this share of free memory
+    calibrate: str | None = None  # a results.calibration calibrator, fitted on each fold's validation part

@@ -1,0 +1,76 @@
+"""Post-hoc calibration of probabilities, fitted on validation predictions only and applied to the test
+predictions of the same fold. A calibrator is a small registered class; `--calibrate NAME` picks one."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from medprobe.errors import MedprobeError
+
+CALIBRATORS: dict[str, type[Calibrator]] = {}
+TEMPERATURE_BOUNDS = (0.05, 20.0)  # searched in log space; a bound hit is recorded as such
+
+
+class Calibrator:
+    name: ClassVar[str]
+    summary: ClassVar[str]
+
+    def fit(self, scores: np.ndarray, y: np.ndarray) -> dict:
+        """Parameters from validation probabilities and labels."""
+        raise NotImplementedError
+
+    def apply(self, params: dict, scores: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+def register(cls: type[Calibrator]) -> type[Calibrator]:
+    CALIBRATORS[cls.name] = cls
+    return cls
+
+
+def get_calibrator(name: str) -> Calibrator:
+    try:
+        return CALIBRATORS[name]()
+    except KeyError:
+        raise MedprobeError(f"--calibrate {name!r} is not one of {', '.join(sorted(CALIBRATORS))}") from None
+
+
+def _log_probabilities(scores: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum(scores, np.finfo(np.float64).eps))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+@register
+class Temperature(Calibrator):
+    """Guo et al. 2017: one temperature T for all classes, p' = softmax(log p / T), T minimising the validation
+    negative log-likelihood. It rescales confidence without changing any prediction (argmax)."""
+
+    name = "temperature"
+    summary = "one temperature on the log-probabilities, minimising validation NLL"
+
+    def fit(self, scores, y):
+        from scipy.optimize import minimize_scalar
+
+        logits = _log_probabilities(scores)
+        rows = np.arange(len(y))
+
+        def nll(log_temperature: float) -> float:
+            scaled = logits / np.exp(log_temperature)
+            scaled -= scaled.max(axis=1, keepdims=True)
+            return float(np.mean(np.log(np.exp(scaled).sum(axis=1)) - scaled[rows, y]))
+
+        low, high = np.log(TEMPERATURE_BOUNDS)
+        found = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-6})
+        temperature = float(np.exp(found.x))
+        at_bound = bool(min(found.x - low, high - found.x) < 1e-3)
+        return {"temperature": temperature, "at_bound": at_bound, "val_nll_before": nll(0.0),
+                "val_nll_after": float(found.fun)}
+
+    def apply(self, params, scores):
+        return _softmax(_log_probabilities(scores) / params["temperature"])
