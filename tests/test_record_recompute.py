@@ -166,12 +166,15 @@ def test_finetune_record_recomputes_from_its_predictions(tmp_path, tiny_timm_mod
     dataset = load_dataset(blob_patients(tmp_path / "blobs", patients=15, per_patient=2, size=(48, 44)))
     record = finetune(dataset=dataset, model=str(tiny_timm_models["resnet"]), out_dir=tmp_path / "out",
                       settings=FinetuneSettings(epochs=2, batch_size=8, workers=0, folds=3, fold=0, bootstrap=200,
-                                                precision="fp32", device="cpu", seed=1), show_progress=False)
+                                                precision="fp32", device="cpu", seed=1, calibrate="temperature"),
+                      show_progress=False)
     assert record["bootstrap"]["unit"] == "patient" and record["bootstrap"]["seed"] == 1
     train = len(dataset_splits(dataset, folds=3, seed=1).folds[0].train)  # full batches only: the rest waits
     assert record["cost"]["optimizer_steps"] == 2 * (train // 8)
     assert record["cost"]["train_images"] == 2 * (train // 8) * 8
     assert_record_recomputes(record, Path(record["record_path"]).with_name(record["predictions"]))
+    assert [f["fold"] for f in record["calibrated"]["per_fold"]] == [0]  # --fold 0: that fold's temperature
+    assert_calibrated_recomputes(record)
 
 
 def test_temperature_calibrated_metrics_recompute_from_the_predictions_and_the_recorded_temperatures(
@@ -192,16 +195,25 @@ def test_temperature_calibrated_metrics_recompute_from_the_predictions_and_the_r
     folds = dataset_splits(dataset, folds=5, seed=1).folds
     assert seen == [len(f.val) for f in folds]  # fitted on each fold's validation part, nothing else
     assert not svm["calibrated"]["applied"] and "not probabilities" in svm["calibrated"]["why"]
-    calibrated = logreg["calibrated"]
-    assert calibrated["applied"] and [f["fold"] for f in calibrated["per_fold"]] == [f.index for f in folds]
-    rows, classes, y, scores = read_predictions(Path(logreg["record_path"]).with_name(logreg["predictions"]))
+    assert [f["fold"] for f in logreg["calibrated"]["per_fold"]] == [f.index for f in folds]
+    assert_calibrated_recomputes(logreg)
+
+
+def assert_calibrated_recomputes(record: dict) -> None:
+    """The calibrated metrics from the predictions CSV's raw scores and each fold's recorded temperature."""
+    calibrated = record["calibrated"]
+    assert calibrated["applied"]
+    rows, classes, y, scores = read_predictions(Path(record["record_path"]).with_name(record["predictions"]))
     temperature = {str(f["fold"]): f["temperature"] for f in calibrated["per_fold"]}
     logits = np.log(np.maximum(scores, np.finfo(float).eps)) / np.array([[temperature[r["fold"]]] for r in rows])
     scaled = np.exp(logits - logits.max(1, keepdims=True))
     scaled /= scaled.sum(1, keepdims=True)
+    grouped = record["bootstrap"]["unit"] == "patient"
+    units = np.array([r["group"] for r in rows]) if grouped else np.arange(len(rows))
     point = plain_calibration(y, scaled, plain_bins(scaled))
-    cis = plain_bootstrap(y, scaled, np.arange(len(y)), 200, 1, False, True)
+    cis = plain_bootstrap(y, scaled, units, record["bootstrap"]["replicates"], record["bootstrap"]["seed"], False,
+                          True)
     for name in ("ece", "brier", "nll"):
         assert calibrated["metrics"][name]["value"] == pytest.approx(point[name], abs=1e-9), name
         assert calibrated["metrics"][name]["ci"] == pytest.approx(cis[name], abs=1e-9), name
-    assert logreg["metrics"]["nll"]["value"] == pytest.approx(plain_calibration(y, scores, plain_bins(scores))["nll"])
+    assert (scaled.argmax(1) == scores.argmax(1)).all()

@@ -264,15 +264,18 @@ def finetune(data: Data = None, *, model: str, unfreeze: str = _F.unfreeze, epoc
              precision: str = _F.precision, device: str = _F.device, workers: int | None = _F.workers,
              image_size: int | None = _F.image_size, seed: int = _F.seed, folds: int = _F.folds,
              fold: int | None = _F.fold, bootstrap: int = _F.bootstrap, ordinal: bool = _F.ordinal,
-             resume: bool = _F.resume, out: str | Path = RESULTS_DIR, image_column: str | None = None,
-             label_column: str | None = None, progress: bool = True, verbose: bool = True) -> RunRecord:
+             resume: bool = _F.resume, calibrate: str | None = _F.calibrate, out: str | Path = RESULTS_DIR,
+             image_column: str | None = None, label_column: str | None = None, progress: bool = True,
+             verbose: bool = True) -> RunRecord:
     """Fine-tune `model` (frozen, partly or fully unfrozen) with a linear head on exactly the probes'
     splits, as `medprobe finetune`; the same kind of run record. Needs torch.
 
     unfreeze: none (the head only) | all | last-N blocks. lr / head_lr: backbone and head learning rates;
     layer_decay: layer-wise lr decay (e.g. 0.75); warm-up then cosine decay; early stopping after `patience`
     epochs without a better validation score. fold: one fold (0-based) instead of all. resume: continue an
-    interrupted run from its last checkpoint. verbose: a progress bar and a line per epoch (else one bar).
+    interrupted run from its last checkpoint. calibrate: "temperature" fits a temperature on each fold's
+    validation predictions of the best checkpoint (calibrated ECE/Brier/NLL beside the raw ones). verbose: a
+    progress bar and a line per epoch (else one bar).
 
     Returns the RunRecord (`.data["cost"]` holds parameters, throughput and device)."""
     from medprobe.finetune.runner import finetune as run_finetune
@@ -281,7 +284,7 @@ def finetune(data: Data = None, *, model: str, unfreeze: str = _F.unfreeze, epoc
         unfreeze=unfreeze, epochs=epochs, lr=lr, head_lr=head_lr, weight_decay=weight_decay, layer_decay=layer_decay,
         warmup_epochs=warmup_epochs, patience=patience, class_weights=class_weights, batch_size=batch_size,
         precision=precision, device=device, workers=workers, image_size=image_size, seed=seed, folds=folds,
-        fold=fold, bootstrap=bootstrap, ordinal=ordinal, resume=resume)
+        fold=fold, bootstrap=bootstrap, ordinal=ordinal, resume=resume, calibrate=calibrate)
     dataset = load(data, image_column=image_column, label_column=label_column)
     dataset.require_labels()
     record = run_finetune(dataset=dataset, model=model, settings=settings, out_dir=Path(out), show_progress=progress,

@@ -259,6 +259,8 @@ def finetune_command(
     out: Path = typer.Option(RESULTS_DIR, "--out", help="Results folder"),
     resume: bool = typer.Option(FinetuneSettings.resume, "--resume", help="Continue an interrupted run from its last "
                                 "checkpoint"),
+    calibrate: str = typer.Option(FinetuneSettings.calibrate, "--calibrate", help="temperature: fit a temperature on "
+                                  "each fold's validation predictions; records calibrated ECE/Brier/NLL too"),
     image_column: str = ImageColumnOption,
     label_column: str = LabelColumnOption,
 ) -> None:
@@ -273,7 +275,7 @@ def finetune_command(
                       patience=patience, class_weights=class_weights, batch_size=batch_size, precision=precision,
                       device=device, workers=workers, image_size=image_size, seed=seed, folds=folds,
                       fold=None if fold == "all" else int(fold), bootstrap=bootstrap, ordinal=ordinal, resume=resume,
-                      out=out, image_column=image_column, label_column=label_column).data
+                      calibrate=calibrate, out=out, image_column=image_column, label_column=label_column).data
     console.print(records_table([record]))
     cost = record["cost"]
     console.print(f"trainable {cost['trainable_parameters']:,} of {cost['total_parameters']:,} parameters, "

@@ -27,7 +27,8 @@ from medprobe.finetune.settings import FinetuneSettings
 from medprobe.models.backbone import Backbone, load_backbone
 from medprobe.models.registry import auto_pools, resolve_model
 from medprobe.progress import STDERR, progress_bar
-from medprobe.results.metrics import balanced_accuracy, test_report
+from medprobe.results.calibration import calibrated_block, get_calibrator
+from medprobe.results.metrics import balanced_accuracy, group_codes, test_report
 from medprobe.results.record import fold_sizes, run_header, safe_name, save_run
 from medprobe.runtime.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
 from medprobe.runtime.workers import default_workers, start_worker
@@ -207,9 +208,14 @@ class FoldTrainer:
         load_weights(model, best)
         test_loader = self._loader(EvalImages(self.images, list(fold.test), prep))
         scores = predict(model, test_loader, self.device, self.precision, len(fold.test))
+        calibration = None
+        if s.calibrate:  # the best checkpoint's validation predictions: the data that chose it, never the test
+            val_scores = predict(model, val_loader, self.device, self.precision, len(fold.val))
+            calibration = get_calibrator(s.calibrate).fit(val_scores, self.y[fold.val])
         head_params = sum(p.numel() for p in model.head.parameters())
         return {
-            "scores": scores, "history": progress["history"], "best_epoch": progress["best_epoch"],
+            "scores": scores, "calibration": calibration, "history": progress["history"],
+            "best_epoch": progress["best_epoch"],
             "val_balanced_accuracy": progress["best_score"],
             "trainable_parameters": trainable_backbone + head_params,
             "total_parameters": sum(p.numel() for p in model.parameters()),
@@ -225,6 +231,8 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
     """Fine-tune `model` on every fold's training part and score its test part. `verbose`: a progress bar
     and a line per epoch; otherwise one progress bar for the whole fine-tune."""
     parse_unfreeze(settings.unfreeze)
+    if settings.calibrate is not None:
+        get_calibrator(settings.calibrate)  # an unknown name is an error listing the choices
     if settings.epochs < 1 or settings.batch_size < 1:
         raise MedprobeError("--epochs and --batch-size must be at least 1")
     plan = dataset_splits(dataset, folds=settings.folds, seed=settings.seed)
@@ -277,5 +285,12 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
                  "peak_memory_mb": round(peak_memory_mb(trainer.device), 1), "device": str(trainer.device),
                  "device_name": device_name(trainer.device), "precision": trainer.precision},
     }
+    if settings.calibrate:
+        record["calibrated"] = calibrated_block(
+            settings.calibrate, [(f.index, r["calibration"], r["scores"]) for f, r in zip(folds, results, strict=True)],
+            trainer.y[positions], clusters=group_codes([samples[i].group for i in positions]),
+            replicates=settings.bootstrap, seed=settings.seed,
+            fitted_on="each fold's validation part, predicted by the best checkpoint (chosen on that same part); "
+                      "applied to the fold's test predictions")
     return save_run(out_dir, dataset, f"{trainer.name}__{protocol}-seed{settings.seed}", record, positions, fold_of,
                     scores)

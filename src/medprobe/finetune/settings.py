@@ -27,3 +27,4 @@ class FinetuneSettings:
     bootstrap: int = 5000
     ordinal: bool = False
     resume: bool = False
+    calibrate: str | None = None  # a results.calibration calibrator, fitted on each fold's validation predictions

@@ -22,11 +22,9 @@ from medprobe.probe.features import CacheRef, FeatureStream, extracted_models, f
 from medprobe.probe.protocol import FoldData, Probe, SearchOutcome, best, fit_scaler
 from medprobe.probe.settings import ProbeSettings
 from medprobe.progress import STDERR, progress_bar
-from medprobe.results.calibration import Calibrator, get_calibrator
+from medprobe.results.calibration import Calibrator, calibrated_block, get_calibrator, not_applied
 from medprobe.results.metrics import (
-    CALIBRATION_METRICS,
     calibration_block,
-    evaluate,
     evaluate_mean,
     group_codes,
     patient_block,
@@ -204,37 +202,27 @@ class Prober:
                          "fold_models": [r["model"] for r in results]}, model_path)
             record["model_file"] = model_path.name
         if s.calibrate:
-            record["calibrated"] = self._calibrated(results, scores, positions, fold_of, scores_are,
-                                                    streamed=job.stream is not None)
+            record["calibrated"] = self._calibrated(results, positions, scores_are, streamed=job.stream is not None)
         if job.stream is not None:
             record["out_of_core"] = streaming.settings_record(job.out_of_core, job.stream)
         record["timings"] = {"fit_seconds": round(fit_seconds, 3),
                              "total_seconds": round(time.perf_counter() - started, 3), "backend": self.backend}
         return self._write(job, method, self.plan.protocol, record, positions, fold_of, scores)
 
-    def _calibrated(self, results: list[dict], scores: np.ndarray, positions: np.ndarray, fold_of: np.ndarray,
-                    scores_are: str, *, streamed: bool) -> dict:
+    def _calibrated(self, results: list[dict], positions: np.ndarray, scores_are: str, *, streamed: bool) -> dict:
         """--calibrate: each fold's test scores through its calibrator, with the calibration metrics of the
         result (predictions are unchanged); or why it was not applied."""
         s = self.settings
-        name = s.calibrate
         if scores_are != "probabilities":
-            return {"method": name, "applied": False, "why": f"the scores are {scores_are}, not probabilities"}
+            return not_applied(s.calibrate, f"the scores are {scores_are}, not probabilities")
         if streamed:
-            return {"method": name, "applied": False, "why": "not available out of core (logreg-sgd)"}
-        calibrator = get_calibrator(name)
-        scaled = np.concatenate([calibrator.apply(r["calibration"], r["scores"]) for r in results])
-        groups = [self.groups[i] for i in positions]
-        point, distributions = evaluate(self.y[positions], scaled, ordinal=False, replicates=s.bootstrap, seed=s.seed,
-                                        clusters=group_codes(groups), calibration=True)
-        metrics, _ = summarize_metrics({m: point[m] for m in CALIBRATION_METRICS},
-                                       {m: distributions[m] for m in CALIBRATION_METRICS}, self.classes)
-        return {"method": name, "applied": True, "summary": calibrator.summary,
-                "fitted_on": "each fold's validation part, predicted by the chosen hyperparameters fitted on that "
-                             "fold's training part alone; applied to the fold's test predictions",
-                "per_fold": [{"fold": f.index, **r["calibration"]} for f, r in zip(self.plan.folds, results,
-                                                                                   strict=True)],
-                "metrics": metrics}
+            return not_applied(s.calibrate, "not available out of core (logreg-sgd)")
+        fitted = [(f.index, r["calibration"], r["scores"]) for f, r in zip(self.plan.folds, results, strict=True)]
+        return calibrated_block(s.calibrate, fitted, self.y[positions],
+                                clusters=group_codes([self.groups[i] for i in positions]), replicates=s.bootstrap,
+                                seed=s.seed, fitted_on="each fold's validation part, predicted by the chosen "
+                                "hyperparameters fitted on that fold's training part alone; applied to the fold's "
+                                "test predictions")
 
     def run_few_shot(self, job: Job, method: str, shots: int) -> dict:
         s = self.settings
@@ -267,8 +255,8 @@ class Prober:
             "shots": shots, "repeats": s.repeats, "hyperparameters": [params], "search": probe.settings(),
             "train_sizes": {"min": int(min(train_sizes)), "max": int(max(train_sizes))},
             "metrics": metrics, "per_class_recall": per_class, "calibration": calibration_block(probe.scores_are),
-            **({"calibrated": {"method": s.calibrate, "applied": False,
-                               "why": "no validation data at a label budget"}} if s.calibrate else {}),
+            **({"calibrated": not_applied(s.calibrate, "no validation data at a label budget")}
+               if s.calibrate else {}),
             "note": "fixed hyperparameters (no validation data at this label budget); value = mean over "
                     "repeats, ci = bootstrap of that mean over the shared test samples",
             "timings": {"total_seconds": round(time.perf_counter() - started, 3)},

@@ -74,3 +74,23 @@ class Temperature(Calibrator):
 
     def apply(self, params, scores):
         return _softmax(_log_probabilities(scores) / params["temperature"])
+
+
+def calibrated_block(name: str, fitted: list[tuple[int, dict, np.ndarray]], y: np.ndarray, *,
+                     clusters: np.ndarray | None, replicates: int, seed: int, fitted_on: str) -> dict:
+    """A record's `calibrated`: per fold (index, the calibrator's parameters, its test scores in pooled order),
+    the calibrator applied, and the calibration metrics of the result with their bootstrap CIs."""
+    from medprobe.results.metrics import CALIBRATION_METRICS, evaluate, summarize_metrics
+
+    calibrator = get_calibrator(name)
+    scaled = np.concatenate([calibrator.apply(params, scores) for _, params, scores in fitted])
+    point, distributions = evaluate(y, scaled, ordinal=False, replicates=replicates, seed=seed, clusters=clusters,
+                                    calibration=True)
+    metrics, _ = summarize_metrics({m: point[m] for m in CALIBRATION_METRICS},
+                                   {m: distributions[m] for m in CALIBRATION_METRICS}, [])
+    return {"method": name, "applied": True, "summary": calibrator.summary, "fitted_on": fitted_on,
+            "per_fold": [{"fold": index, **params} for index, params, _ in fitted], "metrics": metrics}
+
+
+def not_applied(name: str, why: str) -> dict:
+    return {"method": name, "applied": False, "why": why}
