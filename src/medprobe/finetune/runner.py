@@ -28,7 +28,7 @@ from medprobe.models.backbone import Backbone, load_backbone
 from medprobe.models.registry import auto_pools, resolve_model
 from medprobe.progress import STDERR, progress_bar
 from medprobe.results.calibration import calibrated_block, get_calibrator
-from medprobe.results.metrics import balanced_accuracy, group_codes, test_report
+from medprobe.results.metrics import PROBABILITIES, balanced_accuracy, group_codes, test_report
 from medprobe.results.record import fold_sizes, run_header, safe_name, save_run
 from medprobe.runtime.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
 from medprobe.runtime.workers import default_workers, start_worker
@@ -276,7 +276,7 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
         "history": [{"fold": f.index, "epochs": r["history"]} for f, r in zip(folds, results, strict=True)],
         **test_report(trainer.y[positions], scores, fold_of=fold_of, groups=[samples[i].group for i in positions],
                       classes=dataset.classes, ordinal=settings.ordinal, replicates=settings.bootstrap,
-                      seed=settings.seed, scores_are="probabilities"),  # softmax of a cross-entropy-trained head
+                      seed=settings.seed, scores_are=PROBABILITIES),  # softmax of a cross-entropy-trained head
         "cost": {"trainable_parameters": results[0]["trainable_parameters"],
                  "total_parameters": results[0]["total_parameters"], "wall_seconds": round(wall, 3),
                  "train_images_per_second": round(float(np.mean([r["train_images_per_second"] for r in results])), 2),

@@ -27,7 +27,7 @@ from medprobe.probe.protocol import (
     quiet_fit,
     register,
 )
-from medprobe.results.metrics import balanced_accuracy
+from medprobe.results.metrics import PROBABILITIES, balanced_accuracy
 
 LOGREG_GRID = tuple(float(c) for c in np.logspace(-6, 5, 45))
 ANCHOR_STEP = 4  # the coarse grid of coarse_to_fine: every 4th C
@@ -89,7 +89,7 @@ class LogReg(Probe):
     name = "logreg"
     rank = 0
     few_shot = {"C": 1.0}
-    scores_are = "probabilities"
+    scores_are = PROBABILITIES
 
     def settings(self) -> dict:
         return {"C_grid": list(LOGREG_GRID), "solver": "lbfgs", **LIMITS.record(),

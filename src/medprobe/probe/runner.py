@@ -24,6 +24,7 @@ from medprobe.probe.settings import ProbeSettings
 from medprobe.progress import STDERR, progress_bar
 from medprobe.results.calibration import Calibrator, calibrated_block, get_calibrator, not_applied
 from medprobe.results.metrics import (
+    PROBABILITIES,
     calibration_block,
     evaluate_mean,
     group_codes,
@@ -159,7 +160,7 @@ class Prober:
                                                   n_classes, s.seed, s.coarse_to_fine) for fold, part in tasks)
         chosen = [best([candidate for (task_fold, _), found in zip(tasks, searched, strict=True)
                         if task_fold is fold for candidate in found.candidates]) for fold in self.plan.folds]
-        calibrator = get_calibrator(s.calibrate) if s.calibrate and probe.scores_are == "probabilities" else None
+        calibrator = get_calibrator(s.calibrate) if s.calibrate and probe.scores_are == PROBABILITIES else None
         fitted = parallel(delayed(_fit_fold)(probe, params, job.X, self.y, fold, n_classes, s.seed, s.save_model,
                                              calibrator)
                           for fold, (params, _) in zip(self.plan.folds, chosen, strict=True))
@@ -213,7 +214,7 @@ class Prober:
         """--calibrate: each fold's test scores through its calibrator, with the calibration metrics of the
         result (predictions are unchanged); or why it was not applied."""
         s = self.settings
-        if scores_are != "probabilities":
+        if scores_are != PROBABILITIES:
             return not_applied(s.calibrate, f"the scores are {scores_are}, not probabilities")
         if streamed:
             return not_applied(s.calibrate, "not available out of core (logreg-sgd)")
@@ -243,7 +244,7 @@ class Prober:
         y = self.y[positions]
         groups = [self.groups[i] for i in positions]
         clusters = group_codes(groups)
-        calibration = probe.scores_are == "probabilities"
+        calibration = probe.scores_are == PROBABILITIES
         mean, std, distributions = evaluate_mean(y, repeated, ordinal=s.ordinal, replicates=s.bootstrap,
                                                  seed=s.seed, clusters=clusters, calibration=calibration)
         metrics, per_class = summarize_metrics(mean, distributions, self.classes)

@@ -26,10 +26,10 @@ from sklearn.preprocessing import StandardScaler
 from medprobe.data.splits import Fold
 from medprobe.probe.features import FeatureStream
 from medprobe.probe.protocol import FittedProbe, best, decision_scores
-from medprobe.results.metrics import balanced_accuracy
+from medprobe.results.metrics import PROBABILITIES, balanced_accuracy
 
 METHOD = "logreg-sgd"
-SCORES_ARE = "probabilities"  # SGD on the log loss: predict_proba
+SCORES_ARE = PROBABILITIES  # SGD on the log loss: predict_proba
 BLOCK_ROWS = 8192  # a multiple of the cache's 256-row chunks: 12 MB of float32 at 384 features
 SGD_ALPHAS = tuple(float(a) for a in np.logspace(0, -6, 7))  # most regularised first
 SGD_EPOCHS = 5

@@ -23,6 +23,7 @@ CONFUSION_METRICS = ("accuracy", "balanced_accuracy", "precision_weighted", "rec
 CI_LEVEL = 95.0
 CALIBRATION_BINS = 15
 CALIBRATION_METRICS = ("ece", "brier", "nll")
+PROBABILITIES = "probabilities"  # what a run's scores are when calibration means something
 
 
 def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -147,7 +148,7 @@ def all_metrics(y: np.ndarray, scores: np.ndarray, weights: np.ndarray, *, ordin
 
 def calibration_block(scores_are: str) -> dict:
     """What the record says about calibration: how it was measured, or why it was not."""
-    if scores_are != "probabilities":
+    if scores_are != PROBABILITIES:
         return {"scores_are_probabilities": False,
                 "why": f"the scores are {scores_are}, not probabilities; ECE, Brier and NLL are not computed"}
     return {"scores_are_probabilities": True, "ece_bins": CALIBRATION_BINS,
@@ -272,9 +273,9 @@ def test_report(y: np.ndarray, scores: np.ndarray, *, fold_of: np.ndarray, group
                 classes: list[str], ordinal: bool, replicates: int, seed: int, scores_are: str) -> dict:
     """The metric part of a run record, from pooled test predictions: values with bootstrap CIs (patients
     resampled when grouped), fold mean and std, per-class recall, confusion matrix, patient level; calibration
-    where `scores_are` "probabilities"."""
+    where `scores_are` PROBABILITIES."""
     codes = group_codes(groups)
-    calibration = scores_are == "probabilities"
+    calibration = scores_are == PROBABILITIES
     point, distributions = evaluate(y, scores, ordinal=ordinal, replicates=replicates, seed=seed, clusters=codes,
                                     calibration=calibration)
     metrics, per_class = summarize_metrics(point, distributions, classes)
