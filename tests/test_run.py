@@ -147,11 +147,28 @@ def test_bad_experiment_files_are_one_line(tmp_path):
         'backbones = ["resnet50"]\n[[datasets]]\ndata = "data"\n[finetune]\nunfreeze = "all"\n':
             "unknown key(s) unfreeze",
         'backbones = "resnet50"\n[[datasets]]\ndata = "data"\n': "backbones must be a list",
+        'backbones = ["resnet50"]\n[[datasets]]\ndata = "data"\n[probe]\ncalibrate = "platt"\n':
+            "--calibrate 'platt' is not one of temperature",
     }
     for text, message in cases.items():
         (tmp_path / "e.toml").write_text(text)
         with pytest.raises(MedprobeError, match=message.replace("(", r"\(").replace(")", r"\)")):
             load_experiment(tmp_path / "e.toml")
+
+
+def test_calibrate_in_the_run_file_reaches_the_probes_and_reruns_only_their_steps(tmp_path):
+    from medprobe.run.runner import plan_steps
+
+    (tmp_path / "data").mkdir()
+    base = 'backbones = ["resnet50"]\n[[datasets]]\ndata = "data"\n[finetune]\nepochs = 1\n[probe]\n'
+    keys = {}
+    for name, extra in (("plain", ""), ("calibrated", 'calibrate = "temperature"\n')):
+        (tmp_path / f"{name}.toml").write_text(base + extra)
+        experiment = load_experiment(tmp_path / f"{name}.toml")
+        keys[name] = {step.kind: step.key(experiment) for step in plan_steps(experiment)}
+    assert load_experiment(tmp_path / "calibrated.toml").calibrate == "temperature"
+    assert keys["plain"]["probe"] != keys["calibrated"]["probe"]  # the probe step runs again
+    assert keys["plain"]["finetune"] == keys["calibrated"]["finetune"]  # nothing else does
 
 
 def test_the_reference_study_example_plans_the_whole_grid(tmp_path):

@@ -15,7 +15,8 @@
     finetune = false                 # optional: probe this dataset only
 
     [extract]                        # optional: precision, batch_size, device, workers, image_size, skip_bad
-    [probe]                          # classifiers = ["logreg", "svm", "knn"], pools = ["auto"], shots = []
+    [probe]                          # classifiers = ["logreg", "svm", "knn"], pools = ["auto"], shots = [],
+                                     # calibrate = "temperature" (optional)
     [finetune]                       # optional; modes = ["none", "all"], epochs, lr, head_lr, batch_size, ...
 
 Every key is checked; an unknown one is an error naming it, so a typo never silently changes the study.
@@ -32,7 +33,7 @@ from medprobe.errors import MedprobeError
 TOP_KEYS = {"out", "cache_dir", "backbones", "seeds", "folds", "bootstrap", "metric", "datasets", "extract",
             "probe", "finetune"}
 DATASET_KEYS = {"data", "ordinal", "classes", "finetune"}
-PROBE_KEYS = {"classifiers", "pools", "shots", "repeats"}
+PROBE_KEYS = {"classifiers", "pools", "shots", "repeats", "calibrate"}
 FINETUNE_EXCLUDED = {"unfreeze", "seed", "folds", "bootstrap", "ordinal", "resume", "fold"}  # set by the run
 
 
@@ -60,6 +61,7 @@ class Experiment:
     pools: list[str] = field(default_factory=lambda: ["auto"])
     shots: list[int | str] = field(default_factory=list)
     repeats: int = 5
+    calibrate: str | None = None
     finetune_modes: list[str] = field(default_factory=list)
     finetune: dict = field(default_factory=dict)
 
@@ -115,6 +117,11 @@ def load_experiment(path: Path) -> Experiment:
     _unknown(extract, {f.name for f in fields(ExtractSettings)}, f"{path}: [extract]")
     probe = _table(spec, "probe", path)
     _unknown(probe, PROBE_KEYS, f"{path}: [probe]")
+    calibrate = probe.get("calibrate")
+    if calibrate is not None:
+        from medprobe.results.calibration import get_calibrator
+
+        get_calibrator(str(calibrate))  # an unknown name fails here, before any step runs
     finetune = dict(_table(spec, "finetune", path))
     modes = _list_of(finetune.pop("modes", ["all"] if finetune or "finetune" in spec else []), str, str(path),
                      "[finetune] modes")
@@ -130,6 +137,7 @@ def load_experiment(path: Path) -> Experiment:
         metric=str(spec.get("metric", "accuracy")), extract=extract,
         classifiers=_list_of(probe.get("classifiers", ["logreg", "svm", "knn"]), str, str(path), "classifiers"),
         pools=_list_of(probe.get("pools", ["auto"]), str, str(path), "pools"),
-        shots=list(probe.get("shots", [])), repeats=int(probe.get("repeats", 5)), finetune_modes=modes,
+        shots=list(probe.get("shots", [])), repeats=int(probe.get("repeats", 5)),
+        calibrate=str(calibrate) if calibrate is not None else None, finetune_modes=modes,
         finetune=finetune,
     )

@@ -51,6 +51,8 @@ class Step:
                     "bootstrap": experiment.bootstrap, "extract": experiment.extract}
         if self.kind == "probe":
             settings.update(classifiers=experiment.classifiers, shots=experiment.shots, repeats=experiment.repeats)
+            if experiment.calibrate:  # only when set: keys of runs without it stay as they were
+                settings["calibrate"] = experiment.calibrate
         if self.kind == "finetune":
             settings.update(finetune=experiment.finetune)
         text = json.dumps(settings, sort_keys=True, default=str)
@@ -227,7 +229,8 @@ class Runner:
             shots = tuple(self.experiment.shots)
             settings = ProbeSettings(classifiers=tuple(self.experiment.classifiers), pool=step.variant,
                                      folds=self.experiment.folds, seed=step.seed, bootstrap=self.experiment.bootstrap,
-                                     ordinal=step.dataset.ordinal, shots=shots, repeats=self.experiment.repeats)
+                                     ordinal=step.dataset.ordinal, shots=shots, repeats=self.experiment.repeats,
+                                     calibrate=self.experiment.calibrate)
             records = probe(dataset=dataset, models=[step.backbone], cache_dir=self.cache_dir,
                             out_dir=self.records_dir, settings=settings, show_progress=show_progress)
         else:
