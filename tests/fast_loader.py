@@ -13,9 +13,15 @@ import time
 import numpy as np
 
 CHILD = r"""
-import sys, torch
+import contextlib, faulthandler, signal, sys, torch
 from torch.utils.data import DataLoader, IterableDataset
-from {module} import {function} as init
+import {module} as setup
+
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the harness asks for every thread's stack on a hang
+init = setup.{function}
+# medprobe's loop defers Ctrl-C to the point between batches; an older set-up has no such guard
+guard = getattr(setup, "deferred_interrupts", contextlib.nullcontext)
+point = getattr(setup, "interruption_point", lambda: None)
 
 class Counting(IterableDataset):
     def __iter__(self):
@@ -23,9 +29,11 @@ class Counting(IterableDataset):
             yield torch.full((3, 8, 8), float(i))
 
 try:
-    for i, batch in enumerate(DataLoader(Counting(), batch_size=2, num_workers=2, worker_init_fn=init)):
-        if i == 0:
-            print("receiving", flush=True)
+    with guard():
+        for i, batch in enumerate(DataLoader(Counting(), batch_size=2, num_workers=2, worker_init_fn=init)):
+            if i == 0:
+                print("receiving", flush=True)
+            point()
 except KeyboardInterrupt:
     print("interrupted: one line", file=sys.stderr)
     sys.exit(130)
@@ -48,6 +56,13 @@ def stop_fast_loaders(init: str, stops: int, seed: int = 0, timeout: float = 120
         assert process.stdout.readline().strip() == "receiving"
         time.sleep(rng.uniform(0.0, 0.3))
         os.killpg(process.pid, signal.SIGINT)
-        _, err = process.communicate(timeout=timeout)
+        try:
+            _, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:  # hung: every thread's stack (faulthandler), then kill the group
+            os.killpg(process.pid, signal.SIGUSR1)
+            time.sleep(2)
+            os.killpg(process.pid, signal.SIGKILL)
+            _, err = process.communicate()
+            raise AssertionError(f"still running {timeout:.0f} s after Ctrl-C; its threads:\n{err}") from None
         outcomes.append((process.returncode, err))
     return outcomes

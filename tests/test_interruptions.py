@@ -47,12 +47,11 @@ def wait_for_new_file(folder: Path, pattern: str | tuple[str, ...], process: sub
     started, deadline = time.time(), time.monotonic() + timeout
     patterns = (pattern,) if isinstance(pattern, str) else pattern
     while time.monotonic() < deadline and process.poll() is None:
-        for found in [f for p in patterns for f in folder.glob(p)] if folder.is_dir() else []:
-            try:
-                if found.stat().st_mtime > started:
-                    return True
-            except FileNotFoundError:  # committed and removed meanwhile
-                pass
+        try:  # the folder itself may go between any two looks: a journal is removed once committed
+            if any(found.stat().st_mtime > started for p in patterns for found in folder.glob(p)):
+                return True
+        except FileNotFoundError:
+            pass
         time.sleep(0.02)
     return False
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
+import pytest
 import torch
 from fast_loader import stop_fast_loaders
 from torch.utils.data import DataLoader, IterableDataset
@@ -72,3 +74,28 @@ def test_background_thread_errors_are_quiet_unless_debug_but_real_bugs_still_sho
                            capture_output=True, text=True)
     assert "ConnectionResetError: peer gone" in debug.stderr and "EOFError: eof" in debug.stderr
     assert "ValueError: a real bug" in debug.stderr
+
+
+def test_a_deferred_ctrl_c_is_raised_between_batches_and_the_handler_is_restored():
+    import os
+    import signal
+
+    from medprobe.runtime.workers import deferred_interrupts, interruption_point
+
+    before = signal.getsignal(signal.SIGINT)
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            reached.append("after the signal")  # the signal did not stop the code mid-step
+            interruption_point()
+            reached.append("after the point")
+    assert reached == ["after the signal"] and signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt):  # pending when the block ends: raised on leaving it
+        with deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    with deferred_interrupts():
+        interruption_point()  # nothing pending: no effect
+    assert signal.getsignal(signal.SIGINT) is before

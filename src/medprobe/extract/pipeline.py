@@ -11,6 +11,9 @@ help), the host-to-device copies (transfer-bound: pinned memory is on already; s
 or `--decode gpu` would help), the forward passes (compute-bound: the backbone is the limit), waiting
 for the writer (write-bound: a slow disk); the progress line names the slowest.
 
+Ctrl-C is deferred while the loader runs (runtime.workers.deferred_interrupts) and raised between batches,
+never inside the loader's queue code.
+
 Every backbone forwards batches of exactly `batch_size` rows (the last one padded), as a single-backbone
 run does, so its features are bit-identical whichever backbones ran beside it and however a resumed run
 cut the batches.
@@ -36,6 +39,7 @@ from medprobe.models.spec import ModelSpec
 from medprobe.models.transforms import ImageTransform
 from medprobe.progress import progress_bar
 from medprobe.runtime.device import autocast
+from medprobe.runtime.workers import deferred_interrupts, interruption_point
 
 WRITE_DEPTH = 2  # batches computed but not yet in the journal
 STAGES = ("decode", "transfer", "compute", "write")  # StageSeconds' fields, in pipeline order
@@ -166,8 +170,10 @@ def run_jobs(jobs: list[Job], root: Path, *, batch_size: int, workers: int, show
     warm = _Warm(len(jobs))
     began = time.perf_counter()
     names = ", ".join(job.backbone.spec.name for job in jobs)
+    batches = None
     try:
-        with progress_bar(f"extract {names}", total=len(samples), enabled=show_progress, status=True) as advance:
+        with deferred_interrupts(), \
+                progress_bar(f"extract {names}", total=len(samples), enabled=show_progress, status=True) as advance:
             batches = iter(loader)
             while True:
                 waited = time.perf_counter()
@@ -192,14 +198,18 @@ def run_jobs(jobs: list[Job], root: Path, *, batch_size: int, workers: int, show
                         warm.count(j, _forward(job, buffers[j].take(batch_size), batch_size, stats[j], writer))
                 warm.start()
                 advance(len(batch["positions"]) + len(batch["errors"]), status=_status(stats))
+                interruption_point()
             for j, job in enumerate(jobs):
                 while buffers[j].ids:
                     warm.count(j, _forward(job, buffers[j].take(batch_size), batch_size, stats[j], writer))
+                    interruption_point()
             drained = writer.drain()
             for s in stats:
                 s.stages.write += drained
     finally:
-        writer.close()
+        with deferred_interrupts():  # the loader's workers stop and writes in flight finish, Ctrl-C held back
+            batches = None
+            writer.close()
     seconds = time.perf_counter() - began
     for j, s in enumerate(stats):
         s.seconds = seconds

@@ -31,7 +31,7 @@ from medprobe.results.calibration import calibrated_block, get_calibrator
 from medprobe.results.metrics import PROBABILITIES, balanced_accuracy, group_codes, test_report
 from medprobe.results.record import fold_sizes, run_header, safe_name, save_run
 from medprobe.runtime.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
-from medprobe.runtime.workers import default_workers, start_worker
+from medprobe.runtime.workers import default_workers, deferred_interrupts, interruption_point, start_worker
 
 
 class Classifier(nn.Module):
@@ -97,6 +97,7 @@ def predict(model: Classifier, loader: DataLoader, device: torch.device, precisi
         with autocast(device, precision):
             logits = model(pixels.to(device, non_blocking=True))
         scores[index.numpy()] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        interruption_point()
     return scores
 
 
@@ -188,6 +189,7 @@ class FoldTrainer:
                     losses.append(float(loss.detach()))
                     seen += len(labels)
                     advance(len(labels))
+                    interruption_point()
             progress["train_seconds"] += time.perf_counter() - started
             progress["train_images"] += seen
             progress["train_steps"] = progress.get("train_steps", 0) + len(losses)  # older checkpoints lack it
@@ -244,14 +246,15 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
     trainer = FoldTrainer(dataset, model, settings, out_dir)
     started = time.perf_counter()
     try:
-        if show_progress and not verbose:
-            total = sum(trainer.images_per_epoch(fold) for fold in folds) * settings.epochs
-            description = (f"finetune {trainer.spec.name} ({settings.unfreeze}, {len(folds)} folds x "
-                           f"{settings.epochs} epochs)")
-            with progress_bar(description, total=total) as advance:
-                results = [trainer.train(fold, show_progress, advance) for fold in folds]
-        else:
-            results = [trainer.train(fold, show_progress) for fold in folds]
+        with deferred_interrupts():  # Ctrl-C lands between batches, never inside the loaders' queue code
+            if show_progress and not verbose:
+                total = sum(trainer.images_per_epoch(fold) for fold in folds) * settings.epochs
+                description = (f"finetune {trainer.spec.name} ({settings.unfreeze}, {len(folds)} folds x "
+                               f"{settings.epochs} epochs)")
+                with progress_bar(description, total=total) as advance:
+                    results = [trainer.train(fold, show_progress, advance) for fold in folds]
+            else:
+                results = [trainer.train(fold, show_progress) for fold in folds]
     except KeyboardInterrupt:
         raise Interrupted(f"{trainer.spec.name}: every finished epoch is checkpointed under "
                           f"{trainer.out_dir / safe_name(dataset.name) / 'checkpoints'}; run the same command with "

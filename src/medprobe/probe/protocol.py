@@ -130,7 +130,8 @@ class Probe:
     few_shot: ClassVar[dict]  # fixed hyperparameters where no validation data exists (--shots)
     standardised: ClassVar[bool] = True  # its search reads FoldData.standardised()
     rank: ClassVar[int] = 100  # position in listings and in --clf all
-    scores_are: ClassVar[str]  # metrics.PROBABILITIES (then calibration is measured), or what they are instead
+    # metrics.PROBABILITIES (then calibration is measured), or what the scores are instead
+    scores_are: ClassVar[str] = "the probe's own scores"
 
     def settings(self) -> dict:
         """Grids and solver limits, for the run record."""

@@ -83,3 +83,50 @@ def quiet_background_errors(*, only: tuple[type[BaseException], ...] = (BaseExce
             process_hook(exc_type, value, traceback)
 
     threading.excepthook, sys.excepthook = quiet_thread, quiet_process
+
+
+class _Deferred:
+    """The state of deferred_interrupts(): whether a Ctrl-C came in, and how deep the nesting is."""
+
+    depth = 0
+    pending = False
+    previous = None
+
+
+def _defer(signum, frame) -> None:
+    if _Deferred.pending:  # a second Ctrl-C: the user insists, stop at once
+        raise KeyboardInterrupt
+    _Deferred.pending = True
+
+
+class deferred_interrupts:  # noqa: N801 - used as a context manager, like contextlib's
+    """Within: Ctrl-C only sets a flag, and `interruption_point()` (called between batches) raises it as
+    KeyboardInterrupt. An interrupt raised anywhere else in the main thread can land inside DataLoader's
+    queue code between a lock's acquire and its `with` block: the lock stays held and the loader's shutdown,
+    which puts on the same queue, waits for it forever (seen once in 90 stops of tests/fast_loader.py). A
+    pending Ctrl-C still raises on leaving the block; a second one raises at once. Main thread only
+    (elsewhere, and nested, it does nothing)."""
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            if _Deferred.depth == 0:
+                _Deferred.pending, _Deferred.previous = False, signal.signal(signal.SIGINT, _defer)
+            _Deferred.depth += 1
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        _Deferred.depth -= 1
+        if _Deferred.depth == 0:
+            signal.signal(signal.SIGINT, _Deferred.previous)
+            pending, _Deferred.pending = _Deferred.pending, False
+            if pending and exc_type is None:
+                raise KeyboardInterrupt
+
+
+def interruption_point() -> None:
+    """Where a deferred Ctrl-C is raised: between batches, outside every queue and lock."""
+    if _Deferred.pending:
+        _Deferred.pending = False
+        raise KeyboardInterrupt
