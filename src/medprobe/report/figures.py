@@ -306,12 +306,17 @@ def roc_curves(record: RunRecord, predictions: Predictions) -> object:
         area = binary_auroc(predictions.scores[:, k], positive, ones)[0]
         axes.plot(fpr, tpr, color=colour, label=f"{classes[k]} (AUROC {area:.3f})")
     axes.plot([0, 1], [0, 1], ":", color="grey", linewidth=0.8)
-    axes.set_xlabel("false positive rate")
-    axes.set_ylabel("true positive rate")
+    _finish_unit_square(axes, record, "false positive rate", "true positive rate")
+    return figure
+
+
+def _finish_unit_square(axes, record: RunRecord, xlabel: str, ylabel: str) -> None:
+    """Labels, equal aspect, the run as title, the legend: ROC curves and reliability diagrams alike."""
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
     axes.set_aspect("equal")
     axes.set_title(f"{record.model} {record.method}", fontsize=9)
     axes.legend(fontsize=7, loc="lower right")
-    return figure
 
 
 def reliability_diagram(record: RunRecord, predictions: Predictions) -> object:
@@ -334,11 +339,7 @@ def reliability_diagram(record: RunRecord, predictions: Predictions) -> object:
         axes.text(0.04, 0.92, f"ECE {ece['value']:.3f}{interval}", transform=axes.transAxes, fontsize=8)
     axes.set_xlim(0, 1.02)
     axes.set_ylim(0, 1.02)
-    axes.set_xlabel("confidence (top-class probability)")
-    axes.set_ylabel("accuracy")
-    axes.set_aspect("equal")
-    axes.set_title(f"{record.model} {record.method}", fontsize=9)
-    axes.legend(fontsize=7, loc="lower right")
+    _finish_unit_square(axes, record, "confidence (top-class probability)", "accuracy")
     return figure
 
 
