@@ -269,3 +269,10 @@ def test_retfound_checkpoint_with_other_objects_is_refused_without_unpickling_th
         load_backbone(resolve_model(f"retfound:{path}"))
     with pytest.raises(MedprobeError, match="no such file"):
         resolve_model(f"retfound:{tmp_path / 'missing.pth'}")
+
+
+def test_openclip_prefix_resolves_to_the_open_clip_family():
+    spec = resolve_model("openclip:hf-hub:org/name")
+    assert (spec.backend, spec.source, spec.family) == ("open_clip", "hf-hub:org/name", "open_clip")
+    with pytest.raises(MedprobeError, match="use openclip:hf-hub:ORG/NAME"):
+        resolve_model("openclip:ViT-B-32")

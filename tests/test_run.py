@@ -31,6 +31,10 @@ def test_demo_runs_offline_with_every_method_in_the_report(tmp_path, monkeypatch
     # the demo's own choice: Lite0/1/2 (real weights); the hub models are skipped offline, not waited for
     own = demo.prepare_demo(tmp_path / "own", QUIET, xray_patients=2, glioma_patients=3)
     assert load_experiment(own).backbones == ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
+    from medprobe.run.runner import plan_steps
+
+    kinds = [step.kind for step in plan_steps(load_experiment(own))]  # the README's "27 steps"
+    assert (len(kinds), kinds.count("extract"), kinds.count("probe"), kinds.count("finetune")) == (27, 12, 12, 3)
     # the run itself with Lite0 alone keeps the suite short; the three load as they do in test_fidelity
     experiment = demo.prepare_demo(tmp_path / "demo", QUIET, xray_patients=10, glioma_patients=15, epochs=1,
                                    backbones=["efficientnet-lite0"])

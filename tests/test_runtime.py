@@ -99,3 +99,11 @@ def test_a_deferred_ctrl_c_is_raised_between_batches_and_the_handler_is_restored
     with deferred_interrupts():
         interruption_point()  # nothing pending: no effect
     assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(1, 1), (2, 1), (16, 8), (64, 8), (None, 1)])
+def test_default_loader_workers_leave_one_core_and_stop_at_eight(cores, workers, monkeypatch):
+    from medprobe.runtime.workers import default_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert default_workers() == workers

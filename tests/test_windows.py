@@ -125,3 +125,13 @@ def test_windows_on_colour_images_and_bad_channel_specs_are_refused(tmp_path):
     with pytest.raises(MedprobeError, match="not both"):
         load_dataset(write_spec(tmp_path / "s.toml", folder="img", window="hu:lung",
                                 channels=["hu:brain", "hu:subdural", "hu:bone"]))
+
+
+def test_the_readme_preset_table_and_the_percentile_string_form():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme.split("| preset | level | width |", 1)[1].split("\n\n", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.strip().splitlines()[1:]]
+    assert {name: (float(level), float(width)) for name, level, width in rows} == PRESETS
+    assert parse_window("percentile:1,99", "x") == parse_window([1, 99], "x")
