@@ -141,3 +141,16 @@ def test_classes_sort_naturally_and_can_be_reordered(tmp_path):
     assert dataset.with_class_order(["grade10", "Grade3", "grade2"]).classes == ["grade10", "Grade3", "grade2"]
     with pytest.raises(MedprobeError, match="must list each class"):
         dataset.with_class_order(["grade2", "grade10"])
+
+
+def test_float_images_are_windowed_by_their_own_percentiles_and_nans_become_the_low_end():
+    rng = np.random.default_rng(0)
+    values = rng.normal(100.0, 20.0, (64, 64)).astype(np.float32)
+    values[:4, :4] = np.nan
+    rgb = np.asarray(decode_image(encode(Image.fromarray(values, mode="F"), "TIFF"), "x"))[..., 0]
+    finite = values[np.isfinite(values)]
+    low, high = np.percentile(finite, [0.5, 99.5])  # computed here, independently of medprobe's window code
+    expected = np.rint(np.clip((values - low) / (high - low), 0, 1) * 255)
+    inside = np.isfinite(values)
+    assert np.abs(rgb[inside].astype(int) - expected[inside]).max() <= 1
+    assert (rgb[:4, :4] == 0).all()

@@ -247,3 +247,11 @@ def test_voxel_rules_remember_their_selection_until_a_file_changes(tmp_path, mon
     save_nifti(tmp_path / "a.nii.gz", voxels)  # a changed file is read again
     changed = load_dataset(dataset_spec)
     assert len(reads) == 3 and [s.slice.index for s in changed.samples if s.label == "a"] == [2, 3, 4, 7]
+
+
+def test_without_slices_every_axial_plane_is_a_sample(tmp_path):
+    voxels = np.random.default_rng(2).normal(size=(12, 10, 7)).astype(np.float32)  # RAS: 7 axial planes
+    default = one_volume_dataset(tmp_path, voxels, name="default")
+    explicit = one_volume_dataset(tmp_path, voxels, name="explicit", axis="axial", slices="all")
+    assert len(default.samples) == 2 * 7 and [s.id.split("#")[1] for s in default.samples] == \
+        [s.id.split("#")[1] for s in explicit.samples]
