@@ -192,3 +192,31 @@ def test_ties_go_to_the_centre_of_the_tied_plateau(scores, chosen):
     candidates = [({"C": 10.0 ** i}, s) for i, s in enumerate(scores)]
     assert best(candidates) is candidates[chosen]
 
+
+
+def test_the_readme_grids_limits_and_thresholds_are_the_code_s():
+    from medprobe.probe import knn, runner
+
+    assert np.allclose(logreg.LOGREG_GRID, np.logspace(-6, 5, 45))
+    assert np.allclose(svm.SVM_LINEAR_GRID, [1e-4, 1e-3, 1e-2, 1e-1, 1]) and np.allclose(svm.SVM_RBF_GRID,
+                                                                                           [0.1, 1, 10, 100])
+    assert knn.K_GRID == (1, 3, 5, 10, 20, 50, 100, 200) and knn.KNN_TEMPERATURE == 0.07
+    assert runner.SERIAL_LIMIT == 1_000_000
+    records = {name: get_probe(name).settings() for name in ("logreg", "svm")}
+    assert (records["logreg"]["tol"], records["logreg"]["max_iter"]) == (1e-4, 1000)
+    assert (records["svm"]["liblinear"]["tol"], records["svm"]["liblinear"]["max_iter"]) == (1e-4, 1000)
+    assert (records["svm"]["libsvm"]["tol"], records["svm"]["libsvm"]["max_iter"]) == (1e-3, 100_000)
+
+
+def test_knn_caps_k_at_the_training_size_and_its_scores_sum_to_one():
+    data = fold_data(n=30, n_classes=3, seed=6)  # fewer training samples than the largest k's
+    found = get_probe("knn").search(("all",), data, 0).candidates
+    assert max(p["k"] for p, _ in found) <= len(data.Xtr) and {p["weighting"] for p, _ in found} == {
+        "uniform", "softmax"}
+    for weighting in ("uniform", "softmax"):
+        fitted = get_probe("knn").fit({"k": 5, "weighting": weighting}, data.Xtr, data.ytr, 3, 0)
+        assert np.allclose(fitted.scores(data.Xval, 3).sum(1), 1)
+
+
+def test_nystroem_keeps_1024_components_or_all_samples():
+    assert svm.nystroem(5000, 768, 0).n_components == 1024 and svm.nystroem(300, 768, 0).n_components == 300
