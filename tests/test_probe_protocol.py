@@ -120,9 +120,24 @@ def test_kernels_from_one_gram_matrix_select_as_plain_svcs_do():
     plain = [balanced_accuracy(data.yval, decision_scores(SVC(kernel=kernel, C=c, gamma="scale").fit(Ztr, data.ytr),
                                                           Zval, 3))
              for kernel, grid in (("linear", svm.SVM_LINEAR_GRID), ("rbf", svm.SVM_RBF_GRID)) for c in grid]
-    assert [s for _, s in outcome.candidates] == pytest.approx(plain, abs=1e-12)
-    assert outcome.fits == len(plain) and outcome.capped == 0
+    assert [s for _, s in outcome.candidates] == pytest.approx(plain, abs=1e-12)  # skipped C's included
+    skipped = sum("same_as_C" in p for p, _ in outcome.candidates)
+    assert outcome.fits == len(plain) - skipped and outcome.capped == 0
     assert {p["solver"] for p, _ in outcome.candidates} == {"libsvm"}
+
+
+def test_a_c_beyond_the_hard_margin_solution_is_not_fitted_again_and_equals_a_plain_svc():
+    data = fold_data(n=60, n_classes=3, dim=200, spread=2.0, seed=8)  # more features than samples: separable
+    outcome = get_probe("svm").search(("kernels",), data, 0)
+    linear = [p for p, _ in outcome.candidates if p["kernel"] == "linear"]
+    reused = [p for p in linear if "same_as_C" in p]
+    assert reused and all(p["same_as_C"] < p["C"] for p in reused)
+    Ztr, Zval = data.standardised()
+    base = SVC(kernel="linear", C=reused[0]["same_as_C"]).fit(Ztr, data.ytr)
+    assert not svm.at_bound(base, reused[0]["same_as_C"])
+    for p in reused:  # the plain fit at the larger C finds the same solution
+        larger = SVC(kernel="linear", C=p["C"]).fit(Ztr, data.ytr)
+        assert np.abs(larger.decision_function(Zval) - base.decision_function(Zval)).max() < 1e-2
 
 
 def test_above_the_kernel_limit_the_svm_search_is_liblinear_and_nystroem(monkeypatch):

@@ -15,7 +15,9 @@
   approximated (Nystroem, 1024 components, seeded), mapped once per fold, and fed to the primal linear
   solver; the records say `solver` and `approximate`.
 The search of a fold is one part (the shared kernels) up to the limit, and two (linear, approximate RBF)
-above it.
+above it. Along each exact grid, once a C's solution has no dual multiplier at its bound C, every larger C has
+the same solution (no constraint it relaxes is active): those candidates take its score without a fit and
+say `same_as_C` (on 10k x 1024 features with 10 classes, C = 1 repeats C = 0.1's hard-margin solution).
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ def kernel_svc(C: float, kernel: str = "rbf") -> SVC:
 def nystroem(n_samples: int, n_features: int, seed: int) -> Nystroem:
     # gamma = 1 / n_features equals SVC's gamma="scale" on standardised features (variance 1)
     return Nystroem(gamma=1.0 / n_features, n_components=min(NYSTROEM_COMPONENTS, n_samples), random_state=seed)
+
+
+def at_bound(estimator: SVC, C: float) -> bool:
+    """Whether any dual multiplier sits at its upper bound C. If none does, no constraint a larger C relaxes is
+    active: the same solution stays optimal for every larger C (the dual problem is convex)."""
+    return bool(np.any(np.abs(estimator.dual_coef_) >= C * (1 - 1e-9)))
 
 
 def capped(estimator) -> bool:
@@ -115,19 +123,26 @@ class Svm(Probe):
         Ztr, Zval = data.standardised()
         outcome = SearchOutcome([])
 
-        def score(params: dict, estimator, train: np.ndarray, val: np.ndarray) -> None:
+        def score(params: dict, estimator, train: np.ndarray, val: np.ndarray):
             quiet_fit(estimator, train, data.ytr)
             outcome.fits += 1
             outcome.capped += capped(estimator)
             outcome.candidates.append((params, balanced_accuracy(data.yval, decision_scores(estimator, val,
                                                                                              data.n_classes))))
+            return estimator
 
         if part[0] == "kernels":
             matrices = kernels(Ztr, Zval)
             for kernel, grid in (("linear", SVM_LINEAR_GRID), ("rbf", SVM_RBF_GRID)):
+                saturated = None  # the first C whose solution has no multiplier at its bound
                 for c in grid:
-                    score({"kernel": kernel, "C": c, "solver": "libsvm"}, kernel_svc(c, "precomputed"),
-                          *matrices[kernel])
+                    params = {"kernel": kernel, "C": c, "solver": "libsvm"}
+                    if saturated is not None:  # a larger C changes nothing: that solution is optimal here too
+                        outcome.candidates.append((params | {"same_as_C": saturated[0]}, saturated[1]))
+                        continue
+                    fitted = score(params, kernel_svc(c, "precomputed"), *matrices[kernel])
+                    if not at_bound(fitted, c):
+                        saturated = (c, outcome.candidates[-1][1])
         elif part[0] == "linear":
             for c in SVM_LINEAR_GRID:
                 score({"kernel": "linear", "C": c, "solver": "liblinear"}, linear_svc(c, *Ztr.shape, seed), Ztr, Zval)
