@@ -59,17 +59,18 @@ def resolve_model(name: str, *, revision: str | None = None) -> ModelSpec:
         spec = REGISTRY[name]
     elif prefix == "hf:" and "/" not in name[3:]:
         raise MedprobeError(f"{name}: use hf:ORG/NAME")
-    elif prefix == "retfound:" and not Path(name[len(prefix):]).expanduser().is_file():
-        raise MedprobeError(f"{name}: no such file; use retfound:PATH to a RETFound .pth checkpoint, or a registry "
-                            "name (retfound-mae-cfp, ...)")
+    elif prefix == "retfound:":  # a file: the same checkpoint whatever the working directory
+        path = Path(name[len(prefix):]).expanduser()
+        if not path.is_file():
+            raise MedprobeError(f"{name}: no such file; use retfound:PATH to a RETFound .pth checkpoint, or a "
+                                "registry name (retfound-mae-cfp, ...)")
+        backend, family = PREFIXES[prefix]
+        spec = ModelSpec(name, backend, str(path.resolve()), family=family)
     elif prefix == "openclip:" and not name[len(prefix):].startswith("hf-hub:"):
         raise MedprobeError(f"{name}: use openclip:hf-hub:ORG/NAME, or pass a folder holding {OPEN_CLIP_CONFIG}")
     elif prefix is not None:
         backend, family = PREFIXES[prefix]
-        source = name[len(prefix):]
-        if prefix == "retfound:":  # a file: the same checkpoint whatever the working directory
-            source = str(Path(source).expanduser().resolve())
-        spec = ModelSpec(name, backend, source, family=family)
+        spec = ModelSpec(name, backend, name[len(prefix):], family=family)
     elif Path(name).expanduser().is_dir():
         spec = _local_spec(Path(name).expanduser().resolve())
     else:

@@ -17,6 +17,8 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
+from medprobe.results.metrics import softmax
+
 
 @dataclass(frozen=True)
 class SolverLimits:
@@ -69,12 +71,6 @@ def quiet_fit(estimator, Z: np.ndarray, y: np.ndarray):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return estimator.fit(Z, y)
-
-
-def softmax(values: np.ndarray) -> np.ndarray:
-    shifted = values - values.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def decision_scores(estimator, Z: np.ndarray, n_classes: int) -> np.ndarray:

@@ -8,6 +8,7 @@ from typing import ClassVar
 import numpy as np
 
 from medprobe.errors import MedprobeError
+from medprobe.results.metrics import CALIBRATION_METRICS, PROBABILITY_FLOOR, evaluate, softmax, summarize_metrics
 
 CALIBRATORS: dict[str, type[Calibrator]] = {}
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # searched in log space; a bound hit is recorded as such
@@ -38,12 +39,7 @@ def get_calibrator(name: str) -> Calibrator:
 
 
 def _log_probabilities(scores: np.ndarray) -> np.ndarray:
-    return np.log(np.maximum(scores, np.finfo(np.float64).eps))
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    return np.log(np.maximum(scores, PROBABILITY_FLOOR))
 
 
 @register
@@ -73,15 +69,13 @@ class Temperature(Calibrator):
                 "val_nll_after": float(found.fun)}
 
     def apply(self, params, scores):
-        return _softmax(_log_probabilities(scores) / params["temperature"])
+        return softmax(_log_probabilities(scores) / params["temperature"])
 
 
 def calibrated_block(name: str, fitted: list[tuple[int, dict, np.ndarray]], y: np.ndarray, *,
                      clusters: np.ndarray | None, replicates: int, seed: int, fitted_on: str) -> dict:
     """A record's `calibrated`: per fold (index, the calibrator's parameters, its test scores in pooled order),
     the calibrator applied, and the calibration metrics of the result with their bootstrap CIs."""
-    from medprobe.results.metrics import CALIBRATION_METRICS, evaluate, summarize_metrics
-
     calibrator = get_calibrator(name)
     scaled = np.concatenate([calibrator.apply(params, scores) for _, params, scores in fitted])
     point, distributions = evaluate(y, scaled, ordinal=False, replicates=replicates, seed=seed, clusters=clusters,

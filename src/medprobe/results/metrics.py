@@ -24,6 +24,14 @@ CI_LEVEL = 95.0
 CALIBRATION_BINS = 15
 CALIBRATION_METRICS = ("ece", "brier", "nll")
 PROBABILITIES = "probabilities"  # what a run's scores are when calibration means something
+PROBABILITY_FLOOR = np.finfo(np.float64).eps  # before a log, as scikit-learn's log_loss clips
+
+
+def softmax(values: np.ndarray) -> np.ndarray:
+    """Rows of scores (decision values, log-probabilities) -> rows of probabilities."""
+    shifted = values - values.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -129,7 +137,7 @@ def calibration_metrics(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) 
     per_bin = np.asarray((members.T @ weights.T).T)
     total = weights.sum(axis=1)
     brier = ((scores - np.eye(n_classes)[y]) ** 2).sum(axis=1) * (0.5 if n_classes == 2 else 1.0)
-    nll = -np.log(np.maximum(scores[np.arange(n), y], np.finfo(np.float64).eps))
+    nll = -np.log(np.maximum(scores[np.arange(n), y], PROBABILITY_FLOOR))
     return {"ece": _safe_divide(np.abs(per_bin).sum(axis=1), total), "brier": _safe_divide(weights @ brier, total),
             "nll": _safe_divide(weights @ nll, total)}
 
