@@ -15,9 +15,12 @@ from medprobe.models.registry import resolve_model
 
 
 def write_manifest(root: Path, labels: list[str], groups: list[str] | None = None,
-                   splits: list[str] | None = None, name: str = "labels.csv") -> Path:
+                   splits: list[str] | None = None, name: str = "labels.csv",
+                   columns: dict[str, list[str]] | None = None) -> Path:
+    """`columns`: more manifest columns (sex, site), a value per row."""
     (root / "img").mkdir(parents=True, exist_ok=True)
-    fields = ["path", "label"] + (["group"] if groups else []) + (["split"] if splits else [])
+    columns = columns or {}
+    fields = ["path", "label"] + (["group"] if groups else []) + (["split"] if splits else []) + list(columns)
     rows = []
     for i, label in enumerate(labels):
         image = root / "img" / f"{i:05d}.png"
@@ -28,6 +31,7 @@ def write_manifest(root: Path, labels: list[str], groups: list[str] | None = Non
             row["group"] = groups[i]
         if splits:
             row["split"] = splits[i]
+        row.update({column: values[i] for column, values in columns.items()})
         rows.append(row)
     path = root / name
     with path.open("w", newline="") as handle:
@@ -55,8 +59,8 @@ def write_cache(dataset, cache_dir: Path, model: str, features: dict[str, np.nda
 
 def synthetic_study(root: Path, cache_dir: Path, labels: list[str], features: np.ndarray, *,
                     groups: list[str] | None = None, splits: list[str] | None = None, model: str = "dinov2-small",
-                    pools: tuple[str, ...] = ("cls", "mean")):
-    dataset = load_dataset(write_manifest(root, labels, groups, splits))
+                    pools: tuple[str, ...] = ("cls", "mean"), columns: dict[str, list[str]] | None = None):
+    dataset = load_dataset(write_manifest(root, labels, groups, splits, columns=columns))
     half = features.shape[1] // 2 if len(pools) == 2 else features.shape[1]
     blocks = {pools[0]: features[:, :half]}
     if len(pools) == 2:

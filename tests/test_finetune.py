@@ -31,7 +31,7 @@ def run(dataset, model, out_dir, **overrides):
                    precision="fp32", device="cpu", folds=3)
     options.update(overrides)
     return finetune(dataset=dataset, model=str(model), settings=FinetuneSettings(**options), out_dir=out_dir,
-                    show_progress=False)
+                    show_progress=False)[0]
 
 
 def best_weights(record_dir, name):
@@ -197,3 +197,32 @@ def test_results_do_not_depend_on_the_number_of_workers(blobs, tiny_timm_models,
     serial = run(blobs, tiny_timm_models["resnet"], tmp_path / "a", epochs=2)
     parallel = run(blobs, tiny_timm_models["resnet"], tmp_path / "b", epochs=2, workers=2)
     assert parallel["history"] == serial["history"] and parallel["metrics"] == serial["metrics"]
+
+
+def test_an_external_cohort_is_fine_tuned_on_all_of_data_and_scored(blobs, tiny_timm_models, tmp_path):
+    from sklearn.metrics import balanced_accuracy_score
+
+    manifest = blob_patients(tmp_path / "site2", patients=12, per_patient=2, size=(48, 44))
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([lines[0] + ",sex"] + [f"{line},{'FM'[i % 2]}" for i, line in
+                                                        enumerate(lines[1:])]) + "\n")
+    tested = load_dataset(manifest)
+    with pytest.raises(MedprobeError, match="no column sex"):  # DATA needs the column too
+        finetune(dataset=blobs, model=str(tiny_timm_models["resnet"]), out_dir=tmp_path / "out", tested=tested,
+                 settings=FinetuneSettings(epochs=1, workers=0, fold=0, folds=3, subgroups=("sex",)))
+    internal, external = finetune(
+        dataset=blobs, model=str(tiny_timm_models["resnet"]), out_dir=tmp_path / "out", tested=tested,
+        show_progress=False, settings=FinetuneSettings(epochs=1, lr=1e-3, head_lr=1e-2, batch_size=8, workers=0,
+                                                       fold=0, folds=3, bootstrap=100, precision="fp32",
+                                                       device="cpu", calibrate="temperature"))
+    assert internal["protocol"] == "kfold3-fold0" and external["protocol"] == "external"
+    assert external["external"]["internal_record"] == internal["record_path"].rsplit("/", 1)[1]
+    size = external["sizes"][0]
+    assert size["fold"] == -1 and size["train"] + size["val"] == 30 and size["test"] == 24
+    with (tmp_path / "out" / blobs.name / external["predictions"]).open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["id"] for r in rows] == tested.ids and {r["fold"] for r in rows} == {"-1"}
+    assert external["metrics"]["balanced_accuracy"]["value"] == pytest.approx(
+        balanced_accuracy_score([r["label"] for r in rows], [r["prediction"] for r in rows]), abs=1e-12)
+    assert external["calibrated"]["per_fold"][0]["fold"] == -1
+    assert len(list((tmp_path / "out" / blobs.name / "checkpoints").glob("*__external-site2-labels-seed0"))) == 1

@@ -167,7 +167,7 @@ def test_finetune_record_recomputes_from_its_predictions(tmp_path, tiny_timm_mod
     record = finetune(dataset=dataset, model=str(tiny_timm_models["resnet"]), out_dir=tmp_path / "out",
                       settings=FinetuneSettings(epochs=2, batch_size=8, workers=0, folds=3, fold=0, bootstrap=200,
                                                 precision="fp32", device="cpu", seed=1, calibrate="temperature"),
-                      show_progress=False)
+                      show_progress=False)[0]
     assert record["bootstrap"]["unit"] == "patient" and record["bootstrap"]["seed"] == 1
     train = len(dataset_splits(dataset, folds=3, seed=1).folds[0].train)  # full batches only: the rest waits
     assert record["cost"]["optimizer_steps"] == 2 * (train // 8)

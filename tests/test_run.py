@@ -33,19 +33,28 @@ def test_demo_runs_offline_with_every_method_in_the_report(tmp_path, monkeypatch
     assert load_experiment(own).backbones == ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
     from medprobe.run.runner import plan_steps
 
-    kinds = [step.kind for step in plan_steps(load_experiment(own))]  # the README's "27 steps"
-    assert (len(kinds), kinds.count("extract"), kinds.count("probe"), kinds.count("finetune")) == (27, 12, 12, 3)
+    kinds = [step.kind for step in plan_steps(load_experiment(own))]  # the README's "30 steps"
+    assert (len(kinds), kinds.count("extract"), kinds.count("probe"), kinds.count("finetune")) == (30, 15, 12, 3)
     # the run itself with Lite0 alone keeps the suite short; the three load as they do in test_fidelity
     experiment = demo.prepare_demo(tmp_path / "demo", QUIET, xray_patients=10, glioma_patients=15, epochs=1,
                                    backbones=["efficientnet-lite0"])
     summary = Runner(load_experiment(experiment), QUIET).run(show_progress=False)
-    assert summary.count("ran") == len(summary.steps) == 4 + 4 + 1  # extract x4, probe x4, finetune x1
+    assert summary.count("ran") == len(summary.steps) == 5 + 4 + 1  # extract x5 (+ site 2), probe x4, finetune x1
     with summary.report_html.with_name("summary.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     methods = {(row["dataset"], row["method"]) for row in rows}
     for dataset in ("chest-xray", "glioma-t1", "glioma-t1c", "glioma-flair"):
         assert {(dataset, m) for m in ("logreg", "svm", "knn")} <= methods
     assert ("chest-xray", "finetune-all") in methods
+    external = {row["method"] for row in rows if row["external_cohort"] == "chest-xray-site2"}
+    assert external == {"logreg", "svm", "knn", "finetune-all"}  # the second site, probed and fine-tuned
+    page = summary.report_html.read_text()
+    assert "chest-xray: internal vs external test" in page and "chest-xray: balanced_accuracy by sex" in page
+    assert "reliability of the" in page and "balanced_accuracy by subgroup" in page
+    logreg = json.loads(next((tmp_path / "demo").rglob("chest-xray/efficientnet-lite0__gap__logreg__kfold3-seed0.json"))
+                        .read_text())
+    sexes = {group["value"] for group in logreg["subgroups"]["columns"]["sex"]["groups"]}
+    assert logreg["calibrated"]["applied"] and sexes == {"F", "M"}
     glioma = [row for row in rows if row["dataset"] == "glioma-t1c" and row["method"] == "logreg"][0]
     assert glioma["patient_balanced_accuracy"], "slices aggregate to patients"
     assert "<img" in summary.report_html.read_text()

@@ -222,7 +222,7 @@ def test_volume_study_end_to_end(tmp_path, tiny_timm_models, capsys):
 
     tuned = finetune(dataset=t1, model=model, settings=FinetuneSettings(
         epochs=1, batch_size=8, workers=0, fold=0, folds=3, bootstrap=100, precision="fp32", device="cpu"),
-        out_dir=tmp_path / "out", show_progress=False)
+        out_dir=tmp_path / "out", show_progress=False)[0]
     assert tuned["patient_metrics"]["patients"] == 3 and tuned["sizes"][0]["test"] == 9
 
 

@@ -215,6 +215,7 @@ def probe(data: Data = None, *, models: str | Sequence[str] | None = None,
           save_model: bool = _P.save_model, coarse_to_fine: bool = _P.coarse_to_fine, backend: str = _P.backend,
           scheduler: str | None = _P.scheduler, out_of_core: bool = _P.out_of_core,
           memory_fraction: float = _P.memory_fraction, calibrate: str | None = _P.calibrate,
+          test: Data = None, subgroups: str | Sequence[str] = _P.subgroups, subgroup_min: int = _P.subgroup_min,
           image_column: str | None = None, label_column: str | None = None,
           progress: bool = True) -> list[RunRecord]:
     """Logistic regression, SVM and kNN probes on the cached features of `models` (default: every backbone
@@ -231,9 +232,13 @@ def probe(data: Data = None, *, models: str | Sequence[str] | None = None,
     ~24 of its 45 C values. backend: local | dask | ray, with `scheduler` its address. out_of_core /
     memory_fraction: stream features from the cache (logreg-sgd) always / above that share of free memory.
     calibrate: "temperature" fits a temperature on each fold's validation predictions (runs with
-    probabilities) and records the calibrated ECE/Brier/NLL beside the raw ones.
+    probabilities) and records the calibrated ECE/Brier/NLL beside the raw ones. test: an external cohort
+    (another site; its features extracted like `data`'s): each backbone x classifier is also tuned and refit on
+    all of `data` and scored on it, in a second record with protocol "external". subgroups: manifest columns
+    ("sex,site"): every metric per value, with the worst group and the largest gap; groups of fewer than
+    `subgroup_min` test samples are listed as too small.
 
-    Returns one RunRecord per backbone x classifier (x budget): `.data` is the record saved at `.path`
+    Returns one RunRecord per backbone x classifier (x budget, + external): `.data` is the record saved at `.path`
     (JSON, beside its predictions CSV); `.value("accuracy")` gives (value, [ci low, ci high])."""
     from medprobe.data import Dataset, load_dataset
     from medprobe.probe.classifiers import CLASSIFIERS
@@ -245,7 +250,8 @@ def probe(data: Data = None, *, models: str | Sequence[str] | None = None,
                              bootstrap=bootstrap, n_jobs=n_jobs, ordinal=ordinal, shots=parse_shots(shots),
                              repeats=repeats, fuse=fuse, coarse_to_fine=coarse_to_fine, save_model=save_model,
                              backend=backend, scheduler=scheduler, out_of_core=out_of_core,
-                             memory_fraction=memory_fraction, calibrate=calibrate)
+                             memory_fraction=memory_fraction, calibrate=calibrate,
+                             subgroups=tuple(_names(subgroups)), subgroup_min=subgroup_min)
     dataset = load(data, image_column=image_column, label_column=label_column)
     dataset.require_labels()
     if classes:
@@ -253,7 +259,10 @@ def probe(data: Data = None, *, models: str | Sequence[str] | None = None,
     others = [other if isinstance(other, Dataset) else load_dataset(Path(other)) for other in with_data]
     names = [models] if isinstance(models, str) else list(models or [])
     records = run_probe(dataset=dataset, models=names or None, cache_dir=_cache_dir(cache_dir),
-                        out_dir=Path(out), settings=settings, with_datasets=others, show_progress=progress)
+                        out_dir=Path(out), settings=settings, with_datasets=others,
+                        tested=None if test is None else load(test, image_column=image_column,
+                                                              label_column=label_column),
+                        show_progress=progress)
     return _run_records(records)
 
 
@@ -264,7 +273,9 @@ def finetune(data: Data = None, *, model: str, unfreeze: str = _F.unfreeze, epoc
              precision: str = _F.precision, device: str = _F.device, workers: int | None = _F.workers,
              image_size: int | None = _F.image_size, seed: int = _F.seed, folds: int = _F.folds,
              fold: int | None = _F.fold, bootstrap: int = _F.bootstrap, ordinal: bool = _F.ordinal,
-             resume: bool = _F.resume, calibrate: str | None = _F.calibrate, out: str | Path = RESULTS_DIR,
+             resume: bool = _F.resume, calibrate: str | None = _F.calibrate,
+             subgroups: str | Sequence[str] = _F.subgroups, subgroup_min: int = _F.subgroup_min,
+             test: Data = None, out: str | Path = RESULTS_DIR,
              image_column: str | None = None, label_column: str | None = None, progress: bool = True,
              verbose: bool = True) -> RunRecord:
     """Fine-tune `model` (frozen, partly or fully unfrozen) with a linear head on exactly the probes'
@@ -274,22 +285,27 @@ def finetune(data: Data = None, *, model: str, unfreeze: str = _F.unfreeze, epoc
     layer_decay: layer-wise lr decay (e.g. 0.75); warm-up then cosine decay; early stopping after `patience`
     epochs without a better validation score. fold: one fold (0-based) instead of all. resume: continue an
     interrupted run from its last checkpoint. calibrate: "temperature" fits a temperature on each fold's
-    validation predictions of the best checkpoint (calibrated ECE/Brier/NLL beside the raw ones). verbose: a
-    progress bar and a line per epoch (else one bar).
+    validation predictions of the best checkpoint (calibrated ECE/Brier/NLL beside the raw ones). subgroups /
+    subgroup_min: as for probe(). test: an external cohort: also fine-tune once on all of `data` (checkpoint
+    chosen on a validation part carved from it) and score the cohort. verbose: a progress bar and a line per
+    epoch (else one bar).
 
-    Returns the RunRecord (`.data["cost"]` holds parameters, throughput and device)."""
+    Returns the RunRecord (`.data["cost"]` holds parameters, throughput and device); with `test`, a list of
+    two: the k-fold record, then the external one."""
     from medprobe.finetune.runner import finetune as run_finetune
 
     settings = FinetuneSettings(
         unfreeze=unfreeze, epochs=epochs, lr=lr, head_lr=head_lr, weight_decay=weight_decay, layer_decay=layer_decay,
         warmup_epochs=warmup_epochs, patience=patience, class_weights=class_weights, batch_size=batch_size,
         precision=precision, device=device, workers=workers, image_size=image_size, seed=seed, folds=folds,
-        fold=fold, bootstrap=bootstrap, ordinal=ordinal, resume=resume, calibrate=calibrate)
+        fold=fold, bootstrap=bootstrap, ordinal=ordinal, resume=resume, calibrate=calibrate,
+        subgroups=tuple(_names(subgroups)), subgroup_min=subgroup_min)
     dataset = load(data, image_column=image_column, label_column=label_column)
     dataset.require_labels()
-    record = run_finetune(dataset=dataset, model=model, settings=settings, out_dir=Path(out), show_progress=progress,
-                          verbose=verbose)
-    return _run_records([record])[0]
+    tested = None if test is None else load(test, image_column=image_column, label_column=label_column)
+    records = _run_records(run_finetune(dataset=dataset, model=model, settings=settings, out_dir=Path(out),
+                                        show_progress=progress, verbose=verbose, tested=tested))
+    return records if tested is not None else records[0]
 
 
 def _report_default(name: str):
@@ -350,7 +366,8 @@ def load_results(folder: str | Path | Sequence[str | Path] = RESULTS_DIR, *, met
     builder = TableBuilder(metric, PairedBootstrap(metric, replicates, seed), problems)
     tables = builder.build(loaded.records)
     content = render.ReportContent(metric=metric, sources=[Path(f) for f in folders], records=loaded.records,
-                                   tables=tables, leaderboard=None, figures=[], problems=problems, notes=[],
+                                   tables=tables, leaderboard=None, figures=[], sections=[], problems=problems,
+                                   notes=[],
                                    replicates=replicates, seed=seed, created_at="", version=__version__)
     frame = pandas.read_csv(io.StringIO(render.render_summary_csv(content)), keep_default_na=True)
     frame["run_record"] = loaded.records  # the CSV's rows follow the records' order

@@ -39,6 +39,9 @@ CacheDirOption = typer.Option(None, "--cache-dir", help="Cache folder [default: 
 ImageColumnOption = typer.Option(None, "--image-column", help="hf-dataset:PATH: the image column [default: image]")
 LabelColumnOption = typer.Option(None, "--label-column", help="hf-dataset:PATH: the label column [default: label, "
                                  "none: no labels]")
+SubgroupsOption = typer.Option(None, "--subgroups", help="Manifest columns, e.g. sex,site: every metric per value "
+                               "with CIs, the worst group and the largest gap")
+SUBGROUP_MIN_HELP = "--subgroups: groups with fewer test samples are reported as too small, not scored"
 
 
 def _cache_dir(value: Path | None) -> Path:
@@ -211,6 +214,10 @@ def probe_command(
                                           "memory"),
     calibrate: str = typer.Option(ProbeSettings.calibrate, "--calibrate", help="temperature: fit a temperature "
                                   "on each fold's validation predictions; records calibrated ECE/Brier/NLL too"),
+    test: Path = typer.Option(None, "--test", help="An external test cohort (another site), extracted like DATA: "
+                              "also tune and refit on all of DATA and score it (protocol external)"),
+    subgroups: str = SubgroupsOption,
+    subgroup_min: int = typer.Option(ProbeSettings.subgroup_min, "--subgroup-min", help=SUBGROUP_MIN_HELP),
     image_column: str = ImageColumnOption,
     label_column: str = LabelColumnOption,
 ) -> None:
@@ -223,6 +230,7 @@ def probe_command(
                     classes=classes, shots=shots, repeats=repeats, fuse=fuse, with_data=list(with_data or []),
                     save_model=save_model, coarse_to_fine=coarse_to_fine, backend=backend, scheduler=scheduler,
                     out_of_core=out_of_core, memory_fraction=memory_fraction, calibrate=calibrate,
+                    test=test, subgroups=subgroups or (), subgroup_min=subgroup_min,
                     image_column=image_column, label_column=label_column)
     console.print(records_table([record.data for record in records]))
     console.print(f"records: {records[0].path.parent}")
@@ -261,6 +269,10 @@ def finetune_command(
                                 "checkpoint"),
     calibrate: str = typer.Option(FinetuneSettings.calibrate, "--calibrate", help="temperature: fit a temperature on "
                                   "each fold's validation predictions; records calibrated ECE/Brier/NLL too"),
+    test: Path = typer.Option(None, "--test", help="An external test cohort (another site): also fine-tune once on "
+                              "all of DATA and score it (protocol external)"),
+    subgroups: str = SubgroupsOption,
+    subgroup_min: int = typer.Option(FinetuneSettings.subgroup_min, "--subgroup-min", help=SUBGROUP_MIN_HELP),
     image_column: str = ImageColumnOption,
     label_column: str = LabelColumnOption,
 ) -> None:
@@ -270,17 +282,19 @@ def finetune_command(
 
     if fold != "all" and not fold.isdigit():
         raise MedprobeError(f"--fold {fold!r}: use all or a fold number such as 0")
-    record = finetune(data, model=model, unfreeze=unfreeze, epochs=epochs, lr=lr, head_lr=head_lr,
+    result = finetune(data, model=model, unfreeze=unfreeze, epochs=epochs, lr=lr, head_lr=head_lr,
                       weight_decay=weight_decay, layer_decay=layer_decay, warmup_epochs=warmup_epochs,
                       patience=patience, class_weights=class_weights, batch_size=batch_size, precision=precision,
                       device=device, workers=workers, image_size=image_size, seed=seed, folds=folds,
                       fold=None if fold == "all" else int(fold), bootstrap=bootstrap, ordinal=ordinal, resume=resume,
-                      calibrate=calibrate, out=out, image_column=image_column, label_column=label_column).data
-    console.print(records_table([record]))
-    cost = record["cost"]
+                      calibrate=calibrate, subgroups=subgroups or (), subgroup_min=subgroup_min, test=test, out=out,
+                      image_column=image_column, label_column=label_column)
+    records = [r.data for r in (result if isinstance(result, list) else [result])]
+    console.print(records_table(records))
+    cost = records[0]["cost"]
     console.print(f"trainable {cost['trainable_parameters']:,} of {cost['total_parameters']:,} parameters, "
                   f"{cost['train_images_per_second']:.1f} train img/s on {cost['device_name']}; "
-                  f"record: {record['record_path']}")
+                  f"record{'s' if len(records) > 1 else ''}: {', '.join(r['record_path'] for r in records)}")
 
 
 @app.command("explain")

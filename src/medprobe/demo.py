@@ -20,13 +20,16 @@ DEMO_MODELS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 HUB_MODELS = ("dinov2-small", "resnet50")
 MODALITIES = ("t1", "t1c", "flair")
 GRADES = ("grade2", "grade3", "grade4")
+SITE2_EXPOSURE = 0.08  # the second X-ray site's detector: brighter and noisier
 
 
-def synthetic_radiograph(rng: np.random.Generator, *, opacity: bool, size: int = 256) -> np.ndarray:
+def synthetic_radiograph(rng: np.random.Generator, *, opacity: bool, size: int = 256,
+                         exposure: float = 0.0) -> np.ndarray:
     """A 16-bit 'radiograph': body and two dark lung fields over noise; `opacity` adds a bright
-    blurred consolidation inside one lung (the finding a classifier has to see)."""
+    blurred consolidation inside one lung (the finding a classifier has to see). `exposure`: another
+    site's detector, brighter and noisier."""
     yy, xx = np.mgrid[0:size, 0:size] / size
-    image = 0.55 + 0.1 * yy + rng.normal(0, 0.03, (size, size))
+    image = 0.55 + exposure + 0.1 * yy + rng.normal(0, 0.03 + exposure / 2, (size, size))
     for centre_x in (0.32, 0.68):
         lung = ((xx - centre_x) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1
         image[lung] -= 0.3
@@ -37,8 +40,9 @@ def synthetic_radiograph(rng: np.random.Generator, *, opacity: bool, size: int =
     return (np.clip(image, 0, 1) * 4095).astype(np.uint16)  # 12-bit data in 16-bit PNGs, as detectors write
 
 
-def write_cohort(folder: Path, *, patients: int = 24, images_per_patient: int = 2, seed: int = 0) -> Path:
-    """Writes PNGs and a manifest.csv (path,label,group); returns the manifest path."""
+def write_cohort(folder: Path, *, patients: int = 24, images_per_patient: int = 2, seed: int = 0,
+                 exposure: float = 0.0) -> Path:
+    """Writes PNGs and a manifest.csv (path,label,group,sex: both sexes in both classes); returns its path."""
     rng = np.random.default_rng(seed)
     rows = []
     for patient in range(patients):
@@ -46,11 +50,13 @@ def write_cohort(folder: Path, *, patients: int = 24, images_per_patient: int = 
         for view in range(images_per_patient):
             relative = Path("images") / f"p{patient:03d}_{view}.png"
             (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(synthetic_radiograph(rng, opacity=label == "opacity")).save(folder / relative)
-            rows.append({"path": relative.as_posix(), "label": label, "group": f"patient{patient:03d}"})
+            pixels = synthetic_radiograph(rng, opacity=label == "opacity", exposure=exposure)
+            Image.fromarray(pixels).save(folder / relative)
+            rows.append({"path": relative.as_posix(), "label": label, "group": f"patient{patient:03d}",
+                         "sex": "FM"[patient // 2 % 2]})
     manifest = folder / "manifest.csv"
     with manifest.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["path", "label", "group"])
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "group", "sex"])
         writer.writeheader()
         writer.writerows(rows)
     return manifest
@@ -112,14 +118,16 @@ def write_glioma_cohort(folder: Path, *, patients: int = 15, seed: int = 0) -> l
     return specs
 
 
-def write_experiment(out_dir: Path, *, backbones: list[str], xray: Path, glioma: list[Path],
+def write_experiment(out_dir: Path, *, backbones: list[str], xray: Path, glioma: list[Path], xray_site2: Path,
                      epochs: int = 3, folds: int = 3) -> Path:
     lines = [
         "# written by `medprobe demo`: synthetic data, a real pipeline",
         'out = "results"', 'cache_dir = "cache"',
         f"backbones = [{', '.join(repr(b).replace(chr(39), chr(34)) for b in backbones)}]",
         "seeds = [0]", f"folds = {folds}", "bootstrap = 1000", 'metric = "balanced_accuracy"', "",
-        "[[datasets]]", f'data = "{xray.relative_to(out_dir).as_posix()}"', "",
+        # a second site as the external test; subgroups by sex, with a demo-sized minimum (studies: 20 or more)
+        "[[datasets]]", f'data = "{xray.relative_to(out_dir).as_posix()}"',
+        f'test = "{xray_site2.relative_to(out_dir).as_posix()}"', 'subgroups = ["sex"]', "subgroup_min = 12", "",
     ]
     for spec in glioma:
         lines += ["[[datasets]]", f'data = "{spec.relative_to(out_dir).as_posix()}"', "ordinal = true",
@@ -128,7 +136,7 @@ def write_experiment(out_dir: Path, *, backbones: list[str], xray: Path, glioma:
     # on which CPU ran it. Frozen backbones are what the probes measure; the fine-tune unfreezes all (a
     # head-only one would be a fourth frozen method at a fine-tune's cost); batches of 8: several steps an epoch
     lines += ["[extract]", 'precision = "fp32"', "",
-              "[probe]", 'classifiers = ["logreg", "svm", "knn"]', "",
+              "[probe]", 'classifiers = ["logreg", "svm", "knn"]', 'calibrate = "temperature"', "",
               "[finetune]", 'modes = ["all"]', f"epochs = {epochs}", "batch_size = 8", "lr = 1e-4",
               "head_lr = 1e-2", "warmup_epochs = 0.5", 'precision = "fp32"', ""]
     path = out_dir / "experiment.toml"
@@ -150,16 +158,25 @@ def available_backbones(console) -> list[str]:
     return chosen
 
 
-def prepare_demo(out_dir: Path, console, *, xray_patients: int = 20, glioma_patients: int = 15,
-                 epochs: int = 3, backbones: list[str] | None = None) -> Path:
+def prepare_demo(out_dir: Path, console, *, xray_patients: int = 20, site2_patients: int = 12,
+                 glioma_patients: int = 15, epochs: int = 3, backbones: list[str] | None = None) -> Path:
     """Write the synthetic cohorts and the experiment file; returns the experiment's path. `backbones`:
     instead of the demo's own (Lite0/1/2 and the hub models that are reachable)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = write_cohort(out_dir / "xray", patients=xray_patients)
-    xray = manifest.with_name("chest-xray.toml")
-    xray.write_text(f'name = "chest-xray"\nmanifest = "{manifest.name}"\n')
+    xray = _named_cohort(out_dir / "xray", "chest-xray", patients=xray_patients, seed=0)
+    site2 = _named_cohort(out_dir / "xray-site2", "chest-xray-site2", patients=site2_patients, seed=1,
+                          exposure=SITE2_EXPOSURE)
     glioma = write_glioma_cohort(out_dir / "glioma", patients=glioma_patients)
     console.print(f"synthetic data (not real patients): {xray_patients} chest X-ray patients x 2 images "
-                  f"({manifest}); {glioma_patients} brain MRI patients x 3 modalities, 3 grades ({out_dir / 'glioma'})")
+                  f"({xray.parent}) and {site2_patients} from a second site ({site2.parent}); {glioma_patients} "
+                  f"brain MRI patients x 3 modalities, 3 grades ({out_dir / 'glioma'})")
     return write_experiment(out_dir, backbones=backbones or available_backbones(console), xray=xray,
-                            glioma=glioma, epochs=epochs)
+                            glioma=glioma, xray_site2=site2, epochs=epochs)
+
+
+def _named_cohort(folder: Path, name: str, **options) -> Path:
+    """A radiograph cohort and its dataset spec (which names it); returns the spec."""
+    manifest = write_cohort(folder, **options)
+    spec = manifest.with_name(f"{name}.toml")
+    spec.write_text(f'name = "{name}"\nmanifest = "{manifest.name}"\n')
+    return spec

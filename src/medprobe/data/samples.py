@@ -57,6 +57,11 @@ class Sample:
     slice: VolumeSlice | None = None
     windows: tuple[Window, ...] = DEFAULT_WINDOWS  # grayscale intensities -> 8 bits (data.windows)
     member: Member | None = None
+    attributes: tuple[tuple[str, str], ...] = ()  # the manifest's other columns (sex, site, ...): subgroups
+
+    def attribute(self, column: str) -> str | None:
+        """This sample's value in a manifest column beyond path/label/group/split; None without that column."""
+        return dict(self.attributes).get(column)
 
     @property
     def decode_key(self) -> tuple | None:
@@ -164,6 +169,11 @@ class Dataset:
     @property
     def ids(self) -> list[str]:
         return [s.id for s in self.samples]
+
+    @property
+    def attribute_columns(self) -> list[str]:
+        """The manifest columns its samples carry beyond path/label/group/split, in manifest order."""
+        return list(dict.fromkeys(column for s in self.samples for column, _ in s.attributes))
 
     def class_counts(self) -> Counter[str]:
         return Counter(s.label for s in self.samples if s.label != NO_LABEL)

@@ -83,7 +83,8 @@ def _voxels(path: Path, volume_index: int | None):
     return read_volume(read_files(path), path, volume_index).voxels
 
 
-def _row_slices(row: dict[str, str], root: Path, options: VolumeOptions, where: str) -> list[Sample]:
+def _row_slices(row: dict[str, str], root: Path, options: VolumeOptions, where: str,
+                attributes: tuple[tuple[str, str], ...]) -> list[Sample]:
     columns = options.channels or ("path",)
     channels = tuple((root / row[c]).expanduser() for c in columns)
     for column, path in zip(columns, channels, strict=True):
@@ -115,16 +116,18 @@ def _row_slices(row: dict[str, str], root: Path, options: VolumeOptions, where: 
     group = row.get("group") or relative  # slices of one volume never land in different splits
     return [
         Sample(id=f"{relative}#{options.axis}:{index}", path=channels[0], label=row["label"], group=group,
-               split=row.get("split") or None,
-               windows=options.windows,
+               split=row.get("split") or None, windows=options.windows, attributes=attributes,
                slice=VolumeSlice(axis=options.axis, index=index, channels=channels, volume_index=options.volume_index))
         for index in indices
     ]
 
 
-def expand_volumes(rows: list[dict[str, str]], *, root: Path, options: VolumeOptions, where) -> list[Sample]:
-    """Every row's selected slices, in row order (headers only, unless the rule needs voxels)."""
+def expand_volumes(rows: list[dict[str, str]], *, root: Path, options: VolumeOptions, where,
+                   attributes: list[tuple[tuple[str, str], ...]]) -> list[Sample]:
+    """Every row's selected slices, in row order (headers only, unless the rule needs voxels); `attributes`:
+    each row's sample attributes."""
     workers = 4 if options.rule.needs_voxels else 8
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        per_row = list(pool.map(lambda i: _row_slices(rows[i], root, options, where(i)), range(len(rows))))
+        per_row = list(pool.map(lambda i: _row_slices(rows[i], root, options, where(i), attributes[i]),
+                                range(len(rows))))
     return [sample for samples in per_row for sample in samples]

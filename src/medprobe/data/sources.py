@@ -27,6 +27,7 @@ PROJECT_FILE = "medprobe.toml"
 HF_KEYS = {"hf_dataset", "image_column", "label_column"}
 SPEC_KEYS = {"manifest", "folder", "name", *VOLUME_KEYS, *DECODING_KEYS, *HF_KEYS}
 TARGET_KEYS = ("manifest", "folder", "hf_dataset")
+MANIFEST_COLUMNS = ("path", "label", "group", "split")  # every other column is a sample attribute (subgroups)
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -228,11 +229,22 @@ def _from_manifest(manifest: Path, *, name: str, options: VolumeOptions | None, 
                               **({} if labelled else {"label_fix": fix}))
 
 
-def _image_samples(row: dict[str, str], root: Path, decoding: DecodingOptions) -> list[Sample]:
+def _row_attributes(row: dict[str, str], options: VolumeOptions | None) -> tuple[tuple[str, str], ...]:
+    """The row's columns that say nothing about where its pixels are or how it is split (sex, site, age_group)."""
+    known = set(MANIFEST_COLUMNS)
+    if options is not None:
+        known.update(options.channels or ())
+        known.add(options.mask_column)
+    return tuple((column, value) for column, value in row.items() if column not in known)
+
+
+def _image_samples(row: dict[str, str], root: Path, decoding: DecodingOptions,
+                   attributes: tuple[tuple[str, str], ...]) -> list[Sample]:
     """One sample per image row, or per frame of a multi-frame DICOM under frames = "all"."""
     relative = Path(row["path"]).as_posix()
     path = (root / row["path"]).expanduser()
-    common = dict(path=path, label=row["label"], split=row.get("split") or None, windows=decoding.windows)
+    common = dict(path=path, label=row["label"], split=row.get("split") or None, windows=decoding.windows,
+                  attributes=attributes)
     frames = 1
     if decoding.all_frames and path.name.lower().endswith(".dcm"):
         from medprobe.data.dicom import frames_in
@@ -249,10 +261,12 @@ def _dataset_from_rows(rows: list[dict[str, str]], *, root: Path, source: Path, 
                        options: VolumeOptions | None, decoding: DecodingOptions | None, where,
                        label_fix: str | None = None) -> Dataset:
     decoding = decoding or DecodingOptions()
+    attributes = [_row_attributes(row, options) for row in rows]
     if options is None:
-        samples = [sample for row in rows for sample in _image_samples(row, root, decoding)]
+        samples = [sample for row, attrs in zip(rows, attributes, strict=True)
+                   for sample in _image_samples(row, root, decoding, attrs)]
     else:
-        samples = expand_volumes(rows, root=root, options=options, where=where)
+        samples = expand_volumes(rows, root=root, options=options, where=where, attributes=attributes)
     extra = {"label_fix": label_fix} if label_fix else {}
     return checked(Dataset(name=name, root=root, source=source, samples=samples, decoding=decoding.text, **extra),
                    source)

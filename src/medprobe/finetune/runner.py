@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from medprobe.data.reader import SampleImages
 from medprobe.data.samples import Dataset
-from medprobe.data.splits import Fold, dataset_splits, pooled_test
+from medprobe.data.splits import Fold, carve_validation, dataset_splits, patient_ids, pooled_test
 from medprobe.errors import Interrupted, MedprobeError
 from medprobe.finetune.augment import EpochShuffle, EvalImages, TrainImages
 from medprobe.finetune.blocks import apply_unfreeze, parse_unfreeze
@@ -28,8 +28,10 @@ from medprobe.models.backbone import Backbone, load_backbone
 from medprobe.models.registry import auto_pools, resolve_model
 from medprobe.progress import STDERR, progress_bar
 from medprobe.results.calibration import calibrated_block, get_calibrator
+from medprobe.results.external import EXTERNAL, EXTERNAL_FOLD, external_block, matched_test_set
 from medprobe.results.metrics import PROBABILITIES, balanced_accuracy, group_codes, test_report
 from medprobe.results.record import fold_sizes, run_header, safe_name, save_run
+from medprobe.results.subgroups import check_subgroup_columns, run_subgroups
 from medprobe.runtime.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
 from medprobe.runtime.workers import default_workers, deferred_interrupts, interruption_point, start_worker
 
@@ -115,9 +117,10 @@ class FoldTrainer:
         self.name = f"{self.spec.slug}__finetune-{self.mode}"
         self.out_dir = Path(out_dir)
 
-    def checkpoint_dir(self, fold: Fold) -> Path:
-        return (self.out_dir / safe_name(self.dataset.name) / "checkpoints"
-                / f"{self.name}__fold{fold.index}-seed{self.settings.seed}")
+    def checkpoint_dir(self, fold: Fold, cohort: Dataset | None = None) -> Path:
+        part = f"fold{fold.index}" if cohort is None else f"{EXTERNAL}-{safe_name(cohort.name)}"
+        folder = f"{self.name}__{part}-seed{self.settings.seed}"
+        return self.out_dir / safe_name(self.dataset.name) / "checkpoints" / folder
 
     def _loader(self, data, sampler=None, drop_last: bool = False) -> DataLoader:
         return DataLoader(data, batch_size=self.settings.batch_size, sampler=sampler, num_workers=self.workers,
@@ -129,8 +132,9 @@ class FoldTrainer:
         size = self.settings.batch_size
         return len(fold.train) // size * size if len(fold.train) >= size else len(fold.train)
 
-    def train(self, fold: Fold, show_progress: bool, advance_all=None) -> dict:
-        """One fold. `advance_all`: one progress bar for the whole fine-tune (no per-epoch bars or lines)."""
+    def train(self, fold: Fold, show_progress: bool, advance_all=None, cohort: Dataset | None = None) -> dict:
+        """One fold. `advance_all`: one progress bar for the whole fine-tune (no per-epoch bars or lines).
+        `cohort`: score this external cohort's every sample instead of the fold's test part."""
         s = self.settings
         torch.manual_seed(s.seed + fold.index)
         backbone = load_backbone(self.spec, image_size=s.image_size)
@@ -152,7 +156,7 @@ class FoldTrainer:
             counts = np.bincount(self.y[fold.train], minlength=len(self.classes)).astype(float)
             weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
         loss_fn = nn.CrossEntropyLoss(weight=weights.to(self.device) if weights is not None else None)
-        folder = self.checkpoint_dir(fold)
+        folder = self.checkpoint_dir(fold, cohort)
         last, best = folder / "last.safetensors", folder / "best.safetensors"
         progress = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "stale_epochs": 0, "history": [],
                     "train_seconds": 0.0, "train_images": 0, "train_steps": 0}
@@ -208,8 +212,12 @@ class FoldTrainer:
             progress["epoch"] = epoch + 1
             save_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler, progress=progress)
         load_weights(model, best)
-        test_loader = self._loader(EvalImages(self.images, list(fold.test), prep))
-        scores = predict(model, test_loader, self.device, self.precision, len(fold.test))
+        if cohort is None:
+            test_images, test_positions = self.images, list(fold.test)
+        else:
+            test_images, test_positions = SampleImages(cohort.samples, cohort.root), list(range(len(cohort.samples)))
+        test_loader = self._loader(EvalImages(test_images, test_positions, prep))
+        scores = predict(model, test_loader, self.device, self.precision, len(test_positions))
         calibration = None
         if s.calibrate:  # the best checkpoint's validation predictions: the data that chose it, never the test
             val_scores = predict(model, val_loader, self.device, self.precision, len(fold.val))
@@ -229,14 +237,20 @@ class FoldTrainer:
 
 
 def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_dir: Path,
-             show_progress: bool = True, verbose: bool = True) -> dict:
+             show_progress: bool = True, verbose: bool = True, tested: Dataset | None = None) -> list[dict]:
     """Fine-tune `model` on every fold's training part and score its test part. `verbose`: a progress bar
-    and a line per epoch; otherwise one progress bar for the whole fine-tune."""
+    and a line per epoch; otherwise one progress bar for the whole fine-tune. `tested`: an external cohort
+    (--test): also train once on all of DATA (validation carved from it for checkpoint choice) and score it.
+    Returns the k-fold record, then the external one."""
     parse_unfreeze(settings.unfreeze)
     if settings.calibrate is not None:
         get_calibrator(settings.calibrate)  # an unknown name is an error listing the choices
     if settings.epochs < 1 or settings.batch_size < 1:
         raise MedprobeError("--epochs and --batch-size must be at least 1")
+    check_subgroup_columns(dataset, settings.subgroups, settings.subgroup_min)
+    if tested is not None:
+        tested = matched_test_set(dataset, tested)
+        check_subgroup_columns(tested, settings.subgroups, settings.subgroup_min)
     plan = dataset_splits(dataset, folds=settings.folds, seed=settings.seed)
     folds = plan.folds
     if settings.fold is not None:
@@ -244,42 +258,74 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
             raise MedprobeError(f"--fold {settings.fold}: choose 0..{len(folds) - 1} or all")
         folds = [folds[settings.fold]]
     trainer = FoldTrainer(dataset, model, settings, out_dir)
+    runs = [(folds, None)]
+    if tested is not None:
+        y, groups = trainer.y, [s.group for s in dataset.samples]
+        train, val = carve_validation(np.arange(len(y)), y, patient_ids(groups), settings.seed)
+        runs.append(([Fold(EXTERNAL_FOLD, train, val, np.empty(0, dtype=int))], tested))
     started = time.perf_counter()
     try:
         with deferred_interrupts():  # Ctrl-C lands between batches, never inside the loaders' queue code
             if show_progress and not verbose:
-                total = sum(trainer.images_per_epoch(fold) for fold in folds) * settings.epochs
+                total = sum(trainer.images_per_epoch(fold) for run, _ in runs for fold in run) * settings.epochs
                 description = (f"finetune {trainer.spec.name} ({settings.unfreeze}, {len(folds)} folds x "
-                               f"{settings.epochs} epochs)")
+                               f"{settings.epochs} epochs{' + external' if tested is not None else ''})")
                 with progress_bar(description, total=total) as advance:
-                    results = [trainer.train(fold, show_progress, advance) for fold in folds]
+                    results = [[trainer.train(fold, show_progress, advance, cohort) for fold in run]
+                               for run, cohort in runs]
             else:
-                results = [trainer.train(fold, show_progress) for fold in folds]
+                results = [[trainer.train(fold, show_progress, cohort=cohort) for fold in run] for run, cohort in runs]
     except KeyboardInterrupt:
         raise Interrupted(f"{trainer.spec.name}: every finished epoch is checkpointed under "
                           f"{trainer.out_dir / safe_name(dataset.name) / 'checkpoints'}; run the same command with "
                           "--resume to continue") from None
     wall = time.perf_counter() - started
-    positions, fold_of = pooled_test(folds)
-    scores = np.concatenate([r["scores"] for r in results])
     protocol = plan.protocol if settings.fold is None else f"{plan.protocol}-fold{settings.fold}"
-    samples = dataset.samples
+    internal = _save(trainer, plan, folds, results[0], dataset, protocol, wall, out_dir)
+    if tested is None:
+        return [internal]
+    return [internal, _save(trainer, plan, runs[1][0], results[1], tested, f"{EXTERNAL}-{safe_name(tested.name)}",
+                            wall, out_dir, internal=Path(internal["record_path"]).name)]
+
+
+def _save(trainer: FoldTrainer, plan, folds: list[Fold], results: list[dict], tested: Dataset, protocol: str,
+          wall: float, out_dir: Path, internal: str | None = None) -> dict:
+    """The run record of `folds` scored on `tested` (DATA itself, or with `internal` set, an external cohort)."""
+    settings, dataset = trainer.settings, trainer.dataset
+    external = internal is not None
+    positions, fold_of = pooled_test(folds)
+    if external:
+        positions = np.arange(len(tested.samples))
+        fold_of = np.full(len(positions), EXTERNAL_FOLD)
+    scores = np.concatenate([r["scores"] for r in results])
+    y = tested.targets()[positions]
+    groups = [tested.samples[i].group for i in positions]
+    sizes = fold_sizes(folds)
     record = {
         **run_header(dataset, plan, kind="finetune", method=f"finetune-{settings.unfreeze}", model=trainer.spec.name,
-                     pool="+".join(results[0]["pools"]), protocol=protocol, seed=settings.seed,
-                     bootstrap=settings.bootstrap, ordinal=settings.ordinal),
+                     pool="+".join(results[0]["pools"]), protocol=EXTERNAL if external else protocol,
+                     seed=settings.seed, bootstrap=settings.bootstrap, ordinal=settings.ordinal),
         "settings": asdict(settings),
         "backbone": {"name": trainer.spec.name, "backend": trainer.spec.backend, "source": trainer.spec.source,
                      "family": results[0]["family"], "licence": trainer.spec.licence,
                      "preprocessing": results[0]["preprocessing"]},
-        "sizes": fold_sizes(folds),
+    }
+    if external:
+        record["external"] = external_block(
+            tested, internal=internal, internal_protocol=plan.protocol,
+            trained_on=f"all {len(trainer.y)} samples of DATA: trained on all but a validation part carved from "
+                       "them as in every fold, which chose the checkpoint")
+        record["bootstrap"]["unit"] = "patient" if group_codes(groups) is not None else "sample"
+        sizes = [{**size, "test": len(positions)} for size in sizes]
+    record.update({
+        "sizes": sizes,
         "hyperparameters": [{"fold": f.index, "best_epoch": r["best_epoch"],
                              "val_balanced_accuracy": r["val_balanced_accuracy"]} for f, r in zip(folds, results,
                                                                                                  strict=True)],
         "history": [{"fold": f.index, "epochs": r["history"]} for f, r in zip(folds, results, strict=True)],
-        **test_report(trainer.y[positions], scores, fold_of=fold_of, groups=[samples[i].group for i in positions],
-                      classes=dataset.classes, ordinal=settings.ordinal, replicates=settings.bootstrap,
-                      seed=settings.seed, scores_are=PROBABILITIES),  # softmax of a cross-entropy-trained head
+        **test_report(y, scores, fold_of=fold_of, groups=groups, classes=dataset.classes, ordinal=settings.ordinal,
+                      replicates=settings.bootstrap, seed=settings.seed,
+                      scores_are=PROBABILITIES),  # softmax of a cross-entropy-trained head
         "cost": {"trainable_parameters": results[0]["trainable_parameters"],
                  "total_parameters": results[0]["total_parameters"], "wall_seconds": round(wall, 3),
                  "train_images_per_second": round(float(np.mean([r["train_images_per_second"] for r in results])), 2),
@@ -287,13 +333,17 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
                  "optimizer_steps": sum(r["train_steps"] for r in results),
                  "peak_memory_mb": round(peak_memory_mb(trainer.device), 1), "device": str(trainer.device),
                  "device_name": device_name(trainer.device), "precision": trainer.precision},
-    }
+    })
     if settings.calibrate:
         record["calibrated"] = calibrated_block(
             settings.calibrate, [(f.index, r["calibration"], r["scores"]) for f, r in zip(folds, results, strict=True)],
-            trainer.y[positions], clusters=group_codes([samples[i].group for i in positions]),
-            replicates=settings.bootstrap, seed=settings.seed,
+            y, clusters=group_codes(groups), replicates=settings.bootstrap, seed=settings.seed,
             fitted_on="each fold's validation part, predicted by the best checkpoint (chosen on that same part); "
                       "applied to the fold's test predictions")
-    return save_run(out_dir, dataset, f"{trainer.name}__{protocol}-seed{settings.seed}", record, positions, fold_of,
-                    scores)
+    if settings.subgroups:
+        record["subgroups"] = run_subgroups(tested, positions, scores, columns=settings.subgroups,
+                                            min_samples=settings.subgroup_min, ordinal=settings.ordinal,
+                                            replicates=settings.bootstrap, seed=settings.seed,
+                                            scores_are=PROBABILITIES)
+    return save_run(out_dir, tested, f"{trainer.name}__{protocol}-seed{settings.seed}", record, positions, fold_of,
+                    scores, subgroups=settings.subgroups, folder=dataset.name)

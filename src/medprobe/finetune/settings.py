@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medprobe.probe.settings import SUBGROUP_MIN_SAMPLES
+
 
 @dataclass
 class FinetuneSettings:
@@ -28,3 +30,5 @@ class FinetuneSettings:
     ordinal: bool = False
     resume: bool = False
     calibrate: str | None = None  # a results.calibration calibrator, fitted on each fold's validation predictions
+    subgroups: tuple[str, ...] = ()  # manifest columns (sex, site): every metric per value (results.subgroups)
+    subgroup_min: int = SUBGROUP_MIN_SAMPLES

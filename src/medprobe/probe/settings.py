@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_MEMORY_FRACTION = 0.25  # stream from the cache above this share of available memory
+SUBGROUP_MIN_SAMPLES = 20  # --subgroups: smaller groups are reported as too small, not scored (finetune too)
 
 
 @dataclass
@@ -27,3 +28,5 @@ class ProbeSettings:
     out_of_core: bool = False  # stream features from the cache (probe/streaming.py), whatever their size
     memory_fraction: float = DEFAULT_MEMORY_FRACTION  # ... and always above this share of free memory
     calibrate: str | None = None  # a results.calibration calibrator, fitted on each fold's validation part
+    subgroups: tuple[str, ...] = ()  # manifest columns (sex, site): every metric per value (results.subgroups)
+    subgroup_min: int = SUBGROUP_MIN_SAMPLES

@@ -13,6 +13,7 @@ from pathlib import Path
 from medprobe import __version__
 from medprobe.errors import MedprobeError
 from medprobe.report import render
+from medprobe.report.cohorts import external_tables, subgroup_tables
 from medprobe.report.embedding import DEFAULT_PROJECTION, projection
 from medprobe.report.explanations import explanation_figures
 from medprobe.report.figures import draw_all
@@ -59,7 +60,10 @@ def build_report(*, results_dirs: list[Path], out_dir: Path, metric: str = "accu
     explained, explain_notes = explanation_figures(loaded.records, out_dir / "figures" / "explain")
     figures, notes = figures + explained, notes + explain_notes
     content = render.ReportContent(metric=metric, sources=[Path(d) for d in results_dirs], records=loaded.records,
-                                   tables=tables, leaderboard=leaderboard, figures=figures, problems=problems,
+                                   tables=tables, leaderboard=leaderboard, figures=figures,
+                                   sections=external_tables(loaded.records, metric) + subgroup_tables(loaded.records,
+                                                                                                      metric),
+                                   problems=problems,
                                    notes=notes,
                                    replicates=replicates, seed=seed, created_at=now_iso(), version=__version__)
     paths = {name: out_dir / name for name in ("summary.csv", "comparisons.csv", "report.md", "report.tex",

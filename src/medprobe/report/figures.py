@@ -343,6 +343,32 @@ def reliability_diagram(record: RunRecord, predictions: Predictions) -> object:
     return figure
 
 
+def subgroup_forest(record: RunRecord, metric: str) -> object | None:
+    """The run's `metric` per subgroup with its CI, one panel per subgroup column; None with nothing scored."""
+    columns = {column: [g for g in block["groups"] if not g.get("too_small") and
+                        (g["metrics"].get(metric) or {}).get("value") is not None]
+               for column, block in record.subgroups["columns"].items()}
+    columns = {column: groups for column, groups in columns.items() if groups}
+    if not columns:
+        return None
+    height = 1.0 + 0.32 * sum(len(groups) for groups in columns.values())
+    figure = _new_figure(5.6, max(2.4, height))
+    panels = figure.subplots(len(columns), 1, sharex=True, squeeze=False)[:, 0]
+    for axes, (column, groups) in zip(panels, columns.items(), strict=True):
+        values = [g["metrics"][metric]["value"] for g in groups]
+        cis = [g["metrics"][metric].get("ci") for g in groups]
+        positions = np.arange(len(groups))[::-1]
+        axes.errorbar(values, positions, xerr=_whiskers(values, cis), fmt="o", color=_colours(1)[0], capsize=3,
+                      markersize=4)
+        axes.set_yticks(positions, [f"{g['value']} (n={g['samples']})" for g in groups], fontsize=8)
+        axes.set_ylim(-0.7, len(groups) - 0.3)
+        axes.set_title(column, fontsize=9, loc="left")
+        axes.grid(axis="x", linewidth=0.4, alpha=0.5)
+    panels[-1].set_xlabel(metric)
+    figure.suptitle(f"{record.model}, {record.method}", fontsize=9)
+    return figure
+
+
 def draw_all(tables: list[Table], board: Table | None, records: list[RunRecord], out_dir: Path, metric: str,
              predictions_of, embedding: str = DEFAULT_PROJECTION, seed: int = 0) -> tuple[list[Figure], list[str]]:
     """Every figure that the records allow, written as PNG under out_dir; and a note per figure that could
@@ -412,6 +438,15 @@ def draw_all(tables: list[Table], board: Table | None, records: list[RunRecord],
                  "From the test predictions; binary: the second class is positive; else one-vs-rest.")
         else:
             notes.append(f"{dataset}: no ROC curves ({record.name} has no readable predictions CSV)")
+        with_subgroups = [cell.record for row in sample.rows for cell in row.cells.values() if cell.record.subgroups]
+        if with_subgroups:
+            record = record if record.subgroups else with_subgroups[0]
+            figure = subgroup_forest(record, metric)
+            if figure is not None:
+                which = "best run" if record is best[1].record else "first run with subgroups"
+                keep(figure, dataset, f"{dataset}__subgroups", f"{dataset}: {metric} by subgroup of the {which} "
+                     f"({record.model}, {record.method})", "Each group's test predictions scored alone; whiskers: "
+                     "95% bootstrap CI within the group. Groups under the record's minimum size are left out.")
         calibrated = sample.best_cell(probabilities=True)
         predictions = predictions_of(calibrated[1].record) if calibrated else None
         if isinstance(predictions, Predictions):

@@ -100,6 +100,18 @@ class RunRecord:
         return self.data.get("shots") if isinstance(self.data.get("shots"), int) else None
 
     @property
+    def external(self) -> dict | None:
+        """What an external-test record (--test) scored: its `external` block; None for internal records."""
+        block = self.data.get("external")
+        return block if isinstance(block, dict) else None
+
+    @property
+    def subgroups(self) -> dict | None:
+        """The record's per-subgroup metrics (--subgroups), None without them."""
+        block = self.data.get("subgroups")
+        return block if isinstance(block, dict) and isinstance(block.get("columns"), dict) else None
+
+    @property
     def created_at(self) -> str:
         return str(self.data.get("created_at") or "")
 

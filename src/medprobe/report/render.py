@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from medprobe.report.cohorts import TextTable
 from medprobe.report.figures import Figure
 from medprobe.report.records import LEVELS, REPORT_METRICS, Backbone, Problem, RunRecord, number
 from medprobe.report.tables import Cell, Table
@@ -26,6 +27,7 @@ class ReportContent:
     tables: list[Table]
     leaderboard: Table | None  # backbone x dataset, the first thing the report shows
     figures: list[Figure]
+    sections: list[TextTable]  # external tests and subgroups (report.cohorts), under their dataset
     problems: list[Problem]
     notes: list[str]
     replicates: int
@@ -157,6 +159,13 @@ def markdown_table(table: Table) -> str:
     return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
 
 
+def markdown_text_table(table: TextTable) -> str:
+    lines = ["| " + " | ".join(_md_escape(c) for c in table.columns) + " |",
+             "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in table.rows]
+    return "\n".join(lines) + f"\n\n{table.note}\n"
+
+
 def problem_rows(content: ReportContent) -> list[tuple[str, str, str]]:
     return [(str(p.path), "skipped" if p.skipped else "reported with gaps", p.reason) for p in content.problems]
 
@@ -176,6 +185,8 @@ def render_markdown(content: ReportContent, out_dir: Path) -> str:
         parts.append(f"## {dataset}\n")
         for table in (t for t in content.tables if t.dataset == dataset):
             parts.append(f"### {table.title}\n\n{markdown_table(table)}")
+        for section in (t for t in content.sections if t.dataset == dataset):
+            parts.append(f"### {section.title}\n\n{markdown_text_table(section)}")
         for figure in (f for f in content.figures if f.dataset == dataset):
             parts.append(f"![{figure.title}]({figure.path.relative_to(out_dir).as_posix()})\n\n*{figure.title}.* "
                          f"{figure.caption}\n")
@@ -238,6 +249,15 @@ def html_table(table: Table) -> str:
             f'<p class="note">{_e(" ".join(notes))}</p>')
 
 
+def html_text_table(table: TextTable) -> str:
+    head = "".join(f'<th class="name">{_e(c)}</th>' if i == 0 else f"<th>{_e(c)}</th>"
+                   for i, c in enumerate(table.columns))
+    body = "".join("<tr>" + "".join(f'<td class="name">{_e(c)}</td>' if i == 0 else f"<td>{_e(c)}</td>"
+                                    for i, c in enumerate(row)) + "</tr>" for row in table.rows)
+    return (f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            f'<p class="note">{_e(table.note)}</p>')
+
+
 def html_figure(figure: Figure) -> str:
     data = base64.b64encode(figure.png).decode("ascii")
     return (f'<figure><img alt="{_e(figure.title)}" src="data:image/png;base64,{data}">'
@@ -258,6 +278,7 @@ def render_html(content: ReportContent) -> str:
     for dataset in dict.fromkeys(t.dataset for t in content.tables):
         parts.append(f"<h2>{_e(dataset)}</h2>")
         parts += [f"<h3>{_e(t.title)}</h3>{html_table(t)}" for t in content.tables if t.dataset == dataset]
+        parts += [f"<h3>{_e(t.title)}</h3>{html_text_table(t)}" for t in content.sections if t.dataset == dataset]
         parts += [html_figure(f) for f in content.figures if f.dataset == dataset]
     if content.problems:
         rows = "".join(f'<tr><td class="file">{_e(a)}</td><td class="reason">{_e(b)}</td>'
@@ -358,6 +379,14 @@ def _csv_value(value, digits: int):
     return f"{value:.{digits}f}" if isinstance(value, float) else value
 
 
+def worst_subgroup(record: RunRecord, metric: str) -> dict:
+    """summary.csv's worst subgroup over every --subgroups column ("sex=M") and its `metric` value."""
+    worst = [(entry["value"], f"{column}={entry['group']}") for column, block in
+             ((record.subgroups or {}).get("columns") or {}).items() if (entry := block["worst"].get(metric))]
+    value, group = min(worst) if worst else (None, None)
+    return {f"worst_subgroup_{metric}": group, f"worst_subgroup_{metric}_value": value}
+
+
 def render_summary_csv(content: ReportContent) -> str:
     metrics = summary_metrics(content.records)
     p_values = _p_values(content.tables)
@@ -367,7 +396,8 @@ def render_summary_csv(content: ReportContent) -> str:
     for prefix in ("", "patient_"):
         for name in metrics:
             columns += [f"{prefix}{name}", f"{prefix}{name}_ci_low", f"{prefix}{name}_ci_high"]
-    columns += [f"p_vs_best_{content.metric}", f"patient_p_vs_best_{content.metric}", "record", "predictions"]
+    columns += [f"p_vs_best_{content.metric}", f"patient_p_vs_best_{content.metric}", "external_cohort",
+                f"worst_subgroup_{content.metric}", f"worst_subgroup_{content.metric}_value", "record", "predictions"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -388,6 +418,8 @@ def render_summary_csv(content: ReportContent) -> str:
                "train_device": cost.get("device_name"),
                f"p_vs_best_{content.metric}": p_values.get((str(record.path), "sample")),
                f"patient_p_vs_best_{content.metric}": p_values.get((str(record.path), "patient")),
+               "external_cohort": (record.external or {}).get("dataset", {}).get("name"),
+               **worst_subgroup(record, content.metric),
                "record": str(record.path), "predictions": record.predictions_path}
         for prefix, level in (("", "sample"), ("patient_", "patient")):
             for name in metrics:

@@ -1,6 +1,7 @@
 """The comparison tables: per dataset and level (per sample, per patient), rows = backbones, columns =
 methods, cells = the chosen metric with its CI, the best per column marked, and a paired bootstrap of each
-cell against its column's best. Label-budget (`--shots`) records are left to the label-efficiency figure."""
+cell against its column's best. Label-budget (`--shots`) records are left to the label-efficiency figure,
+external-test (`--test`) records to the internal-vs-external table (report.cohorts)."""
 
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ class TableBuilder:
         return self._predictions[key]
 
     def build(self, records: list[RunRecord]) -> list[Table]:
-        main = [r for r in records if r.shots is None]
+        main = [r for r in records if r.shots is None and r.external is None]  # external: report.cohorts
         by_dataset: dict[str, list[RunRecord]] = defaultdict(list)
         for record in main:
             by_dataset[record.dataset].append(record)

@@ -20,6 +20,8 @@ import numpy as np
 from medprobe import __version__
 from medprobe.data.samples import Dataset
 from medprobe.data.splits import SplitPlan
+from medprobe.results.subgroups import CSV_PREFIX as SUBGROUP_CSV_PREFIX
+from medprobe.results.subgroups import subgroup_values
 from medprobe.timestamps import now_iso
 
 RECORD_SCHEMA = "medprobe.run/1"
@@ -66,14 +68,19 @@ def _jsonable(value):
 
 
 def write_predictions(path: Path, *, ids: Sequence[str], groups: Sequence[str | None], folds: Sequence[int],
-                      labels: Sequence[str], classes: Sequence[str], scores: np.ndarray) -> None:
+                      labels: Sequence[str], classes: Sequence[str], scores: np.ndarray,
+                      subgroups: dict[str, list[str]] | None = None) -> None:
+    """`subgroups`: column -> each row's value, written as subgroup_<column> after the scores."""
+    subgroups = subgroups or {}
+
     def write(handle) -> None:
         writer = csv.writer(handle)
-        writer.writerow(["id", "group", "fold", "label", "prediction", *(f"score_{c}" for c in classes)])
+        writer.writerow(["id", "group", "fold", "label", "prediction", *(f"score_{c}" for c in classes),
+                         *(f"{SUBGROUP_CSV_PREFIX}{column}" for column in subgroups)])
         predictions = np.asarray(classes, dtype=object)[scores.argmax(axis=1)]
         for i, sample_id in enumerate(ids):
             writer.writerow([sample_id, groups[i] or "", folds[i], labels[i], predictions[i],
-                             *(repr(float(v)) for v in scores[i])])
+                             *(repr(float(v)) for v in scores[i]), *(values[i] for values in subgroups.values())])
 
     _atomic_write(path, write)
 
@@ -102,13 +109,16 @@ def fold_sizes(folds) -> list[dict]:
 
 
 def save_run(out_dir: Path, dataset: Dataset, name: str, record: dict, positions: np.ndarray,
-             fold_of: np.ndarray, scores: np.ndarray) -> dict:
-    """Write the predictions CSV of the test samples at `positions`, then the record that points to it."""
-    json_path, csv_path = record_paths(out_dir, dataset.name, name)
+             fold_of: np.ndarray, scores: np.ndarray, *, subgroups: Sequence[str] = (),
+             folder: str | None = None) -> dict:
+    """Write the predictions CSV of the test samples of `dataset` at `positions` (with their `subgroups`
+    columns), then the record that points to it, under <out>/<folder or the dataset's name>/."""
+    json_path, csv_path = record_paths(out_dir, folder or dataset.name, name)
     chosen = [dataset.samples[i] for i in positions]
     write_predictions(csv_path, ids=[s.id for s in chosen], groups=[s.group for s in chosen],
                       folds=fold_of.tolist(), labels=[s.label for s in chosen], classes=dataset.classes,
-                      scores=scores)
+                      scores=scores, subgroups={column: subgroup_values(dataset, positions, column)
+                                                for column in subgroups})
     record["predictions"] = csv_path.name
     record["record_path"] = str(json_path)
     write_record(json_path, record)

@@ -13,6 +13,8 @@
     ordinal = false                  # optional, per dataset
     classes = ["II", "III", "IV"]    # optional class order
     finetune = false                 # optional: probe this dataset only
+    test = "site2/labels.csv"        # optional: an external test cohort (extracted, probed and fine-tuned too)
+    subgroups = ["sex", "site"]      # optional: manifest columns, every metric per value (subgroup_min = 20)
 
     [extract]                        # optional: precision, batch_size, device, workers, image_size, skip_bad
     [probe]                          # classifiers = ["logreg", "svm", "knn"], pools = ["auto"], shots = [],
@@ -29,10 +31,11 @@ from pathlib import Path
 
 from medprobe.data.sources import read_toml
 from medprobe.errors import MedprobeError
+from medprobe.probe.settings import SUBGROUP_MIN_SAMPLES
 
 TOP_KEYS = {"out", "cache_dir", "backbones", "seeds", "folds", "bootstrap", "metric", "datasets", "extract",
             "probe", "finetune"}
-DATASET_KEYS = {"data", "ordinal", "classes", "finetune"}
+DATASET_KEYS = {"data", "ordinal", "classes", "finetune", "test", "subgroups", "subgroup_min"}
 PROBE_KEYS = {"classifiers", "pools", "shots", "repeats", "calibrate"}
 FINETUNE_EXCLUDED = {"unfreeze", "seed", "folds", "bootstrap", "ordinal", "resume", "fold"}  # set by the run
 
@@ -43,6 +46,9 @@ class DatasetEntry:
     ordinal: bool = False
     classes: tuple[str, ...] = ()
     finetune: bool = True  # false: probes only (fine-tuning every dataset may cost too much)
+    test: Path | None = None  # an external test cohort (--test)
+    subgroups: tuple[str, ...] = ()  # --subgroups
+    subgroup_min: int = SUBGROUP_MIN_SAMPLES
 
 
 @dataclass
@@ -108,8 +114,13 @@ def load_experiment(path: Path) -> Experiment:
         if not data.exists():
             raise MedprobeError(f"{where}: data {data} does not exist; fix the path (relative to {base})")
         classes = tuple(_list_of(entry.get("classes", []), str, where, "classes"))
+        test = (base / str(entry["test"])).expanduser() if "test" in entry else None
+        if test is not None and not test.exists():
+            raise MedprobeError(f"{where}: test {test} does not exist; fix the path (relative to {base})")
         datasets.append(DatasetEntry(data=data, ordinal=bool(entry.get("ordinal", False)), classes=classes,
-                                     finetune=bool(entry.get("finetune", True))))
+                                     finetune=bool(entry.get("finetune", True)), test=test,
+                                     subgroups=tuple(_list_of(entry.get("subgroups", []), str, where, "subgroups")),
+                                     subgroup_min=int(entry.get("subgroup_min", SUBGROUP_MIN_SAMPLES))))
     seeds = _list_of(spec.get("seeds", [0]), int, str(path), "seeds")
     extract = _table(spec, "extract", path)
     from medprobe.extract.settings import ExtractSettings  # torch-free dataclass

@@ -26,6 +26,7 @@ from medprobe.run.experiment import DatasetEntry, Experiment
 from medprobe.timestamps import now_iso
 
 STATE_FILE = "run-state.json"
+EXTERNAL_COHORT = "external cohort"  # the variant of the extraction step of a dataset's `test` cohort
 
 
 @dataclass
@@ -55,6 +56,9 @@ class Step:
                 settings["calibrate"] = experiment.calibrate
         if self.kind == "finetune":
             settings.update(finetune=experiment.finetune)
+        if self.kind != "extract" and (self.dataset.test or self.dataset.subgroups):  # only when set, as above
+            settings.update(test=str(self.dataset.test), subgroups=list(self.dataset.subgroups),
+                            subgroup_min=self.dataset.subgroup_min)
         text = json.dumps(settings, sort_keys=True, default=str)
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
@@ -73,6 +77,8 @@ class RunSummary:
 
 def plan_steps(experiment: Experiment) -> list[Step]:
     steps = [Step("extract", entry, backbone) for entry in experiment.datasets for backbone in experiment.backbones]
+    steps += [Step("extract", entry, backbone, EXTERNAL_COHORT) for entry in experiment.datasets if entry.test
+              for backbone in experiment.backbones]
     for entry in experiment.datasets:
         for backbone in experiment.backbones:
             steps += [Step("probe", entry, backbone, pool, seed) for pool in experiment.pools
@@ -92,9 +98,12 @@ class Runner:
         self.state_path = experiment.out / STATE_FILE
         self.state = self._read_state()
         self.datasets: dict[DatasetEntry, Dataset] = {}
+        self.tests: dict[DatasetEntry, Dataset] = {}  # the external cohorts of entries with a `test`
         for entry in experiment.datasets:
             dataset = load_dataset(entry.data)
             self.datasets[entry] = dataset.with_class_order(list(entry.classes)) if entry.classes else dataset
+            if entry.test:
+                self.tests[entry] = load_dataset(entry.test)
         self.names = {entry: dataset.name for entry, dataset in self.datasets.items()}
         if len(set(self.names.values())) < len(self.names):
             raise MedprobeError(f"{experiment.path}: two datasets share the name {sorted(self.names.values())}; "
@@ -143,7 +152,7 @@ class Runner:
         from medprobe.cache.journal import Journal
         from medprobe.extract.runner import locate_caches
 
-        dataset = self.datasets[step.dataset]
+        dataset = self._images_of(step)
         try:
             target = locate_caches(dataset, [step.backbone], self.cache_dir, self.extract_settings)[0]
         except MedprobeError as exc:
@@ -157,6 +166,10 @@ class Runner:
         cached = total - len(plan.todo) + journaled
         return f"partial ({cached}/{total} cached)" if cached else "to do"
 
+    def _images_of(self, step: Step) -> Dataset:
+        """The dataset a step reads: its entry's, or for the extraction of an external cohort, the cohort."""
+        return self.tests[step.dataset] if step.variant == EXTERNAL_COHORT else self.datasets[step.dataset]
+
     def run(self, *, dry_run: bool = False, show_progress: bool = True) -> RunSummary:
         steps = plan_steps(self.experiment)
         for step in steps:
@@ -167,9 +180,11 @@ class Runner:
         failed_extractions: set[tuple] = set()
         try:
             for entry in self.experiment.datasets:  # one decode of each image for all its backbones
-                group = [s for s in steps if s.kind == "extract" and s.dataset == entry and s.status != "done"]
-                if len(group) > 1:
-                    self._extract_together(group, show_progress)
+                for variant in ("", EXTERNAL_COHORT):
+                    group = [s for s in steps if s.kind == "extract" and s.dataset == entry and s.variant == variant
+                             and s.status != "done"]
+                    if len(group) > 1:
+                        self._extract_together(group, show_progress)
             for step in steps:
                 if step.status in ("done", "ran"):
                     continue
@@ -204,7 +219,7 @@ class Runner:
 
         started = time.perf_counter()
         try:
-            extract_models(self.datasets[group[0].dataset], [s.backbone for s in group], self.cache_dir,
+            extract_models(self._images_of(group[0]), [s.backbone for s in group], self.cache_dir,
                            self.extract_settings, show_progress=show_progress)
         except Interrupted:
             raise
@@ -217,10 +232,11 @@ class Runner:
 
     def _execute(self, step: Step, show_progress: bool) -> None:
         dataset = self.datasets[step.dataset]
+        entry = step.dataset
         if step.kind == "extract":
             from medprobe.extract.runner import extract_models
 
-            extract_models(dataset, [step.backbone], self.cache_dir, self.extract_settings,
+            extract_models(self._images_of(step), [step.backbone], self.cache_dir, self.extract_settings,
                            show_progress=show_progress)
             return
         if step.kind == "probe":
@@ -230,18 +246,21 @@ class Runner:
             settings = ProbeSettings(classifiers=tuple(self.experiment.classifiers), pool=step.variant,
                                      folds=self.experiment.folds, seed=step.seed, bootstrap=self.experiment.bootstrap,
                                      ordinal=step.dataset.ordinal, shots=shots, repeats=self.experiment.repeats,
-                                     calibrate=self.experiment.calibrate)
+                                     calibrate=self.experiment.calibrate, subgroups=entry.subgroups,
+                                     subgroup_min=entry.subgroup_min)
             records = probe(dataset=dataset, models=[step.backbone], cache_dir=self.cache_dir,
-                            out_dir=self.records_dir, settings=settings, show_progress=show_progress)
+                            out_dir=self.records_dir, settings=settings, tested=self.tests.get(entry),
+                            show_progress=show_progress)
         else:
             from medprobe.finetune.runner import finetune
             from medprobe.finetune.settings import FinetuneSettings
 
             settings = FinetuneSettings(**{**self.experiment.finetune, "unfreeze": step.variant, "seed": step.seed,
                                            "folds": self.experiment.folds, "bootstrap": self.experiment.bootstrap,
-                                           "ordinal": step.dataset.ordinal, "resume": True})
-            records = [finetune(dataset=dataset, model=step.backbone, settings=settings, out_dir=self.records_dir,
-                                show_progress=show_progress, verbose=self.verbose)]
+                                           "ordinal": step.dataset.ordinal, "resume": True,
+                                           "subgroups": entry.subgroups, "subgroup_min": entry.subgroup_min})
+            records = finetune(dataset=dataset, model=step.backbone, settings=settings, out_dir=self.records_dir,
+                               show_progress=show_progress, verbose=self.verbose, tested=self.tests.get(entry))
         step.records = [r["record_path"] for r in records]
         self.state["steps"][step.key(self.experiment)] = {"label": step.label(self.names), "records": step.records,
                                                           "finished_at": now_iso()}

@@ -1,0 +1,106 @@
+"""The report's cohort sections: internal against external test results side by side (`--test`), and each
+run's metrics per subgroup (`--subgroups`) with the worst group and the largest gap. Plain text tables
+that every format renders alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medprobe.report.records import RunRecord, number
+from medprobe.report.tables import method_order
+
+
+@dataclass
+class TextTable:
+    dataset: str
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    note: str
+
+
+def _value_text(entry) -> str:
+    if not isinstance(entry, dict) or number(entry.get("value")) is None:
+        return "—"
+    ci = entry.get("ci")
+    value = float(entry["value"])
+    if isinstance(ci, list) and len(ci) == 2 and all(number(c) is not None for c in ci):
+        return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return f"{value:.3f}"
+
+
+def _newest(records: list[RunRecord]) -> list[RunRecord]:
+    """One record per backbone, pool, method and protocol: the newest (as the comparison tables choose)."""
+    chosen: dict[tuple, RunRecord] = {}
+    for record in sorted(records, key=lambda r: (r.created_at, r.name)):
+        chosen[(record.model, record.pool, record.method, record.name.rsplit("-seed", 1)[0])] = record
+    return sorted(chosen.values(), key=lambda r: (r.model, method_order(r.method), r.external is not None, r.name))
+
+
+def _protocol_text(record: RunRecord) -> str:
+    """"kfold5", or "external: <cohort>" for a --test record."""
+    if record.external is None:
+        return record.protocol
+    return f"external: {(record.external.get('dataset') or {}).get('name', '?')}"
+
+
+def external_tables(records: list[RunRecord], metric: str) -> list[TextTable]:
+    """Per dataset with external records: each run's internal estimate beside its external test."""
+    tables = []
+    for dataset in dict.fromkeys(r.dataset for r in records if r.external is not None):
+        mine = [r for r in records if r.dataset == dataset]
+        by_file = {r.path.name: r for r in mine}
+        rows = []
+        for record in _newest([r for r in mine if r.external is not None]):
+            internal = by_file.get(str(record.external.get("internal_record")))
+            inside, outside = (internal.value(metric) if internal else (None, None)), record.value(metric)
+            change = f"{outside[0] - inside[0]:+.3f}" if inside[0] is not None and outside[0] is not None else "—"
+            cohort = (record.external.get("dataset") or {}).get("name", "?")
+            rows.append([record.model, record.method, str(cohort),
+                         _value_text({"value": inside[0], "ci": inside[1]}) if internal else "— (no record)",
+                         _value_text({"value": outside[0], "ci": outside[1]}), change])
+        tables.append(TextTable(dataset, f"{dataset}: internal vs external test ({metric})",
+                                ["backbone", "method", "external cohort", "internal (k-fold test)", "external",
+                                 "change"], rows,
+                                "Internal: the pooled k-fold test predictions on DATA. External: one model tuned and "
+                                "refit on all of DATA, scored on every sample of the other cohort. 95% bootstrap "
+                                "CIs."))
+    return tables
+
+
+def subgroup_tables(records: list[RunRecord], metric: str) -> list[TextTable]:
+    """Per dataset and subgroup column: every run with --subgroups, the metric per group, the worst group and
+    the largest gap."""
+    tables = []
+    with_subgroups = _newest([r for r in records if r.subgroups])
+    for dataset in dict.fromkeys(r.dataset for r in with_subgroups):
+        mine = [r for r in with_subgroups if r.dataset == dataset]
+        columns = list(dict.fromkeys(c for r in mine for c in r.subgroups["columns"]))
+        for column in columns:
+            runs = [r for r in mine if column in r.subgroups["columns"]]
+            values = list(dict.fromkeys(g["value"] for r in runs for g in r.subgroups["columns"][column]["groups"]))
+            rows = []
+            for record in runs:
+                block = record.subgroups["columns"][column]
+                groups = {g["value"]: g for g in block["groups"]}
+                cells = []
+                for value in values:
+                    group = groups.get(value)
+                    if group is None:
+                        cells.append("")
+                    elif group.get("too_small"):
+                        cells.append(f"too small (n={group['samples']})")
+                    else:
+                        cells.append(f"{_value_text(group['metrics'].get(metric))} (n={group['samples']})")
+                worst = block["worst"].get(metric)
+                gap = block["largest_gap"].get(metric)
+                rows.append([record.model, record.method, _protocol_text(record), *cells,
+                             f"{worst['group']}: {worst['value']:.3f}" if worst else "—",
+                             f"{gap:.3f}" if gap is not None else "—"])
+            minimum = mine[0].subgroups.get("min_samples")
+            tables.append(TextTable(dataset, f"{dataset}: {metric} by {column}",
+                                    ["backbone", "method", "protocol", *values, "worst group", "largest gap"], rows,
+                                    f"Each group's test predictions scored alone, 95% bootstrap CI within the group; "
+                                    f"groups under {minimum} test samples are not scored. Worst: the lowest value "
+                                    "(the highest for ECE, Brier, NLL); gap: highest minus lowest, without a CI."))
+    return tables
