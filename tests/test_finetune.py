@@ -226,3 +226,36 @@ def test_an_external_cohort_is_fine_tuned_on_all_of_data_and_scored(blobs, tiny_
         balanced_accuracy_score([r["label"] for r in rows], [r["prediction"] for r in rows]), abs=1e-12)
     assert external["calibrated"]["per_fold"][0]["fold"] == -1
     assert len(list((tmp_path / "out" / blobs.name / "checkpoints").glob("*__external-site2-labels-seed0"))) == 1
+
+
+def test_multilabel_fine_tuning_trains_a_sigmoid_head_and_records_per_finding_metrics(tiny_timm_models, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    manifest = blob_patients(tmp_path / "ml", patients=16, per_patient=2, size=(48, 44))
+    lines = manifest.read_text().splitlines()
+    rows = []
+    for i, line in enumerate(lines[1:]):
+        path, label, group = line.split(",")
+        findings = (["left_square"] if label == "left" else []) + (["marker"] if (i // 2) % 3 == 0 else [])
+        rows.append(f"{path},{'|'.join(findings)},{group}")
+    manifest.write_text("\n".join(["path,labels,group", *rows]) + "\n")
+    dataset = load_dataset(manifest)
+    with pytest.raises(MedprobeError, match="--class-weights is not available for multi-label"):
+        finetune(dataset=dataset, model=str(tiny_timm_models["resnet"]), out_dir=tmp_path / "out",
+                 settings=FinetuneSettings(class_weights=True))
+    [record] = finetune(dataset=dataset, model=str(tiny_timm_models["resnet"]), out_dir=tmp_path / "out",
+                        show_progress=False,
+                        settings=FinetuneSettings(epochs=2, lr=1e-3, head_lr=1e-2, batch_size=8, workers=0, fold=0,
+                                                  folds=3, bootstrap=100, precision="fp32", device="cpu"))
+    assert record["task"] == "multilabel" and record["findings"] == ["left_square", "marker"]
+    assert set(record["hyperparameters"][0]["thresholds"]) == {"left_square", "marker"}
+    assert "val_macro_auroc" in record["history"][0]["epochs"][0]
+    with (tmp_path / "out" / dataset.name / record["predictions"]).open() as handle:
+        csv_rows = list(csv.DictReader(handle))
+    assert len(csv_rows) == record["sizes"][0]["test"]
+    truth = [float(r["true_left_square"]) for r in csv_rows]
+    scores = [float(r["score_left_square"]) for r in csv_rows]
+    assert record["per_finding"]["left_square"]["auroc"]["value"] == pytest.approx(roc_auc_score(truth, scores))
+    marker = [float(r["score_marker"]) for r in csv_rows]
+    assert all(0 <= s <= 1 for s in scores + marker)
+    assert max(abs(a + b - 1) for a, b in zip(scores, marker, strict=True)) > 1e-3  # sigmoids, not a softmax

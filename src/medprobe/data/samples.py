@@ -58,6 +58,7 @@ class Sample:
     windows: tuple[Window, ...] = DEFAULT_WINDOWS  # grayscale intensities -> 8 bits (data.windows)
     member: Member | None = None
     attributes: tuple[tuple[str, str], ...] = ()  # the manifest's other columns (sex, site, ...): subgroups
+    findings: tuple[float, ...] | None = None  # multi-label: 1, 0 or NaN (unknown) per Dataset.findings
 
     def attribute(self, column: str) -> str | None:
         """This sample's value in a manifest column beyond path/label/group/split; None without that column."""
@@ -112,10 +113,31 @@ class Dataset:
     classes: list[str] = field(default_factory=list)
     label_fix: str = "give every sample a label"
     decoding: str = ""
+    findings: list[str] = field(default_factory=list)  # multi-label: the finding names, in column order
 
     def __post_init__(self) -> None:
+        if self.findings:
+            self.classes = list(self.findings)  # what headers and tables list; targets() refuses
         if not self.classes:
             self.classes = sorted({s.label for s in self.samples} - {NO_LABEL}, key=natural_key)
+
+    @property
+    def multilabel(self) -> bool:
+        """Zero or more findings per image (a `labels` column, or a spec's `labels = [...]`)."""
+        return bool(self.findings)
+
+    def finding_matrix(self) -> np.ndarray:
+        """(samples, findings): 1 present, 0 absent, NaN unknown (left out of that finding's fits and metrics)."""
+        if not self.multilabel:
+            raise MedprobeError(f"{self.source}: not a multi-label dataset (it has one label per image)")
+        return np.array([s.findings for s in self.samples], dtype=float).reshape(len(self.samples), len(self.findings))
+
+    def require_single_label(self, what: str) -> None:
+        """What a single-label stage checks: a multi-label dataset gets one error naming what does handle it."""
+        if self.multilabel:
+            raise MedprobeError(f"{self.source} is multi-label ({len(self.findings)} findings); {what} takes one "
+                                "label per image: use `medprobe probe` (one binary probe per finding), or give "
+                                "a single `label` column")
 
     @property
     def labelled(self) -> bool:
@@ -136,6 +158,7 @@ class Dataset:
 
     def with_class_order(self, order: list[str]) -> Dataset:
         """The same samples with classes in a given order (what --ordinal's kappa and tables follow)."""
+        self.require_single_label("--classes")
         if sorted(order) != sorted(self.classes) or len(set(order)) != len(order):
             raise MedprobeError(
                 f"--classes {','.join(order)} must list each class of {self.source} once: {','.join(self.classes)}"
@@ -163,6 +186,7 @@ class Dataset:
     def targets(self) -> np.ndarray:
         """Each sample's class index into `classes`."""
         self.require_labels()
+        self.require_single_label("this step")
         index = {label: i for i, label in enumerate(self.classes)}
         return np.array([index[s.label] for s in self.samples])
 

@@ -12,6 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from medprobe.data.decoding import DECODING_KEYS, DecodingOptions, parse_decoding
+from medprobe.data.findings import (
+    LABELS_COLUMN,
+    FindingColumns,
+    column_findings,
+    finding_label,
+    parse_finding_columns,
+    pipe_findings,
+)
+from medprobe.data.findings import SPEC_KEYS as FINDING_KEYS
 from medprobe.data.images import IMAGE_SUFFIXES
 from medprobe.data.samples import NO_LABEL, SPLITS, Dataset, Member, Sample
 from medprobe.data.slicing import VOLUME_KEYS, VolumeOptions, expand_volumes, parse_volume_options
@@ -25,9 +34,9 @@ else:  # pragma: no cover
 
 PROJECT_FILE = "medprobe.toml"
 HF_KEYS = {"hf_dataset", "image_column", "label_column"}
-SPEC_KEYS = {"manifest", "folder", "name", *VOLUME_KEYS, *DECODING_KEYS, *HF_KEYS}
+SPEC_KEYS = {"manifest", "folder", "name", *VOLUME_KEYS, *DECODING_KEYS, *HF_KEYS, *FINDING_KEYS}
 TARGET_KEYS = ("manifest", "folder", "hf_dataset")
-MANIFEST_COLUMNS = ("path", "label", "group", "split")  # every other column is a sample attribute (subgroups)
+MANIFEST_COLUMNS = ("path", "label", LABELS_COLUMN, "group", "split")  # any other column: a sample attribute
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -137,8 +146,12 @@ def _from_spec(path: Path) -> Dataset:
         return load_hf_dataset(target, image_column=spec.get("image_column"), label_column=spec.get("label_column"),
                                name=name, source=path, decoding=decoding)
     options = parse_volume_options(spec, path, decoding.windows, channel_columns=not decoding.window_channels)
+    finding_columns = parse_finding_columns(spec, path)
     if "manifest" in spec:
-        return _from_manifest(target, name=name, options=options, spec=path, decoding=decoding)
+        return _from_manifest(target, name=name, options=options, spec=path, decoding=decoding,
+                              finding_columns=finding_columns)
+    if finding_columns is not None:
+        raise MedprobeError(f"{path}: labels = [...] names manifest columns; use manifest = \"file.csv\"")
     return _from_folder(target, name=name, options=options, decoding=decoding)
 
 
@@ -178,28 +191,47 @@ def _from_folder(root: Path, *, name: str, options: VolumeOptions | None = None,
 
 
 def _from_manifest(manifest: Path, *, name: str, options: VolumeOptions | None, spec: Path | None = None,
-                   decoding: DecodingOptions | None = None) -> Dataset:
-    """Rows path[,label,group,split]; without a label column the dataset is unlabelled."""
+                   decoding: DecodingOptions | None = None, finding_columns: FindingColumns | None = None) -> Dataset:
+    """Rows path[,label,group,split]; without a label column the dataset is unlabelled. Multi-label: a
+    `labels` column of findings joined by `|`, or the spec's `finding_columns` (0/1 per finding)."""
     root = manifest.parent
     required = list(options.channels) if options and options.channels else ["path"]
     if options and options.rule.needs_mask:
         required.append(options.mask_column)
+    header = required + [c for c in (finding_columns.columns if finding_columns else ()) if c not in required]
     try:
         with manifest.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             columns = [c.strip() for c in (reader.fieldnames or [])]
-            missing = [c for c in required if c not in columns]
+            missing = [c for c in header if c not in columns]
             if missing:
                 raise MedprobeError(
-                    f"{manifest} lacks column(s) {', '.join(missing)}; the header needs {','.join(required)} "
+                    f"{manifest} lacks column(s) {', '.join(missing)}; the header needs {','.join(header)} "
                     f"(optional: label, group, split), found: {', '.join(columns) or 'nothing'}"
                 )
             rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
             labelled = "label" in columns
+            piped = LABELS_COLUMN in columns and finding_columns is None
     except OSError as exc:
         raise MedprobeError(f"cannot read manifest {manifest}: {exc.strerror}") from exc
     if not rows:
         raise MedprobeError(f"{manifest} lists no images; add rows {','.join(required)}")
+    multilabel = piped or finding_columns is not None
+    if multilabel and (labelled or options is not None):
+        raise MedprobeError(f"{manifest}: multi-label findings ({'the labels column' if piped else 'labels = [...]'})"
+                            f" {'with a label column' if labelled else 'of volumes'} is not supported; "
+                            f"{'drop one of the two' if labelled else 'list the slices as images'}")
+    findings, vectors = [], []
+    if multilabel:
+        where = lambda i: f"{manifest}:{i + 2}"  # noqa: E731 - the row's line in the CSV
+        findings, vectors = (pipe_findings(rows) if piped else
+                             (list(finding_columns.columns), column_findings(rows, finding_columns, where)))
+        if not findings:
+            raise MedprobeError(f"{manifest}: the labels column names no finding; join findings with | "
+                                "(e.g. effusion|atelectasis), an empty cell meaning no finding")
+        for row, vector in zip(rows, vectors, strict=True):
+            row["label"] = finding_label(vector, findings)
+        labelled = True
     for line, row in enumerate(rows, start=2):
         if labelled and not row.get("label"):
             raise MedprobeError(f"{manifest}:{line}: empty label; fill it in or delete the row (or drop the label "
@@ -224,14 +256,18 @@ def _from_manifest(manifest: Path, *, name: str, options: VolumeOptions | None, 
             )
     fix = (f"{manifest} has no label column; add one (header {','.join(required)},label[,group,split]), found: "
            f"{', '.join(columns)}")
+    known = finding_columns.columns if finding_columns else ()
     return _dataset_from_rows(rows, root=root, source=spec or manifest, name=name, options=options,
                               decoding=decoding, where=lambda i: f"{manifest}:{i + 2}",
+                              findings=findings, vectors=vectors, known=known,
                               **({} if labelled else {"label_fix": fix}))
 
 
-def _row_attributes(row: dict[str, str], options: VolumeOptions | None) -> tuple[tuple[str, str], ...]:
-    """The row's columns that say nothing about where its pixels are or how it is split (sex, site, age_group)."""
-    known = set(MANIFEST_COLUMNS)
+def _row_attributes(row: dict[str, str], options: VolumeOptions | None,
+                    known_columns: tuple[str, ...] = ()) -> tuple[tuple[str, str], ...]:
+    """The row's columns that say nothing about where its pixels are, what it shows or how it is split (sex,
+    site, age_group); `known_columns`: more such columns (a spec's finding columns)."""
+    known = set(MANIFEST_COLUMNS) | set(known_columns)
     if options is not None:
         known.update(options.channels or ())
         known.add(options.mask_column)
@@ -239,12 +275,12 @@ def _row_attributes(row: dict[str, str], options: VolumeOptions | None) -> tuple
 
 
 def _image_samples(row: dict[str, str], root: Path, decoding: DecodingOptions,
-                   attributes: tuple[tuple[str, str], ...]) -> list[Sample]:
+                   attributes: tuple[tuple[str, str], ...], findings: tuple[float, ...] | None) -> list[Sample]:
     """One sample per image row, or per frame of a multi-frame DICOM under frames = "all"."""
     relative = Path(row["path"]).as_posix()
     path = (root / row["path"]).expanduser()
     common = dict(path=path, label=row["label"], split=row.get("split") or None, windows=decoding.windows,
-                  attributes=attributes)
+                  attributes=attributes, findings=findings)
     frames = 1
     if decoding.all_frames and path.name.lower().endswith(".dcm"):
         from medprobe.data.dicom import frames_in
@@ -259,17 +295,20 @@ def _image_samples(row: dict[str, str], root: Path, decoding: DecodingOptions,
 
 def _dataset_from_rows(rows: list[dict[str, str]], *, root: Path, source: Path, name: str,
                        options: VolumeOptions | None, decoding: DecodingOptions | None, where,
-                       label_fix: str | None = None) -> Dataset:
+                       label_fix: str | None = None, findings: list[str] = (),
+                       vectors: list[tuple[float, ...]] = (), known: tuple[str, ...] = ()) -> Dataset:
+    """`findings` / `vectors`: a multi-label dataset's finding names and each row's vector (image rows only)."""
     decoding = decoding or DecodingOptions()
-    attributes = [_row_attributes(row, options) for row in rows]
+    attributes = [_row_attributes(row, options, known) for row in rows]
     if options is None:
-        samples = [sample for row, attrs in zip(rows, attributes, strict=True)
-                   for sample in _image_samples(row, root, decoding, attrs)]
+        per_row = vectors or [None] * len(rows)
+        samples = [sample for row, attrs, vector in zip(rows, attributes, per_row, strict=True)
+                   for sample in _image_samples(row, root, decoding, attrs, vector)]
     else:
         samples = expand_volumes(rows, root=root, options=options, where=where, attributes=attributes)
     extra = {"label_fix": label_fix} if label_fix else {}
-    return checked(Dataset(name=name, root=root, source=source, samples=samples, decoding=decoding.text, **extra),
-                   source)
+    return checked(Dataset(name=name, root=root, source=source, samples=samples, decoding=decoding.text,
+                           findings=list(findings), **extra), source)
 
 
 def checked(dataset: Dataset, source: Path) -> Dataset:

@@ -133,8 +133,104 @@ def pooled_test(folds: list[Fold]) -> tuple[np.ndarray, np.ndarray]:
     return (np.concatenate([f.test for f in folds]), np.concatenate([np.full(len(f.test), f.index) for f in folds]))
 
 
+def _iterative_folds(unit_counts: np.ndarray, unit_sizes: np.ndarray, n_splits: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Iterative stratification (Sechidis et al. 2011) of units (patients): `unit_counts` (units, findings)
+    holds each unit's positive samples per finding, `unit_sizes` its samples. The rarest finding's units are
+    placed first, each in the fold that still wants most of that finding (ties: most samples wanted, then
+    at random); units without any finding fill the folds that want most samples. Returns each unit's fold."""
+    desired = np.tile(unit_counts.sum(axis=0) / n_splits, (n_splits, 1))
+    wanted = np.full(n_splits, unit_sizes.sum() / n_splits)
+    fold_of = np.full(len(unit_counts), -1)
+
+    def place(unit: int, column: np.ndarray) -> None:
+        score = np.stack([column, wanted, rng.random(n_splits)])
+        fold = int(np.lexsort(score[::-1])[-1])  # highest column, then wanted, then the draw
+        fold_of[unit] = fold
+        desired[fold] -= unit_counts[unit]
+        wanted[fold] -= unit_sizes[unit]
+
+    while (fold_of < 0).any():
+        left = fold_of < 0
+        positives = unit_counts[left].sum(axis=0)
+        if not (positives > 0).any():
+            for unit in rng.permutation(np.flatnonzero(left)):
+                place(unit, wanted)
+            break
+        finding = int(np.argmin(np.where(positives > 0, positives, np.inf)))
+        for unit in rng.permutation(np.flatnonzero(left & (unit_counts[:, finding] > 0))):
+            place(unit, desired[:, finding])
+    return fold_of
+
+
+def _unit_codes(dataset: Dataset) -> tuple[np.ndarray, bool]:
+    """Each sample's unit (patient, or the sample itself without groups) as a code 0..U-1, and whether grouped."""
+    ids = patient_ids([s.group for s in dataset.samples])
+    if ids is None:
+        return np.arange(len(dataset.samples)), False
+    return np.unique(ids, return_inverse=True)[1], True
+
+
+def _multilabel_parts(positions: np.ndarray, Y: np.ndarray, units: np.ndarray, n_splits: int,
+                      seed: int) -> list[np.ndarray]:
+    """`positions` cut into n_splits parts, whole units each, stratified over the findings."""
+    local = np.unique(units[positions], return_inverse=True)[1]
+    counts = np.zeros((local.max() + 1, Y.shape[1]))
+    np.add.at(counts, local, np.nan_to_num(Y[positions]))
+    sizes = np.bincount(local).astype(float)
+    fold_of_unit = _iterative_folds(counts, sizes, n_splits, np.random.default_rng(seed))
+    return [np.sort(positions[fold_of_unit[local] == k]) for k in range(n_splits)]
+
+
+def _check_findings(dataset: Dataset, Y: np.ndarray, units: np.ndarray, folds: int) -> None:
+    unit = "patients" if len(np.unique(units)) < len(units) else "samples"
+    for f, name in enumerate(dataset.findings):
+        known = ~np.isnan(Y[:, f])
+        positive = len(np.unique(units[known & (Y[:, f] == 1)]))
+        negative = len(np.unique(units[known & (Y[:, f] == 0)]))
+        if min(positive, negative) < folds:
+            side = "with" if positive < negative else "without"
+            raise MedprobeError(f"finding {name!r}: only {min(positive, negative)} {unit} {side} it, fewer than "
+                                f"--folds {folds}; use --folds {max(2, min(positive, negative))}, add data or drop "
+                                "the finding")
+
+
+def multilabel_splits(dataset: Dataset, *, folds: int = 5, seed: int = 0) -> SplitPlan:
+    """Multi-label k-fold: iterative stratification over patients (each patient's positives per finding),
+    so patients stay whole and every fold's finding rates stay close; validation carved from each fold's
+    training part the same way. A `split` column is used as given, as for single labels."""
+    Y = dataset.finding_matrix()
+    units, grouped = _unit_codes(dataset)
+    positions = np.arange(len(Y))
+    splits = np.asarray([s.split for s in dataset.samples], dtype=object)
+
+    def carve(train: np.ndarray, salt: int) -> tuple[np.ndarray, np.ndarray]:
+        parts = _multilabel_parts(train, Y, units, round(1 / VAL_FRACTION), seed + 1 + salt)
+        return np.sort(np.concatenate(parts[1:])), parts[0]
+
+    if any(s is not None for s in splits):
+        test, train, val = (positions[splits == name] for name in ("test", "train", "val"))
+        if len(test) == 0:
+            raise MedprobeError("the split column has no 'test' rows; add some or drop the column for k-fold")
+        if grouped:
+            _refuse_shared_groups(units, {"train": train, "val": val, "test": test})
+        if len(val) == 0:
+            train, val = carve(train, 0)
+        return SplitPlan("given-split", [Fold(0, train, val, test)], grouped, seed)
+    if folds < 2:
+        raise MedprobeError(f"--folds {folds} must be at least 2")
+    _check_findings(dataset, Y, units, folds)
+    result = []
+    for index, test in enumerate(_multilabel_parts(positions, Y, units, folds, seed)):
+        train, val = carve(np.setdiff1d(positions, test), index)
+        result.append(Fold(index, train, val, test))
+    return SplitPlan(f"kfold{folds}", result, grouped, seed)
+
+
 def dataset_splits(dataset: Dataset, *, folds: int = 5, seed: int = 0) -> SplitPlan:
     dataset.require_labels()
+    if dataset.multilabel:
+        return multilabel_splits(dataset, folds=folds, seed=seed)
     samples = dataset.samples
     return make_splits([s.label for s in samples], groups=[s.group for s in samples],
                        splits=[s.split for s in samples], folds=folds, seed=seed)

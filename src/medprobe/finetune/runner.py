@@ -24,13 +24,15 @@ from medprobe.finetune.augment import EpochShuffle, EvalImages, TrainImages
 from medprobe.finetune.blocks import apply_unfreeze, parse_unfreeze
 from medprobe.finetune.checkpoint import load_training_state, load_weights, save_training_state, save_weights
 from medprobe.finetune.settings import FinetuneSettings
+from medprobe.finetune.tasks import Task, task_for
 from medprobe.models.backbone import Backbone, load_backbone
 from medprobe.models.registry import auto_pools, resolve_model
 from medprobe.progress import STDERR, progress_bar
 from medprobe.results.calibration import calibrated_block, get_calibrator
 from medprobe.results.external import EXTERNAL, EXTERNAL_FOLD, external_block, matched_test_set
-from medprobe.results.metrics import PROBABILITIES, balanced_accuracy, group_codes, test_report
-from medprobe.results.record import fold_sizes, run_header, safe_name, save_run
+from medprobe.results.metrics import PROBABILITIES, group_codes, test_report
+from medprobe.results.multilabel import MULTILABEL, finding_thresholds, multilabel_report
+from medprobe.results.record import fold_sizes, run_header, safe_name, save_multilabel_run, save_run
 from medprobe.results.subgroups import check_subgroup_columns, run_subgroups
 from medprobe.runtime.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
 from medprobe.runtime.workers import default_workers, deferred_interrupts, interruption_point, start_worker
@@ -92,13 +94,14 @@ def _schedule(total_steps: int, warmup_steps: int):
 
 
 @torch.inference_mode()
-def predict(model: Classifier, loader: DataLoader, device: torch.device, precision: str, n: int) -> np.ndarray:
+def predict(model: Classifier, loader: DataLoader, device: torch.device, precision: str, n: int,
+            task: Task) -> np.ndarray:
     model.eval()
     scores = np.zeros((n, model.head[-1].out_features))
     for pixels, index in loader:
         with autocast(device, precision):
             logits = model(pixels.to(device, non_blocking=True))
-        scores[index.numpy()] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        scores[index.numpy()] = task.probabilities(logits).cpu().numpy()
         interruption_point()
     return scores
 
@@ -110,7 +113,8 @@ class FoldTrainer:
         self.device = resolve_device(settings.device)
         self.precision = resolve_precision(settings.precision, self.device)
         self.classes = dataset.classes
-        self.y = dataset.targets()
+        self.task = task_for(dataset)
+        self.y = self.task.targets()
         self.images = SampleImages(dataset.samples, dataset.root)
         self.workers = default_workers() if settings.workers is None else settings.workers
         self.mode = settings.unfreeze
@@ -140,7 +144,7 @@ class FoldTrainer:
         backbone = load_backbone(self.spec, image_size=s.image_size)
         prep = backbone.preprocessing
         trainable_backbone = apply_unfreeze(backbone, s.unfreeze)
-        model = Classifier(backbone, len(self.classes), prep.input_size).to(self.device)
+        model = Classifier(backbone, self.task.outputs, prep.input_size).to(self.device)
         if backbone.is_cnn:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(_parameter_groups(model, s), weight_decay=s.weight_decay)
@@ -155,7 +159,7 @@ class FoldTrainer:
         if s.class_weights:
             counts = np.bincount(self.y[fold.train], minlength=len(self.classes)).astype(float)
             weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
-        loss_fn = nn.CrossEntropyLoss(weight=weights.to(self.device) if weights is not None else None)
+        loss_fn = self.task.loss(weights.to(self.device) if weights is not None else None)
         folder = self.checkpoint_dir(fold, cohort)
         last, best = folder / "last.safetensors", folder / "best.safetensors"
         progress = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "stale_epochs": 0, "history": [],
@@ -164,7 +168,7 @@ class FoldTrainer:
             progress = load_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler)
         shuffle = EpochShuffle(len(fold.train), s.seed)
         train_loader = self._loader(
-            TrainImages(self.images, list(fold.train), self.y[fold.train].tolist(), prep, s.seed), shuffle,
+            TrainImages(self.images, list(fold.train), self.task.train_labels(fold.train), prep, s.seed), shuffle,
             drop_last=drop_last)
         val_loader = self._loader(EvalImages(self.images, list(fold.val), prep))
         frozen = parse_unfreeze(s.unfreeze)[0] == "none"
@@ -197,12 +201,13 @@ class FoldTrainer:
             progress["train_seconds"] += time.perf_counter() - started
             progress["train_images"] += seen
             progress["train_steps"] = progress.get("train_steps", 0) + len(losses)  # older checkpoints lack it
-            val_scores = predict(model, val_loader, self.device, self.precision, len(fold.val))
-            score = balanced_accuracy(self.y[fold.val], val_scores)
+            val_scores = predict(model, val_loader, self.device, self.precision, len(fold.val), self.task)
+            score = self.task.validation_score(self.y[fold.val], val_scores)
             progress["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                                        "val_balanced_accuracy": score})
+                                        self.task.selection: score})
             if show_progress and advance_all is None:
-                STDERR.print(f"{description}: train loss {np.mean(losses):.4f}, val balanced accuracy {score:.3f}"
+                shown = self.task.selection.replace("_", " ").replace("auroc", "AUROC")
+                STDERR.print(f"{description}: train loss {np.mean(losses):.4f}, {shown} {score:.3f}"
                              f"{' (best)' if score > progress['best_score'] else ''}")
             if score > progress["best_score"]:
                 progress.update(best_score=score, best_epoch=epoch + 1, stale_epochs=0)
@@ -217,16 +222,18 @@ class FoldTrainer:
         else:
             test_images, test_positions = SampleImages(cohort.samples, cohort.root), list(range(len(cohort.samples)))
         test_loader = self._loader(EvalImages(test_images, test_positions, prep))
-        scores = predict(model, test_loader, self.device, self.precision, len(test_positions))
-        calibration = None
-        if s.calibrate:  # the best checkpoint's validation predictions: the data that chose it, never the test
-            val_scores = predict(model, val_loader, self.device, self.precision, len(fold.val))
-            calibration = get_calibrator(s.calibrate).fit(val_scores, self.y[fold.val])
+        scores = predict(model, test_loader, self.device, self.precision, len(test_positions), self.task)
+        calibration = thresholds = None
+        if s.calibrate or self.dataset.multilabel:  # the best checkpoint's validation predictions: the data that
+            val_scores = predict(model, val_loader, self.device, self.precision, len(fold.val), self.task)
+            if s.calibrate:  # chose it, never the test part, fit the calibration or the findings' thresholds
+                calibration = get_calibrator(s.calibrate).fit(val_scores, self.y[fold.val])
+            else:
+                thresholds = finding_thresholds(self.y[fold.val], val_scores)
         head_params = sum(p.numel() for p in model.head.parameters())
         return {
-            "scores": scores, "calibration": calibration, "history": progress["history"],
-            "best_epoch": progress["best_epoch"],
-            "val_balanced_accuracy": progress["best_score"],
+            "scores": scores, "calibration": calibration, "thresholds": thresholds, "history": progress["history"],
+            "best_epoch": progress["best_epoch"], "val_score": progress["best_score"],
             "trainable_parameters": trainable_backbone + head_params,
             "total_parameters": sum(p.numel() for p in model.parameters()),
             "train_seconds": progress["train_seconds"], "train_images": progress["train_images"],
@@ -248,6 +255,12 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
     if settings.epochs < 1 or settings.batch_size < 1:
         raise MedprobeError("--epochs and --batch-size must be at least 1")
     check_subgroup_columns(dataset, settings.subgroups, settings.subgroup_min)
+    if dataset.multilabel:
+        for given, option in ((tested is not None, "--test"), (settings.subgroups, "--subgroups"),
+                              (settings.calibrate, "--calibrate"), (settings.class_weights, "--class-weights"),
+                              (settings.ordinal, "--ordinal")):
+            if given:
+                raise MedprobeError(f"{option} is not available for multi-label fine-tuning yet; drop it")
     if tested is not None:
         tested = matched_test_set(dataset, tested)
         check_subgroup_columns(tested, settings.subgroups, settings.subgroup_min)
@@ -292,6 +305,8 @@ def _save(trainer: FoldTrainer, plan, folds: list[Fold], results: list[dict], te
           wall: float, out_dir: Path, internal: str | None = None) -> dict:
     """The run record of `folds` scored on `tested` (DATA itself, or with `internal` set, an external cohort)."""
     settings, dataset = trainer.settings, trainer.dataset
+    if dataset.multilabel:
+        return _save_multilabel(trainer, plan, folds, results, protocol, wall, out_dir)
     external = internal is not None
     positions, fold_of = pooled_test(folds)
     if external:
@@ -320,19 +335,12 @@ def _save(trainer: FoldTrainer, plan, folds: list[Fold], results: list[dict], te
     record.update({
         "sizes": sizes,
         "hyperparameters": [{"fold": f.index, "best_epoch": r["best_epoch"],
-                             "val_balanced_accuracy": r["val_balanced_accuracy"]} for f, r in zip(folds, results,
-                                                                                                 strict=True)],
+                             "val_balanced_accuracy": r["val_score"]} for f, r in zip(folds, results, strict=True)],
         "history": [{"fold": f.index, "epochs": r["history"]} for f, r in zip(folds, results, strict=True)],
         **test_report(y, scores, fold_of=fold_of, groups=groups, classes=dataset.classes, ordinal=settings.ordinal,
                       replicates=settings.bootstrap, seed=settings.seed,
                       scores_are=PROBABILITIES),  # softmax of a cross-entropy-trained head
-        "cost": {"trainable_parameters": results[0]["trainable_parameters"],
-                 "total_parameters": results[0]["total_parameters"], "wall_seconds": round(wall, 3),
-                 "train_images_per_second": round(float(np.mean([r["train_images_per_second"] for r in results])), 2),
-                 "train_images": sum(r["train_images"] for r in results),
-                 "optimizer_steps": sum(r["train_steps"] for r in results),
-                 "peak_memory_mb": round(peak_memory_mb(trainer.device), 1), "device": str(trainer.device),
-                 "device_name": device_name(trainer.device), "precision": trainer.precision},
+        "cost": _cost(trainer, results, wall),
     })
     if settings.calibrate:
         record["calibrated"] = calibrated_block(
@@ -347,3 +355,48 @@ def _save(trainer: FoldTrainer, plan, folds: list[Fold], results: list[dict], te
                                             scores_are=PROBABILITIES)
     return save_run(out_dir, tested, f"{trainer.name}__{protocol}-seed{settings.seed}", record, positions, fold_of,
                     scores, subgroups=settings.subgroups, folder=dataset.name)
+
+
+def _cost(trainer: FoldTrainer, results: list[dict], wall: float) -> dict:
+    return {"trainable_parameters": results[0]["trainable_parameters"],
+            "total_parameters": results[0]["total_parameters"], "wall_seconds": round(wall, 3),
+            "train_images_per_second": round(float(np.mean([r["train_images_per_second"] for r in results])), 2),
+            "train_images": sum(r["train_images"] for r in results),
+            "optimizer_steps": sum(r["train_steps"] for r in results),
+            "peak_memory_mb": round(peak_memory_mb(trainer.device), 1), "device": str(trainer.device),
+            "device_name": device_name(trainer.device), "precision": trainer.precision}
+
+
+def _save_multilabel(trainer: FoldTrainer, plan, folds: list[Fold], results: list[dict], protocol: str,
+                     wall: float, out_dir: Path) -> dict:
+    """A multi-label fine-tune's record: sigmoid outputs, each fold's best checkpoint chosen by validation
+    macro AUROC, each finding's threshold by F1 on that checkpoint's validation predictions."""
+    settings, dataset = trainer.settings, trainer.dataset
+    positions, fold_of = pooled_test(folds)
+    scores = np.concatenate([r["scores"] for r in results])
+    thresholds = np.concatenate([np.tile(r["thresholds"], (len(f.test), 1)) for f, r in zip(folds, results,
+                                                                                              strict=True)])
+    Y = trainer.y[positions]
+    groups = [dataset.samples[i].group for i in positions]
+    record = {
+        **run_header(dataset, plan, kind="finetune", method=f"finetune-{settings.unfreeze}", model=trainer.spec.name,
+                     pool="+".join(results[0]["pools"]), protocol=protocol, seed=settings.seed,
+                     bootstrap=settings.bootstrap, ordinal=False),
+        "task": MULTILABEL, "findings": list(dataset.findings), "settings": asdict(settings),
+        "head": "one sigmoid output per finding, binary cross-entropy over the known labels",
+        "backbone": {"name": trainer.spec.name, "backend": trainer.spec.backend, "source": trainer.spec.source,
+                     "family": results[0]["family"], "licence": trainer.spec.licence,
+                     "preprocessing": results[0]["preprocessing"]},
+        "sizes": fold_sizes(folds),
+        "hyperparameters": [{"fold": f.index, "best_epoch": r["best_epoch"], "val_macro_auroc": r["val_score"],
+                             "thresholds": dict(zip(dataset.findings, r["thresholds"], strict=True))}
+                            for f, r in zip(folds, results, strict=True)],
+        "thresholds": {"rule": "per fold and finding: the F1-maximising threshold on the best checkpoint's "
+                               "validation predictions", "positive": "score >= threshold"},
+        "history": [{"fold": f.index, "epochs": r["history"]} for f, r in zip(folds, results, strict=True)],
+        **multilabel_report(Y, scores, thresholds, list(dataset.findings), replicates=settings.bootstrap,
+                            seed=settings.seed, clusters=group_codes(groups)),
+        "cost": _cost(trainer, results, wall),
+    }
+    name = f"{trainer.name}__{protocol}-seed{settings.seed}"
+    return save_multilabel_run(out_dir, dataset, name, record, positions, fold_of, scores, thresholds)

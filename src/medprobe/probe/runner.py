@@ -19,6 +19,7 @@ from medprobe.probe import streaming
 from medprobe.probe.backends import compute_backend
 from medprobe.probe.classifiers import CLASSIFIERS, get_probe
 from medprobe.probe.features import CacheRef, FeatureStream, extracted_models, feature_stream, find_cache, skipped_in
+from medprobe.probe.multilabel import MultilabelProber, refuse_unsupported
 from medprobe.probe.protocol import FoldData, Probe, SearchOutcome, best, fit_scaler
 from medprobe.probe.settings import ProbeSettings
 from medprobe.progress import STDERR, progress_bar
@@ -377,6 +378,8 @@ def probe(*, dataset: Dataset, models: list[str] | None, cache_dir: Path, out_di
     check_subgroup_columns(dataset, settings.subgroups, settings.subgroup_min)
     if not 0 < settings.memory_fraction <= 1:
         raise MedprobeError(f"--memory-fraction {settings.memory_fraction:g} must be in (0, 1], e.g. 0.25")
+    if dataset.multilabel:
+        refuse_unsupported(settings, tested)
     if tested is not None:
         if with_datasets:
             raise MedprobeError("--test with --with: the external cohort would need every --with modality too; "
@@ -387,6 +390,8 @@ def probe(*, dataset: Dataset, models: list[str] | None, cache_dir: Path, out_di
     dataset, skipped = _without_skipped(dataset, [ref for job in jobs for ref in job.refs[0]])
     if tested is not None:
         tested, _ = _without_skipped(tested, [ref for job in jobs for ref in job.test_refs])
+    if dataset.multilabel:
+        return _probe_multilabel(dataset, jobs, with_datasets, settings, out_dir, skipped, show_progress)
     prober = Prober(dataset, settings, out_dir)
     prober.skipped = [{"id": i, "reason": why} for i, why in sorted(skipped.items())]
     budgets = [shot for shot in settings.shots if shot != "all"]
@@ -409,4 +414,24 @@ def probe(*, dataset: Dataset, models: list[str] | None, cache_dir: Path, out_di
                     advance(1)
             job.X = job.stream = job.X_test = None  # one job's features in memory at a time
             job.scalers = {}
+    return records
+
+
+def _probe_multilabel(dataset: Dataset, jobs: list[Job], with_datasets, settings: ProbeSettings, out_dir: Path,
+                      skipped: dict[str, str], show_progress: bool) -> list[dict]:
+    """A multi-label dataset: per backbone and classifier, one binary probe per finding (probe.multilabel)."""
+    prober = MultilabelProber(dataset, settings, out_dir)
+    prober.skipped = [{"id": i, "reason": why} for i, why in sorted(skipped.items())]
+    records = []
+    with compute_backend(settings.backend, settings.scheduler) as prober.backend, \
+            progress_bar("probe", total=len(jobs) * len(settings.classifiers), enabled=show_progress,
+                         unit="run") as advance:
+        for job in jobs:
+            _load_features(job, [dataset, *with_datasets], settings, None)
+            small = job.X.size <= SERIAL_LIMIT and prober.backend == "local"
+            parallel = Parallel(n_jobs=1 if small else settings.n_jobs)
+            for method in settings.classifiers:
+                records.append(prober.run(job, method, parallel))
+                advance(1)
+            job.X = None
     return records

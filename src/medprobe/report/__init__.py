@@ -13,7 +13,7 @@ from pathlib import Path
 from medprobe import __version__
 from medprobe.errors import MedprobeError
 from medprobe.report import render
-from medprobe.report.cohorts import external_tables, subgroup_tables
+from medprobe.report.cohorts import external_tables, finding_tables, subgroup_tables
 from medprobe.report.embedding import DEFAULT_PROJECTION, projection
 from medprobe.report.explanations import explanation_figures
 from medprobe.report.figures import draw_all
@@ -61,8 +61,9 @@ def build_report(*, results_dirs: list[Path], out_dir: Path, metric: str = "accu
     figures, notes = figures + explained, notes + explain_notes
     content = render.ReportContent(metric=metric, sources=[Path(d) for d in results_dirs], records=loaded.records,
                                    tables=tables, leaderboard=leaderboard, figures=figures,
-                                   sections=external_tables(loaded.records, metric) + subgroup_tables(loaded.records,
-                                                                                                      metric),
+                                   sections=[*external_tables(loaded.records, metric),
+                                             *subgroup_tables(loaded.records, metric),
+                                             *finding_tables(loaded.records)],
                                    problems=problems,
                                    notes=notes,
                                    replicates=replicates, seed=seed, created_at=now_iso(), version=__version__)

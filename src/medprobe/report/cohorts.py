@@ -1,6 +1,6 @@
-"""The report's cohort sections: internal against external test results side by side (`--test`), and each
-run's metrics per subgroup (`--subgroups`) with the worst group and the largest gap. Plain text tables
-that every format renders alike."""
+"""The report's cohort sections: internal against external test results side by side (`--test`), each
+run's metrics per subgroup (`--subgroups`) with the worst group and the largest gap, and the per-finding
+results of multi-label datasets. Plain text tables that every format renders alike."""
 
 from __future__ import annotations
 
@@ -103,4 +103,32 @@ def subgroup_tables(records: list[RunRecord], metric: str) -> list[TextTable]:
                                     f"Each group's test predictions scored alone, 95% bootstrap CI within the group; "
                                     f"groups under {minimum} test samples are not scored. Worst: the lowest value "
                                     "(the highest for ECE, Brier, NLL); gap: highest minus lowest, without a CI."))
+    return tables
+
+
+MULTILABEL_SUMMARY = (("macro AUROC", "macro_auroc"), ("micro AUROC", "micro_auroc"),
+                      ("mAP", "mean_average_precision"), ("macro F1", "macro_f1"))
+
+
+def finding_tables(records: list[RunRecord]) -> list[TextTable]:
+    """Per multi-label dataset: findings (rows) x runs (columns), AUROC with its CI, then the summary metrics."""
+    tables = []
+    multilabel = _newest([r for r in records if r.multilabel])
+    for dataset in dict.fromkeys(r.dataset for r in multilabel):
+        runs = [r for r in multilabel if r.dataset == dataset]
+        findings = list(dict.fromkeys(f for r in runs for f in r.data.get("findings") or []))
+        rows = []
+        for finding in findings:
+            counts = (runs[0].data.get("finding_counts") or {}).get(finding, {})
+            rows.append([finding, str(counts.get("positives", "?")),
+                         *(_value_text(((r.data.get("per_finding") or {}).get(finding) or {}).get("auroc"))
+                           for r in runs)])
+        for label, metric in MULTILABEL_SUMMARY:
+            rows.append([label, "", *(_value_text((r.data.get("metrics") or {}).get(metric)) for r in runs)])
+        tables.append(TextTable(dataset, f"{dataset}: AUROC per finding (multi-label)",
+                                ["finding", "positives", *(f"{r.model} {r.method}" for r in runs)], rows,
+                                "One binary probe per finding, hyperparameters and an F1-maximising threshold "
+                                "chosen on that finding's validation labels; unknown labels left out. 95% "
+                                "bootstrap CIs (patients resampled when grouped). F1 uses the validated "
+                                "thresholds; per-finding AP and F1 are in the records."))
     return tables

@@ -16,7 +16,7 @@ import numpy as np
 
 from medprobe.errors import MedprobeError
 from medprobe.report.embedding import DEFAULT_PROJECTION, embedding_map, map_source, projection
-from medprobe.report.records import Predictions, RunRecord
+from medprobe.report.records import Predictions, RunRecord, number
 from medprobe.report.tables import Row, Table, is_frozen
 from medprobe.results.metrics import binary_auroc, equal_mass_bins
 from medprobe.results.record import safe_name
@@ -369,6 +369,25 @@ def subgroup_forest(record: RunRecord, metric: str) -> object | None:
     return figure
 
 
+def finding_heatmap(dataset: str, runs: list[RunRecord]) -> object:
+    """Findings (rows) x runs (columns) of a multi-label dataset, coloured and labelled by test AUROC."""
+    findings = list(dict.fromkeys(f for r in runs for f in r.data.get("findings") or []))
+    values = np.array([[number((((r.data.get("per_finding") or {}).get(f) or {}).get("auroc") or {}).get("value"))
+                        for r in runs] for f in findings], dtype=float)
+    figure = _new_figure(1.6 + 1.1 * len(runs), 1.2 + 0.36 * len(findings))
+    axes = figure.subplots()
+    image = axes.imshow(values, cmap="viridis", vmin=0.5, vmax=1.0, aspect="auto")
+    for (i, j), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                      color="white" if value < 0.8 else "black")
+    axes.set_xticks(range(len(runs)), [f"{r.model}\n{r.method}" for r in runs], fontsize=7)
+    axes.set_yticks(range(len(findings)), findings, fontsize=8)
+    figure.colorbar(image, ax=axes, label="AUROC", shrink=0.8)
+    axes.set_title(dataset, fontsize=9)
+    return figure
+
+
 def draw_all(tables: list[Table], board: Table | None, records: list[RunRecord], out_dir: Path, metric: str,
              predictions_of, embedding: str = DEFAULT_PROJECTION, seed: int = 0) -> tuple[list[Figure], list[str]]:
     """Every figure that the records allow, written as PNG under out_dir; and a note per figure that could
@@ -460,6 +479,12 @@ def draw_all(tables: list[Table], board: Table | None, records: list[RunRecord],
         else:
             notes.append(f"{dataset}: no reliability diagram (no run with probabilities and a readable "
                          "predictions CSV; logreg and fine-tuning have them)")
+    multilabel = [r for r in records if r.multilabel]
+    for dataset in dict.fromkeys(r.dataset for r in multilabel):
+        runs = sorted((r for r in multilabel if r.dataset == dataset), key=lambda r: (r.model, r.method))
+        keep(finding_heatmap(dataset, runs), dataset, f"{dataset}__findings", f"{dataset}: AUROC per finding",
+             "Test AUROC of each finding's probe (rows) for each backbone and classifier (columns), from the "
+             "pooled k-fold test predictions; the colour scale runs from chance (0.5) to 1.")
     figure = score_vs_cost(board) if board is not None else None
     if figure is not None:
         keep(figure, None, "score-vs-extraction-cost", f"{metric} against extraction cost",

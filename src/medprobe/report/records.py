@@ -17,6 +17,7 @@ import numpy as np
 
 from medprobe.errors import MedprobeError
 from medprobe.results.metrics import CONFUSION_METRICS
+from medprobe.results.multilabel import MULTILABEL
 from medprobe.results.record import EXPLAIN_SUFFIX, RECORD_SCHEMA
 
 REPORT_METRICS = (*CONFUSION_METRICS, "auroc", "kappa_quadratic")
@@ -104,6 +105,11 @@ class RunRecord:
         """What an external-test record (--test) scored: its `external` block; None for internal records."""
         block = self.data.get("external")
         return block if isinstance(block, dict) else None
+
+    @property
+    def multilabel(self) -> bool:
+        """A record of per-finding probes (metrics: macro/micro AUROC, mAP, macro F1; `per_finding`)."""
+        return self.data.get("task") == MULTILABEL
 
     @property
     def subgroups(self) -> dict | None:
@@ -283,7 +289,7 @@ def load_records(folders: list[Path], metric: str) -> LoadedRecords:
                 problems.append(Problem(path, reason, True))
                 continue
             record = RunRecord(path, data)
-            if record.value(metric)[0] is None:
+            if record.value(metric)[0] is None and not record.multilabel:  # those: the findings table
                 problems.append(Problem(path, f"no {metric} value; its cells show a gap", False))
             records.append(record)
     if not records:

@@ -36,6 +36,12 @@ class ReportContent:
     version: str
 
 
+    @property
+    def datasets(self) -> list[str]:
+        """Every dataset with a section: tables first, then those with only other sections (multi-label)."""
+        return list(dict.fromkeys([*(t.dataset for t in self.tables), *(t.dataset for t in self.sections)]))
+
+
 # ---- cell and column text, shared by every format
 
 
@@ -181,7 +187,7 @@ def render_markdown(content: ReportContent, out_dir: Path) -> str:
         parts.append("## Across datasets\n")
         parts += [f"![{f.title}]({f.path.relative_to(out_dir).as_posix()})\n\n*{f.title}.* {f.caption}\n"
                   for f in shared]
-    for dataset in dict.fromkeys(t.dataset for t in content.tables):
+    for dataset in content.datasets:
         parts.append(f"## {dataset}\n")
         for table in (t for t in content.tables if t.dataset == dataset):
             parts.append(f"### {table.title}\n\n{markdown_table(table)}")
@@ -275,7 +281,7 @@ def render_html(content: ReportContent) -> str:
     shared = [f for f in content.figures if f.dataset is None]
     if shared:
         parts.append("<h2>Across datasets</h2>" + "".join(html_figure(f) for f in shared))
-    for dataset in dict.fromkeys(t.dataset for t in content.tables):
+    for dataset in content.datasets:
         parts.append(f"<h2>{_e(dataset)}</h2>")
         parts += [f"<h3>{_e(t.title)}</h3>{html_table(t)}" for t in content.tables if t.dataset == dataset]
         parts += [f"<h3>{_e(t.title)}</h3>{html_text_table(t)}" for t in content.sections if t.dataset == dataset]

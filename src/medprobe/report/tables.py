@@ -112,7 +112,8 @@ class TableBuilder:
         return self._predictions[key]
 
     def build(self, records: list[RunRecord]) -> list[Table]:
-        main = [r for r in records if r.shots is None and r.external is None]  # external: report.cohorts
+        # external and multi-label records have tables of their own (report.cohorts)
+        main = [r for r in records if r.shots is None and r.external is None and not r.multilabel]
         by_dataset: dict[str, list[RunRecord]] = defaultdict(list)
         for record in main:
             by_dataset[record.dataset].append(record)

@@ -85,6 +85,40 @@ def write_predictions(path: Path, *, ids: Sequence[str], groups: Sequence[str | 
     _atomic_write(path, write)
 
 
+def write_multilabel_predictions(path: Path, *, ids: Sequence[str], groups: Sequence[str | None],
+                                 folds: Sequence[int], findings: Sequence[str], truth: np.ndarray, scores: np.ndarray,
+                                 thresholds: np.ndarray) -> None:
+    """One row per test image: id, group, fold, then per finding true_<f> (1, 0, or empty: unknown), score_<f>
+    and threshold_<f> (the fold's; predicted present: score >= threshold), so every multi-label metric
+    recomputes from it."""
+    def write(handle) -> None:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "group", "fold", *(f"{kind}_{f}" for f in findings
+                                                  for kind in ("true", "score", "threshold"))])
+        for i, sample_id in enumerate(ids):
+            cells = []
+            for f in range(len(findings)):
+                cells += ["" if np.isnan(truth[i, f]) else int(truth[i, f]), repr(float(scores[i, f])),
+                          repr(float(thresholds[i, f]))]
+            writer.writerow([sample_id, groups[i] or "", folds[i], *cells])
+
+    _atomic_write(path, write)
+
+
+def save_multilabel_run(out_dir: Path, dataset: Dataset, name: str, record: dict, positions: np.ndarray,
+                        fold_of: np.ndarray, scores: np.ndarray, thresholds: np.ndarray) -> dict:
+    """save_run for a multi-label run: the predictions CSV (write_multilabel_predictions), then the record."""
+    json_path, csv_path = record_paths(out_dir, dataset.name, name)
+    chosen = [dataset.samples[i] for i in positions]
+    write_multilabel_predictions(csv_path, ids=[c.id for c in chosen], groups=[c.group for c in chosen],
+                                 folds=fold_of.tolist(), findings=dataset.findings,
+                                 truth=dataset.finding_matrix()[positions], scores=scores, thresholds=thresholds)
+    record["predictions"] = csv_path.name
+    record["record_path"] = str(json_path)
+    write_record(json_path, record)
+    return record
+
+
 def write_record(path: Path, record: dict) -> None:
     record = {"schema": RECORD_SCHEMA, **record}
     _atomic_write(path, lambda handle: json.dump(_jsonable(record), handle, indent=2, sort_keys=False))

@@ -1,0 +1,131 @@
+"""Multi-label metrics with bootstrap CIs: per finding AUROC, average precision and F1 at its validated
+threshold, and macro AUROC, micro AUROC, mAP and macro F1, each for every weight row (a bootstrap resample
+is a weight vector, as in results.metrics). A finding's unknown labels (NaN) are left out of its metrics;
+micro AUROC pools every known (image, finding) pair. Conventions follow scikit-learn: average precision is
+`average_precision_score` (precision at each distinct score, weighted by the recall gained there), F1 of a
+finding never predicted and never present is 0."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medprobe.results.metrics import _auroc_of_columns, _safe_divide, bootstrap_weights, interval
+
+MULTILABEL = "multilabel"  # a record's task
+SUMMARY_METRICS = ("macro_auroc", "micro_auroc", "mean_average_precision", "macro_f1")
+FINDING_METRICS = ("auroc", "average_precision", "f1")
+
+
+def average_precision(score: np.ndarray, positive: np.ndarray, weights_t: np.ndarray) -> np.ndarray:
+    """Weighted average precision per resample; `weights_t` (samples, resamples). Samples with equal scores
+    share one threshold, so ties count as scikit-learn counts them."""
+    order = np.argsort(-score, kind="mergesort")
+    sorted_score = score[order]
+    starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])
+    w = weights_t[order]
+    tp_per_threshold = np.add.reduceat(w * positive[order][:, None], starts, axis=0)
+    all_per_threshold = np.add.reduceat(w, starts, axis=0)
+    tp, predicted = np.cumsum(tp_per_threshold, axis=0), np.cumsum(all_per_threshold, axis=0)
+    total_positive = tp[-1]
+    precision = _safe_divide(tp, predicted)
+    return np.where(total_positive > 0, _safe_divide((tp_per_threshold * precision).sum(axis=0), total_positive),
+                    np.nan)
+
+
+def f1_at(score: np.ndarray, positive: np.ndarray, threshold: np.ndarray, weights_t: np.ndarray) -> np.ndarray:
+    """F1 of `score >= threshold` (a threshold per sample: its fold's) for each resample."""
+    predicted = score >= threshold
+    tp = (weights_t * (predicted & positive)[:, None]).sum(axis=0)
+    fp = (weights_t * (predicted & ~positive)[:, None]).sum(axis=0)
+    fn = (weights_t * (~predicted & positive)[:, None]).sum(axis=0)
+    return _safe_divide(2 * tp, 2 * tp + fp + fn)
+
+
+def multilabel_metrics(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray,
+                       weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric for each weight row. Y (samples, findings) with NaN unknown; thresholds (samples,
+    findings): the threshold each sample's fold chose for each finding."""
+    weights_t = np.ascontiguousarray(weights.T)
+    out: dict[str, np.ndarray] = {}
+    pair_scores, pair_positive, pair_rows = [], [], []
+    for f in range(Y.shape[1]):
+        known = np.flatnonzero(~np.isnan(Y[:, f]))
+        positive = Y[known, f] == 1
+        w = weights_t[known]
+        out[f"auroc[{f}]"] = _auroc_of_columns(scores[known, f], positive, w)
+        out[f"average_precision[{f}]"] = average_precision(scores[known, f], positive, w)
+        out[f"f1[{f}]"] = f1_at(scores[known, f], positive, thresholds[known, f], w)
+        pair_scores.append(scores[known, f])
+        pair_positive.append(positive)
+        pair_rows.append(known)
+    rows = np.concatenate(pair_rows)
+    out["micro_auroc"] = _auroc_of_columns(np.concatenate(pair_scores), np.concatenate(pair_positive),
+                                           weights_t[rows])
+    with np.errstate(invalid="ignore"), _quiet_nanmean():
+        for summary, name in (("macro_auroc", "auroc"), ("mean_average_precision", "average_precision"),
+                              ("macro_f1", "f1")):
+            out[summary] = np.nanmean(np.stack([out[f"{name}[{f}]"] for f in range(Y.shape[1])]), axis=0)
+    return out
+
+
+class _quiet_nanmean:
+    """A resample lacking every finding's positives has no macro value (NaN), without a RuntimeWarning."""
+
+    def __enter__(self):
+        import warnings
+
+        self._catch = warnings.catch_warnings()
+        self._catch.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._catch.__exit__(*exc)
+
+
+def multilabel_report(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, findings: list[str], *,
+                      replicates: int, seed: int, clusters: np.ndarray | None) -> dict:
+    """The record's `metrics` (the summary metrics) and `per_finding` (AUROC, AP and F1 per finding, with
+    its known, positive counts), values with 95% bootstrap CIs (patients resampled when grouped)."""
+    point = {k: float(v[0]) for k, v in multilabel_metrics(Y, scores, thresholds, np.ones((1, len(Y)))).items()}
+    chunks = [multilabel_metrics(Y, scores, thresholds, w) for w in bootstrap_weights(len(Y), replicates, seed,
+                                                                                       clusters)] if replicates else []
+
+    def entry(name: str) -> dict:
+        distribution = np.concatenate([c[name] for c in chunks]) if chunks else np.empty(0)
+        value = point[name]
+        return {"value": value if np.isfinite(value) else None, "ci": interval(distribution)}
+
+    per_finding = {}
+    for f, finding in enumerate(findings):
+        known = ~np.isnan(Y[:, f])
+        per_finding[finding] = {"known": int(known.sum()), "positives": int((Y[known, f] == 1).sum()),
+                                **{metric: entry(f"{metric}[{f}]") for metric in FINDING_METRICS}}
+    return {"metrics": {name: entry(name) for name in SUMMARY_METRICS}, "per_finding": per_finding}
+
+
+def best_f1_threshold(score: np.ndarray, positive: np.ndarray) -> float:
+    """The score threshold maximising F1 on validation predictions (>= threshold is positive); the midpoint
+    between the chosen score and the next lower one, so the rule generalises beyond those exact values.
+    No positive: 1.0 (predict none)."""
+    if not positive.any():
+        return 1.0
+    distinct = np.unique(score)[::-1]
+    best_value, best_index = -1.0, 0
+    for i, threshold in enumerate(distinct):
+        predicted = score >= threshold
+        tp = np.sum(predicted & positive)
+        f1 = 2 * tp / (predicted.sum() + positive.sum())
+        if f1 > best_value:
+            best_value, best_index = f1, i
+    chosen = distinct[best_index]
+    lower = distinct[best_index + 1] if best_index + 1 < len(distinct) else chosen
+    return float((chosen + lower) / 2) if lower < chosen else float(chosen)
+
+
+def finding_thresholds(Y: np.ndarray, scores: np.ndarray) -> list[float]:
+    """best_f1_threshold of each finding on its known validation labels."""
+    thresholds = []
+    for f in range(Y.shape[1]):
+        known = ~np.isnan(Y[:, f])
+        thresholds.append(best_f1_threshold(scores[known, f], Y[known, f] == 1))
+    return thresholds

@@ -1,0 +1,194 @@
+"""Multi-label findings: manifests, finding-stratified patient-grouped splits, one probe per finding with a
+validated threshold, and metrics that recompute from the predictions CSV."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from probe_helpers import write_cache
+from sklearn import metrics as skm
+
+from medprobe.cli import main
+from medprobe.data import load_dataset
+from medprobe.data.splits import dataset_splits
+from medprobe.errors import MedprobeError
+from medprobe.probe.runner import ProbeSettings, probe
+
+FINDINGS = ("effusion", "nodule")
+
+
+def write_multilabel(root, rows, header="path,labels,group"):
+    from PIL import Image
+
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    lines = [header]
+    for i, row in enumerate(rows):
+        Image.new("L", (2, 2), i % 256).save(root / "img" / f"{i:04d}.png")
+        lines.append(f"img/{i:04d}.png,{row}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "labels.csv"
+
+
+def two_finding_study(tmp_path, n_patients=80, per_patient=2, seed=0):
+    """Effusion is in the features (its images shifted along 8 dimensions); nodule is drawn independently
+    of them (a shuffled label: no probe can find it)."""
+    rng = np.random.default_rng(seed)
+    effusion = rng.random(n_patients) < 0.4
+    nodule = rng.random(n_patients) < 0.3
+    rows, present = [], []
+    for p in range(n_patients):
+        for _ in range(per_patient):
+            names = [name for name, on in zip(FINDINGS, (effusion[p], nodule[p]), strict=True) if on]
+            rows.append(f"{'|'.join(names)},patient{p:03d}")
+            present.append(effusion[p])
+    dataset = load_dataset(write_multilabel(tmp_path / "d", rows))
+    features = rng.normal(0, 1, (len(rows), 16)).astype(np.float32)
+    features[np.array(present), :8] += 1.2
+    write_cache(dataset, tmp_path / "cache", "dinov2-small", {"cls": features[:, :8], "mean": features[:, 8:]})
+    return dataset, features
+
+
+def read_rows(path):
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_multilabel_manifests_pipe_and_columns_with_each_uncertain_option(tmp_path):
+    data = load_dataset(write_multilabel(tmp_path / "a", ["effusion|nodule,p1", ",p1", "nodule,p2"]))
+    assert data.multilabel and data.findings == ["effusion", "nodule"]
+    np.testing.assert_array_equal(data.finding_matrix(), [[1, 1], [0, 0], [0, 1]])
+    assert [s.label for s in data.samples] == ["effusion|nodule", "(no finding)", "nodule"]
+    manifest = write_multilabel(tmp_path / "b", ["1,-1,F", "0,,M", "-1,1,F"], header="path,Effusion,Edema,sex")
+    expected = {"ignore": [[1, np.nan], [0, np.nan], [np.nan, 1]], "zero": [[1, 0], [0, np.nan], [0, 1]],
+                "one": [[1, 1], [0, np.nan], [1, 1]]}
+    for option, matrix in expected.items():
+        manifest.with_name("spec.toml").write_text(f'manifest = "labels.csv"\nlabels = ["Effusion", "Edema"]\n'
+                                                   f'uncertain = "{option}"\n')
+        data = load_dataset(manifest.with_name("spec.toml"))
+        np.testing.assert_array_equal(data.finding_matrix(), matrix)
+        assert data.attribute_columns == ["sex"]  # finding columns are not subgroups
+    manifest.write_text("path,Effusion,Edema\nimg/0000.png,1,yes\n")
+    with pytest.raises(MedprobeError, match=r"labels.csv:2: Edema = 'yes'; a finding column holds 1, 0, -1"):
+        load_dataset(manifest.with_name("spec.toml"))
+    manifest.with_name("spec.toml").write_text('manifest = "labels.csv"\nlabels = ["Effusion"]\nuncertain = "maybe"\n')
+    with pytest.raises(MedprobeError, match="uncertain = 'maybe' is not one of ignore, zero, one"):
+        load_dataset(manifest.with_name("spec.toml"))
+
+
+def test_multilabel_folds_keep_patients_whole_and_finding_rates_close(tmp_path):
+    dataset, _ = two_finding_study(tmp_path, n_patients=120)
+    plan = dataset_splits(dataset, folds=5, seed=0)
+    Y = dataset.finding_matrix()
+    groups = np.array([s.group for s in dataset.samples])
+    tested = np.concatenate([f.test for f in plan.folds])
+    assert sorted(tested.tolist()) == list(range(len(Y)))  # every image tested once
+    overall = Y.mean(axis=0)
+    for fold in plan.folds:
+        parts = (fold.train, fold.val, fold.test)
+        for a in range(3):
+            for b in range(a + 1, 3):
+                assert not set(groups[parts[a]]) & set(groups[parts[b]])  # no patient on two sides
+        assert np.abs(Y[fold.test].mean(axis=0) - overall).max() < 0.05
+        assert np.abs(Y[fold.val].mean(axis=0) - Y[fold.train].mean(axis=0)).max() < 0.08
+
+
+def test_a_feature_borne_finding_scores_high_and_a_shuffled_one_at_chance_recomputed_from_the_csv(tmp_path):
+    dataset, _ = two_finding_study(tmp_path)
+    [record] = probe(dataset=dataset, models=None, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
+                     settings=ProbeSettings(bootstrap=200), show_progress=False)
+    assert record["task"] == "multilabel" and record["findings"] == list(FINDINGS)
+    per = record["per_finding"]
+    assert per["effusion"]["auroc"]["value"] > 0.85
+    assert abs(per["nodule"]["auroc"]["value"] - 0.5) < 0.15
+    rows = read_rows(tmp_path / "out" / dataset.name / record["predictions"])
+    assert len(rows) == len(dataset.samples)
+    truth = np.array([[float(r[f"true_{f}"]) for f in FINDINGS] for r in rows])
+    scores = np.array([[float(r[f"score_{f}"]) for f in FINDINGS] for r in rows])
+    predicted = np.array([[float(r[f"score_{f}"]) >= float(r[f"threshold_{f}"]) for f in FINDINGS] for r in rows])
+    for f, name in enumerate(FINDINGS):
+        assert per[name]["auroc"]["value"] == pytest.approx(skm.roc_auc_score(truth[:, f], scores[:, f]), abs=1e-12)
+        assert per[name]["average_precision"]["value"] == pytest.approx(
+            skm.average_precision_score(truth[:, f], scores[:, f]), abs=1e-12)
+        assert per[name]["f1"]["value"] == pytest.approx(skm.f1_score(truth[:, f], predicted[:, f]), abs=1e-12)
+        low, high = per[name]["auroc"]["ci"]
+        assert low < per[name]["auroc"]["value"] < high
+    metrics = record["metrics"]
+    assert metrics["macro_auroc"]["value"] == pytest.approx(skm.roc_auc_score(truth, scores, average="macro"))
+    assert metrics["micro_auroc"]["value"] == pytest.approx(skm.roc_auc_score(truth, scores, average="micro"))
+    assert metrics["mean_average_precision"]["value"] == pytest.approx(
+        skm.average_precision_score(truth, scores, average="macro"))
+    assert metrics["macro_f1"]["value"] == pytest.approx(skm.f1_score(truth, predicted, average="macro"))
+    assert {h["finding"] for h in record["hyperparameters"]} == set(FINDINGS) and len(record["hyperparameters"]) == 10
+
+
+def test_thresholds_never_see_the_test_part(tmp_path):
+    dataset, features = two_finding_study(tmp_path)
+    plan = dataset_splits(dataset, folds=5, seed=0)
+    first = probe(dataset=dataset, models=None, cache_dir=tmp_path / "cache", out_dir=tmp_path / "a",
+                  settings=ProbeSettings(bootstrap=0, classifiers=("logreg", "knn")), show_progress=False)
+    changed = features.copy()
+    changed[plan.folds[0].test] = np.random.default_rng(9).normal(0, 5, changed[plan.folds[0].test].shape)
+    write_cache(dataset, tmp_path / "cache2", "dinov2-small", {"cls": changed[:, :8], "mean": changed[:, 8:]})
+    second = probe(dataset=dataset, models=None, cache_dir=tmp_path / "cache2", out_dir=tmp_path / "b",
+                   settings=ProbeSettings(bootstrap=0, classifiers=("logreg", "knn")), show_progress=False)
+    for before, after in zip(first, second, strict=True):
+        fold0 = [(h["finding"], h["threshold"], h.get("C"), h.get("k")) for h in before["hyperparameters"]
+                 if h["fold"] == 0]
+        assert fold0 == [(h["finding"], h["threshold"], h.get("C"), h.get("k")) for h in after["hyperparameters"]
+                         if h["fold"] == 0]
+        assert before["per_finding"]["effusion"]["auroc"] != after["per_finding"]["effusion"]["auroc"]
+
+
+def test_unknown_labels_are_left_out_of_their_findings_metrics(tmp_path):
+    dataset, features = two_finding_study(tmp_path)
+    lines = (tmp_path / "d" / "labels.csv").read_text().splitlines()
+    header = "path,effusion,nodule,group"
+    rows = []
+    matrix = dataset.finding_matrix()
+    for i, line in enumerate(lines[1:]):
+        path, _, group = line.split(",")
+        nodule = "-1" if i % 5 == 0 else str(int(matrix[i, 1]))
+        rows.append(f"{path},{int(matrix[i, 0])},{nodule},{group}")
+    (tmp_path / "d" / "cols.csv").write_text("\n".join([header, *rows]) + "\n")
+    (tmp_path / "d" / "cols.toml").write_text('manifest = "cols.csv"\nlabels = ["effusion", "nodule"]\n')
+    columns = load_dataset(tmp_path / "d" / "cols.toml")
+    write_cache(columns, tmp_path / "cache2", "dinov2-small", {"cls": features[:, :8], "mean": features[:, 8:]})
+    [record] = probe(dataset=columns, models=None, cache_dir=tmp_path / "cache2", out_dir=tmp_path / "out",
+                     settings=ProbeSettings(bootstrap=0), show_progress=False)
+    assert record["per_finding"]["nodule"]["known"] == len(rows) - len(range(0, len(rows), 5))
+    assert record["per_finding"]["effusion"]["known"] == len(rows)
+    csv_rows = read_rows(tmp_path / "out" / columns.name / record["predictions"])
+    assert sum(r["true_nodule"] == "" for r in csv_rows) == len(range(0, len(rows), 5))
+
+
+def test_multilabel_refusals_name_the_option(tmp_path, capsys):
+    dataset, _ = two_finding_study(tmp_path, n_patients=30)
+    with pytest.raises(SystemExit) as info:
+        main(["probe", str(dataset.source), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "o"),
+              "--shots", "4"])
+    assert info.value.code == 2 and "--shots is not available for multi-label datasets" in capsys.readouterr().err
+    with pytest.raises(MedprobeError, match="finding 'effusion': only"):
+        dataset_splits(dataset, folds=20, seed=0)
+
+
+def test_the_report_has_a_findings_table_heatmap_and_summary_columns(tmp_path):
+    from medprobe.report import build_report
+
+    dataset, _ = two_finding_study(tmp_path)
+    records = probe(dataset=dataset, models=None, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
+                    settings=ProbeSettings(bootstrap=100, classifiers=("logreg", "knn")), show_progress=False)
+    report = build_report(results_dirs=[tmp_path / "out"], out_dir=tmp_path / "report", replicates=100)
+    assert not report.content.problems and not report.tables  # not in the single-label tables, not a problem
+    [table] = report.content.sections
+    assert table.columns == ["finding", "positives", "dinov2-small logreg", "dinov2-small knn"]
+    effusion = next(row for row in table.rows if row[0] == "effusion")
+    logreg = next(r for r in records if r["method"] == "logreg")
+    assert effusion[2].startswith(f"{logreg['per_finding']['effusion']['auroc']['value']:.3f} [")
+    assert [row[0] for row in table.rows][-4:] == ["macro AUROC", "micro AUROC", "mAP", "macro F1"]
+    assert "AUROC per finding (multi-label)" in report.markdown.read_text()
+    assert (tmp_path / "report" / "figures" / f"{dataset.name}__findings.png").is_file()
+    with report.summary_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["method"] for row in rows} == {"logreg", "knn"} and all(row["macro_auroc"] for row in rows)
