@@ -121,6 +121,16 @@ def test_a_feature_borne_finding_scores_high_and_a_shuffled_one_at_chance_recomp
         skm.average_precision_score(truth, scores, average="macro"))
     assert metrics["macro_f1"]["value"] == pytest.approx(skm.f1_score(truth, predicted, average="macro"))
     assert {h["finding"] for h in record["hyperparameters"]} == set(FINDINGS) and len(record["hyperparameters"]) == 10
+    # patient level: mean image score per finding, a patient positive when any of its images is
+    patients = sorted({r["group"] for r in rows})
+    members = {p: [i for i, r in enumerate(rows) if r["group"] == p] for p in patients}
+    patient_truth = np.array([truth[members[p]].max(axis=0) for p in patients])
+    patient_scores = np.array([scores[members[p]].mean(axis=0) for p in patients])
+    block = record["patient_metrics"]
+    assert block["patients"] == len(patients) == 80
+    for f, name in enumerate(FINDINGS):
+        assert block["per_finding"][name]["auroc"]["value"] == pytest.approx(
+            skm.roc_auc_score(patient_truth[:, f], patient_scores[:, f]), abs=1e-12)
 
 
 def test_thresholds_never_see_the_test_part(tmp_path):

@@ -31,7 +31,7 @@ from medprobe.progress import STDERR, progress_bar
 from medprobe.results.calibration import calibrated_block, get_calibrator
 from medprobe.results.external import EXTERNAL, EXTERNAL_FOLD, external_block, matched_test_set
 from medprobe.results.metrics import PROBABILITIES, group_codes, test_report
-from medprobe.results.multilabel import MULTILABEL, finding_thresholds, multilabel_report
+from medprobe.results.multilabel import MULTILABEL, finding_thresholds, multilabel_records
 from medprobe.results.record import fold_sizes, run_header, safe_name, save_multilabel_run, save_run
 from medprobe.results.subgroups import check_subgroup_columns, run_subgroups
 from medprobe.runtime.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
@@ -394,7 +394,7 @@ def _save_multilabel(trainer: FoldTrainer, plan, folds: list[Fold], results: lis
         "thresholds": {"rule": "per fold and finding: the F1-maximising threshold on the best checkpoint's "
                                "validation predictions", "positive": "score >= threshold"},
         "history": [{"fold": f.index, "epochs": r["history"]} for f, r in zip(folds, results, strict=True)],
-        **multilabel_report(Y, scores, thresholds, list(dataset.findings), replicates=settings.bootstrap,
+        **multilabel_records(Y, scores, thresholds, list(dataset.findings), replicates=settings.bootstrap,
                             seed=settings.seed, clusters=group_codes(groups)),
         "cost": _cost(trainer, results, wall),
     }

@@ -20,7 +20,7 @@ from medprobe.probe.classifiers import get_probe
 from medprobe.probe.protocol import FoldData, Probe, best
 from medprobe.probe.settings import ProbeSettings
 from medprobe.results.metrics import group_codes
-from medprobe.results.multilabel import MULTILABEL, best_f1_threshold, multilabel_report
+from medprobe.results.multilabel import MULTILABEL, best_f1_threshold, multilabel_records
 from medprobe.results.record import fold_sizes, run_header, save_multilabel_run
 
 THRESHOLD_RULE = ("per fold and finding: the F1-maximising threshold on that finding's validation labels, "
@@ -91,7 +91,7 @@ class MultilabelProber:
             "search": {**probe.settings(), "coarse_to_fine": s.coarse_to_fine, "selection": "per fold and finding"},
             "convergence": {"search_fits": sum(r["fits"] for r in results),
                             "fits_at_cap": sum(r["capped"] for r in results)},
-            **multilabel_report(Y, scores, thresholds, list(findings), replicates=s.bootstrap, seed=s.seed,
+            **multilabel_records(Y, scores, thresholds, list(findings), replicates=s.bootstrap, seed=s.seed,
                                 clusters=group_codes(groups)),
             "calibration": {"scores_are_probabilities": False,
                             "why": "not computed for multi-label runs; per-finding AUROC, AP and F1 are"},

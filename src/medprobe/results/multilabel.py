@@ -103,6 +103,40 @@ def multilabel_report(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray,
     return {"metrics": {name: entry(name) for name in SUMMARY_METRICS}, "per_finding": per_finding}
 
 
+def per_patient(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray,
+                clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patient-level arrays: each finding's mean image score per patient; the patient has the finding when any
+    of its known images has it, lacks it when all its known images lack it, unknown when none is known; the
+    threshold is its fold's (a patient lies in one fold)."""
+    n = int(clusters.max()) + 1
+    counts = np.bincount(clusters, minlength=n)[:, None]
+    mean_scores = np.zeros((n, Y.shape[1]))
+    np.add.at(mean_scores, clusters, scores)
+    known = np.zeros((n, Y.shape[1]))
+    positive = np.zeros((n, Y.shape[1]))
+    np.add.at(known, clusters, ~np.isnan(Y))
+    np.add.at(positive, clusters, np.nan_to_num(Y) == 1)
+    truth = np.where(known > 0, (positive > 0).astype(float), np.nan)
+    first = np.unique(clusters, return_index=True)[1]
+    return truth, mean_scores / counts, thresholds[first]
+
+
+def multilabel_records(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, findings: list[str], *,
+                       replicates: int, seed: int, clusters: np.ndarray | None) -> dict:
+    """A record's metric part: multilabel_report per image, and with patients, `patient_metrics` (the same
+    metrics on patient-level arrays, patients resampled)."""
+    report = multilabel_report(Y, scores, thresholds, findings, replicates=replicates, seed=seed, clusters=clusters)
+    report["patient_metrics"] = None
+    if clusters is not None:
+        truth, patient_scores, patient_thresholds = per_patient(Y, scores, thresholds, clusters)
+        report["patient_metrics"] = {
+            "patients": len(truth), "aggregation": "mean image score per finding; a patient has a finding when any "
+                                                   "of its known images has it",
+            **multilabel_report(truth, patient_scores, patient_thresholds, findings, replicates=replicates, seed=seed,
+                                clusters=None)}
+    return report
+
+
 def best_f1_threshold(score: np.ndarray, positive: np.ndarray) -> float:
     """The score threshold maximising F1 on validation predictions (>= threshold is positive); the midpoint
     between the chosen score and the next lower one, so the rule generalises beyond those exact values.
