@@ -196,7 +196,11 @@ def test_the_report_has_a_findings_table_heatmap_and_summary_columns(tmp_path):
     effusion = next(row for row in table.rows if row[0] == "effusion")
     logreg = next(r for r in records if r["method"] == "logreg")
     assert effusion[2].startswith(f"{logreg['per_finding']['effusion']['auroc']['value']:.3f} [")
-    assert [row[0] for row in table.rows][-4:] == ["macro AUROC", "micro AUROC", "mAP", "macro F1"]
+    assert [row[0] for row in table.rows][-5:] == ["macro AUROC", "micro AUROC", "mAP", "macro F1",
+                                                   "paired test vs best macro AUROC"]
+    macro = [r["metrics"]["macro_auroc"]["value"] for r in sorted(records, key=lambda r: r["method"] != "logreg")]
+    paired = table.rows[-1][2:]
+    assert paired[int(np.argmax(macro))] == "best" and paired[int(np.argmin(macro))].startswith("p")
     assert "AUROC per finding (multi-label)" in report.markdown.read_text()
     assert (tmp_path / "report" / "figures" / f"{dataset.name}__findings.png").is_file()
     with report.summary_csv.open() as handle:

@@ -63,7 +63,7 @@ def build_report(*, results_dirs: list[Path], out_dir: Path, metric: str = "accu
                                    tables=tables, leaderboard=leaderboard, figures=figures,
                                    sections=[*external_tables(loaded.records, metric),
                                              *subgroup_tables(loaded.records, metric),
-                                             *finding_tables(loaded.records)],
+                                             *finding_tables(loaded.records, replicates, seed)],
                                    problems=problems,
                                    notes=notes,
                                    replicates=replicates, seed=seed, created_at=now_iso(), version=__version__)

@@ -6,8 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medprobe.report.records import RunRecord, number
+import numpy as np
+
+from medprobe.errors import MedprobeError
+from medprobe.report.records import FindingPredictions, RunRecord, number, read_finding_predictions
+from medprobe.report.stats import format_p, two_sided_p
 from medprobe.report.tables import method_order
+from medprobe.results.metrics import bootstrap_weights, group_codes
+from medprobe.results.multilabel import multilabel_metrics
 
 
 @dataclass
@@ -110,8 +116,51 @@ MULTILABEL_SUMMARY = (("macro AUROC", "macro_auroc"), ("micro AUROC", "micro_aur
                       ("mAP", "mean_average_precision"), ("macro F1", "macro_f1"))
 
 
-def finding_tables(records: list[RunRecord]) -> list[TextTable]:
-    """Per multi-label dataset: findings (rows) x runs (columns), AUROC with its CI, then the summary metrics."""
+def paired_macro_auroc(runs: list[RunRecord], replicates: int, seed: int) -> list[str]:
+    """Per run: "best" for the highest macro AUROC, else the two-sided paired-bootstrap p of its difference
+    from it (both scored on the same resamples, patients drawn when grouped), or n/c and why."""
+    loaded = []
+    for record in runs:
+        try:
+            loaded.append(read_finding_predictions(record))
+        except MedprobeError:
+            loaded.append(None)
+    values = [number((r.data.get("metrics") or {}).get("macro_auroc", {}).get("value")) for r in runs]
+    scored = [i for i, v in enumerate(values) if v is not None and loaded[i] is not None]
+    if not scored:
+        return ["n/c"] * len(runs)
+    reference = max(scored, key=lambda i: values[i])
+    best = loaded[reference]
+    clusters = group_codes(best.groups)
+    weights = list(bootstrap_weights(len(best.ids), replicates, seed, clusters))
+
+    def distribution(p: FindingPredictions) -> np.ndarray:
+        return np.concatenate([multilabel_metrics(p.truth, p.scores, p.thresholds, w)["macro_auroc"] for w in weights])
+
+    reference_distribution = distribution(best)
+    cells = []
+    for i, predictions in enumerate(loaded):
+        if i == reference:
+            cells.append("best")
+        elif predictions is None or values[i] is None:
+            cells.append("n/c (no predictions)")
+        elif set(predictions.ids) != set(best.ids) or len(predictions.ids) != len(best.ids) or \
+                predictions.findings != best.findings:
+            cells.append("n/c (other test samples or findings)")
+        else:
+            order = {sample: k for k, sample in enumerate(predictions.ids)}
+            rows = np.array([order[sample] for sample in best.ids])
+            aligned = FindingPredictions(best.ids, best.groups, predictions.truth[rows], predictions.scores[rows],
+                                         predictions.thresholds[rows], predictions.findings)
+            differences = distribution(aligned) - reference_distribution
+            differences = differences[np.isfinite(differences)]
+            cells.append(format_p(two_sided_p(differences)) if differences.size else "n/c")
+    return cells
+
+
+def finding_tables(records: list[RunRecord], replicates: int, seed: int) -> list[TextTable]:
+    """Per multi-label dataset: findings (rows) x runs (columns), AUROC with its CI, then the summary metrics
+    and each run's paired test against the best macro AUROC."""
     tables = []
     multilabel = _newest([r for r in records if r.multilabel])
     for dataset in dict.fromkeys(r.dataset for r in multilabel):
@@ -125,10 +174,13 @@ def finding_tables(records: list[RunRecord]) -> list[TextTable]:
                            for r in runs)])
         for label, metric in MULTILABEL_SUMMARY:
             rows.append([label, "", *(_value_text((r.data.get("metrics") or {}).get(metric)) for r in runs)])
+        rows.append(["paired test vs best macro AUROC", "", *paired_macro_auroc(runs, replicates, seed)])
         tables.append(TextTable(dataset, f"{dataset}: AUROC per finding (multi-label)",
                                 ["finding", "positives", *(f"{r.model} {r.method}" for r in runs)], rows,
                                 "One binary probe per finding, hyperparameters and an F1-maximising threshold "
                                 "chosen on that finding's validation labels; unknown labels left out. 95% "
                                 "bootstrap CIs (patients resampled when grouped). F1 uses the validated "
-                                "thresholds; per-finding AP and F1 are in the records."))
+                                "thresholds; per-finding AP and F1 are in the records. The paired test scores both "
+                                "runs' macro AUROC on the same resamples of the shared test images (the report's "
+                                "--bootstrap and --seed)."))
     return tables

@@ -211,6 +211,39 @@ class RunRecord:
                            scores=scores.reshape(len(rows), len(classes)), classes=classes)
 
 
+@dataclass
+class FindingPredictions:
+    """A multi-label run's test predictions (write_multilabel_predictions), in the CSV's row order."""
+
+    ids: np.ndarray
+    groups: list[str | None]
+    truth: np.ndarray  # (images, findings), NaN unknown
+    scores: np.ndarray
+    thresholds: np.ndarray
+    findings: tuple[str, ...]
+
+
+def read_finding_predictions(record: RunRecord) -> FindingPredictions:
+    """A multi-label record's predictions CSV; MedprobeError naming the file when it is missing or malformed."""
+    path = record.predictions_path
+    if path is None or not path.is_file():
+        raise MedprobeError(f"{record.path}: predictions file {path or '(none named)'} is missing")
+    findings = tuple(record.data.get("findings") or ())
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    try:
+        def column(kind: str) -> np.ndarray:
+            return np.array([[float(row[f"{kind}_{f}"]) if row[f"{kind}_{f}"] != "" else np.nan for f in findings]
+                             for row in rows], dtype=float).reshape(len(rows), len(findings))
+
+        return FindingPredictions(np.array([row["id"] for row in rows], dtype=object),
+                                  [row["group"] or None for row in rows], column("true"), column("score"),
+                                  column("threshold"), findings)
+    except (KeyError, ValueError) as exc:
+        raise MedprobeError(f"{path}: not a multi-label predictions CSV ({exc!r}); re-run the run that wrote it") \
+            from exc
+
+
 def _cache_attr(source: dict, name: str):
     """An attribute of the cache a record read, for what its provenance copy lacks; None once it is gone."""
     from medprobe.cache.store import read_cache_attrs

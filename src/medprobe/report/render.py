@@ -14,6 +14,7 @@ from pathlib import Path
 from medprobe.report.cohorts import TextTable
 from medprobe.report.figures import Figure
 from medprobe.report.records import LEVELS, REPORT_METRICS, Backbone, Problem, RunRecord, number
+from medprobe.report.stats import format_p
 from medprobe.report.tables import Cell, Table
 
 SIGNIFICANCE = 0.05  # the LaTeX dagger; the other formats print p itself
@@ -49,12 +50,6 @@ def format_value(value: float | None, ci: list[float] | None) -> str:
     if value is None:
         return "—"
     return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
-
-
-def format_p(p: float) -> str:
-    if p < 0.001:
-        return "p<0.001"
-    return f"p={p:.2f}" if round(p, 2) >= 0.01 else f"p={p:.3f}"  # two decimals unless that reads 0.00
 
 
 def comparison_text(cell: Cell) -> str:

@@ -93,6 +93,12 @@ def two_sided_p(differences: np.ndarray) -> float:
     return float(min(1.0, 2 * min(below, above)))
 
 
+def format_p(p: float) -> str:
+    if p < 0.001:
+        return "p<0.001"
+    return f"p={p:.2f}" if round(p, 2) >= 0.01 else f"p={p:.3f}"  # two decimals unless that reads 0.00
+
+
 class PairedBootstrap:
     """Per-run metric distributions over shared resamples, cached so that each run is scored once per
     reference order however many comparisons it enters."""
