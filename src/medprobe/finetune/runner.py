@@ -31,8 +31,9 @@ from medprobe.progress import STDERR, progress_bar
 from medprobe.results.calibration import calibrated_block, get_calibrator
 from medprobe.results.external import EXTERNAL, EXTERNAL_FOLD, external_block, matched_test_set
 from medprobe.results.metrics import PROBABILITIES, group_codes, test_report
-from medprobe.results.multilabel import MULTILABEL, finding_thresholds, multilabel_records
+from medprobe.results.multilabel import finding_thresholds, multilabel_records
 from medprobe.results.record import fold_sizes, run_header, safe_name, save_multilabel_run, save_run
+from medprobe.results.schema import MULTILABEL, record_name
 from medprobe.results.subgroups import check_subgroup_columns, run_subgroups
 from medprobe.runtime.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
 from medprobe.runtime.workers import default_workers, deferred_interrupts, interruption_point, start_worker
@@ -118,7 +119,8 @@ class FoldTrainer:
         self.images = SampleImages(dataset.samples, dataset.root)
         self.workers = default_workers() if settings.workers is None else settings.workers
         self.mode = settings.unfreeze
-        self.name = f"{self.spec.slug}__finetune-{self.mode}"
+        self.method = f"finetune-{self.mode}"
+        self.name = f"{self.spec.slug}__{self.method}"  # checkpoint folders; records: results.schema.record_name
         self.out_dir = Path(out_dir)
 
     def checkpoint_dir(self, fold: Fold, cohort: Dataset | None = None) -> Path:
@@ -353,7 +355,8 @@ def _save(trainer: FoldTrainer, plan, folds: list[Fold], results: list[dict], te
                                             min_samples=settings.subgroup_min, ordinal=settings.ordinal,
                                             replicates=settings.bootstrap, seed=settings.seed,
                                             scores_are=PROBABILITIES)
-    return save_run(out_dir, tested, f"{trainer.name}__{protocol}-seed{settings.seed}", record, positions, fold_of,
+    return save_run(out_dir, tested, record_name(trainer.spec.slug, trainer.method, protocol, settings.seed), record,
+                    positions, fold_of,
                     scores, subgroups=settings.subgroups, folder=dataset.name)
 
 
@@ -381,8 +384,8 @@ def _save_multilabel(trainer: FoldTrainer, plan, folds: list[Fold], results: lis
     record = {
         **run_header(dataset, plan, kind="finetune", method=f"finetune-{settings.unfreeze}", model=trainer.spec.name,
                      pool="+".join(results[0]["pools"]), protocol=protocol, seed=settings.seed,
-                     bootstrap=settings.bootstrap, ordinal=False),
-        "task": MULTILABEL, "findings": list(dataset.findings), "settings": asdict(settings),
+                     bootstrap=settings.bootstrap, ordinal=False, task=MULTILABEL),
+        "findings": list(dataset.findings), "settings": asdict(settings),
         "head": "one sigmoid output per finding, binary cross-entropy over the known labels",
         "backbone": {"name": trainer.spec.name, "backend": trainer.spec.backend, "source": trainer.spec.source,
                      "family": results[0]["family"], "licence": trainer.spec.licence,
@@ -398,5 +401,5 @@ def _save_multilabel(trainer: FoldTrainer, plan, folds: list[Fold], results: lis
                             seed=settings.seed, clusters=group_codes(groups)),
         "cost": _cost(trainer, results, wall),
     }
-    name = f"{trainer.name}__{protocol}-seed{settings.seed}"
+    name = record_name(trainer.spec.slug, trainer.method, protocol, settings.seed)
     return save_multilabel_run(out_dir, dataset, name, record, positions, fold_of, scores, thresholds)

@@ -13,7 +13,8 @@ from torch import nn
 
 from medprobe.data.samples import Dataset
 from medprobe.results.metrics import balanced_accuracy
-from medprobe.results.multilabel import MULTILABEL, multilabel_metrics
+from medprobe.results.multilabel import multilabel_metrics
+from medprobe.results.schema import MULTILABEL
 
 
 class Task:

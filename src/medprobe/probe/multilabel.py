@@ -20,8 +20,9 @@ from medprobe.probe.classifiers import get_probe
 from medprobe.probe.protocol import FoldData, Probe, best
 from medprobe.probe.settings import ProbeSettings
 from medprobe.results.metrics import group_codes
-from medprobe.results.multilabel import MULTILABEL, best_f1_threshold, multilabel_records
+from medprobe.results.multilabel import best_f1_threshold, multilabel_records
 from medprobe.results.record import fold_sizes, run_header, save_multilabel_run
+from medprobe.results.schema import MULTILABEL, record_name
 
 THRESHOLD_RULE = ("per fold and finding: the F1-maximising threshold on that finding's validation labels, "
                   "scored by the chosen hyperparameters fitted on the fold's training part alone")
@@ -77,8 +78,9 @@ class MultilabelProber:
         groups = [self.dataset.samples[i].group for i in positions]
         record = {
             **run_header(self.dataset, self.plan, kind="probe", method=method, model=job.name, pool=job.pool,
-                         protocol=self.plan.protocol, seed=s.seed, bootstrap=s.bootstrap, ordinal=False),
-            "task": MULTILABEL, "findings": list(findings),
+                         protocol=self.plan.protocol, seed=s.seed, bootstrap=s.bootstrap, ordinal=False,
+                         task=MULTILABEL),
+            "findings": list(findings),
             "finding_counts": {name: {"positives": int(np.nansum(self.Y[:, f] == 1)),
                                       "known": int((~np.isnan(self.Y[:, f])).sum())}
                                for f, name in enumerate(findings)},
@@ -97,7 +99,7 @@ class MultilabelProber:
                             "why": "not computed for multi-label runs; per-finding AUROC, AP and F1 are"},
             "timings": {"total_seconds": round(time.perf_counter() - started, 3), "backend": self.backend},
         }
-        name = f"{job.name}__{job.pool}__{method}__{self.plan.protocol}-seed{s.seed}"
+        name = record_name(job.name, method, self.plan.protocol, s.seed, pool=job.pool)
         return save_multilabel_run(self.out_dir, self.dataset, name, record, positions, fold_of, scores, thresholds)
 
 

@@ -35,6 +35,7 @@ from medprobe.results.metrics import (
     test_report,
 )
 from medprobe.results.record import fold_sizes, record_paths, run_header, safe_name, save_run
+from medprobe.results.schema import record_name
 from medprobe.results.subgroups import check_subgroup_columns, run_subgroups
 
 # feature matrices up to this many values (e.g. 1,000 x 1,000) are probed in this process: starting worker
@@ -135,7 +136,7 @@ class Prober:
                 "features": job.sources, "feature_dim": job.dim, "skipped_samples": self.skipped}
 
     def _name(self, job: Job, method: str, protocol: str) -> str:
-        return f"{job.name}__{job.pool}__{method}__{protocol}-seed{self.settings.seed}"
+        return record_name(job.name, method, protocol, self.settings.seed, pool=job.pool)
 
     def _write(self, job: Job, method: str, protocol: str, record: dict, positions: np.ndarray,
                fold_of: np.ndarray, scores: np.ndarray, scores_are: str | None, tested: Dataset | None = None) -> dict:

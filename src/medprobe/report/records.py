@@ -17,11 +17,10 @@ import numpy as np
 
 from medprobe.errors import MedprobeError
 from medprobe.results.metrics import CONFUSION_METRICS
-from medprobe.results.multilabel import MULTILABEL
-from medprobe.results.record import EXPLAIN_SUFFIX, RECORD_SCHEMA
+from medprobe.results.record import EXPLAIN_SUFFIX
+from medprobe.results.schema import MULTILABEL, READABLE_SCHEMAS, RECORD_SCHEMA, SCHEMA_FAMILY, upgrade
 
 REPORT_METRICS = (*CONFUSION_METRICS, "auroc", "kappa_quadratic")
-SCHEMA_FAMILY = RECORD_SCHEMA.rsplit("/", 1)[0]  # "medprobe.run"
 LEVELS = ("sample", "patient")
 
 
@@ -272,8 +271,8 @@ def _validate(path: Path, data) -> str | None:
     schema = data.get("schema")
     if not isinstance(schema, str) or not schema.startswith(SCHEMA_FAMILY + "/"):
         return f"not a medprobe run record (schema {schema!r}, expected {RECORD_SCHEMA})"
-    if schema != RECORD_SCHEMA:
-        return f"schema {schema} is not {RECORD_SCHEMA}; use the medprobe version that wrote it"
+    if schema not in READABLE_SCHEMAS:
+        return f"schema {schema} is not one of {', '.join(READABLE_SCHEMAS)}; use the medprobe version that wrote it"
     for key in ("method", "model"):
         if not isinstance(data.get(key), str) or not data[key]:
             return f"field {key!r} is missing"
@@ -321,7 +320,7 @@ def load_records(folders: list[Path], metric: str) -> LoadedRecords:
             if reason:
                 problems.append(Problem(path, reason, True))
                 continue
-            record = RunRecord(path, data)
+            record = RunRecord(path, upgrade(data))
             if record.value(metric)[0] is None and not record.multilabel:  # those: the findings table
                 problems.append(Problem(path, f"no {metric} value; its cells show a gap", False))
             records.append(record)

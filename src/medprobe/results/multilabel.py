@@ -11,7 +11,6 @@ import numpy as np
 
 from medprobe.results.metrics import _auroc_of_columns, _safe_divide, bootstrap_weights, interval
 
-MULTILABEL = "multilabel"  # a record's task
 SUMMARY_METRICS = ("macro_auroc", "micro_auroc", "mean_average_precision", "macro_f1")
 FINDING_METRICS = ("auroc", "average_precision", "f1")
 

@@ -20,11 +20,10 @@ import numpy as np
 from medprobe import __version__
 from medprobe.data.samples import Dataset
 from medprobe.data.splits import SplitPlan
+from medprobe.results.schema import RECORD_SCHEMA, SINGLE_LABEL, BootstrapInfo, DatasetInfo, RecordHeader
 from medprobe.results.subgroups import CSV_PREFIX as SUBGROUP_CSV_PREFIX
 from medprobe.results.subgroups import subgroup_values
 from medprobe.timestamps import now_iso
-
-RECORD_SCHEMA = "medprobe.run/1"
 
 
 def safe_name(text: str) -> str:
@@ -120,22 +119,20 @@ def save_multilabel_run(out_dir: Path, dataset: Dataset, name: str, record: dict
 
 
 def write_record(path: Path, record: dict) -> None:
-    record = {"schema": RECORD_SCHEMA, **record}
+    record = {"schema": RECORD_SCHEMA, **record}  # the header's own, or the current one
     _atomic_write(path, lambda handle: json.dump(_jsonable(record), handle, indent=2, sort_keys=False))
 
 
 def run_header(dataset: Dataset, plan: SplitPlan, *, kind: str, method: str, model: str, pool: str,
-               protocol: str, seed: int, bootstrap: int, ordinal: bool) -> dict:
-    """What every run record opens with, for probe and finetune alike."""
-    return {
-        "kind": kind, "method": method, "model": model, "pool": pool, "protocol": protocol,
-        "dataset": {"name": dataset.name, "source": str(dataset.source), "samples": len(dataset.samples),
-                    "classes": dataset.classes, "class_counts": dict(dataset.class_counts()), "grouped": plan.grouped},
-        "seed": seed, "folds": len(plan.folds), "split_protocol": plan.protocol,
-        "bootstrap": {"replicates": bootstrap, "unit": "patient" if plan.grouped else "sample", "seed": seed,
-                      "level": 95},
-        "ordinal": ordinal, "medprobe_version": __version__, "created_at": now_iso(),
-    }
+               protocol: str, seed: int, bootstrap: int, ordinal: bool, task: str = SINGLE_LABEL) -> dict:
+    """What every run record opens with, for probe and finetune alike (results.schema.RecordHeader)."""
+    return RecordHeader(
+        kind=kind, task=task, method=method, model=model, pool=pool, protocol=protocol,
+        dataset=DatasetInfo(dataset.name, str(dataset.source), len(dataset.samples), list(dataset.classes),
+                            dict(dataset.class_counts()), plan.grouped),
+        seed=seed, folds=len(plan.folds), split_protocol=plan.protocol,
+        bootstrap=BootstrapInfo(bootstrap, "patient" if plan.grouped else "sample", seed),
+        ordinal=ordinal, medprobe_version=__version__, created_at=now_iso()).to_dict()
 
 
 def fold_sizes(folds) -> list[dict]:
