@@ -194,3 +194,11 @@ def test_the_report_shows_internal_beside_external_and_the_subgroup_tables_and_f
     assert rows["external"]["external_cohort"] == "site2-labels" and rows["kfold5"]["external_cohort"] == ""
     worst = internal["subgroups"]["columns"]["sex"]["worst"]["accuracy"]
     assert rows["kfold5"]["worst_subgroup_accuracy"] == f"sex={worst['group']}"
+
+
+def test_an_external_cohort_that_shares_images_with_data_is_refused(tmp_path):
+    data, *_ = external_study(tmp_path, shift=0.0)
+    with pytest.raises(MedprobeError, match="it shares images with .*; an external test set must be other images"):
+        probe(dataset=data, models=None, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
+              settings=ProbeSettings(bootstrap=0), tested=data, show_progress=False)
+    assert not (tmp_path / "out").exists()
