@@ -206,3 +206,12 @@ def test_the_report_has_a_findings_table_heatmap_and_summary_columns(tmp_path):
     with report.summary_csv.open() as handle:
         rows = list(csv.DictReader(handle))
     assert {row["method"] for row in rows} == {"logreg", "knn"} and all(row["macro_auroc"] for row in rows)
+
+
+def test_probe_cli_prints_the_multilabel_summary_metrics(tmp_path, capsys):
+    dataset, _ = two_finding_study(tmp_path, n_patients=40)
+    with pytest.raises(SystemExit) as info:
+        main(["probe", str(dataset.source), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "o"),
+              "--bootstrap", "20"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and "macro_auroc" in out and "mean_average_precision" in out
