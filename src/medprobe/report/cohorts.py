@@ -47,7 +47,7 @@ def _protocol_text(record: RunRecord) -> str:
     """"kfold5", or "external: <cohort>" for a --test record."""
     if record.external is None:
         return record.protocol
-    return f"external: {(record.external.get('dataset') or {}).get('name', '?')}"
+    return f"external: {record.external.dataset.name}"
 
 
 def external_tables(records: list[RunRecord], metric: str) -> list[TextTable]:
@@ -58,10 +58,10 @@ def external_tables(records: list[RunRecord], metric: str) -> list[TextTable]:
         by_file = {r.path.name: r for r in mine}
         rows = []
         for record in _newest([r for r in mine if r.external is not None]):
-            internal = by_file.get(str(record.external.get("internal_record")))
+            internal = by_file.get(record.external.internal_record)
             inside, outside = (internal.value(metric) if internal else (None, None)), record.value(metric)
             change = f"{outside[0] - inside[0]:+.3f}" if inside[0] is not None and outside[0] is not None else "—"
-            cohort = (record.external.get("dataset") or {}).get("name", "?")
+            cohort = record.external.dataset.name
             rows.append([record.model, record.method, str(cohort),
                          _value_text({"value": inside[0], "ci": inside[1]}) if internal else "— (no record)",
                          _value_text({"value": outside[0], "ci": outside[1]}), change])

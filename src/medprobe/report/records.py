@@ -18,7 +18,7 @@ import numpy as np
 from medprobe.errors import MedprobeError
 from medprobe.results.metrics import CONFUSION_METRICS
 from medprobe.results.record import EXPLAIN_SUFFIX
-from medprobe.results.schema import MULTILABEL, READABLE_SCHEMAS, RECORD_SCHEMA, SCHEMA_FAMILY, upgrade
+from medprobe.results.schema import MULTILABEL, READABLE_SCHEMAS, RECORD_SCHEMA, SCHEMA_FAMILY, ExternalInfo, upgrade
 
 REPORT_METRICS = (*CONFUSION_METRICS, "auroc", "kappa_quadratic")
 LEVELS = ("sample", "patient")
@@ -100,10 +100,9 @@ class RunRecord:
         return self.data.get("shots") if isinstance(self.data.get("shots"), int) else None
 
     @property
-    def external(self) -> dict | None:
-        """What an external-test record (--test) scored: its `external` block; None for internal records."""
-        block = self.data.get("external")
-        return block if isinstance(block, dict) else None
+    def external(self) -> ExternalInfo | None:
+        """What an external-test record (--test) scored; None for internal records."""
+        return ExternalInfo.from_json(self.data.get("external"))
 
     @property
     def multilabel(self) -> bool:

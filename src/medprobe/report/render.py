@@ -419,7 +419,7 @@ def render_summary_csv(content: ReportContent) -> str:
                "train_device": cost.get("device_name"),
                f"p_vs_best_{content.metric}": p_values.get((str(record.path), "sample")),
                f"patient_p_vs_best_{content.metric}": p_values.get((str(record.path), "patient")),
-               "external_cohort": (record.external or {}).get("dataset", {}).get("name"),
+               "external_cohort": record.external.dataset.name if record.external else None,
                **worst_subgroup(record, content.metric),
                "record": str(record.path), "predictions": record.predictions_path}
         for prefix, level in (("", "sample"), ("patient_", "patient")):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from medprobe.data.samples import Dataset
 from medprobe.errors import MedprobeError
+from medprobe.results.schema import CohortInfo, ExternalInfo
 
 EXTERNAL = "external"  # the record's protocol; its file name adds the cohort: ...__external-<name>-seed0
 EXTERNAL_FOLD = -1  # the fold index of the one refit on all of DATA (the predictions CSV's fold column)
@@ -29,8 +30,7 @@ def matched_test_set(dataset: Dataset, tested: Dataset) -> Dataset:
 
 
 def external_block(tested: Dataset, *, internal: str, internal_protocol: str, trained_on: str) -> dict:
-    """The record's `external`: the cohort scored, how the model was trained, and the internal record beside it."""
-    return {"dataset": {"name": tested.name, "source": str(tested.source), "samples": len(tested.samples),
-                        "class_counts": dict(tested.class_counts()),
-                        "grouped": any(s.group is not None for s in tested.samples)},
-            "trained_on": trained_on, "internal_protocol": internal_protocol, "internal_record": internal}
+    """The record's `external` (results.schema.ExternalInfo)."""
+    cohort = CohortInfo(tested.name, str(tested.source), len(tested.samples), dict(tested.class_counts()),
+                        any(s.group is not None for s in tested.samples))
+    return ExternalInfo(cohort, trained_on, internal_protocol, internal).to_dict()

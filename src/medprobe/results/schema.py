@@ -65,6 +65,39 @@ class RecordHeader:
         return {"schema": data.pop("schema"), **data}
 
 
+@dataclass(frozen=True)
+class CohortInfo:
+    """An external cohort as its record names it."""
+
+    name: str
+    source: str
+    samples: int
+    class_counts: dict[str, int]
+    grouped: bool
+
+
+@dataclass(frozen=True)
+class ExternalInfo:
+    """An external-test record's `external` block (--test): the cohort scored, how the model was trained on
+    DATA, and the file name of the k-fold record beside it."""
+
+    dataset: CohortInfo
+    trained_on: str
+    internal_protocol: str
+    internal_record: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data) -> ExternalInfo | None:
+        """The block as written, or None when it is absent or malformed (an internal record)."""
+        try:
+            return cls(**{**data, "dataset": CohortInfo(**data["dataset"])})
+        except (TypeError, KeyError):
+            return None
+
+
 def record_name(model: str, method: str, protocol: str, seed: int, pool: str | None = None) -> str:
     """A record's file stem: <model>[__<pool>]__<method>__<protocol>-seed<seed> (probes name their pool;
     a fine-tune's model part already says its mode)."""
