@@ -81,29 +81,29 @@ def subgroup_tables(records: list[RunRecord], metric: str) -> list[TextTable]:
     with_subgroups = _newest([r for r in records if r.subgroups])
     for dataset in dict.fromkeys(r.dataset for r in with_subgroups):
         mine = [r for r in with_subgroups if r.dataset == dataset]
-        columns = list(dict.fromkeys(c for r in mine for c in r.subgroups["columns"]))
+        columns = list(dict.fromkeys(c for r in mine for c in r.subgroups.columns))
         for column in columns:
-            runs = [r for r in mine if column in r.subgroups["columns"]]
-            values = list(dict.fromkeys(g["value"] for r in runs for g in r.subgroups["columns"][column]["groups"]))
+            runs = [r for r in mine if column in r.subgroups.columns]
+            values = list(dict.fromkeys(g.value for r in runs for g in r.subgroups.columns[column].groups))
             rows = []
             for record in runs:
-                block = record.subgroups["columns"][column]
-                groups = {g["value"]: g for g in block["groups"]}
+                block = record.subgroups.columns[column]
+                groups = {g.value: g for g in block.groups}
                 cells = []
                 for value in values:
                     group = groups.get(value)
                     if group is None:
                         cells.append("")
-                    elif group.get("too_small"):
-                        cells.append(f"too small (n={group['samples']})")
+                    elif group.too_small:
+                        cells.append(f"too small (n={group.samples})")
                     else:
-                        cells.append(f"{_value_text(group['metrics'].get(metric))} (n={group['samples']})")
-                worst = block["worst"].get(metric)
-                gap = block["largest_gap"].get(metric)
+                        cells.append(f"{_value_text(group.metrics.get(metric))} (n={group.samples})")
+                worst = block.worst.get(metric)
+                gap = block.largest_gap.get(metric)
                 rows.append([record.model, record.method, _protocol_text(record), *cells,
                              f"{worst['group']}: {worst['value']:.3f}" if worst else "—",
                              f"{gap:.3f}" if gap is not None else "—"])
-            minimum = mine[0].subgroups.get("min_samples")
+            minimum = mine[0].subgroups.min_samples
             tables.append(TextTable(dataset, f"{dataset}: {metric} by {column}",
                                     ["backbone", "method", "protocol", *values, "worst group", "largest gap"], rows,
                                     f"Each group's test predictions scored alone, 95% bootstrap CI within the group; "

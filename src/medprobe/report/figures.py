@@ -345,9 +345,9 @@ def reliability_diagram(record: RunRecord, predictions: Predictions) -> object:
 
 def subgroup_forest(record: RunRecord, metric: str) -> object | None:
     """The run's `metric` per subgroup with its CI, one panel per subgroup column; None with nothing scored."""
-    columns = {column: [g for g in block["groups"] if not g.get("too_small") and
-                        (g["metrics"].get(metric) or {}).get("value") is not None]
-               for column, block in record.subgroups["columns"].items()}
+    columns = {column: [g for g in block.groups if not g.too_small and
+                        (g.metrics.get(metric) or {}).get("value") is not None]
+               for column, block in record.subgroups.columns.items()}
     columns = {column: groups for column, groups in columns.items() if groups}
     if not columns:
         return None
@@ -355,12 +355,12 @@ def subgroup_forest(record: RunRecord, metric: str) -> object | None:
     figure = _new_figure(5.6, max(2.4, height))
     panels = figure.subplots(len(columns), 1, sharex=True, squeeze=False)[:, 0]
     for axes, (column, groups) in zip(panels, columns.items(), strict=True):
-        values = [g["metrics"][metric]["value"] for g in groups]
-        cis = [g["metrics"][metric].get("ci") for g in groups]
+        values = [g.metrics[metric]["value"] for g in groups]
+        cis = [g.metrics[metric].get("ci") for g in groups]
         positions = np.arange(len(groups))[::-1]
         axes.errorbar(values, positions, xerr=_whiskers(values, cis), fmt="o", color=_colours(1)[0], capsize=3,
                       markersize=4)
-        axes.set_yticks(positions, [f"{g['value']} (n={g['samples']})" for g in groups], fontsize=8)
+        axes.set_yticks(positions, [f"{g.value} (n={g.samples})" for g in groups], fontsize=8)
         axes.set_ylim(-0.7, len(groups) - 0.3)
         axes.set_title(column, fontsize=9, loc="left")
         axes.grid(axis="x", linewidth=0.4, alpha=0.5)

@@ -18,7 +18,15 @@ import numpy as np
 from medprobe.errors import MedprobeError
 from medprobe.results.metrics import CONFUSION_METRICS
 from medprobe.results.record import EXPLAIN_SUFFIX
-from medprobe.results.schema import MULTILABEL, READABLE_SCHEMAS, RECORD_SCHEMA, SCHEMA_FAMILY, ExternalInfo, upgrade
+from medprobe.results.schema import (
+    MULTILABEL,
+    READABLE_SCHEMAS,
+    RECORD_SCHEMA,
+    SCHEMA_FAMILY,
+    ExternalInfo,
+    Subgroups,
+    upgrade,
+)
 
 REPORT_METRICS = (*CONFUSION_METRICS, "auroc", "kappa_quadratic")
 LEVELS = ("sample", "patient")
@@ -110,10 +118,9 @@ class RunRecord:
         return self.data.get("task") == MULTILABEL
 
     @property
-    def subgroups(self) -> dict | None:
+    def subgroups(self) -> Subgroups | None:
         """The record's per-subgroup metrics (--subgroups), None without them."""
-        block = self.data.get("subgroups")
-        return block if isinstance(block, dict) and isinstance(block.get("columns"), dict) else None
+        return Subgroups.from_json(self.data.get("subgroups"))
 
     @property
     def created_at(self) -> str:

@@ -382,8 +382,9 @@ def _csv_value(value, digits: int):
 
 def worst_subgroup(record: RunRecord, metric: str) -> dict:
     """summary.csv's worst subgroup over every --subgroups column ("sex=M") and its `metric` value."""
-    worst = [(entry["value"], f"{column}={entry['group']}") for column, block in
-             ((record.subgroups or {}).get("columns") or {}).items() if (entry := block["worst"].get(metric))]
+    columns = record.subgroups.columns if record.subgroups else {}
+    worst = [(entry["value"], f"{column}={entry['group']}") for column, block in columns.items()
+             if (entry := block.worst.get(metric))]
     value, group = min(worst) if worst else (None, None)
     return {f"worst_subgroup_{metric}": group, f"worst_subgroup_{metric}_value": value}
 

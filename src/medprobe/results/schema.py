@@ -98,6 +98,62 @@ class ExternalInfo:
             return None
 
 
+@dataclass
+class SubgroupGroup:
+    """One value of a subgroup column: its test samples and patients, and its metrics (None: too small)."""
+
+    value: str
+    samples: int
+    patients: int
+    metrics: dict | None = None  # name -> {value, ci}
+    per_class_recall: dict | None = None
+
+    @property
+    def too_small(self) -> bool:
+        return self.metrics is None
+
+    def to_dict(self) -> dict:
+        head = {"value": self.value, "samples": self.samples, "patients": self.patients}
+        if self.too_small:
+            return {**head, "too_small": True}
+        return {**head, "metrics": self.metrics, "per_class_recall": self.per_class_recall}
+
+
+@dataclass
+class SubgroupColumn:
+    groups: list[SubgroupGroup]
+    worst: dict  # metric -> {group, value}
+    largest_gap: dict  # metric -> highest minus lowest over the scored groups
+
+
+@dataclass
+class Subgroups:
+    """A record's `subgroups` (--subgroups): per manifest column, its groups, worst group and largest gap."""
+
+    min_samples: int
+    columns: dict[str, SubgroupColumn]
+    size_unit: str = "test samples"
+    ci: str = "95% bootstrap within each group (patients resampled when grouped); the gap has no CI"
+
+    def to_dict(self) -> dict:
+        return {"min_samples": self.min_samples, "size_unit": self.size_unit, "ci": self.ci,
+                "columns": {name: {"groups": [g.to_dict() for g in column.groups], "worst": column.worst,
+                                   "largest_gap": column.largest_gap} for name, column in self.columns.items()}}
+
+    @classmethod
+    def from_json(cls, data) -> Subgroups | None:
+        """The block as written, or None when absent or malformed."""
+        try:
+            columns = {name: SubgroupColumn([SubgroupGroup(g["value"], g["samples"], g["patients"], g.get("metrics"),
+                                                           g.get("per_class_recall")) for g in block["groups"]],
+                                            dict(block["worst"]), dict(block["largest_gap"]))
+                       for name, block in data["columns"].items()}
+            return cls(int(data["min_samples"]), columns, data.get("size_unit", cls.size_unit),
+                       data.get("ci", cls.ci))
+        except (TypeError, KeyError, AttributeError, ValueError):
+            return None
+
+
 def record_name(model: str, method: str, protocol: str, seed: int, pool: str | None = None) -> str:
     """A record's file stem: <model>[__<pool>]__<method>__<protocol>-seed<seed> (probes name their pool;
     a fine-tune's model part already says its mode)."""

@@ -12,6 +12,7 @@ import numpy as np
 from medprobe.data.samples import Dataset, natural_key
 from medprobe.errors import MedprobeError
 from medprobe.results.metrics import CALIBRATION_METRICS, PROBABILITIES, evaluate, group_codes, summarize_metrics
+from medprobe.results.schema import SubgroupColumn, SubgroupGroup, Subgroups
 
 LOWER_IS_BETTER = frozenset(CALIBRATION_METRICS)  # for these the worst group is the highest
 BLANK = "(blank)"  # the group of samples whose cell in the column is empty
@@ -37,11 +38,11 @@ def subgroup_values(dataset: Dataset, positions: np.ndarray, column: str) -> lis
     return [dataset.samples[i].attribute(column) or BLANK for i in positions]
 
 
-def _worst_and_gap(scored: list[dict]) -> tuple[dict, dict]:
+def _worst_and_gap(scored: list[SubgroupGroup]) -> tuple[dict, dict]:
     worst, gap = {}, {}
-    for metric in scored[0]["metrics"] if scored else ():
-        values = [(entry["metrics"][metric]["value"], entry["value"]) for entry in scored
-                  if entry["metrics"][metric]["value"] is not None]
+    for metric in scored[0].metrics if scored else ():
+        values = [(group.metrics[metric]["value"], group.value) for group in scored
+                  if group.metrics[metric]["value"] is not None]
         if not values:
             continue
         pick = max if metric in LOWER_IS_BETTER else min
@@ -66,20 +67,15 @@ def subgroup_report(y: np.ndarray, scores: np.ndarray, values_by_column: dict[st
             members = np.flatnonzero(values == value)
             member_groups = [groups[i] for i in members]
             codes = group_codes(member_groups)
-            entry = {"value": value, "samples": int(len(members)),
-                     "patients": int(len(members) if codes is None else codes.max() + 1)}
-            if len(members) < min_samples:
-                entry["too_small"] = True
-            else:
+            entry = SubgroupGroup(value, int(len(members)), int(len(members) if codes is None else codes.max() + 1))
+            if len(members) >= min_samples:
                 point, distributions = evaluate(y[members], scores[members], ordinal=ordinal, replicates=replicates,
                                                 seed=seed, clusters=codes, calibration=calibration)
-                entry["metrics"], entry["per_class_recall"] = summarize_metrics(point, distributions, classes)
+                entry.metrics, entry.per_class_recall = summarize_metrics(point, distributions, classes)
             entries.append(entry)
-        worst, gap = _worst_and_gap([entry for entry in entries if "metrics" in entry])
-        columns[column] = {"groups": entries, "worst": worst, "largest_gap": gap}
-    return {"min_samples": min_samples, "size_unit": "test samples",
-            "ci": "95% bootstrap within each group (patients resampled when grouped); the gap has no CI",
-            "columns": columns}
+        worst, gap = _worst_and_gap([entry for entry in entries if not entry.too_small])
+        columns[column] = SubgroupColumn(entries, worst, gap)
+    return Subgroups(min_samples, columns).to_dict()
 
 
 def run_subgroups(dataset: Dataset, positions: np.ndarray, scores: np.ndarray, *, columns: Sequence[str],
