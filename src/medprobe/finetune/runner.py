@@ -33,7 +33,7 @@ from medprobe.results.external import EXTERNAL, EXTERNAL_FOLD, external_block, m
 from medprobe.results.metrics import PROBABILITIES, group_codes, test_report
 from medprobe.results.multilabel import finding_thresholds, multilabel_records
 from medprobe.results.record import fold_sizes, run_header, safe_name, save_multilabel_run, save_run
-from medprobe.results.schema import MULTILABEL, record_name
+from medprobe.results.schema import MULTILABEL, Cost, record_name
 from medprobe.results.subgroups import check_subgroup_columns, run_subgroups
 from medprobe.runtime.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
 from medprobe.runtime.workers import default_workers, deferred_interrupts, interruption_point, start_worker
@@ -361,13 +361,13 @@ def _save(trainer: FoldTrainer, plan, folds: list[Fold], results: list[dict], te
 
 
 def _cost(trainer: FoldTrainer, results: list[dict], wall: float) -> dict:
-    return {"trainable_parameters": results[0]["trainable_parameters"],
-            "total_parameters": results[0]["total_parameters"], "wall_seconds": round(wall, 3),
-            "train_images_per_second": round(float(np.mean([r["train_images_per_second"] for r in results])), 2),
-            "train_images": sum(r["train_images"] for r in results),
-            "optimizer_steps": sum(r["train_steps"] for r in results),
-            "peak_memory_mb": round(peak_memory_mb(trainer.device), 1), "device": str(trainer.device),
-            "device_name": device_name(trainer.device), "precision": trainer.precision}
+    return Cost(trainable_parameters=results[0]["trainable_parameters"],
+                total_parameters=results[0]["total_parameters"], wall_seconds=round(wall, 3),
+                train_images_per_second=round(float(np.mean([r["train_images_per_second"] for r in results])), 2),
+                train_images=sum(r["train_images"] for r in results),
+                optimizer_steps=sum(r["train_steps"] for r in results),
+                peak_memory_mb=round(peak_memory_mb(trainer.device), 1), device=str(trainer.device),
+                device_name=device_name(trainer.device), precision=trainer.precision).to_dict()
 
 
 def _save_multilabel(trainer: FoldTrainer, plan, folds: list[Fold], results: list[dict], protocol: str,

@@ -23,6 +23,7 @@ from medprobe.results.schema import (
     READABLE_SCHEMAS,
     RECORD_SCHEMA,
     SCHEMA_FAMILY,
+    Cost,
     ExternalInfo,
     Subgroups,
     upgrade,
@@ -118,6 +119,11 @@ class RunRecord:
         return self.data.get("task") == MULTILABEL
 
     @property
+    def cost(self) -> Cost | None:
+        """A fine-tune's cost (parameters, throughput, device); None for probes."""
+        return Cost.from_json(self.data.get("cost"))
+
+    @property
     def subgroups(self) -> Subgroups | None:
         """The record's per-subgroup metrics (--subgroups), None without them."""
         return Subgroups.from_json(self.data.get("subgroups"))
@@ -172,9 +178,8 @@ class RunRecord:
             info.device_name = provenance[0].get("device_name") or None
             peak = provenance[0].get("peak_memory_mb")  # records written before it was copied read the cache
             info.peak_memory_mb = number(peak if peak is not None else _cache_attr(sources[0], "peak_memory_mb"))
-        cost = self.data.get("cost") or {}
-        if info.parameters is None and isinstance(cost, dict):
-            info.parameters = number(cost.get("total_parameters"))
+        if info.parameters is None and self.cost is not None:
+            info.parameters = number(self.cost.total_parameters)
         finetuned = self.data.get("backbone")
         licences = {str(p.get("licence")) for p in provenance if p.get("licence")} or (
             {str(finetuned["licence"])} if isinstance(finetuned, dict) and finetuned.get("licence") else set())

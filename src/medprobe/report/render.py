@@ -405,7 +405,6 @@ def render_summary_csv(content: ReportContent) -> str:
     writer.writeheader()
     for record in content.records:
         data = record.data
-        cost = data.get("cost") if isinstance(data.get("cost"), dict) else {}
         sizes = [s.get("test") for s in data.get("sizes") or [] if isinstance(s, dict)]
         patients = (data.get("patient_metrics") or {}).get("patients")
         backbone = record.backbone
@@ -415,9 +414,9 @@ def render_summary_csv(content: ReportContent) -> str:
                "patients": patients, "parameters": backbone.parameters, "embed_dim": backbone.embed_dim,
                "licence": backbone.licence,
                "extract_images_per_second": backbone.images_per_second, "extract_device": backbone.device_name,
-               "trainable_parameters": number(cost.get("trainable_parameters")),
-               "train_images_per_second": number(cost.get("train_images_per_second")),
-               "train_device": cost.get("device_name"),
+               "trainable_parameters": number(record.cost.trainable_parameters) if record.cost else None,
+               "train_images_per_second": number(record.cost.train_images_per_second) if record.cost else None,
+               "train_device": record.cost.device_name if record.cost else None,
                f"p_vs_best_{content.metric}": p_values.get((str(record.path), "sample")),
                f"patient_p_vs_best_{content.metric}": p_values.get((str(record.path), "patient")),
                "external_cohort": record.external.dataset.name if record.external else None,

@@ -7,7 +7,7 @@ Schema 2 (this release) adds `task` ("single-label" or "multilabel") to every re
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 SCHEMA_FAMILY = "medprobe.run"
 RECORD_SCHEMA = f"{SCHEMA_FAMILY}/2"
@@ -152,6 +152,32 @@ class Subgroups:
                        data.get("ci", cls.ci))
         except (TypeError, KeyError, AttributeError, ValueError):
             return None
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A fine-tune record's `cost`: parameters, time, throughput, memory and device."""
+
+    trainable_parameters: int
+    total_parameters: int
+    wall_seconds: float
+    train_images_per_second: float
+    train_images: int
+    optimizer_steps: int
+    peak_memory_mb: float
+    device: str
+    device_name: str
+    precision: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data) -> Cost | None:
+        """The block as written (a field older records lack reads None), or None for probe records."""
+        if not isinstance(data, dict):
+            return None
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
 
 
 def record_name(model: str, method: str, protocol: str, seed: int, pool: str | None = None) -> str:
