@@ -25,6 +25,7 @@ from medprobe.results.schema import (
     SCHEMA_FAMILY,
     Cost,
     ExternalInfo,
+    MetricValue,
     Subgroups,
     upgrade,
 )
@@ -143,13 +144,10 @@ class RunRecord:
         return block if isinstance(block, dict) else {}
 
     def value(self, metric: str, level: str = "sample") -> tuple[float | None, list[float] | None]:
-        entry = self.metric_block(level).get(metric)
-        if not isinstance(entry, dict):
+        entry = MetricValue.from_json(self.metric_block(level).get(metric))
+        if entry is None:
             return None, None
-        ci = entry.get("ci")
-        ci = [float(c) for c in ci] if isinstance(ci, list) and len(ci) == 2 and all(
-            number(c) is not None for c in ci) else None
-        return number(entry.get("value")), ci
+        return entry.value, list(entry.ci) if entry.ci else None
 
     @property
     def has_patient_level(self) -> bool:

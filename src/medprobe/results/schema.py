@@ -7,6 +7,7 @@ Schema 2 (this release) adds `task` ("single-label" or "multilabel") to every re
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 SCHEMA_FAMILY = "medprobe.run"
@@ -63,6 +64,33 @@ class RecordHeader:
         """The JSON form: `schema` first, then the fields in order (nested dataclasses as objects)."""
         data = asdict(self)
         return {"schema": data.pop("schema"), **data}
+
+
+def _finite(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One metric of a record (`metrics.<name>`): its value on all test predictions, the 95% bootstrap CI,
+    and over folds (k-fold) or draws (--shots) its mean and spread. Missing or non-finite parts read None."""
+
+    value: float | None
+    ci: tuple[float, float] | None = None
+    fold_mean: float | None = None
+    fold_std: float | None = None
+    repeat_std: float | None = None
+
+    @classmethod
+    def from_json(cls, entry) -> MetricValue | None:
+        if not isinstance(entry, dict):
+            return None
+        ci = entry.get("ci")
+        bounds = [_finite(c) for c in ci] if isinstance(ci, list) and len(ci) == 2 else [None]
+        return cls(_finite(entry.get("value")), tuple(bounds) if None not in bounds else None,
+                   _finite(entry.get("fold_mean")), _finite(entry.get("fold_std")), _finite(entry.get("repeat_std")))
 
 
 @dataclass(frozen=True)
