@@ -40,8 +40,10 @@ class Step:
     records: list[str] = field(default_factory=list)
 
     def label(self, names: dict[DatasetEntry, str]) -> str:
-        extra = f" {self.variant}" if self.variant else ""
         seed = f" seed {self.seed}" if self.seed is not None else ""
+        if self.variant == EXTERNAL_COHORT:  # extract chest's external cohort (site2.toml) x resnet50
+            return f"{self.kind} {names[self.dataset]}'s {EXTERNAL_COHORT} ({self.dataset.test.name}) x {self.backbone}"
+        extra = f" {self.variant}" if self.variant else ""
         return f"{self.kind} {names[self.dataset]} x {self.backbone}{extra}{seed}"
 
     def key(self, experiment: Experiment) -> str:
