@@ -323,9 +323,7 @@ def _save(trainer: FoldTrainer, plan, folds: list[Fold], results: list[dict], te
                      pool="+".join(results[0]["pools"]), protocol=EXTERNAL if external else protocol,
                      seed=settings.seed, bootstrap=settings.bootstrap, ordinal=settings.ordinal),
         "settings": asdict(settings),
-        "backbone": {"name": trainer.spec.name, "backend": trainer.spec.backend, "source": trainer.spec.source,
-                     "family": results[0]["family"], "licence": trainer.spec.licence,
-                     "preprocessing": results[0]["preprocessing"]},
+        "backbone": _backbone_block(trainer, results),
     }
     if external:
         record["external"] = external_block(
@@ -360,6 +358,12 @@ def _save(trainer: FoldTrainer, plan, folds: list[Fold], results: list[dict], te
                     scores, subgroups=settings.subgroups, folder=dataset.name)
 
 
+def _backbone_block(trainer: FoldTrainer, results: list[dict]) -> dict:
+    return {"name": trainer.spec.name, "backend": trainer.spec.backend, "source": trainer.spec.source,
+            "family": results[0]["family"], "licence": trainer.spec.licence,
+            "preprocessing": results[0]["preprocessing"]}
+
+
 def _cost(trainer: FoldTrainer, results: list[dict], wall: float) -> dict:
     return Cost(trainable_parameters=results[0]["trainable_parameters"],
                 total_parameters=results[0]["total_parameters"], wall_seconds=round(wall, 3),
@@ -387,9 +391,7 @@ def _save_multilabel(trainer: FoldTrainer, plan, folds: list[Fold], results: lis
                      bootstrap=settings.bootstrap, ordinal=False, task=MULTILABEL),
         "findings": list(dataset.findings), "settings": asdict(settings),
         "head": "one sigmoid output per finding, binary cross-entropy over the known labels",
-        "backbone": {"name": trainer.spec.name, "backend": trainer.spec.backend, "source": trainer.spec.source,
-                     "family": results[0]["family"], "licence": trainer.spec.licence,
-                     "preprocessing": results[0]["preprocessing"]},
+        "backbone": _backbone_block(trainer, results),
         "sizes": fold_sizes(folds),
         "hyperparameters": [{"fold": f.index, "best_epoch": r["best_epoch"], "val_macro_auroc": r["val_score"],
                              "thresholds": dict(zip(dataset.findings, r["thresholds"], strict=True))}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -27,6 +26,7 @@ from medprobe.results.schema import (
     ExternalInfo,
     MetricValue,
     Subgroups,
+    number,
     upgrade,
 )
 
@@ -62,13 +62,6 @@ class Predictions:
     y: np.ndarray
     scores: np.ndarray
     classes: tuple[str, ...]
-
-
-def number(value) -> float | None:
-    """A finite float, or None for anything else (missing, '', NaN, text)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 @dataclass

@@ -7,6 +7,8 @@ finding never predicted and never present is 0."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from medprobe.results.metrics import _auroc_of_columns, _safe_divide, bootstrap_weights, interval
@@ -60,25 +62,13 @@ def multilabel_metrics(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray
     rows = np.concatenate(pair_rows)
     out["micro_auroc"] = _auroc_of_columns(np.concatenate(pair_scores), np.concatenate(pair_positive),
                                            weights_t[rows])
-    with np.errstate(invalid="ignore"), _quiet_nanmean():
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        # a resample lacking every finding's positives has no macro value (NaN), without a RuntimeWarning
+        warnings.simplefilter("ignore", RuntimeWarning)
         for summary, name in (("macro_auroc", "auroc"), ("mean_average_precision", "average_precision"),
                               ("macro_f1", "f1")):
             out[summary] = np.nanmean(np.stack([out[f"{name}[{f}]"] for f in range(Y.shape[1])]), axis=0)
     return out
-
-
-class _quiet_nanmean:
-    """A resample lacking every finding's positives has no macro value (NaN), without a RuntimeWarning."""
-
-    def __enter__(self):
-        import warnings
-
-        self._catch = warnings.catch_warnings()
-        self._catch.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._catch.__exit__(*exc)
 
 
 def multilabel_report(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, findings: list[str], *,

@@ -66,7 +66,8 @@ class RecordHeader:
         return {"schema": data.pop("schema"), **data}
 
 
-def _finite(value) -> float | None:
+def number(value) -> float | None:
+    """A finite float, or None for anything else (missing, '', NaN, text)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
@@ -88,9 +89,9 @@ class MetricValue:
         if not isinstance(entry, dict):
             return None
         ci = entry.get("ci")
-        bounds = [_finite(c) for c in ci] if isinstance(ci, list) and len(ci) == 2 else [None]
-        return cls(_finite(entry.get("value")), tuple(bounds) if None not in bounds else None,
-                   _finite(entry.get("fold_mean")), _finite(entry.get("fold_std")), _finite(entry.get("repeat_std")))
+        bounds = [number(c) for c in ci] if isinstance(ci, list) and len(ci) == 2 else [None]
+        return cls(number(entry.get("value")), tuple(bounds) if None not in bounds else None,
+                   number(entry.get("fold_mean")), number(entry.get("fold_std")), number(entry.get("repeat_std")))
 
 
 @dataclass(frozen=True)
