@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 
 from medprobe.cli import main
 from medprobe.data import load_dataset
+from medprobe.data.samples import Dataset
 from medprobe.errors import Interrupted, MedprobeError
 from medprobe.finetune import augment
 from medprobe.finetune.runner import FinetuneSettings, finetune
@@ -228,25 +230,32 @@ def test_an_external_cohort_is_fine_tuned_on_all_of_data_and_scored(blobs, tiny_
     assert len(list((tmp_path / "out" / blobs.name / "checkpoints").glob("*__external-site2-labels-seed0"))) == 1
 
 
+def blob_findings(root: Path, patients: int) -> Dataset:
+    """Blob images as a multi-label set: left_square where the square is on the left, marker on every third
+    patient; a sex column alternating F/M every two patients (so each sex has both values of each finding)."""
+    manifest = blob_patients(root, patients=patients, per_patient=2, size=(48, 44))
+    rows = []
+    for i, line in enumerate(manifest.read_text().splitlines()[1:]):
+        path, label, group = line.split(",")
+        findings = (["left_square"] if label == "left" else []) + (["marker"] if (i // 2) % 3 == 0 else [])
+        rows.append(f"{path},{'|'.join(findings)},{group},{'FM'[(i // 4) % 2]}")
+    manifest.write_text("\n".join(["path,labels,group,sex", *rows]) + "\n")
+    return load_dataset(manifest)
+
+
 def test_multilabel_fine_tuning_trains_a_sigmoid_head_and_records_per_finding_metrics(tiny_timm_models, tmp_path):
     from sklearn.metrics import roc_auc_score
 
-    manifest = blob_patients(tmp_path / "ml", patients=16, per_patient=2, size=(48, 44))
-    lines = manifest.read_text().splitlines()
-    rows = []
-    for i, line in enumerate(lines[1:]):
-        path, label, group = line.split(",")
-        findings = (["left_square"] if label == "left" else []) + (["marker"] if (i // 2) % 3 == 0 else [])
-        rows.append(f"{path},{'|'.join(findings)},{group}")
-    manifest.write_text("\n".join(["path,labels,group", *rows]) + "\n")
-    dataset = load_dataset(manifest)
+    dataset = blob_findings(tmp_path / "ml", 16)
+    tested = blob_findings(tmp_path / "site2", 10)
     with pytest.raises(MedprobeError, match="--class-weights is not available for multi-label"):
         finetune(dataset=dataset, model=str(tiny_timm_models["resnet"]), out_dir=tmp_path / "out",
                  settings=FinetuneSettings(class_weights=True))
-    [record] = finetune(dataset=dataset, model=str(tiny_timm_models["resnet"]), out_dir=tmp_path / "out",
-                        show_progress=False,
-                        settings=FinetuneSettings(epochs=2, lr=1e-3, head_lr=1e-2, batch_size=8, workers=0, fold=0,
-                                                  folds=3, bootstrap=100, precision="fp32", device="cpu"))
+    record, external = finetune(
+        dataset=dataset, model=str(tiny_timm_models["resnet"]), out_dir=tmp_path / "out", show_progress=False,
+        tested=tested, settings=FinetuneSettings(epochs=2, lr=1e-3, head_lr=1e-2, batch_size=8, workers=0, fold=0,
+                                                 folds=3, bootstrap=100, precision="fp32", device="cpu",
+                                                 subgroups=("sex",), subgroup_min=8))
     assert record["task"] == "multilabel" and record["findings"] == ["left_square", "marker"]
     assert set(record["hyperparameters"][0]["thresholds"]) == {"left_square", "marker"}
     assert "val_macro_auroc" in record["history"][0]["epochs"][0]
@@ -259,3 +268,20 @@ def test_multilabel_fine_tuning_trains_a_sigmoid_head_and_records_per_finding_me
     marker = [float(r["score_marker"]) for r in csv_rows]
     assert all(0 <= s <= 1 for s in scores + marker)
     assert max(abs(a + b - 1) for a, b in zip(scores, marker, strict=True)) > 1e-3  # sigmoids, not a softmax
+    # the external cohort: one run on all of DATA, its checkpoint's thresholds, every image of site 2 scored
+    assert external["protocol"] == "external" and external["task"] == "multilabel"
+    assert external["external"]["internal_record"] == Path(record["record_path"]).name
+    assert external["sizes"][0]["train"] + external["sizes"][0]["val"] == 32 and external["sizes"][0]["test"] == 20
+    with (tmp_path / "out" / dataset.name / external["predictions"]).open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["id"] for r in rows] == tested.ids and {r["fold"] for r in rows} == {"-1"}
+    thresholds = external["hyperparameters"][0]["thresholds"]
+    assert {float(r["threshold_marker"]) for r in rows} == {thresholds["marker"]}
+    truth = [[float(r[f"true_{f}"]) for f in ("left_square", "marker")] for r in rows]
+    scores = [[float(r[f"score_{f}"]) for f in ("left_square", "marker")] for r in rows]
+    assert external["metrics"]["macro_auroc"]["value"] == pytest.approx(roc_auc_score(truth, scores), abs=1e-12)
+    groups = {g["value"]: g for g in external["subgroups"]["columns"]["sex"]["groups"]}
+    female = [i for i, r in enumerate(rows) if r["subgroup_sex"] == "F"]
+    assert groups["F"]["samples"] == len(female) == 12
+    assert groups["F"]["metrics"]["macro_auroc"]["value"] == pytest.approx(
+        roc_auc_score([truth[i] for i in female], [scores[i] for i in female]), abs=1e-12)

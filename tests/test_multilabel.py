@@ -4,6 +4,8 @@ validated threshold, and metrics that recompute from the predictions CSV."""
 from __future__ import annotations
 
 import csv
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,9 +33,10 @@ def write_multilabel(root, rows, header="path,labels,group"):
     return root / "labels.csv"
 
 
-def two_finding_study(tmp_path, n_patients=80, per_patient=2, seed=0):
+def two_finding_study(tmp_path, n_patients=80, per_patient=2, seed=0, root="d", shift=0.0):
     """Effusion is in the features (its images shifted along 8 dimensions); nodule is drawn independently
-    of them (a shuffled label: no probe can find it)."""
+    of them (a shuffled label: no probe can find it). Patients alternate sex F/M; `shift` moves every
+    feature (another site's intensities)."""
     rng = np.random.default_rng(seed)
     effusion = rng.random(n_patients) < 0.4
     nodule = rng.random(n_patients) < 0.3
@@ -41,10 +44,10 @@ def two_finding_study(tmp_path, n_patients=80, per_patient=2, seed=0):
     for p in range(n_patients):
         for _ in range(per_patient):
             names = [name for name, on in zip(FINDINGS, (effusion[p], nodule[p]), strict=True) if on]
-            rows.append(f"{'|'.join(names)},patient{p:03d}")
+            rows.append(f"{'|'.join(names)},patient{p:03d},{'FM'[p % 2]}")
             present.append(effusion[p])
-    dataset = load_dataset(write_multilabel(tmp_path / "d", rows))
-    features = rng.normal(0, 1, (len(rows), 16)).astype(np.float32)
+    dataset = load_dataset(write_multilabel(tmp_path / root, rows, header="path,labels,group,sex"))
+    features = rng.normal(0, 1, (len(rows), 16)).astype(np.float32) + np.float32(shift)
     features[np.array(present), :8] += 1.2
     write_cache(dataset, tmp_path / "cache", "dinov2-small", {"cls": features[:, :8], "mean": features[:, 8:]})
     return dataset, features
@@ -158,7 +161,7 @@ def test_unknown_labels_are_left_out_of_their_findings_metrics(tmp_path):
     rows = []
     matrix = dataset.finding_matrix()
     for i, line in enumerate(lines[1:]):
-        path, _, group = line.split(",")
+        path, _, group, _ = line.split(",")
         nodule = "-1" if i % 5 == 0 else str(int(matrix[i, 1]))
         rows.append(f"{path},{int(matrix[i, 0])},{nodule},{group}")
     (tmp_path / "d" / "cols.csv").write_text("\n".join([header, *rows]) + "\n")
@@ -215,3 +218,95 @@ def test_probe_cli_prints_the_multilabel_summary_metrics(tmp_path, capsys):
               "--bootstrap", "20"])
     out = capsys.readouterr().out
     assert info.value.code == 0 and "macro_auroc" in out and "mean_average_precision" in out
+
+
+def test_multilabel_blocks_read_back_through_the_schema(tmp_path):
+    from medprobe.report.records import RunRecord
+    from medprobe.results.schema import to_json
+
+    dataset, _ = two_finding_study(tmp_path, n_patients=40)
+    [record] = probe(dataset=dataset, models=None, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
+                     settings=ProbeSettings(bootstrap=50), show_progress=False)
+    read = RunRecord(Path(record["record_path"]), json.loads(Path(record["record_path"]).read_text()))
+    assert read.findings == ["effusion", "nodule"] and to_json(read.per_finding) == record["per_finding"]
+    assert to_json(read.patient_metrics) == record["patient_metrics"]
+    assert set(read.patient_metrics.per_finding) == {"effusion", "nodule"}
+    assert read.per_finding["effusion"].known == 80 and read.per_finding["effusion"].auroc.value > 0.85
+
+
+def test_a_multilabel_external_cohort_is_scored_by_one_refit_per_finding_on_all_of_data(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    dataset, features = two_finding_study(tmp_path)
+    tested, test_features = two_finding_study(tmp_path, n_patients=40, seed=5, root="site2", shift=0.6)
+    features, test_features = (f.astype(np.float16).astype(np.float32) for f in (features, test_features))  # cached
+    internal, external = probe(dataset=dataset, models=None, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
+                               settings=ProbeSettings(bootstrap=100), tested=tested, show_progress=False)
+    assert internal["protocol"] == "kfold5" and external["protocol"] == "external"
+    assert external["external"]["internal_record"] == Path(internal["record_path"]).name
+    assert external["record_path"].endswith(f"__external-{tested.name}-seed0.json")
+    [size] = external["sizes"]
+    assert size["refit"] == len(dataset.samples) and size["test"] == len(tested.samples) == 80
+    assert size["train"] + size["val"] == len(dataset.samples)
+    rows = read_rows(tmp_path / "out" / dataset.name / external["predictions"])
+    assert [r["id"] for r in rows] == tested.ids and {r["fold"] for r in rows} == {"-1"}
+    truth = np.array([[float(r[f"true_{f}"]) for f in FINDINGS] for r in rows])
+    scores = np.array([[float(r[f"score_{f}"]) for f in FINDINGS] for r in rows])
+    for f, name in enumerate(FINDINGS):
+        [chosen] = [h for h in external["hyperparameters"] if h["finding"] == name]
+        assert {float(r[f"threshold_{name}"]) for r in rows} == {chosen["threshold"]}
+        # the refit: a plain scikit-learn model with the recorded C on all of DATA gives the same scores
+        labels = dataset.finding_matrix()[:, f]
+        scaler = StandardScaler().fit(features)
+        model = LogisticRegression(C=chosen["C"], tol=1e-4, max_iter=1000).fit(
+            scaler.transform(features).astype(np.float32), labels)
+        expected = model.predict_proba(scaler.transform(test_features).astype(np.float32))[:, 1]
+        np.testing.assert_allclose(scores[:, f], expected, atol=1e-6)
+        assert external["per_finding"][name]["auroc"]["value"] == pytest.approx(
+            skm.roc_auc_score(truth[:, f], scores[:, f]), abs=1e-12)
+    assert external["per_finding"]["effusion"]["auroc"]["value"] > 0.8  # the finding carries over to site 2
+
+
+def test_multilabel_subgroups_recompute_from_the_predictions_csv(tmp_path):
+    dataset, _ = two_finding_study(tmp_path)
+    [record] = probe(dataset=dataset, models=None, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
+                     settings=ProbeSettings(bootstrap=100, subgroups=("sex",), subgroup_min=20), show_progress=False)
+    rows = read_rows(tmp_path / "out" / dataset.name / record["predictions"])
+    block = record["subgroups"]["columns"]["sex"]
+    assert [g["value"] for g in block["groups"]] == ["F", "M"]
+    for group in block["groups"]:
+        mine = [r for r in rows if r["subgroup_sex"] == group["value"]]
+        truth = np.array([[float(r[f"true_{f}"]) for f in FINDINGS] for r in mine])
+        scores = np.array([[float(r[f"score_{f}"]) for f in FINDINGS] for r in mine])
+        predicted = scores >= np.array([[float(r[f"threshold_{f}"]) for f in FINDINGS] for r in mine])
+        assert group["samples"] == len(mine) == 80 and group["patients"] == 40
+        metrics = group["metrics"]
+        assert metrics["macro_auroc"]["value"] == pytest.approx(skm.roc_auc_score(truth, scores), abs=1e-12)
+        assert metrics["macro_f1"]["value"] == pytest.approx(skm.f1_score(truth, predicted, average="macro"),
+                                                             abs=1e-12)
+        low, high = metrics["macro_auroc"]["ci"]
+        assert low < metrics["macro_auroc"]["value"] < high
+    values = {g["value"]: g["metrics"]["macro_auroc"]["value"] for g in block["groups"]}
+    assert block["worst"]["macro_auroc"]["group"] == min(values, key=values.get)
+
+
+def test_a_multilabel_external_cohort_needs_the_same_findings_and_kind(tmp_path, capsys):
+    dataset, _ = two_finding_study(tmp_path)
+    rows = [f"{'effusion|pleural_thickening' if i % 3 else ''},p{i},F" for i in range(20)]
+    other = load_dataset(write_multilabel(tmp_path / "other", rows, header="path,labels,group,sex"))
+    with pytest.raises(MedprobeError, match=r"finding\(s\) pleural_thickening not in .*; no finding nodule"):
+        probe(dataset=dataset, models=None, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
+              settings=ProbeSettings(bootstrap=10), tested=other, show_progress=False)
+    single = tmp_path / "single"
+    (single / "img").mkdir(parents=True)
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("L", (2, 2), i).save(single / "img" / f"{i}.png")
+    (single / "labels.csv").write_text("path,label\n" + "".join(f"img/{i}.png,{'ab'[i % 2]}\n" for i in range(4)))
+    with pytest.raises(SystemExit) as info:
+        main(["probe", str(dataset.source), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "o"),
+              "--test", str(single / "labels.csv")])
+    assert info.value.code == 2 and "is single-label but" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").rglob("*.json"))

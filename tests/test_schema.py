@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,17 +13,38 @@ from probe_helpers import synthetic_study
 
 from medprobe.probe.runner import ProbeSettings, probe
 from medprobe.report import build_report
-from medprobe.results.schema import RECORD_SCHEMA, RecordHeader, record_name
+from medprobe.report.records import RunRecord
+from medprobe.results.schema import RECORD_SCHEMA, MetricValue, RecordHeader, metrics_from_json, record_name, to_json
 
 
-def study(tmp_path):
+def study(tmp_path, **settings):
     rng = np.random.default_rng(0)
     labels = ["a", "b"] * 40
     features = rng.normal(0, 1, (80, 8)).astype(np.float32) + np.array([[0.0], [1.5]] * 40, dtype=np.float32)
-    dataset = synthetic_study(tmp_path / "d", tmp_path / "cache", labels, features)
+    groups = [f"p{i % 40}" for i in range(80)]  # two images per patient, one label
+    dataset = synthetic_study(tmp_path / "d", tmp_path / "cache", labels, features, groups=groups)
     [record] = probe(dataset=dataset, models=None, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
-                     settings=ProbeSettings(bootstrap=50), show_progress=False)
+                     settings=ProbeSettings(bootstrap=50, **settings), show_progress=False)
     return dataset, record
+
+
+def test_every_typed_block_reads_back_what_was_written_and_callers_get_the_files_json(tmp_path):
+    _, record = study(tmp_path, calibrate="temperature")
+    on_disk = json.loads(open(record["record_path"]).read())
+    assert record == on_disk  # what probe() returns is the file, not the objects it was built from
+    read = RunRecord(Path(record["record_path"]), on_disk)
+    assert to_json(read.metrics) == on_disk["metrics"] and set(read.metrics) >= {"auroc", "ece", "brier", "nll"}
+    assert to_json(metrics_from_json(on_disk["per_class_recall"])) == on_disk["per_class_recall"]
+    assert to_json(read.calibration) == on_disk["calibration"] and read.calibration.scores_are_probabilities
+    assert to_json(read.calibrated) == on_disk["calibrated"] and read.calibrated.applied
+    assert set(read.calibrated.metrics) == {"ece", "brier", "nll"}
+    assert to_json(read.patient_metrics) == on_disk["patient_metrics"] and read.patient_metrics.patients == 40
+    assert to_json(read.sizes) == on_disk["sizes"] and sum(s.test for s in read.sizes) == 80
+    assert to_json(read.confusion) == on_disk["confusion_matrix"] and np.sum(read.confusion.matrix) == 80
+    entry = read.metrics["accuracy"]  # a k-fold metric carries its fold spread; a missing CI reads None
+    assert entry.fold_mean is not None and entry.ci[0] <= entry.value <= entry.ci[1]
+    assert MetricValue.from_json({"value": float("nan"), "ci": [0.1]}) == MetricValue(None, None)
+    assert to_json(MetricValue(0.5, (0.25, float("inf")))) == {"value": 0.5, "ci": [0.25, None]}
 
 
 def test_every_record_opens_with_the_typed_header_and_its_name_comes_from_record_name(tmp_path):

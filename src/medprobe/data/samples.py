@@ -165,6 +165,15 @@ class Dataset:
             )
         return replace(self, classes=list(order))
 
+    def with_finding_order(self, order: list[str]) -> Dataset:
+        """A multi-label dataset with its findings (and every sample's vector) in a given order."""
+        if sorted(order) != sorted(self.findings) or len(set(order)) != len(order):
+            raise MedprobeError(f"findings {','.join(order)} must list each finding of {self.source} once: "
+                                f"{','.join(self.findings)}")
+        index = [self.findings.index(name) for name in order]
+        samples = [replace(s, findings=tuple(s.findings[i] for i in index)) for s in self.samples]
+        return replace(self, classes=list(order), findings=list(order), samples=samples)
+
     def without(self, ids: set[str]) -> Dataset:
         """The same dataset minus some samples (unreadable ones skipped at extraction), classes unchanged."""
         return replace(self, classes=list(self.classes), samples=[s for s in self.samples if s.id not in ids])

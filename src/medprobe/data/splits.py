@@ -195,6 +195,24 @@ def _check_findings(dataset: Dataset, Y: np.ndarray, units: np.ndarray, folds: i
                                 "the finding")
 
 
+def _multilabel_carve(train: np.ndarray, Y: np.ndarray, units: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) from a training part: one of 1/VAL_FRACTION finding-stratified parts of whole patients."""
+    parts = _multilabel_parts(train, Y, units, round(1 / VAL_FRACTION), seed)
+    return np.sort(np.concatenate(parts[1:])), parts[0]
+
+
+def whole_data_fold(dataset: Dataset, seed: int, index: int) -> Fold:
+    """All of the dataset as one training fold (an external test's: the cohort is its test part), with its
+    validation part carved as every k-fold fold's is: stratified by class or over the findings, patients whole."""
+    everything = np.arange(len(dataset.samples))
+    if dataset.multilabel:
+        train, val = _multilabel_carve(everything, dataset.finding_matrix(), _unit_codes(dataset)[0], seed + 1)
+    else:
+        train, val = carve_validation(everything, dataset.targets(), patient_ids([s.group for s in dataset.samples]),
+                                      seed)
+    return Fold(index, train, val, np.empty(0, dtype=int))
+
+
 def multilabel_splits(dataset: Dataset, *, folds: int = 5, seed: int = 0) -> SplitPlan:
     """Multi-label k-fold: iterative stratification over patients (each patient's positives per finding),
     so patients stay whole and every fold's finding rates stay close; validation carved from each fold's
@@ -205,8 +223,7 @@ def multilabel_splits(dataset: Dataset, *, folds: int = 5, seed: int = 0) -> Spl
     splits = np.asarray([s.split for s in dataset.samples], dtype=object)
 
     def carve(train: np.ndarray, salt: int) -> tuple[np.ndarray, np.ndarray]:
-        parts = _multilabel_parts(train, Y, units, round(1 / VAL_FRACTION), seed + 1 + salt)
-        return np.sort(np.concatenate(parts[1:])), parts[0]
+        return _multilabel_carve(train, Y, units, seed + 1 + salt)
 
     if any(s is not None for s in splits):
         test, train, val = (positions[splits == name] for name in ("test", "train", "val"))

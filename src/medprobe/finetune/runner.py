@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from medprobe.data.reader import SampleImages
 from medprobe.data.samples import Dataset
-from medprobe.data.splits import Fold, carve_validation, dataset_splits, patient_ids, pooled_test
+from medprobe.data.splits import Fold, dataset_splits, pooled_test, whole_data_fold
 from medprobe.errors import Interrupted, MedprobeError
 from medprobe.finetune.augment import EpochShuffle, EvalImages, TrainImages
 from medprobe.finetune.blocks import apply_unfreeze, parse_unfreeze
@@ -34,7 +34,7 @@ from medprobe.results.metrics import PROBABILITIES, group_codes, test_report
 from medprobe.results.multilabel import finding_thresholds, multilabel_records
 from medprobe.results.record import fold_sizes, run_header, safe_name, save_multilabel_run, save_run
 from medprobe.results.schema import MULTILABEL, Cost, record_name
-from medprobe.results.subgroups import check_subgroup_columns, run_subgroups
+from medprobe.results.subgroups import check_subgroup_columns, run_multilabel_subgroups, run_subgroups
 from medprobe.runtime.device import autocast, device_name, peak_memory_mb, resolve_device, resolve_precision
 from medprobe.runtime.workers import default_workers, deferred_interrupts, interruption_point, start_worker
 
@@ -258,11 +258,12 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
         raise MedprobeError("--epochs and --batch-size must be at least 1")
     check_subgroup_columns(dataset, settings.subgroups, settings.subgroup_min)
     if dataset.multilabel:
-        for given, option in ((tested is not None, "--test"), (settings.subgroups, "--subgroups"),
-                              (settings.calibrate, "--calibrate"), (settings.class_weights, "--class-weights"),
-                              (settings.ordinal, "--ordinal")):
+        for given, option, why in (
+                (settings.calibrate, "--calibrate", "not available for multi-label fine-tuning yet"),
+                (settings.class_weights, "--class-weights", "not available for multi-label fine-tuning yet"),
+                (settings.ordinal, "--ordinal", "for ordered classes; a multi-label dataset's findings have no order")):
             if given:
-                raise MedprobeError(f"{option} is not available for multi-label fine-tuning yet; drop it")
+                raise MedprobeError(f"{option} is {why}; drop it")
     if tested is not None:
         tested = matched_test_set(dataset, tested)
         check_subgroup_columns(tested, settings.subgroups, settings.subgroup_min)
@@ -275,9 +276,7 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
     trainer = FoldTrainer(dataset, model, settings, out_dir)
     runs = [(folds, None)]
     if tested is not None:
-        y, groups = trainer.y, [s.group for s in dataset.samples]
-        train, val = carve_validation(np.arange(len(y)), y, patient_ids(groups), settings.seed)
-        runs.append(([Fold(EXTERNAL_FOLD, train, val, np.empty(0, dtype=int))], tested))
+        runs.append(([whole_data_fold(dataset, settings.seed, EXTERNAL_FOLD)], tested))
     started = time.perf_counter()
     try:
         with deferred_interrupts():  # Ctrl-C lands between batches, never inside the loaders' queue code
@@ -307,13 +306,14 @@ def _save(trainer: FoldTrainer, plan, folds: list[Fold], results: list[dict], te
           wall: float, out_dir: Path, internal: str | None = None) -> dict:
     """The run record of `folds` scored on `tested` (DATA itself, or with `internal` set, an external cohort)."""
     settings, dataset = trainer.settings, trainer.dataset
-    if dataset.multilabel:
-        return _save_multilabel(trainer, plan, folds, results, protocol, wall, out_dir)
     external = internal is not None
     positions, fold_of = pooled_test(folds)
     if external:
         positions = np.arange(len(tested.samples))
         fold_of = np.full(len(positions), EXTERNAL_FOLD)
+    if dataset.multilabel:
+        return _save_multilabel(trainer, plan, folds, results, tested, positions, fold_of, protocol, wall, out_dir,
+                                internal)
     scores = np.concatenate([r["scores"] for r in results])
     y = tested.targets()[positions]
     groups = [tested.samples[i].group for i in positions]
@@ -326,12 +326,7 @@ def _save(trainer: FoldTrainer, plan, folds: list[Fold], results: list[dict], te
         "backbone": _backbone_block(trainer, results),
     }
     if external:
-        record["external"] = external_block(
-            tested, internal=internal, internal_protocol=plan.protocol,
-            trained_on=f"all {len(trainer.y)} samples of DATA: trained on all but a validation part carved from "
-                       "them as in every fold, which chose the checkpoint")
-        record["bootstrap"]["unit"] = "patient" if group_codes(groups) is not None else "sample"
-        sizes = [{**size, "test": len(positions)} for size in sizes]
+        sizes = _mark_external(record, trainer, plan, tested, internal, groups, sizes)
     record.update({
         "sizes": sizes,
         "hyperparameters": [{"fold": f.index, "best_epoch": r["best_epoch"],
@@ -364,35 +359,51 @@ def _backbone_block(trainer: FoldTrainer, results: list[dict]) -> dict:
             "preprocessing": results[0]["preprocessing"]}
 
 
-def _cost(trainer: FoldTrainer, results: list[dict], wall: float) -> dict:
+def _cost(trainer: FoldTrainer, results: list[dict], wall: float) -> Cost:
     return Cost(trainable_parameters=results[0]["trainable_parameters"],
                 total_parameters=results[0]["total_parameters"], wall_seconds=round(wall, 3),
                 train_images_per_second=round(float(np.mean([r["train_images_per_second"] for r in results])), 2),
                 train_images=sum(r["train_images"] for r in results),
                 optimizer_steps=sum(r["train_steps"] for r in results),
                 peak_memory_mb=round(peak_memory_mb(trainer.device), 1), device=str(trainer.device),
-                device_name=device_name(trainer.device), precision=trainer.precision).to_dict()
+                device_name=device_name(trainer.device), precision=trainer.precision)
 
 
-def _save_multilabel(trainer: FoldTrainer, plan, folds: list[Fold], results: list[dict], protocol: str,
-                     wall: float, out_dir: Path) -> dict:
+def _mark_external(record: dict, trainer: FoldTrainer, plan, tested: Dataset, internal: str,
+                   groups: list[str | None], sizes: list) -> list:
+    """An external record's `external` block and bootstrap unit (the cohort's); its sizes with the cohort as test."""
+    record["external"] = external_block(
+        tested, internal=internal, internal_protocol=plan.protocol,
+        trained_on=f"all {len(trainer.y)} samples of DATA: trained on all but a validation part carved from "
+                   "them as in every fold, which chose the checkpoint")
+    record["bootstrap"]["unit"] = "patient" if group_codes(groups) is not None else "sample"
+    return [replace(size, test=len(groups)) for size in sizes]
+
+
+def _save_multilabel(trainer: FoldTrainer, plan, folds: list[Fold], results: list[dict], tested: Dataset,
+                     positions: np.ndarray, fold_of: np.ndarray, protocol: str, wall: float, out_dir: Path,
+                     internal: str | None) -> dict:
     """A multi-label fine-tune's record: sigmoid outputs, each fold's best checkpoint chosen by validation
-    macro AUROC, each finding's threshold by F1 on that checkpoint's validation predictions."""
+    macro AUROC, each finding's threshold by F1 on that checkpoint's validation predictions; `tested`'s images
+    at `positions` scored (DATA's pooled test parts, or with `internal` set, an external cohort)."""
     settings, dataset = trainer.settings, trainer.dataset
-    positions, fold_of = pooled_test(folds)
     scores = np.concatenate([r["scores"] for r in results])
-    thresholds = np.concatenate([np.tile(r["thresholds"], (len(f.test), 1)) for f, r in zip(folds, results,
-                                                                                              strict=True)])
-    Y = trainer.y[positions]
-    groups = [dataset.samples[i].group for i in positions]
+    thresholds = np.concatenate([np.tile(r["thresholds"], (len(r["scores"]), 1)) for r in results])
+    Y = tested.finding_matrix()[positions]
+    groups = [tested.samples[i].group for i in positions]
     record = {
         **run_header(dataset, plan, kind="finetune", method=f"finetune-{settings.unfreeze}", model=trainer.spec.name,
-                     pool="+".join(results[0]["pools"]), protocol=protocol, seed=settings.seed,
-                     bootstrap=settings.bootstrap, ordinal=False, task=MULTILABEL),
+                     pool="+".join(results[0]["pools"]), protocol=protocol if internal is None else EXTERNAL,
+                     seed=settings.seed, bootstrap=settings.bootstrap, ordinal=False, task=MULTILABEL),
         "findings": list(dataset.findings), "settings": asdict(settings),
         "head": "one sigmoid output per finding, binary cross-entropy over the known labels",
         "backbone": _backbone_block(trainer, results),
-        "sizes": fold_sizes(folds),
+    }
+    sizes = fold_sizes(folds)
+    if internal is not None:
+        sizes = _mark_external(record, trainer, plan, tested, internal, groups, sizes)
+    record.update({
+        "sizes": sizes,
         "hyperparameters": [{"fold": f.index, "best_epoch": r["best_epoch"], "val_macro_auroc": r["val_score"],
                              "thresholds": dict(zip(dataset.findings, r["thresholds"], strict=True))}
                             for f, r in zip(folds, results, strict=True)],
@@ -402,6 +413,11 @@ def _save_multilabel(trainer: FoldTrainer, plan, folds: list[Fold], results: lis
         **multilabel_records(Y, scores, thresholds, list(dataset.findings), replicates=settings.bootstrap,
                             seed=settings.seed, clusters=group_codes(groups)),
         "cost": _cost(trainer, results, wall),
-    }
+    })
+    if settings.subgroups:
+        record["subgroups"] = run_multilabel_subgroups(tested, positions, scores, thresholds,
+                                                       columns=settings.subgroups, min_samples=settings.subgroup_min,
+                                                       replicates=settings.bootstrap, seed=settings.seed)
     name = record_name(trainer.spec.slug, trainer.method, protocol, settings.seed)
-    return save_multilabel_run(out_dir, dataset, name, record, positions, fold_of, scores, thresholds)
+    return save_multilabel_run(out_dir, tested, name, record, positions, fold_of, scores, thresholds,
+                               subgroups=settings.subgroups, folder=dataset.name)

@@ -5,7 +5,7 @@ bootstrap CIs. Torch is never imported on this path."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
 
 from medprobe.data.samples import Dataset
-from medprobe.data.splits import Fold, SplitPlan, carve_validation, dataset_splits, patient_ids, pooled_test
+from medprobe.data.splits import Fold, SplitPlan, dataset_splits, pooled_test, whole_data_fold
 from medprobe.errors import MedprobeError
 from medprobe.probe import streaming
 from medprobe.probe.backends import compute_backend
@@ -80,7 +80,7 @@ def _fit_fold(probe: Probe, params: dict, X: np.ndarray, y: np.ndarray, fold: Fo
     """The chosen hyperparameters refitted on train+val, scoring the test part (or `X_test`, an external
     cohort's features); with a calibrator, also fitted on the training part alone, so its validation
     predictions (never seen in training) fit the calibration."""
-    train_val = np.concatenate([fold.train, fold.val])
+    train_val = np.sort(np.concatenate([fold.train, fold.val]))  # dataset order: the plain fit on those samples
     with threadpool_limits(1):
         fitted = probe.fit(params, X[train_val], y[train_val], n_classes, seed)
         scores = fitted.scores(X[fold.test] if X_test is None else X_test, n_classes)
@@ -197,9 +197,7 @@ class Prober:
     def run_external(self, job: Job, method: str, tested: Dataset) -> dict:
         """--test DATA2: hyperparameters chosen on a validation part of all of DATA (carved as in every fold),
         one refit on all of DATA, scored on every sample of DATA2."""
-        everything = np.arange(len(self.y))
-        train, val = carve_validation(everything, self.y, patient_ids(self.groups), self.settings.seed)
-        fold = Fold(EXTERNAL_FOLD, train, val, np.empty(0, dtype=int))
+        fold = whole_data_fold(self.dataset, self.settings.seed, EXTERNAL_FOLD)
         positions = np.arange(len(tested.samples))
         return self._run(job, method, [fold], tested, positions, np.full(len(positions), EXTERNAL_FOLD),
                          f"{EXTERNAL}-{safe_name(tested.name)}", X_test=job.X_test)
@@ -228,7 +226,7 @@ class Prober:
                 trained_on=f"all {len(self.y)} samples of DATA: hyperparameters chosen on a validation part carved "
                            "from them as in every fold, then one refit on all of them")
             record["bootstrap"]["unit"] = "patient" if group_codes(groups) is not None else "sample"
-            sizes = [{**size, "refit": len(self.y), "test": len(positions)} for size in sizes]
+            sizes = [replace(size, refit=len(self.y), test=len(positions)) for size in sizes]
         record.update({
             "sizes": sizes,
             "hyperparameters": [{"fold": f.index, **r["params"], "val_balanced_accuracy": r["val_balanced_accuracy"]}
@@ -294,8 +292,8 @@ class Prober:
         mean, std, distributions = evaluate_mean(y, repeated, ordinal=s.ordinal, replicates=s.bootstrap,
                                                  seed=s.seed, clusters=clusters, calibration=calibration)
         metrics, per_class = summarize_metrics(mean, distributions, self.classes)
-        for name, entry in metrics.items():
-            entry["repeat_std"] = std[name] if np.isfinite(std[name]) else None
+        metrics = {name: replace(entry, repeat_std=std[name] if np.isfinite(std[name]) else None)
+                   for name, entry in metrics.items()}
         protocol = f"shots{shots}x{s.repeats}-{self.plan.protocol}"
         record = self._base_record(job, method, protocol)
         record.update({
@@ -380,7 +378,7 @@ def probe(*, dataset: Dataset, models: list[str] | None, cache_dir: Path, out_di
     if not 0 < settings.memory_fraction <= 1:
         raise MedprobeError(f"--memory-fraction {settings.memory_fraction:g} must be in (0, 1], e.g. 0.25")
     if dataset.multilabel:
-        refuse_unsupported(settings, tested)
+        refuse_unsupported(settings)
     if tested is not None:
         if with_datasets:
             raise MedprobeError("--test with --with: the external cohort would need every --with modality too; "
@@ -392,7 +390,7 @@ def probe(*, dataset: Dataset, models: list[str] | None, cache_dir: Path, out_di
     if tested is not None:
         tested, _ = _without_skipped(tested, [ref for job in jobs for ref in job.test_refs])
     if dataset.multilabel:
-        return _probe_multilabel(dataset, jobs, with_datasets, settings, out_dir, skipped, show_progress)
+        return _probe_multilabel(dataset, jobs, with_datasets, settings, out_dir, skipped, show_progress, tested)
     prober = Prober(dataset, settings, out_dir)
     prober.skipped = [{"id": i, "reason": why} for i, why in sorted(skipped.items())]
     budgets = [shot for shot in settings.shots if shot != "all"]
@@ -419,20 +417,24 @@ def probe(*, dataset: Dataset, models: list[str] | None, cache_dir: Path, out_di
 
 
 def _probe_multilabel(dataset: Dataset, jobs: list[Job], with_datasets, settings: ProbeSettings, out_dir: Path,
-                      skipped: dict[str, str], show_progress: bool) -> list[dict]:
-    """A multi-label dataset: per backbone and classifier, one binary probe per finding (probe.multilabel)."""
+                      skipped: dict[str, str], show_progress: bool, tested: Dataset | None) -> list[dict]:
+    """A multi-label dataset: per backbone and classifier, one binary probe per finding (probe.multilabel);
+    with `tested`, also the external record."""
     prober = MultilabelProber(dataset, settings, out_dir)
     prober.skipped = [{"id": i, "reason": why} for i, why in sorted(skipped.items())]
     records = []
     with compute_backend(settings.backend, settings.scheduler) as prober.backend, \
-            progress_bar("probe", total=len(jobs) * len(settings.classifiers), enabled=show_progress,
-                         unit="run") as advance:
+            progress_bar("probe", total=len(jobs) * len(settings.classifiers) * (1 + (tested is not None)),
+                         enabled=show_progress, unit="run") as advance:
         for job in jobs:
-            _load_features(job, [dataset, *with_datasets], settings, None)
+            _load_features(job, [dataset, *with_datasets], settings, tested)
             small = job.X.size <= SERIAL_LIMIT and prober.backend == "local"
             parallel = Parallel(n_jobs=1 if small else settings.n_jobs)
             for method in settings.classifiers:
                 records.append(prober.run(job, method, parallel))
                 advance(1)
-            job.X = None
+                if tested is not None:
+                    records.append(prober.run_external(job, method, parallel, tested))
+                    advance(1)
+            job.X = job.X_test = None
     return records

@@ -13,7 +13,7 @@ from pathlib import Path
 from medprobe import __version__
 from medprobe.errors import MedprobeError
 from medprobe.report import render
-from medprobe.report.cohorts import external_tables, finding_tables, subgroup_tables
+from medprobe.report.cohorts import calibration_tables, external_tables, finding_tables, subgroup_tables
 from medprobe.report.embedding import DEFAULT_PROJECTION, projection
 from medprobe.report.explanations import explanation_figures
 from medprobe.report.figures import draw_all
@@ -63,6 +63,7 @@ def build_report(*, results_dirs: list[Path], out_dir: Path, metric: str = "accu
                                    tables=tables, leaderboard=leaderboard, figures=figures,
                                    sections=[*external_tables(loaded.records, metric),
                                              *subgroup_tables(loaded.records, metric),
+                                             *calibration_tables(loaded.records),
                                              *finding_tables(loaded.records, replicates, seed)],
                                    problems=problems,
                                    notes=notes,

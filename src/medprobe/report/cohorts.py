@@ -9,11 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from medprobe.errors import MedprobeError
-from medprobe.report.records import FindingPredictions, RunRecord, number, read_finding_predictions
+from medprobe.report.records import FindingPredictions, RunRecord, read_finding_predictions
 from medprobe.report.stats import format_p, two_sided_p
 from medprobe.report.tables import method_order
-from medprobe.results.metrics import bootstrap_weights, group_codes
+from medprobe.results.metrics import CALIBRATION_BINS, bootstrap_weights, group_codes
 from medprobe.results.multilabel import multilabel_metrics
+from medprobe.results.schema import MetricValue
 
 
 @dataclass
@@ -25,14 +26,12 @@ class TextTable:
     note: str
 
 
-def _value_text(entry) -> str:
-    if not isinstance(entry, dict) or number(entry.get("value")) is None:
+def _value_text(entry: MetricValue | None) -> str:
+    if entry is None or entry.value is None:
         return "—"
-    ci = entry.get("ci")
-    value = float(entry["value"])
-    if isinstance(ci, list) and len(ci) == 2 and all(number(c) is not None for c in ci):
-        return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
-    return f"{value:.3f}"
+    if entry.ci:
+        return f"{entry.value:.3f} [{entry.ci[0]:.3f}, {entry.ci[1]:.3f}]"
+    return f"{entry.value:.3f}"
 
 
 def _newest(records: list[RunRecord]) -> list[RunRecord]:
@@ -59,12 +58,12 @@ def external_tables(records: list[RunRecord], metric: str) -> list[TextTable]:
         rows = []
         for record in _newest([r for r in mine if r.external is not None]):
             internal = by_file.get(record.external.internal_record)
-            inside, outside = (internal.value(metric) if internal else (None, None)), record.value(metric)
-            change = f"{outside[0] - inside[0]:+.3f}" if inside[0] is not None and outside[0] is not None else "—"
-            cohort = record.external.dataset.name
-            rows.append([record.model, record.method, str(cohort),
-                         _value_text({"value": inside[0], "ci": inside[1]}) if internal else "— (no record)",
-                         _value_text({"value": outside[0], "ci": outside[1]}), change])
+            inside = internal.metrics.get(metric) if internal else None
+            outside = record.metrics.get(metric)
+            change = f"{outside.value - inside.value:+.3f}" if inside and outside and None not in (
+                inside.value, outside.value) else "—"
+            rows.append([record.model, record.method, str(record.external.dataset.name),
+                         _value_text(inside) if internal else "— (no record)", _value_text(outside), change])
         tables.append(TextTable(dataset, f"{dataset}: internal vs external test ({metric})",
                                 ["backbone", "method", "external cohort", "internal (k-fold test)", "external",
                                  "change"], rows,
@@ -101,7 +100,7 @@ def subgroup_tables(records: list[RunRecord], metric: str) -> list[TextTable]:
                 worst = block.worst.get(metric)
                 gap = block.largest_gap.get(metric)
                 rows.append([record.model, record.method, _protocol_text(record), *cells,
-                             f"{worst['group']}: {worst['value']:.3f}" if worst else "—",
+                             f"{worst.group}: {worst.value:.3f}" if worst else "—",
                              f"{gap:.3f}" if gap is not None else "—"])
             minimum = mine[0].subgroups.min_samples
             tables.append(TextTable(dataset, f"{dataset}: {metric} by {column}",
@@ -109,6 +108,44 @@ def subgroup_tables(records: list[RunRecord], metric: str) -> list[TextTable]:
                                     f"Each group's test predictions scored alone, 95% bootstrap CI within the group; "
                                     f"groups under {minimum} test samples are not scored. Worst: the lowest value "
                                     "(the highest for ECE, Brier, NLL); gap: highest minus lowest, without a CI."))
+    return tables
+
+
+CALIBRATION_COLUMNS = (("ECE", "ece"), ("Brier", "brier"), ("NLL", "nll"))
+
+
+def calibration_tables(records: list[RunRecord]) -> list[TextTable]:
+    """Per dataset: every run whose scores are probabilities, its ECE, Brier and NLL as scored, and with
+    --calibrate the same after the calibrator and its fitted parameter per fold; runs whose scores are not
+    probabilities are named as such, not scored."""
+    tables = []
+    mine_all = _newest([r for r in records if not r.multilabel and r.calibration is not None])
+    for dataset in dict.fromkeys(r.dataset for r in mine_all):
+        runs = [r for r in mine_all if r.dataset == dataset]
+        if not any(r.probabilities for r in runs):
+            continue
+        rows = []
+        for record in runs:
+            head = [record.model, record.method, _protocol_text(record)]
+            if not record.probabilities:
+                rows.append([*head, "not probabilities", "", "", "", "", "", ""])
+                continue
+            calibrated = record.calibrated
+            after = calibrated.metrics if calibrated and calibrated.applied and calibrated.metrics else {}
+            parameters = [p.get("temperature") for p in (calibrated.per_fold or [])] if after else []
+            temperature = ", ".join(f"{t:.2f}" for t in parameters if isinstance(t, (int, float)))
+            rows.append([*head, *(_value_text(record.metrics.get(m)) for _, m in CALIBRATION_COLUMNS),
+                         *(_value_text(after.get(m)) if after else "—" for _, m in CALIBRATION_COLUMNS),
+                         temperature or (f"not applied: {calibrated.why}" if calibrated and calibrated.why else "—")])
+        tables.append(TextTable(dataset, f"{dataset}: calibration",
+                                ["backbone", "method", "protocol", *(name for name, _ in CALIBRATION_COLUMNS),
+                                 *(f"{name} calibrated" for name, _ in CALIBRATION_COLUMNS), "temperature per fold"],
+                                rows,
+                                "As scored, and after --calibrate (fitted on each fold's validation part only, "
+                                "applied to its test part; predictions unchanged). ECE over "
+                                f"{CALIBRATION_BINS} equal-mass bins of the top-class confidence; lower is better "
+                                "for all three. 95% bootstrap CIs. SVM and kNN scores are not probabilities and are "
+                                "not scored."))
     return tables
 
 
@@ -125,7 +162,7 @@ def paired_macro_auroc(runs: list[RunRecord], replicates: int, seed: int) -> lis
             loaded.append(read_finding_predictions(record))
         except MedprobeError:
             loaded.append(None)
-    values = [number((r.data.get("metrics") or {}).get("macro_auroc", {}).get("value")) for r in runs]
+    values = [(r.metrics.get("macro_auroc") or MetricValue(None)).value for r in runs]
     scored = [i for i, v in enumerate(values) if v is not None and loaded[i] is not None]
     if not scored:
         return ["n/c"] * len(runs)
@@ -165,15 +202,15 @@ def finding_tables(records: list[RunRecord], replicates: int, seed: int) -> list
     multilabel = _newest([r for r in records if r.multilabel])
     for dataset in dict.fromkeys(r.dataset for r in multilabel):
         runs = [r for r in multilabel if r.dataset == dataset]
-        findings = list(dict.fromkeys(f for r in runs for f in r.data.get("findings") or []))
+        findings = list(dict.fromkeys(f for r in runs for f in r.findings))
         rows = []
         for finding in findings:
             counts = (runs[0].data.get("finding_counts") or {}).get(finding, {})
             rows.append([finding, str(counts.get("positives", "?")),
-                         *(_value_text(((r.data.get("per_finding") or {}).get(finding) or {}).get("auroc"))
+                         *(_value_text(r.per_finding[finding].auroc if finding in r.per_finding else None)
                            for r in runs)])
         for label, metric in MULTILABEL_SUMMARY:
-            rows.append([label, "", *(_value_text((r.data.get("metrics") or {}).get(metric)) for r in runs)])
+            rows.append([label, "", *(_value_text(r.metrics.get(metric)) for r in runs)])
         rows.append(["paired test vs best macro AUROC", "", *paired_macro_auroc(runs, replicates, seed)])
         tables.append(TextTable(dataset, f"{dataset}: AUROC per finding (multi-label)",
                                 ["finding", "positives", *(f"{r.model} {r.method}" for r in runs)], rows,

@@ -16,9 +16,9 @@ import numpy as np
 
 from medprobe.errors import MedprobeError
 from medprobe.report.embedding import DEFAULT_PROJECTION, embedding_map, map_source, projection
-from medprobe.report.records import Predictions, RunRecord, number
+from medprobe.report.records import Predictions, RunRecord
 from medprobe.report.tables import Row, Table, is_frozen
-from medprobe.results.metrics import binary_auroc, equal_mass_bins
+from medprobe.results.metrics import CALIBRATION_BINS, binary_auroc, equal_mass_bins
 from medprobe.results.record import safe_name
 
 DPI = 110
@@ -267,10 +267,10 @@ def label_efficiency(dataset: str, shot_records: list[RunRecord], full_records: 
 
 
 def confusion_matrix(record: RunRecord) -> object | None:
-    block = record.data.get("confusion_matrix") or {}
-    labels, matrix = block.get("labels"), block.get("matrix")
-    if not labels or not matrix:
+    block = record.confusion
+    if block is None or not block.labels or not block.matrix:
         return None
+    labels, matrix = block.labels, block.matrix
     counts = np.asarray(matrix, dtype=float)
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)  # colour by recall, so rare classes show
     size = 1.6 + 0.55 * len(labels)
@@ -332,11 +332,10 @@ def reliability_diagram(record: RunRecord, predictions: Predictions) -> object:
     axes.plot([0, 1], [0, 1], ":", color="grey", linewidth=0.8, label="perfectly calibrated")
     axes.plot(mean_confidence, accuracy, "o-", color=_colours(1)[0], markersize=4,
               label=f"{len(bins)} equal-mass bins")
-    ece = (record.data.get("metrics") or {}).get("ece") or {}
-    if ece.get("value") is not None:
-        ci = ece.get("ci") or [None, None]
-        interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else ""
-        axes.text(0.04, 0.92, f"ECE {ece['value']:.3f}{interval}", transform=axes.transAxes, fontsize=8)
+    ece = record.metrics.get("ece")
+    if ece is not None and ece.value is not None:
+        interval = f" [{ece.ci[0]:.3f}, {ece.ci[1]:.3f}]" if ece.ci else ""
+        axes.text(0.04, 0.92, f"ECE {ece.value:.3f}{interval}", transform=axes.transAxes, fontsize=8)
     axes.set_xlim(0, 1.02)
     axes.set_ylim(0, 1.02)
     _finish_unit_square(axes, record, "confidence (top-class probability)", "accuracy")
@@ -346,7 +345,7 @@ def reliability_diagram(record: RunRecord, predictions: Predictions) -> object:
 def subgroup_forest(record: RunRecord, metric: str) -> object | None:
     """The run's `metric` per subgroup with its CI, one panel per subgroup column; None with nothing scored."""
     columns = {column: [g for g in block.groups if not g.too_small and
-                        (g.metrics.get(metric) or {}).get("value") is not None]
+                        g.metrics.get(metric) is not None and g.metrics[metric].value is not None]
                for column, block in record.subgroups.columns.items()}
     columns = {column: groups for column, groups in columns.items() if groups}
     if not columns:
@@ -355,8 +354,8 @@ def subgroup_forest(record: RunRecord, metric: str) -> object | None:
     figure = _new_figure(5.6, max(2.4, height))
     panels = figure.subplots(len(columns), 1, sharex=True, squeeze=False)[:, 0]
     for axes, (column, groups) in zip(panels, columns.items(), strict=True):
-        values = [g.metrics[metric]["value"] for g in groups]
-        cis = [g.metrics[metric].get("ci") for g in groups]
+        values = [g.metrics[metric].value for g in groups]
+        cis = [g.metrics[metric].ci for g in groups]
         positions = np.arange(len(groups))[::-1]
         axes.errorbar(values, positions, xerr=_whiskers(values, cis), fmt="o", color=_colours(1)[0], capsize=3,
                       markersize=4)
@@ -369,11 +368,15 @@ def subgroup_forest(record: RunRecord, metric: str) -> object | None:
     return figure
 
 
+def _finding_auroc(record: RunRecord, finding: str) -> float:
+    entry = record.per_finding.get(finding)
+    return np.nan if entry is None or entry.auroc.value is None else entry.auroc.value
+
+
 def finding_heatmap(dataset: str, runs: list[RunRecord]) -> object:
     """Findings (rows) x runs (columns) of a multi-label dataset, coloured and labelled by test AUROC."""
-    findings = list(dict.fromkeys(f for r in runs for f in r.data.get("findings") or []))
-    values = np.array([[number((((r.data.get("per_finding") or {}).get(f) or {}).get("auroc") or {}).get("value"))
-                        for r in runs] for f in findings], dtype=float)
+    findings = list(dict.fromkeys(f for r in runs for f in r.findings))
+    values = np.array([[_finding_auroc(r, f) for r in runs] for f in findings], dtype=float)
     figure = _new_figure(1.6 + 1.1 * len(runs), 1.2 + 0.36 * len(findings))
     axes = figure.subplots()
     image = axes.imshow(values, cmap="viridis", vmin=0.5, vmax=1.0, aspect="auto")
@@ -473,7 +476,8 @@ def draw_all(tables: list[Table], board: Table | None, records: list[RunRecord],
             which = "best run" if calibrated[1] is best[1] else "best run with probabilities"
             keep(reliability_diagram(record, predictions), dataset, f"{dataset}__reliability",
                  f"{dataset}: reliability of the {which} ({record.model}, {record.method})",
-                 "Test accuracy against mean top-class confidence in 15 equal-mass bins (the record's ECE bins); "
+                 f"Test accuracy against mean top-class confidence in {CALIBRATION_BINS} equal-mass bins (the "
+                 "record's ECE bins); "
                  "on the diagonal a confidence of p is right a fraction p of the time. SVM and kNN scores are "
                  "not probabilities and are not drawn.")
         else:

@@ -22,10 +22,18 @@ from medprobe.results.schema import (
     READABLE_SCHEMAS,
     RECORD_SCHEMA,
     SCHEMA_FAMILY,
+    Calibrated,
+    Calibration,
+    ConfusionMatrix,
     Cost,
     ExternalInfo,
+    FindingMetrics,
+    FoldSize,
     MetricValue,
+    PatientMetrics,
     Subgroups,
+    findings_from_json,
+    metrics_from_json,
     number,
     upgrade,
 )
@@ -74,9 +82,45 @@ class RunRecord:
         return self.data["dataset"]["name"]
 
     @property
+    def calibration(self) -> Calibration | None:
+        """How calibration was measured, or why not; None for records written before calibration."""
+        return Calibration.from_json(self.data.get("calibration"))
+
+    @property
     def probabilities(self) -> bool:
         """Its scores are probabilities, so calibration was measured (records before calibration: unknown, no)."""
-        return bool((self.data.get("calibration") or {}).get("scores_are_probabilities"))
+        return bool(self.calibration and self.calibration.scores_are_probabilities)
+
+    @property
+    def calibrated(self) -> Calibrated | None:
+        """--calibrate's block (the calibrator and the metrics after it, or why not applied); None without it."""
+        return Calibrated.from_json(self.data.get("calibrated"))
+
+    @property
+    def metrics(self) -> dict[str, MetricValue]:
+        return metrics_from_json(self.data.get("metrics"))
+
+    @property
+    def patient_metrics(self) -> PatientMetrics | None:
+        return PatientMetrics.from_json(self.data.get("patient_metrics"))
+
+    @property
+    def per_finding(self) -> dict[str, FindingMetrics]:
+        """A multi-label record's metrics per finding ({} for single-label records)."""
+        return findings_from_json(self.data.get("per_finding"))
+
+    @property
+    def findings(self) -> list[str]:
+        return [str(f) for f in self.data.get("findings") or []]
+
+    @property
+    def sizes(self) -> list[FoldSize]:
+        read = [FoldSize.from_json(s) for s in self.data.get("sizes") or []]
+        return [s for s in read if s is not None]
+
+    @property
+    def confusion(self) -> ConfusionMatrix | None:
+        return ConfusionMatrix.from_json(self.data.get("confusion_matrix"))
 
     @property
     def model(self) -> str:
@@ -131,13 +175,14 @@ class RunRecord:
         """The file name, which says model, pool, method, protocol and seed."""
         return self.path.name
 
-    def metric_block(self, level: str) -> dict:
-        block = self.data.get("metrics") if level == "sample" else (self.data.get("patient_metrics") or {}).get(
-            "metrics")
-        return block if isinstance(block, dict) else {}
+    def metric_block(self, level: str) -> dict[str, MetricValue]:
+        if level == "sample":
+            return self.metrics
+        patient = self.patient_metrics
+        return patient.metrics if patient else {}
 
     def value(self, metric: str, level: str = "sample") -> tuple[float | None, list[float] | None]:
-        entry = MetricValue.from_json(self.metric_block(level).get(metric))
+        entry = self.metric_block(level).get(metric)
         if entry is None:
             return None, None
         return entry.value, list(entry.ci) if entry.ci else None

@@ -16,6 +16,7 @@ from medprobe.report.figures import Figure
 from medprobe.report.records import LEVELS, REPORT_METRICS, Backbone, Problem, RunRecord, number
 from medprobe.report.stats import format_p
 from medprobe.report.tables import Cell, Table
+from medprobe.results.subgroups import LOWER_IS_BETTER
 
 SIGNIFICANCE = 0.05  # the LaTeX dagger; the other formats print p itself
 
@@ -383,9 +384,10 @@ def _csv_value(value, digits: int):
 def worst_subgroup(record: RunRecord, metric: str) -> dict:
     """summary.csv's worst subgroup over every --subgroups column ("sex=M") and its `metric` value."""
     columns = record.subgroups.columns if record.subgroups else {}
-    worst = [(entry["value"], f"{column}={entry['group']}") for column, block in columns.items()
+    worst = [(entry.value, f"{column}={entry.group}") for column, block in columns.items()
              if (entry := block.worst.get(metric))]
-    value, group = min(worst) if worst else (None, None)
+    pick = max if metric in LOWER_IS_BETTER else min
+    value, group = pick(worst) if worst else (None, None)
     return {f"worst_subgroup_{metric}": group, f"worst_subgroup_{metric}_value": value}
 
 
@@ -405,8 +407,8 @@ def render_summary_csv(content: ReportContent) -> str:
     writer.writeheader()
     for record in content.records:
         data = record.data
-        sizes = [s.get("test") for s in data.get("sizes") or [] if isinstance(s, dict)]
-        patients = (data.get("patient_metrics") or {}).get("patients")
+        sizes = [s.test for s in record.sizes]
+        patients = record.patient_metrics.patients if record.patient_metrics else None
         backbone = record.backbone
         row = {"dataset": record.dataset, "model": record.model, "method": record.method, "kind": record.kind,
                "protocol": record.protocol, "pool": record.pool, "shots": record.shots, "seed": data.get("seed"),

@@ -9,6 +9,7 @@ import numpy as np
 
 from medprobe.errors import MedprobeError
 from medprobe.results.metrics import CALIBRATION_METRICS, PROBABILITY_FLOOR, evaluate, softmax, summarize_metrics
+from medprobe.results.schema import Calibrated
 
 CALIBRATORS: dict[str, type[Calibrator]] = {}
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # searched in log space; a bound hit is recorded as such
@@ -73,7 +74,7 @@ class Temperature(Calibrator):
 
 
 def calibrated_block(name: str, fitted: list[tuple[int, dict, np.ndarray]], y: np.ndarray, *,
-                     clusters: np.ndarray | None, replicates: int, seed: int, fitted_on: str) -> dict:
+                     clusters: np.ndarray | None, replicates: int, seed: int, fitted_on: str) -> Calibrated:
     """A record's `calibrated`: per fold (index, the calibrator's parameters, its test scores in pooled order),
     the calibrator applied, and the calibration metrics of the result with their bootstrap CIs."""
     calibrator = get_calibrator(name)
@@ -82,9 +83,9 @@ def calibrated_block(name: str, fitted: list[tuple[int, dict, np.ndarray]], y: n
                                     calibration=True)
     metrics, _ = summarize_metrics({m: point[m] for m in CALIBRATION_METRICS},
                                    {m: distributions[m] for m in CALIBRATION_METRICS}, [])
-    return {"method": name, "applied": True, "summary": calibrator.summary, "fitted_on": fitted_on,
-            "per_fold": [{"fold": index, **params} for index, params, _ in fitted], "metrics": metrics}
+    return Calibrated(name, True, summary=calibrator.summary, fitted_on=fitted_on,
+                      per_fold=[{"fold": index, **params} for index, params, _ in fitted], metrics=metrics)
 
 
-def not_applied(name: str, why: str) -> dict:
-    return {"method": name, "applied": False, "why": why}
+def not_applied(name: str, why: str) -> Calibrated:
+    return Calibrated(name, False, why=why)

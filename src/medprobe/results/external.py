@@ -16,16 +16,27 @@ def matched_test_set(dataset: Dataset, tested: Dataset) -> Dataset:
     """The external cohort with DATA's classes in DATA's order; an error naming any class one has and the
     other lacks (a probe cannot predict a class it never saw, nor be scored on one that is absent)."""
     tested.require_labels()
+    if dataset.multilabel != tested.multilabel:
+        kind = {True: "multi-label", False: "single-label"}
+        raise MedprobeError(f"--test {tested.source} is {kind[tested.multilabel]} but {dataset.source} is "
+                            f"{kind[dataset.multilabel]}; the external cohort needs DATA's kind of labels")
+    what, some, plural = ("finding", "finding(s)", "findings") if dataset.multilabel else ("class", "class(es)",
+                                                                                          "classes")
     unseen = [c for c in tested.classes if c not in dataset.classes]
     absent = [c for c in dataset.classes if c not in tested.classes]
     if unseen or absent:
-        parts = ([f"class(es) {', '.join(unseen)} not in {dataset.source}"] if unseen else []) + (
-            [f"no sample of {', '.join(absent)}"] if absent else [])
-        raise MedprobeError(f"--test {tested.source}: {'; '.join(parts)}; the external test set needs the classes "
-                            f"of DATA ({', '.join(dataset.classes)}), relabel it or leave those samples out")
+        parts = ([f"{some} {', '.join(unseen)} not in {dataset.source}"] if unseen else []) + (
+            [f"no {what} {', '.join(absent)}" if dataset.multilabel else f"no sample of {', '.join(absent)}"]
+            if absent else [])
+        fix = ("label them alike (a finding no image has: a 0/1 column in a spec's labels = [...])"
+               if dataset.multilabel else "relabel it or leave those samples out")
+        raise MedprobeError(f"--test {tested.source}: {'; '.join(parts)}; the external test set needs the "
+                            f"{plural} of DATA ({', '.join(dataset.classes)}), {fix}")
     if tested.key == dataset.key and set(tested.ids) & set(dataset.ids):
         raise MedprobeError(f"--test {tested.source}: it shares images with {dataset.source}; an external test set "
                             "must be other images (another site or cohort)")
+    if dataset.multilabel:
+        return tested.with_finding_order(list(dataset.findings))
     return tested.with_class_order(list(dataset.classes))
 
 

@@ -12,11 +12,13 @@ one half.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 from scipy import sparse
 
 from medprobe.data.splits import patient_ids
+from medprobe.results.schema import Calibration, ConfusionMatrix, MetricValue, PatientMetrics
 
 CONFUSION_METRICS = ("accuracy", "balanced_accuracy", "precision_weighted", "recall_weighted", "f1_weighted",
                      "precision_macro", "recall_macro", "f1_macro")
@@ -154,15 +156,16 @@ def all_metrics(y: np.ndarray, scores: np.ndarray, weights: np.ndarray, *, ordin
     return out
 
 
-def calibration_block(scores_are: str) -> dict:
+def calibration_block(scores_are: str) -> Calibration:
     """What the record says about calibration: how it was measured, or why it was not."""
     if scores_are != PROBABILITIES:
-        return {"scores_are_probabilities": False,
-                "why": f"the scores are {scores_are}, not probabilities; ECE, Brier and NLL are not computed"}
-    return {"scores_are_probabilities": True, "ece_bins": CALIBRATION_BINS,
-            "ece_binning": "equal-mass over the pooled test predictions' top-class confidence, kept for the bootstrap",
-            "brier": "squared error summed over classes (halved for two classes, scikit-learn's convention)",
-            "nll": "mean -log p(true class), p floored at float64 eps"}
+        return Calibration(False, why=f"the scores are {scores_are}, not probabilities; ECE, Brier and NLL are not "
+                                      "computed")
+    return Calibration(
+        True, ece_bins=CALIBRATION_BINS,
+        ece_binning="equal-mass over the pooled test predictions' top-class confidence, kept for the bootstrap",
+        brier="squared error summed over classes (halved for two classes, scikit-learn's convention)",
+        nll="mean -log p(true class), p floored at float64 eps")
 
 
 def balanced_accuracy(y: np.ndarray, scores: np.ndarray) -> float:
@@ -226,11 +229,18 @@ def evaluate_mean(y: np.ndarray, repeated_scores: list[np.ndarray], *, ordinal: 
     return mean, std, distributions
 
 
-def summarize_metrics(point: dict, distributions: dict, classes: list[str]) -> tuple[dict, dict]:
-    """{name: {value, ci}} for the record, with per-class recall keyed by class name."""
+def metric_value(value: float, distribution: np.ndarray) -> MetricValue:
+    """A point value (None when not finite) with the percentile CI of its bootstrap distribution."""
+    ci = interval(distribution)
+    return MetricValue(float(value) if np.isfinite(value) else None, tuple(ci) if ci else None)
+
+
+def summarize_metrics(point: dict, distributions: dict,
+                      classes: list[str]) -> tuple[dict[str, MetricValue], dict[str, MetricValue]]:
+    """Each metric as a MetricValue for the record, with per-class recall keyed by class name."""
     metrics, per_class = {}, {}
     for name, value in point.items():
-        entry = {"value": None if not np.isfinite(value) else value, "ci": interval(distributions[name])}
+        entry = metric_value(value, distributions[name])
         if name.startswith("recall["):
             per_class[classes[int(name[7:-1])]] = entry
         else:
@@ -263,7 +273,7 @@ def patient_level(y: np.ndarray, scores: np.ndarray, groups: list[str | None]) -
 
 
 def patient_block(y: np.ndarray, repeated_scores: list[np.ndarray], groups: list[str | None], classes: list[str], *,
-                  ordinal: bool, replicates: int, seed: int, calibration: bool = False) -> dict | None:
+                  ordinal: bool, replicates: int, seed: int, calibration: bool = False) -> PatientMetrics | None:
     """Patient-level metrics from mean slice scores (averaged over repeats, if several); None without
     groups or when a patient's slices disagree on the label."""
     per_patient = [patient_level(y, scores, groups) for scores in repeated_scores]
@@ -273,8 +283,7 @@ def patient_block(y: np.ndarray, repeated_scores: list[np.ndarray], groups: list
     mean, _, distributions = evaluate_mean(labels, [p[1] for p in per_patient], ordinal=ordinal,
                                            replicates=replicates, seed=seed, calibration=calibration)
     metrics, per_class = summarize_metrics(mean, distributions, classes)
-    return {"patients": len(labels), "aggregation": "mean slice score", "metrics": metrics,
-            "per_class_recall": per_class}
+    return PatientMetrics(len(labels), "mean slice score", metrics, per_class_recall=per_class)
 
 
 def test_report(y: np.ndarray, scores: np.ndarray, *, fold_of: np.ndarray, groups: list[str | None],
@@ -291,14 +300,13 @@ def test_report(y: np.ndarray, scores: np.ndarray, *, fold_of: np.ndarray, group
                             calibration=calibration)[0] for f in np.unique(fold_of)]
     for name, entry in metrics.items():
         values = np.array([p[name] for p in fold_points], dtype=float)
-        finite = np.isfinite(values).any()
-        entry["fold_mean"] = float(np.nanmean(values)) if finite else None
-        entry["fold_std"] = float(np.nanstd(values)) if finite else None
+        if np.isfinite(values).any():
+            metrics[name] = replace(entry, fold_mean=float(np.nanmean(values)), fold_std=float(np.nanstd(values)))
     confusion = np.zeros((len(classes),) * 2, dtype=int)
     np.add.at(confusion, (y, scores.argmax(axis=1)), 1)
     return {
         "metrics": metrics, "per_class_recall": per_class,
-        "confusion_matrix": {"labels": list(classes), "rows": "true", "matrix": confusion.tolist()},
+        "confusion_matrix": ConfusionMatrix(list(classes), confusion.tolist()),
         "calibration": calibration_block(scores_are),
         "patient_metrics": patient_block(y, [scores], groups, classes, ordinal=ordinal, replicates=replicates,
                                          seed=seed, calibration=calibration),

@@ -11,7 +11,8 @@ import warnings
 
 import numpy as np
 
-from medprobe.results.metrics import _auroc_of_columns, _safe_divide, bootstrap_weights, interval
+from medprobe.results.metrics import _auroc_of_columns, _safe_divide, bootstrap_weights, metric_value
+from medprobe.results.schema import FindingMetrics, PatientMetrics
 
 SUMMARY_METRICS = ("macro_auroc", "micro_auroc", "mean_average_precision", "macro_f1")
 FINDING_METRICS = ("auroc", "average_precision", "f1")
@@ -79,16 +80,14 @@ def multilabel_report(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray,
     chunks = [multilabel_metrics(Y, scores, thresholds, w) for w in bootstrap_weights(len(Y), replicates, seed,
                                                                                        clusters)] if replicates else []
 
-    def entry(name: str) -> dict:
-        distribution = np.concatenate([c[name] for c in chunks]) if chunks else np.empty(0)
-        value = point[name]
-        return {"value": value if np.isfinite(value) else None, "ci": interval(distribution)}
+    def entry(name: str):
+        return metric_value(point[name], np.concatenate([c[name] for c in chunks]) if chunks else np.empty(0))
 
     per_finding = {}
     for f, finding in enumerate(findings):
         known = ~np.isnan(Y[:, f])
-        per_finding[finding] = {"known": int(known.sum()), "positives": int((Y[known, f] == 1).sum()),
-                                **{metric: entry(f"{metric}[{f}]") for metric in FINDING_METRICS}}
+        per_finding[finding] = FindingMetrics(int(known.sum()), int((Y[known, f] == 1).sum()),
+                                              **{metric: entry(f"{metric}[{f}]") for metric in FINDING_METRICS})
     return {"metrics": {name: entry(name) for name in SUMMARY_METRICS}, "per_finding": per_finding}
 
 
@@ -118,11 +117,11 @@ def multilabel_records(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray
     report["patient_metrics"] = None
     if clusters is not None:
         truth, patient_scores, patient_thresholds = per_patient(Y, scores, thresholds, clusters)
-        report["patient_metrics"] = {
-            "patients": len(truth), "aggregation": "mean image score per finding; a patient has a finding when any "
-                                                   "of its known images has it",
-            **multilabel_report(truth, patient_scores, patient_thresholds, findings, replicates=replicates, seed=seed,
-                                clusters=None)}
+        patient = multilabel_report(truth, patient_scores, patient_thresholds, findings, replicates=replicates,
+                                    seed=seed, clusters=None)
+        report["patient_metrics"] = PatientMetrics(
+            len(truth), "mean image score per finding; a patient has a finding when any of its known images has it",
+            patient["metrics"], per_finding=patient["per_finding"])
     return report
 
 

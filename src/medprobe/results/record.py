@@ -20,7 +20,15 @@ import numpy as np
 from medprobe import __version__
 from medprobe.data.samples import Dataset
 from medprobe.data.splits import SplitPlan
-from medprobe.results.schema import RECORD_SCHEMA, SINGLE_LABEL, BootstrapInfo, DatasetInfo, RecordHeader
+from medprobe.results.schema import (
+    RECORD_SCHEMA,
+    SINGLE_LABEL,
+    BootstrapInfo,
+    DatasetInfo,
+    FoldSize,
+    RecordHeader,
+    to_json,
+)
 from medprobe.results.subgroups import CSV_PREFIX as SUBGROUP_CSV_PREFIX
 from medprobe.results.subgroups import subgroup_values
 from medprobe.timestamps import now_iso
@@ -52,20 +60,6 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(temporary, path)
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
 def write_predictions(path: Path, *, ids: Sequence[str], groups: Sequence[str | None], folds: Sequence[int],
                       labels: Sequence[str], classes: Sequence[str], scores: np.ndarray,
                       subgroups: dict[str, list[str]] | None = None) -> None:
@@ -86,41 +80,51 @@ def write_predictions(path: Path, *, ids: Sequence[str], groups: Sequence[str | 
 
 def write_multilabel_predictions(path: Path, *, ids: Sequence[str], groups: Sequence[str | None],
                                  folds: Sequence[int], findings: Sequence[str], truth: np.ndarray, scores: np.ndarray,
-                                 thresholds: np.ndarray) -> None:
+                                 thresholds: np.ndarray, subgroups: dict[str, list[str]] | None = None) -> None:
     """One row per test image: id, group, fold, then per finding true_<f> (1, 0, or empty: unknown), score_<f>
-    and threshold_<f> (the fold's; predicted present: score >= threshold), so every multi-label metric
-    recomputes from it."""
+    and threshold_<f> (the fold's; predicted present: score >= threshold), then subgroup_<column> per
+    `subgroups` column, so every multi-label metric recomputes from it."""
+    subgroups = subgroups or {}
+
     def write(handle) -> None:
         writer = csv.writer(handle)
         writer.writerow(["id", "group", "fold", *(f"{kind}_{f}" for f in findings
-                                                  for kind in ("true", "score", "threshold"))])
+                                                  for kind in ("true", "score", "threshold")),
+                         *(f"{SUBGROUP_CSV_PREFIX}{column}" for column in subgroups)])
         for i, sample_id in enumerate(ids):
             cells = []
             for f in range(len(findings)):
                 cells += ["" if np.isnan(truth[i, f]) else int(truth[i, f]), repr(float(scores[i, f])),
                           repr(float(thresholds[i, f]))]
-            writer.writerow([sample_id, groups[i] or "", folds[i], *cells])
+            writer.writerow([sample_id, groups[i] or "", folds[i], *cells,
+                             *(values[i] for values in subgroups.values())])
 
     _atomic_write(path, write)
 
 
 def save_multilabel_run(out_dir: Path, dataset: Dataset, name: str, record: dict, positions: np.ndarray,
-                        fold_of: np.ndarray, scores: np.ndarray, thresholds: np.ndarray) -> dict:
-    """save_run for a multi-label run: the predictions CSV (write_multilabel_predictions), then the record."""
-    json_path, csv_path = record_paths(out_dir, dataset.name, name)
+                        fold_of: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, *,
+                        subgroups: Sequence[str] = (), folder: str | None = None) -> dict:
+    """save_run for a multi-label run: the predictions CSV (write_multilabel_predictions) of `dataset`'s images
+    at `positions`, then the record."""
+    json_path, csv_path = record_paths(out_dir, folder or dataset.name, name)
     chosen = [dataset.samples[i] for i in positions]
     write_multilabel_predictions(csv_path, ids=[c.id for c in chosen], groups=[c.group for c in chosen],
                                  folds=fold_of.tolist(), findings=dataset.findings,
-                                 truth=dataset.finding_matrix()[positions], scores=scores, thresholds=thresholds)
+                                 truth=dataset.finding_matrix()[positions], scores=scores, thresholds=thresholds,
+                                 subgroups={column: subgroup_values(dataset, positions, column)
+                                            for column in subgroups})
     record["predictions"] = csv_path.name
     record["record_path"] = str(json_path)
-    write_record(json_path, record)
-    return record
+    return write_record(json_path, record)
 
 
-def write_record(path: Path, record: dict) -> None:
-    record = {"schema": RECORD_SCHEMA, **record}  # the header's own, or the current one
-    _atomic_write(path, lambda handle: json.dump(_jsonable(record), handle, indent=2, sort_keys=False))
+def write_record(path: Path, record: dict) -> dict:
+    """Write the record atomically as JSON (results.schema.to_json) and return that JSON form, which is what
+    callers hand on (the API, the console tables), so what they read is what the file says."""
+    data = to_json({"schema": RECORD_SCHEMA, **record})  # the header's own schema, or the current one
+    _atomic_write(path, lambda handle: json.dump(data, handle, indent=2, sort_keys=False))
+    return data
 
 
 def run_header(dataset: Dataset, plan: SplitPlan, *, kind: str, method: str, model: str, pool: str,
@@ -135,8 +139,8 @@ def run_header(dataset: Dataset, plan: SplitPlan, *, kind: str, method: str, mod
         ordinal=ordinal, medprobe_version=__version__, created_at=now_iso()).to_dict()
 
 
-def fold_sizes(folds) -> list[dict]:
-    return [{"fold": f.index, "train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in folds]
+def fold_sizes(folds) -> list[FoldSize]:
+    return [FoldSize(f.index, len(f.train), len(f.val), len(f.test)) for f in folds]
 
 
 def save_run(out_dir: Path, dataset: Dataset, name: str, record: dict, positions: np.ndarray,
@@ -152,8 +156,7 @@ def save_run(out_dir: Path, dataset: Dataset, name: str, record: dict, positions
                                                 for column in subgroups})
     record["predictions"] = csv_path.name
     record["record_path"] = str(json_path)
-    write_record(json_path, record)
-    return record
+    return write_record(json_path, record)
 
 
 def read_record(path: Path) -> dict:

@@ -1,6 +1,12 @@
 """The run record's schema, shared by probe, finetune and report: its version, the typed header every record
 opens with, the record's file name, and the upgrade of older records on reading.
 
+Every block a record holds beyond free-form provenance is a dataclass here: the header, split sizes, metric
+values, per-class and per-finding metrics, patient-level metrics, calibration, subgroups, an external
+cohort and a fine-tune's cost. Writers put these objects into the record and `to_json` (the one serializer,
+used by results.record.write_record) turns them into JSON; the report reads each block back through its
+`from_json`, so a field is named in one place.
+
 Schema 2 (this release) adds `task` ("single-label" or "multilabel") to every record. Schema 1 records
 (no `task`) still load: `upgrade` fills what they lack, so the report reads both through the same code.
 """
@@ -8,7 +14,9 @@ Schema 2 (this release) adds `task` ("single-label" or "multilabel") to every re
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+
+import numpy as np
 
 SCHEMA_FAMILY = "medprobe.run"
 RECORD_SCHEMA = f"{SCHEMA_FAMILY}/2"
@@ -66,6 +74,30 @@ class RecordHeader:
         return {"schema": data.pop("schema"), **data}
 
 
+def to_json(value):
+    """A record (or any part of one) as JSON values: dataclasses through their `to_dict` (else field by field),
+    numpy scalars and arrays as Python ones, non-finite floats as null."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return to_json(value.to_dict() if hasattr(value, "to_dict") else
+                       {f.name: getattr(value, f.name) for f in fields(value)})
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_json(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _set_fields(obj) -> dict:
+    """A dataclass's fields that are not None, for blocks whose optional parts are absent rather than null."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj) if getattr(obj, f.name) is not None}
+
+
 def number(value) -> float | None:
     """A finite float, or None for anything else (missing, '', NaN, text)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -84,14 +116,170 @@ class MetricValue:
     fold_std: float | None = None
     repeat_std: float | None = None
 
+    def to_dict(self) -> dict:
+        """value and ci always (null when missing); the spreads where measured."""
+        spreads = {name: getattr(self, name) for name in ("fold_mean", "fold_std", "repeat_std")
+                   if getattr(self, name) is not None}
+        return {"value": self.value, "ci": list(self.ci) if self.ci else None, **spreads}
+
     @classmethod
     def from_json(cls, entry) -> MetricValue | None:
+        if isinstance(entry, MetricValue):
+            return entry
         if not isinstance(entry, dict):
             return None
         ci = entry.get("ci")
-        bounds = [number(c) for c in ci] if isinstance(ci, list) and len(ci) == 2 else [None]
+        bounds = [number(c) for c in ci] if isinstance(ci, (list, tuple)) and len(ci) == 2 else [None]
         return cls(number(entry.get("value")), tuple(bounds) if None not in bounds else None,
                    number(entry.get("fold_mean")), number(entry.get("fold_std")), number(entry.get("repeat_std")))
+
+
+def metrics_from_json(block) -> dict[str, MetricValue]:
+    """A `metrics` (or `per_class_recall`) block: name -> MetricValue, unreadable entries left out."""
+    if not isinstance(block, dict):
+        return {}
+    read = {name: MetricValue.from_json(entry) for name, entry in block.items()}
+    return {name: value for name, value in read.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class FoldSize:
+    """One entry of a record's `sizes`: a fold's train, validation and test counts; an external record's single
+    entry adds `refit` (the samples of DATA the final model was fitted on; probes) and counts DATA2 as test."""
+
+    fold: int
+    train: int
+    val: int
+    test: int
+    refit: int | None = None
+
+    def to_dict(self) -> dict:
+        return _set_fields(self)
+
+    @classmethod
+    def from_json(cls, data) -> FoldSize | None:
+        try:
+            return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+        except (TypeError, AttributeError):
+            return None
+
+
+@dataclass(frozen=True)
+class ConfusionMatrix:
+    labels: list[str]
+    matrix: list[list[int]]
+    rows: str = "true"
+
+    def to_dict(self) -> dict:
+        return {"labels": self.labels, "rows": self.rows, "matrix": self.matrix}
+
+    @classmethod
+    def from_json(cls, data) -> ConfusionMatrix | None:
+        try:
+            return cls(list(data["labels"]), [list(row) for row in data["matrix"]], data.get("rows", "true"))
+        except (TypeError, KeyError, AttributeError):
+            return None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A record's `calibration`: whether its scores are probabilities, and so how ECE, Brier and NLL were
+    measured, or why they were not."""
+
+    scores_are_probabilities: bool
+    why: str | None = None
+    ece_bins: int | None = None
+    ece_binning: str | None = None
+    brier: str | None = None
+    nll: str | None = None
+
+    def to_dict(self) -> dict:
+        return _set_fields(self)
+
+    @classmethod
+    def from_json(cls, data) -> Calibration | None:
+        """The block as written, or None for records without one (written before calibration)."""
+        if not isinstance(data, dict):
+            return None
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """A record's `calibrated` (--calibrate): the calibrator, where it was fitted, its per-fold parameters and
+    the calibration metrics after it; or, not applied, why."""
+
+    method: str
+    applied: bool
+    why: str | None = None
+    summary: str | None = None
+    fitted_on: str | None = None
+    per_fold: list[dict] | None = None
+    metrics: dict[str, MetricValue] | None = None
+
+    def to_dict(self) -> dict:
+        return _set_fields(self)
+
+    @classmethod
+    def from_json(cls, data) -> Calibrated | None:
+        if not isinstance(data, dict) or "method" not in data:
+            return None
+        values = {f.name: data.get(f.name) for f in fields(cls)}
+        return cls(**{**values, "applied": bool(values["applied"]),
+                      "metrics": metrics_from_json(data["metrics"]) if "metrics" in data else None})
+
+
+@dataclass(frozen=True)
+class FindingMetrics:
+    """One finding of a multi-label record's `per_finding`: its known and positive test labels, AUROC, average
+    precision and F1 at the validated thresholds."""
+
+    known: int
+    positives: int
+    auroc: MetricValue
+    average_precision: MetricValue
+    f1: MetricValue
+
+    @classmethod
+    def from_json(cls, data) -> FindingMetrics | None:
+        try:
+            scores = {name: MetricValue.from_json(data.get(name)) or MetricValue(None)
+                      for name in ("auroc", "average_precision", "f1")}
+            return cls(int(data["known"]), int(data["positives"]), **scores)
+        except (TypeError, KeyError, AttributeError, ValueError):
+            return None
+
+
+def findings_from_json(block) -> dict[str, FindingMetrics]:
+    if not isinstance(block, dict):
+        return {}
+    read = {name: FindingMetrics.from_json(entry) for name, entry in block.items()}
+    return {name: value for name, value in read.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class PatientMetrics:
+    """A record's `patient_metrics`: the metrics again on patient-level predictions (single-label: per-class
+    recall; multi-label: per finding)."""
+
+    patients: int
+    aggregation: str
+    metrics: dict[str, MetricValue]
+    per_class_recall: dict[str, MetricValue] | None = None
+    per_finding: dict[str, FindingMetrics] | None = None
+
+    def to_dict(self) -> dict:
+        return _set_fields(self)
+
+    @classmethod
+    def from_json(cls, data) -> PatientMetrics | None:
+        """The block as written, or None (no patients, or a label that varies within a patient)."""
+        try:
+            return cls(int(data["patients"]), str(data.get("aggregation") or ""), metrics_from_json(data["metrics"]),
+                       metrics_from_json(data["per_class_recall"]) if "per_class_recall" in data else None,
+                       findings_from_json(data["per_finding"]) if "per_finding" in data else None)
+        except (TypeError, KeyError, AttributeError, ValueError):
+            return None
 
 
 @dataclass(frozen=True)
@@ -134,8 +322,8 @@ class SubgroupGroup:
     value: str
     samples: int
     patients: int
-    metrics: dict | None = None  # name -> {value, ci}
-    per_class_recall: dict | None = None
+    metrics: dict[str, MetricValue] | None = None
+    per_class_recall: dict[str, MetricValue] | None = None
 
     @property
     def too_small(self) -> bool:
@@ -148,11 +336,17 @@ class SubgroupGroup:
         return {**head, "metrics": self.metrics, "per_class_recall": self.per_class_recall}
 
 
+@dataclass(frozen=True)
+class WorstGroup:
+    group: str
+    value: float
+
+
 @dataclass
 class SubgroupColumn:
     groups: list[SubgroupGroup]
-    worst: dict  # metric -> {group, value}
-    largest_gap: dict  # metric -> highest minus lowest over the scored groups
+    worst: dict[str, WorstGroup]  # per metric: the lowest group (the highest for ECE, Brier, NLL)
+    largest_gap: dict[str, float]  # per metric: highest minus lowest over the scored groups
 
 
 @dataclass
@@ -173,9 +367,14 @@ class Subgroups:
     def from_json(cls, data) -> Subgroups | None:
         """The block as written, or None when absent or malformed."""
         try:
-            columns = {name: SubgroupColumn([SubgroupGroup(g["value"], g["samples"], g["patients"], g.get("metrics"),
-                                                           g.get("per_class_recall")) for g in block["groups"]],
-                                            dict(block["worst"]), dict(block["largest_gap"]))
+            columns = {name: SubgroupColumn([SubgroupGroup(g["value"], g["samples"], g["patients"],
+                                                           metrics_from_json(g["metrics"]) if "metrics" in g else None,
+                                                           metrics_from_json(g["per_class_recall"])
+                                                           if g.get("per_class_recall") is not None else None)
+                                             for g in block["groups"]],
+                                            {metric: WorstGroup(str(w["group"]), float(w["value"]))
+                                             for metric, w in block["worst"].items()},
+                                            dict(block["largest_gap"]))
                        for name, block in data["columns"].items()}
             return cls(int(data["min_samples"]), columns, data.get("size_unit", cls.size_unit),
                        data.get("ci", cls.ci))
