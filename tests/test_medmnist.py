@@ -71,10 +71,32 @@ def test_medmnist_3d_volumes_become_slices_grouped_by_volume(tmp_path):
         np.testing.assert_array_equal(np.asarray(item.image)[..., 0], arrays["train_images"][0][3])
 
 
+def test_chestmnist_is_a_multilabel_dataset_with_medmnists_findings(tmp_path, capsys):
+    from medprobe.data.medmnist import medmnist_info
+    from medprobe.data.splits import dataset_splits
+
+    path = write_npz(tmp_path / "chestmnist.npz")
+    rng = np.random.default_rng(1)
+    with np.load(path) as arrays:
+        arrays = dict(arrays)
+    for split in COUNTS:
+        arrays[f"{split}_labels"] = (rng.random((COUNTS[split], 14)) < 0.4).astype(np.uint8)
+    np.savez_compressed(path, **arrays)
+    dataset = load_dataset(path)
+    names = medmnist_info().INFO["chestmnist"]["label"]
+    assert dataset.multilabel and dataset.findings == [names[str(k)] for k in range(14)]
+    truth = np.concatenate([arrays[f"{split}_labels"] for split in COUNTS]).astype(float)
+    np.testing.assert_array_equal(dataset.finding_matrix(), truth)
+    plan = dataset_splits(dataset)
+    assert plan.protocol == "given-split" and len(plan.folds[0].test) == COUNTS["test"]
+    code, out, err = cli(capsys, "datasets", "inspect", path)
+    assert code == 0, err
+
+
 def test_medmnist_refusals_are_one_clear_line(tmp_path, capsys, monkeypatch):
-    chest = write_npz(tmp_path / "chestmnist.npz", labels_per_image=14)
+    chest = write_npz(tmp_path / "chestmnist.npz", labels_per_image=3)
     code, out, err = cli(capsys, "datasets", "inspect", chest)
-    assert code == 2 and one_error_line(err) and "multi-label" in err, err
+    assert code == 2 and one_error_line(err) and "has 3 labels per image, but chestmnist has 14" in err, err
     code, out, err = cli(capsys, "datasets", "inspect", write_npz(tmp_path / "mystery.npz"))
     assert code == 2 and "is not a MedMNIST dataset" in err, err
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # MedMNIST's root is ~/.medmnist

@@ -2,7 +2,7 @@
 path to the .npz. Nothing is downloaded. The official train/val/test split becomes the `split` column; ids
 are `train/000123`; labels are MedMNIST's class names. 3-D variants (`organmnist3d`, ...) give one slice
 sample per plane along the volume's first axis (`train/000123#slice:14`), grouped by volume. Multi-label
-ChestMNIST is refused until medprobe has multi-label tasks.
+ChestMNIST becomes a multi-label dataset: its 14 findings in MedMNIST's order, each image's 0/1 vector.
 
 The `medmnist` package (extra `medprobe[medmnist]`) supplies the class names and the root folder; only its
 `info` module is read, so loading a dataset never imports torch.
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medprobe.data.findings import finding_label
 from medprobe.data.samples import SPLITS, Dataset, Member, Sample
 from medprobe.data.sources import checked
 from medprobe.errors import MedprobeError
@@ -73,34 +74,35 @@ def load_medmnist(path: Path, source: str | Path | None = None) -> Dataset:
         raise MedprobeError(f"{path}: {flag!r} is not a MedMNIST dataset; the file name must be one of "
                             f"{', '.join(sorted(info.INFO))} (optionally _64, _128 or _224), as MedMNIST names it")
     meta = info.INFO[flag]
-    if meta["task"].startswith("multi-label"):
-        raise MedprobeError(f"{path}: {flag} is multi-label ({len(meta['label'])} findings per image); medprobe reads "
-                            "single-label MedMNIST sets for now (multi-label tasks are not built yet)")
+    multilabel = meta["task"].startswith("multi-label")
     shapes = _array_shapes(path)
     missing = [f"{s}_{part}" for s in SPLITS for part in ("images", "labels") if f"{s}_{part}" not in shapes]
     if missing:
         raise MedprobeError(f"{path} lacks {', '.join(missing)}; it is not a MedMNIST .npz (train_images, "
                             "train_labels, val_..., test_...)")
     names = meta["label"]
+    findings = [names[k] for k in sorted(names, key=int)] if multilabel else []
     volumetric = len(shapes["train_images"]) == 4 and flag.endswith("3d")
     with np.load(path) as arrays:
         labels = {split: np.asarray(arrays[f"{split}_labels"]).reshape(len(arrays[f"{split}_labels"]), -1)
                   for split in SPLITS}
     samples = []
     for split in SPLITS:
-        if labels[split].shape[1] != 1:
-            raise MedprobeError(f"{path}: {split}_labels has {labels[split].shape[1]} labels per image; medprobe "
-                                "reads single-label sets for now")
-        for index, value in enumerate(labels[split][:, 0]):
+        expected = len(findings) if multilabel else 1
+        if labels[split].shape[1] != expected:
+            raise MedprobeError(f"{path}: {split}_labels has {labels[split].shape[1]} labels per image, but {flag} "
+                                f"has {expected}; download the file again")
+        for index, row in enumerate(labels[split]):
             base = f"{split}/{index:06d}"
-            label = names.get(str(int(value)), str(int(value)))
+            vector = tuple(float(v) for v in row) if multilabel else None
+            label = finding_label(vector, findings) if multilabel else names.get(str(int(row[0])), str(int(row[0])))
             chunk = index // CHUNK
             planes = range(shapes[f"{split}_images"][1]) if volumetric else [None]
             for plane in planes:
                 sample_id = base if plane is None else f"{base}#slice:{plane}"
-                samples.append(Sample(id=sample_id, path=path, label=label, split=split,
+                samples.append(Sample(id=sample_id, path=path, label=label, split=split, findings=vector,
                                       group=base if volumetric else None, member=Member("medmnist", sample_id, chunk)))
     present = {s.label for s in samples}
     classes = [names[k] for k in sorted(names, key=int) if names[k] in present]  # MedMNIST's order (ordinal sets)
-    return checked(Dataset(name=path.stem, root=path, source=Path(source or path), samples=samples, classes=classes),
-                   path)
+    return checked(Dataset(name=path.stem, root=path, source=Path(source or path), samples=samples, classes=classes,
+                           findings=findings), path)
