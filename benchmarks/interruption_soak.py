@@ -1,7 +1,8 @@
 """Run the interruption tests again and again, so a stop that prints a traceback (or loses work) only now
 and then shows up as a count instead of as a random CI failure.
 
-Each round is one pytest process over the harnesses that stop medprobe at random points: extraction
+Each round is one pytest process over the harnesses that stop medprobe at random points, at the soak's
+stop counts (MEDPROBE_SOAK=1: more stops per harness than a suite run waits for): extraction
 (SIGKILL and Ctrl-C, one DataLoader worker), fine-tuning (one worker), `medprobe run`, and the fast
 Ctrl-C-while-batches-cross loop. Failing rounds keep their pytest output under --out.
 
@@ -18,8 +19,8 @@ import time
 from pathlib import Path
 
 HARNESSES = [
-    "tests/test_interruptions.py::test_extraction_survives_24_stops_mid_run_and_kills_anywhere",
-    "tests/test_interruptions.py::test_finetune_resume_after_5_stops_mid_training_equals_an_uninterrupted_run",
+    "tests/test_interruptions.py::test_extraction_survives_stops_mid_run_and_kills_anywhere",
+    "tests/test_interruptions.py::test_finetune_resume_after_stops_mid_training_equals_an_uninterrupted_run",
     "tests/test_run.py::test_run_resumes_after_kills_and_ends_with_the_same_results",
     "tests/test_runtime.py::test_ctrl_c_while_batches_cross_from_workers_prints_no_traceback",
 ]
@@ -35,7 +36,8 @@ def main() -> None:
     harnesses = [h for h in HARNESSES if not words or any(w in h for w in words)]
     args.out.mkdir(parents=True, exist_ok=True)
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # the soak's stop counts (tests/test_interruptions.py SOAK): 12+12 mid-run and 6 anywhere, 5, 6
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MEDPROBE_SOAK": "1"}
     passed = failed = 0
     for round_index in range(1, args.rounds + 1):
         began = time.perf_counter()

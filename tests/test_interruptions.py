@@ -25,6 +25,22 @@ from medprobe.extract.runner import extract, locate_cache
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
+@dataclass(frozen=True)
+class StopCounts:
+    """How many stops the harnesses wait for. Every suite run uses SUITE; the soak
+    (benchmarks/interruption_soak.py, MEDPROBE_SOAK=1) uses SOAK, round after round."""
+
+    extract_mid_run: int  # per signal (SIGKILL, SIGINT), landed after the run journalled a batch
+    extract_anywhere: int  # SIGKILLs at a random moment
+    finetune: int
+    run: int
+
+
+SUITE = StopCounts(extract_mid_run=5, extract_anywhere=3, finetune=3, run=4)
+SOAK = StopCounts(extract_mid_run=12, extract_anywhere=6, finetune=5, run=6)
+STOPS = SOAK if os.environ.get("MEDPROBE_SOAK") == "1" else SUITE
+
+
 def many_images(root: Path, count: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     for i in range(count):
@@ -88,7 +104,7 @@ def assert_one_line_interrupt(err: str) -> None:
     assert "run the same command" in err and "Traceback" not in err and "Exception" not in err, err
 
 
-def test_extraction_survives_24_stops_mid_run_and_kills_anywhere(tmp_path):
+def test_extraction_survives_stops_mid_run_and_kills_anywhere(tmp_path):
     from conftest import save_tiny_timm
 
     data = many_images(tmp_path / "data", 1200)
@@ -106,7 +122,7 @@ def test_extraction_survives_24_stops_mid_run_and_kills_anywhere(tmp_path):
     mid_run = {"SIGKILL": 0, "SIGINT": 0}  # stops that landed after this run journalled a batch
     anywhere = 0  # SIGKILLs at a random time: start-up, planning, recovery, commit
     for attempt in range(80):
-        more_mid_run, more_anywhere = min(mid_run.values()) < 12, anywhere < 6
+        more_mid_run, more_anywhere = min(mid_run.values()) < STOPS.extract_mid_run, anywhere < STOPS.extract_anywhere
         if not (more_mid_run or more_anywhere):
             break
         if path.exists() and read_contents(path).done.all() and not journal_dir(path).exists():
@@ -129,7 +145,8 @@ def test_extraction_survives_24_stops_mid_run_and_kills_anywhere(tmp_path):
             positions = [dataset.ids.index(i) for i in done]
             for pool in pools:
                 assert np.array_equal(read_features(path, done, pool), expected[pool][positions])
-    assert mid_run == {"SIGKILL": 12, "SIGINT": 12} and anywhere >= 6, (mid_run, anywhere)
+    assert mid_run == {"SIGKILL": STOPS.extract_mid_run, "SIGINT": STOPS.extract_mid_run}, (mid_run, anywhere)
+    assert anywhere >= STOPS.extract_anywhere, (mid_run, anywhere)
     final = medprobe(*command)
     out, err = final.communicate(timeout=300)
     assert final.returncode == 0, err
@@ -139,7 +156,7 @@ def test_extraction_survives_24_stops_mid_run_and_kills_anywhere(tmp_path):
     assert not journal_dir(path).exists()
 
 
-def test_finetune_resume_after_5_stops_mid_training_equals_an_uninterrupted_run(tmp_path, tiny_timm_models):
+def test_finetune_resume_after_stops_mid_training_equals_an_uninterrupted_run(tmp_path, tiny_timm_models):
     import json
 
     data = many_images(tmp_path / "data", 48)
@@ -157,8 +174,8 @@ def test_finetune_resume_after_5_stops_mid_training_equals_an_uninterrupted_run(
     checkpoints = tmp_path / "resumed"
     rng = np.random.default_rng(1)
     stops = []
-    for _attempt in range(40):  # until 5 stops landed after an epoch this run checkpointed
-        if len(stops) == 5:
+    for _attempt in range(40):  # until STOPS.finetune stops landed after an epoch this run checkpointed
+        if len(stops) == STOPS.finetune:
             break
         how = signal.SIGINT if len(stops) % 2 else signal.SIGKILL
         stop = stop_once_it_saved([*common, "--out", checkpoints, "--resume"], checkpoints, "**/last.safetensors",
@@ -168,7 +185,7 @@ def test_finetune_resume_after_5_stops_mid_training_equals_an_uninterrupted_run(
         if stop.returncode == 0:  # it trained to the end between stops: start another cycle
             shutil.rmtree(checkpoints)
             stops = []
-    assert len(stops) == 5 and {"SIGKILL", "SIGINT"} <= set(stops), stops
+    assert len(stops) == STOPS.finetune and {"SIGKILL", "SIGINT"} <= set(stops), stops
     final = medprobe(*common, "--out", checkpoints, "--resume")
     assert final.wait(timeout=300) == 0, final.stderr.read()
     [expected] = list((tmp_path / "reference").rglob("*.predictions.csv"))

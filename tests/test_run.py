@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rich.console import Console
-from test_interruptions import many_images, stop_once_it_saved
+from test_interruptions import STOPS, many_images, stop_once_it_saved
 from volume_helpers import glioma_cohort, write_spec
 
 from medprobe.cache import read_contents
@@ -122,8 +122,8 @@ def test_run_resumes_after_kills_and_ends_with_the_same_results(tmp_path, tiny_t
     experiment = small_study(tmp_path / "b", model, vit)
     rng = np.random.default_rng(3)
     stops = []
-    for attempt in range(14):  # until six stops landed after this run saved a step's work
-        if len(stops) == 6:
+    for attempt in range(14):  # until STOPS.run stops landed after this run saved a step's work
+        if len(stops) == STOPS.run:
             break
         how = signal.SIGINT if attempt % 2 else signal.SIGKILL
         # saved work: a journal batch, or a finished step's record or run state (once the extractions are
@@ -134,7 +134,7 @@ def test_run_resumes_after_kills_and_ends_with_the_same_results(tmp_path, tiny_t
         if stop.returncode == 0:  # finished before the stop: the study starts again from nothing
             shutil.rmtree(tmp_path / "b" / "results")
             shutil.rmtree(tmp_path / "b" / "cache")
-    assert len(stops) == 6 and {"SIGKILL", "SIGINT"} <= set(stops), stops
+    assert len(stops) == STOPS.run and {"SIGKILL", "SIGINT"} <= set(stops), stops
     with pytest.raises(SystemExit):
         main(["run", str(experiment), "--dry-run"])
     plan = capsys.readouterr().out
