@@ -175,8 +175,8 @@ def test_the_report_shows_internal_beside_external_and_the_subgroup_tables_and_f
     tested = synthetic_study(tmp_path / "site2", tmp_path / "cache", test_labels, test_features,
                              columns={"sex": ["F" if i % 2 else "M" for i in range(120)]})
     internal, external = probe(dataset=data, models=None, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
-                               settings=ProbeSettings(bootstrap=100, subgroups=("sex",)), tested=tested,
-                               show_progress=False)
+                               settings=ProbeSettings(bootstrap=100, subgroups=("sex",), calibrate="temperature"),
+                               tested=tested, show_progress=False)
     from medprobe.results.schema import ExternalInfo, Subgroups, to_json
 
     for record in (internal, external):  # the schema's dataclasses read back exactly what was written
@@ -199,6 +199,14 @@ def test_the_report_shows_internal_beside_external_and_the_subgroup_tables_and_f
     assert rows["external"]["external_cohort"] == "site2-labels" and rows["kfold5"]["external_cohort"] == ""
     worst = internal["subgroups"]["columns"]["sex"]["worst"]["accuracy"]
     assert rows["kfold5"]["worst_subgroup_accuracy"] == f"sex={worst['group']}"
+    calibration = next(t for t in report.content.sections if t.title.endswith(": calibration"))
+    assert calibration.columns[3:] == ["ECE", "Brier", "NLL", "ECE calibrated", "Brier calibrated", "NLL calibrated",
+                                       "temperature per fold"]
+    for row, record in zip(calibration.rows, (internal, external), strict=True):  # raw, then after temperature
+        ece, after = record["metrics"]["ece"], record["calibrated"]["metrics"]["ece"]
+        assert row[3] == f"{ece['value']:.3f} [{ece['ci'][0]:.3f}, {ece['ci'][1]:.3f}]"
+        assert row[6] == f"{after['value']:.3f} [{after['ci'][0]:.3f}, {after['ci'][1]:.3f}]"
+        assert row[9] == ", ".join(f"{f['temperature']:.2f}" for f in record["calibrated"]["per_fold"])
 
 
 def test_an_external_cohort_that_shares_images_with_data_is_refused(tmp_path):

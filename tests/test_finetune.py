@@ -248,14 +248,15 @@ def test_multilabel_fine_tuning_trains_a_sigmoid_head_and_records_per_finding_me
 
     dataset = blob_findings(tmp_path / "ml", 16)
     tested = blob_findings(tmp_path / "site2", 10)
-    with pytest.raises(MedprobeError, match="--class-weights is not available for multi-label"):
+    with pytest.raises(MedprobeError, match="--ordinal is for ordered classes"):
         finetune(dataset=dataset, model=str(tiny_timm_models["resnet"]), out_dir=tmp_path / "out",
-                 settings=FinetuneSettings(class_weights=True))
+                 settings=FinetuneSettings(ordinal=True))
     record, external = finetune(
         dataset=dataset, model=str(tiny_timm_models["resnet"]), out_dir=tmp_path / "out", show_progress=False,
         tested=tested, settings=FinetuneSettings(epochs=2, lr=1e-3, head_lr=1e-2, batch_size=8, workers=0, fold=0,
                                                  folds=3, bootstrap=100, precision="fp32", device="cpu",
-                                                 subgroups=("sex",), subgroup_min=8))
+                                                 subgroups=("sex",), subgroup_min=8, calibrate="temperature",
+                                                 class_weights=True))
     assert record["task"] == "multilabel" and record["findings"] == ["left_square", "marker"]
     assert set(record["hyperparameters"][0]["thresholds"]) == {"left_square", "marker"}
     assert "val_macro_auroc" in record["history"][0]["epochs"][0]
@@ -268,6 +269,9 @@ def test_multilabel_fine_tuning_trains_a_sigmoid_head_and_records_per_finding_me
     marker = [float(r["score_marker"]) for r in csv_rows]
     assert all(0 <= s <= 1 for s in scores + marker)
     assert max(abs(a + b - 1) for a, b in zip(scores, marker, strict=True)) > 1e-3  # sigmoids, not a softmax
+    assert record["calibration"]["scores_are_probabilities"] and set(record["per_finding"]["marker"]) >= {"ece", "nll"}
+    assert [(e["fold"], e["finding"]) for e in record["calibrated"]["per_fold"]] == [(0, "left_square"), (0, "marker")]
+    assert set(record["calibrated"]["metrics"]) == {"ece", "brier", "nll"}
     # the external cohort: one run on all of DATA, its checkpoint's thresholds, every image of site 2 scored
     assert external["protocol"] == "external" and external["task"] == "multilabel"
     assert external["external"]["internal_record"] == Path(record["record_path"]).name
@@ -285,3 +289,25 @@ def test_multilabel_fine_tuning_trains_a_sigmoid_head_and_records_per_finding_me
     assert groups["F"]["samples"] == len(female) == 12
     assert groups["F"]["metrics"]["macro_auroc"]["value"] == pytest.approx(
         roc_auc_score([truth[i] for i in female], [scores[i] for i in female]), abs=1e-12)
+
+
+def test_multilabel_class_weights_are_each_findings_negatives_per_positive_in_the_bce():
+    from medprobe.finetune.tasks import MaskedBCE, MultiLabel
+
+    class Findings:
+        findings = ["a", "b"]
+
+        @staticmethod
+        def finding_matrix():
+            return np.array([[1, 0], [0, 0], [0, np.nan], [0, 1], [1, 0]], dtype=float)
+
+    weights = MultiLabel(Findings()).class_weights(np.array([0, 1, 2, 3]))  # a: 1 of 4; b: 1 of 3 known
+    assert weights.tolist() == [3.0, 2.0]
+    logits, targets = torch.randn(6, 2), torch.tensor([[1.0, 0], [0, 1], [1, 1], [0, 0], [1, 0], [0, 1]])
+    expected = torch.nn.BCEWithLogitsLoss(pos_weight=weights)(logits, targets)
+    assert torch.allclose(MaskedBCE(weights)(logits, targets), expected)
+    targets[2, 1] = float("nan")  # an unknown label adds nothing
+    known = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.nan_to_num(targets), reduction="none",
+                                                                 pos_weight=weights)
+    mask = ~torch.isnan(targets)
+    assert torch.allclose(MaskedBCE(weights)(logits, targets), (known * mask).sum() / mask.sum())

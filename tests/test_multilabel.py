@@ -194,7 +194,11 @@ def test_the_report_has_a_findings_table_heatmap_and_summary_columns(tmp_path):
                     settings=ProbeSettings(bootstrap=100, classifiers=("logreg", "knn")), show_progress=False)
     report = build_report(results_dirs=[tmp_path / "out"], out_dir=tmp_path / "report", replicates=100)
     assert not report.content.problems and not report.tables  # not in the single-label tables, not a problem
-    [table] = report.content.sections
+    calibration, table = report.content.sections  # logreg's probabilities are calibrated; knn's are not
+    assert calibration.title.endswith("calibration") and [row[1] for row in calibration.rows] == ["logreg", "knn"]
+    logreg = next(r for r in records if r["method"] == "logreg")
+    assert calibration.rows[0][3].startswith(f"{logreg['metrics']['ece']['value']:.3f} [")
+    assert calibration.rows[1][3] == "not probabilities"
     assert table.columns == ["finding", "positives", "dinov2-small logreg", "dinov2-small knn"]
     effusion = next(row for row in table.rows if row[0] == "effusion")
     logreg = next(r for r in records if r["method"] == "logreg")
@@ -287,6 +291,7 @@ def test_multilabel_subgroups_recompute_from_the_predictions_csv(tmp_path):
                                                              abs=1e-12)
         low, high = metrics["macro_auroc"]["ci"]
         assert low < metrics["macro_auroc"]["value"] < high
+    assert {"ece", "brier", "nll"} <= set(block["groups"][0]["metrics"])  # logreg: probabilities
     values = {g["value"]: g["metrics"]["macro_auroc"]["value"] for g in block["groups"]}
     assert block["worst"]["macro_auroc"]["group"] == min(values, key=values.get)
 
@@ -310,3 +315,54 @@ def test_a_multilabel_external_cohort_needs_the_same_findings_and_kind(tmp_path,
               "--test", str(single / "labels.csv")])
     assert info.value.code == 2 and "is single-label but" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").rglob("*.json"))
+
+
+def _ece(truth: np.ndarray, p: np.ndarray, bins: int = 15) -> float:
+    """Equal-mass ECE of a binary problem written out: top-class confidence max(p, 1-p), sorted (stable) and
+    cut by rank * bins // n, then sum over bins of |sum(confidence - correct)| / n."""
+    confidence = np.maximum(p, 1 - p)
+    correct = (p >= 0.5) == (truth == 1)
+    order = np.argsort(confidence, kind="mergesort")
+    bin_of = np.empty(len(p), dtype=int)
+    bin_of[order] = np.arange(len(p)) * bins // len(p)
+    gaps = confidence - correct
+    return float(sum(abs(gaps[bin_of == b].sum()) for b in range(bins)) / len(p))
+
+
+def test_multilabel_calibration_per_finding_recomputes_and_temperature_scaling_is_fitted_on_validation(tmp_path):
+    dataset, _ = two_finding_study(tmp_path)
+    records = probe(dataset=dataset, models=None, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
+                    settings=ProbeSettings(bootstrap=100, classifiers=("logreg", "svm"), calibrate="temperature"),
+                    show_progress=False)
+    logreg, svm = (next(r for r in records if r["method"] == m) for m in ("logreg", "svm"))
+    assert not svm["calibration"]["scores_are_probabilities"] and "ece" not in svm["metrics"]
+    assert not svm["calibrated"]["applied"] and "not probabilities" in svm["calibrated"]["why"]
+    assert logreg["calibration"]["scores_are_probabilities"] and logreg["calibration"]["ece_bins"] == 15
+    rows = read_rows(tmp_path / "out" / dataset.name / logreg["predictions"])
+    truth = np.array([[float(r[f"true_{f}"]) for f in FINDINGS] for r in rows])
+    scores = np.array([[float(r[f"score_{f}"]) for f in FINDINGS] for r in rows])
+    folds = np.array([int(r["fold"]) for r in rows])
+    for f, name in enumerate(FINDINGS):
+        entry = logreg["per_finding"][name]
+        assert entry["brier"]["value"] == pytest.approx(skm.brier_score_loss(truth[:, f], scores[:, f]), abs=1e-12)
+        assert entry["nll"]["value"] == pytest.approx(skm.log_loss(truth[:, f], scores[:, f]), abs=1e-9)
+        assert entry["ece"]["value"] == pytest.approx(_ece(truth[:, f], scores[:, f]), abs=1e-12)
+    assert logreg["metrics"]["brier"]["value"] == pytest.approx(
+        np.mean([skm.brier_score_loss(truth[:, f], scores[:, f]) for f in range(2)]), abs=1e-12)
+    # the calibrated metrics: each fold's recorded temperature per finding applied to its test scores
+    temperatures = {(e["fold"], e["finding"]): e["temperature"] for e in logreg["calibrated"]["per_fold"]}
+    assert len(temperatures) == 5 * 2
+    scaled = scores.copy()
+    for (fold, name), temperature in temperatures.items():
+        rows_of = folds == fold
+        f = FINDINGS.index(name)
+        two = np.stack([1 - scores[rows_of, f], scores[rows_of, f]], axis=1)
+        logits = np.log(np.maximum(two, np.finfo(np.float64).eps)) / temperature  # floored, as documented
+        logits -= logits.max(axis=1, keepdims=True)  # the stable softmax (a tail of 1e-10 needs it at 1e-9)
+        scaled[rows_of, f] = np.exp(logits[:, 1]) / np.exp(logits).sum(axis=1)
+    expected = np.mean([skm.brier_score_loss(truth[:, f], scaled[:, f]) for f in range(2)])
+    assert logreg["calibrated"]["metrics"]["brier"]["value"] == pytest.approx(expected, abs=1e-9)
+    eps = np.finfo(np.float64).eps  # -log p(true), p floored at eps (log_loss clips and renormalises instead)
+    nll = [np.mean(-np.log(np.maximum(np.where(truth[:, f] == 1, scaled[:, f], 1 - scaled[:, f]), eps)))
+           for f in range(2)]
+    assert logreg["calibrated"]["metrics"]["nll"]["value"] == pytest.approx(np.mean(nll), abs=1e-9)

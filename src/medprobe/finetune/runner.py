@@ -28,7 +28,7 @@ from medprobe.finetune.tasks import Task, task_for
 from medprobe.models.backbone import Backbone, load_backbone
 from medprobe.models.registry import auto_pools, resolve_model
 from medprobe.progress import STDERR, progress_bar
-from medprobe.results.calibration import calibrated_block, get_calibrator
+from medprobe.results.calibration import calibrated_block, calibrated_findings_block, fit_findings, get_calibrator
 from medprobe.results.external import EXTERNAL, EXTERNAL_FOLD, external_block, matched_test_set
 from medprobe.results.metrics import PROBABILITIES, group_codes, test_report
 from medprobe.results.multilabel import finding_thresholds, multilabel_records
@@ -157,10 +157,7 @@ class FoldTrainer:
         images_per_epoch = self.images_per_epoch(fold)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, _schedule(s.epochs * steps_per_epoch, max(1, round(s.warmup_epochs * steps_per_epoch))))
-        weights = None
-        if s.class_weights:
-            counts = np.bincount(self.y[fold.train], minlength=len(self.classes)).astype(float)
-            weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+        weights = self.task.class_weights(fold.train) if s.class_weights else None
         loss_fn = self.task.loss(weights.to(self.device) if weights is not None else None)
         folder = self.checkpoint_dir(fold, cohort)
         last, best = folder / "last.safetensors", folder / "best.safetensors"
@@ -228,10 +225,13 @@ class FoldTrainer:
         calibration = thresholds = None
         if s.calibrate or self.dataset.multilabel:  # the best checkpoint's validation predictions: the data that
             val_scores = predict(model, val_loader, self.device, self.precision, len(fold.val), self.task)
-            if s.calibrate:  # chose it, never the test part, fit the calibration or the findings' thresholds
-                calibration = get_calibrator(s.calibrate).fit(val_scores, self.y[fold.val])
-            else:
+            # chose it, never the test part, fit the calibration and the findings' thresholds
+            calibrator = get_calibrator(s.calibrate) if s.calibrate else None
+            if self.dataset.multilabel:
                 thresholds = finding_thresholds(self.y[fold.val], val_scores)
+                calibration = fit_findings(calibrator, self.y[fold.val], val_scores) if calibrator else None
+            elif calibrator:
+                calibration = calibrator.fit(val_scores, self.y[fold.val])
         head_params = sum(p.numel() for p in model.head.parameters())
         return {
             "scores": scores, "calibration": calibration, "thresholds": thresholds, "history": progress["history"],
@@ -257,13 +257,8 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
     if settings.epochs < 1 or settings.batch_size < 1:
         raise MedprobeError("--epochs and --batch-size must be at least 1")
     check_subgroup_columns(dataset, settings.subgroups, settings.subgroup_min)
-    if dataset.multilabel:
-        for given, option, why in (
-                (settings.calibrate, "--calibrate", "not available for multi-label fine-tuning yet"),
-                (settings.class_weights, "--class-weights", "not available for multi-label fine-tuning yet"),
-                (settings.ordinal, "--ordinal", "for ordered classes; a multi-label dataset's findings have no order")):
-            if given:
-                raise MedprobeError(f"{option} is {why}; drop it")
+    if dataset.multilabel and settings.ordinal:
+        raise MedprobeError("--ordinal is for ordered classes; a multi-label dataset's findings have no order; drop it")
     if tested is not None:
         tested = matched_test_set(dataset, tested)
         check_subgroup_columns(tested, settings.subgroups, settings.subgroup_min)
@@ -411,13 +406,21 @@ def _save_multilabel(trainer: FoldTrainer, plan, folds: list[Fold], results: lis
                                "validation predictions", "positive": "score >= threshold"},
         "history": [{"fold": f.index, "epochs": r["history"]} for f, r in zip(folds, results, strict=True)],
         **multilabel_records(Y, scores, thresholds, list(dataset.findings), replicates=settings.bootstrap,
-                            seed=settings.seed, clusters=group_codes(groups)),
+                            seed=settings.seed, clusters=group_codes(groups), probabilities=True),  # sigmoids
         "cost": _cost(trainer, results, wall),
     })
+    if settings.calibrate:
+        record["calibrated"] = calibrated_findings_block(
+            settings.calibrate, [(f.index, r["calibration"]) for f, r in zip(folds, results, strict=True)], scores,
+            fold_of, Y, list(dataset.findings), clusters=group_codes(groups), replicates=settings.bootstrap,
+            seed=settings.seed, fitted_on="per fold and finding: the validation part's predictions by the best "
+                                          "checkpoint (chosen on that same part); applied to the fold's test "
+                                          "predictions")
     if settings.subgroups:
         record["subgroups"] = run_multilabel_subgroups(tested, positions, scores, thresholds,
                                                        columns=settings.subgroups, min_samples=settings.subgroup_min,
-                                                       replicates=settings.bootstrap, seed=settings.seed)
+                                                       replicates=settings.bootstrap, seed=settings.seed,
+                                                       probabilities=True)
     name = record_name(trainer.spec.slug, trainer.method, protocol, settings.seed)
     return save_multilabel_run(out_dir, tested, name, record, positions, fold_of, scores, thresholds,
                                subgroups=settings.subgroups, folder=dataset.name)

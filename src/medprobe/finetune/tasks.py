@@ -35,6 +35,10 @@ class Task:
         """Per training image what the loader hands the loss."""
         raise NotImplementedError
 
+    def class_weights(self, train: np.ndarray) -> torch.Tensor:
+        """--class-weights: the loss weights from the training part's labels."""
+        raise NotImplementedError
+
     def loss(self, weights: torch.Tensor | None) -> nn.Module:
         raise NotImplementedError
 
@@ -59,6 +63,11 @@ class SingleLabel(Task):
     def train_labels(self, positions):
         return self.targets()[positions].tolist()
 
+    def class_weights(self, train):
+        """Inverse class frequency, n / (classes x count): a balanced set weighs every class 1."""
+        counts = np.bincount(self.targets()[train], minlength=self.outputs).astype(float)
+        return torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+
     def loss(self, weights):
         return nn.CrossEntropyLoss(weight=weights)
 
@@ -70,11 +79,17 @@ class SingleLabel(Task):
 
 
 class MaskedBCE(nn.Module):
-    """Binary cross-entropy over the known labels only (a NaN target is unknown and adds nothing)."""
+    """Binary cross-entropy over the known labels only (a NaN target is unknown and adds nothing);
+    `pos_weight` (one per finding) weighs the positive term, as torch's BCEWithLogitsLoss does."""
+
+    def __init__(self, pos_weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.pos_weight = pos_weight
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         known = ~torch.isnan(targets)
-        losses = nn.functional.binary_cross_entropy_with_logits(logits, torch.nan_to_num(targets), reduction="none")
+        losses = nn.functional.binary_cross_entropy_with_logits(logits, torch.nan_to_num(targets), reduction="none",
+                                                                pos_weight=self.pos_weight)
         return (losses * known).sum() / known.sum().clamp(min=1)
 
 
@@ -92,8 +107,16 @@ class MultiLabel(Task):
     def train_labels(self, positions):
         return [row.astype(np.float32) for row in self.targets()[positions]]
 
+    def class_weights(self, train):
+        """Per finding negatives / positives among the training part's known labels (BCE's pos_weight), so a
+        rare finding's positives weigh as much as its negatives."""
+        Y = self.targets()[train]
+        positives = np.nansum(Y == 1, axis=0).astype(float)
+        negatives = np.nansum(Y == 0, axis=0).astype(float)
+        return torch.tensor(negatives / np.maximum(positives, 1), dtype=torch.float32)
+
     def loss(self, weights):
-        return MaskedBCE()
+        return MaskedBCE(weights)
 
     def probabilities(self, logits):
         return torch.sigmoid(logits.float())

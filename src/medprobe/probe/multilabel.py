@@ -20,11 +20,12 @@ from medprobe.errors import MedprobeError
 from medprobe.probe.classifiers import get_probe
 from medprobe.probe.protocol import FoldData, Probe, best
 from medprobe.probe.settings import ProbeSettings
+from medprobe.results.calibration import Calibrator, calibrated_findings_block, get_calibrator, not_applied
 from medprobe.results.external import EXTERNAL, EXTERNAL_FOLD, external_block
-from medprobe.results.metrics import group_codes
+from medprobe.results.metrics import PROBABILITIES, group_codes
 from medprobe.results.multilabel import best_f1_threshold, multilabel_records
 from medprobe.results.record import fold_sizes, record_paths, run_header, safe_name, save_multilabel_run
-from medprobe.results.schema import MULTILABEL, Calibration, record_name
+from medprobe.results.schema import MULTILABEL, record_name
 from medprobe.results.subgroups import run_multilabel_subgroups
 
 THRESHOLD_RULE = ("per fold and finding: the F1-maximising threshold on that finding's validation labels, "
@@ -32,9 +33,10 @@ THRESHOLD_RULE = ("per fold and finding: the F1-maximising threshold on that fin
 
 
 def _fit_finding(probe: Probe, X: np.ndarray, y: np.ndarray, fold: Fold, finding: str, seed: int,
-                 coarse_to_fine: bool, X_test: np.ndarray | None = None) -> dict:
-    """One finding on one fold: search, threshold on validation, refit on train+val, score the test part
-    (or `X_test`, an external cohort's features)."""
+                 coarse_to_fine: bool, X_test: np.ndarray | None = None, calibrator: Calibrator | None = None) -> dict:
+    """One finding on one fold: search, threshold (and with a calibrator, its fit) on the validation
+    predictions of the train-only fit, refit on train+val, score the test part (or `X_test`, an external
+    cohort's features)."""
     train, val = (part[~np.isnan(y[part])] for part in (fold.train, fold.val))
     ytr, yval = y[train].astype(int), y[val].astype(int)
     if len(np.unique(ytr)) < 2:
@@ -45,11 +47,14 @@ def _fit_finding(probe: Probe, X: np.ndarray, y: np.ndarray, fold: Fold, finding
         searched = [probe.search(part, data, seed, coarse_to_fine=coarse_to_fine) for part in probe.parts(len(train))]
         params, val_score = best([candidate for found in searched for candidate in found.candidates])
         on_train = probe.fit(params, X[train], ytr, 2, seed)
-        threshold = best_f1_threshold(on_train.scores(X[val], 2)[:, 1], yval == 1)
+        val_scores = on_train.scores(X[val], 2)
+        threshold = best_f1_threshold(val_scores[:, 1], yval == 1)
+        calibration = calibrator.fit(val_scores, yval) if calibrator is not None else None
         train_val = np.sort(np.concatenate([train, val]))  # dataset order: the plain fit on those samples
         final = probe.fit(params, X[train_val], y[train_val].astype(int), 2, seed)
         scores = final.scores(X[fold.test] if X_test is None else X_test, 2)[:, 1]
     return {"params": params, "val_balanced_accuracy": val_score, "threshold": threshold, "scores": scores,
+            "calibration": calibration,
             "fits": sum(found.fits for found in searched) + 2,
             "capped": sum(found.capped for found in searched) + int(on_train.capped) + int(final.capped)}
 
@@ -80,9 +85,11 @@ class MultilabelProber:
         s, findings = self.settings, self.dataset.findings
         started = time.perf_counter()
         probe = get_probe(method)
+        probabilities = probe.scores_are == PROBABILITIES
+        calibrator = get_calibrator(s.calibrate) if s.calibrate and probabilities else None
         tasks = [(fold, f) for fold in folds for f in range(len(findings))]
         results = parallel(delayed(_fit_finding)(probe, job.X, self.Y[:, f], fold, findings[f], s.seed,
-                                                 s.coarse_to_fine, X_test) for fold, f in tasks)
+                                                 s.coarse_to_fine, X_test, calibrator) for fold, f in tasks)
         scores = np.zeros((len(positions), len(findings)))
         thresholds = np.zeros_like(scores)
         tested_sizes = [len(fold.test) if X_test is None else len(X_test) for fold in folds]
@@ -123,14 +130,24 @@ class MultilabelProber:
             "convergence": {"search_fits": sum(r["fits"] for r in results),
                             "fits_at_cap": sum(r["capped"] for r in results)},
             **multilabel_records(Y, scores, thresholds, list(findings), replicates=s.bootstrap, seed=s.seed,
-                                clusters=group_codes(groups)),
-            "calibration": Calibration(False, why="not computed for multi-label runs; per-finding AUROC, AP and F1 "
-                                                  "are"),
+                                clusters=group_codes(groups), probabilities=probabilities,
+                                why_not=f"the scores are {probe.scores_are}, not probabilities; ECE, Brier and NLL "
+                                        "are not computed"),
         })
+        if s.calibrate:
+            record["calibrated"] = not_applied(s.calibrate, f"the scores are {probe.scores_are}, not probabilities")
+            if calibrator is not None:
+                fitted = [(fold.index, [r["calibration"] for (other, _), r in zip(tasks, results, strict=True)
+                                        if other is fold]) for fold in folds]
+                record["calibrated"] = calibrated_findings_block(
+                    s.calibrate, fitted, scores, fold_of, Y, list(findings), clusters=group_codes(groups),
+                    replicates=s.bootstrap, seed=s.seed, fitted_on="per fold and finding: the validation part's "
+                    "predictions by the chosen hyperparameters fitted on the training part alone; applied to the "
+                    "fold's test predictions")
         if s.subgroups:
             record["subgroups"] = run_multilabel_subgroups(tested, positions, scores, thresholds, columns=s.subgroups,
                                                            min_samples=s.subgroup_min, replicates=s.bootstrap,
-                                                           seed=s.seed)
+                                                           seed=s.seed, probabilities=probabilities)
         record["timings"] = {"total_seconds": round(time.perf_counter() - started, 3), "backend": self.backend}
         name = record_name(job.name, method, protocol, s.seed, pool=job.pool)
         return save_multilabel_run(self.out_dir, tested, name, record, positions, fold_of, scores, thresholds,
@@ -142,8 +159,6 @@ def refuse_unsupported(settings: ProbeSettings) -> None:
     for given, option, why in (
             (settings.shots, "--shots", "not available for multi-label datasets yet"),
             (settings.save_model, "--save-model", "not available for multi-label datasets yet"),
-            (settings.calibrate, "--calibrate", "not available for multi-label datasets yet (the probes report "
-                                                "per-finding AUROC, AP and F1, not calibration)"),
             (settings.out_of_core, "--out-of-core", "not available for multi-label datasets yet"),
             (settings.ordinal, "--ordinal", "for ordered classes; a multi-label dataset's findings have no order")):
         if given:

@@ -119,7 +119,7 @@ def calibration_tables(records: list[RunRecord]) -> list[TextTable]:
     --calibrate the same after the calibrator and its fitted parameter per fold; runs whose scores are not
     probabilities are named as such, not scored."""
     tables = []
-    mine_all = _newest([r for r in records if not r.multilabel and r.calibration is not None])
+    mine_all = _newest([r for r in records if r.calibration is not None])
     for dataset in dict.fromkeys(r.dataset for r in mine_all):
         runs = [r for r in mine_all if r.dataset == dataset]
         if not any(r.probabilities for r in runs):

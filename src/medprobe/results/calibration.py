@@ -9,6 +9,7 @@ import numpy as np
 
 from medprobe.errors import MedprobeError
 from medprobe.results.metrics import CALIBRATION_METRICS, PROBABILITY_FLOOR, evaluate, softmax, summarize_metrics
+from medprobe.results.multilabel import multilabel_report, two_class
 from medprobe.results.schema import Calibrated
 
 CALIBRATORS: dict[str, type[Calibrator]] = {}
@@ -85,6 +86,36 @@ def calibrated_block(name: str, fitted: list[tuple[int, dict, np.ndarray]], y: n
                                    {m: distributions[m] for m in CALIBRATION_METRICS}, [])
     return Calibrated(name, True, summary=calibrator.summary, fitted_on=fitted_on,
                       per_fold=[{"fold": index, **params} for index, params, _ in fitted], metrics=metrics)
+
+
+def fit_findings(calibrator: Calibrator, Y: np.ndarray, scores: np.ndarray) -> list[dict]:
+    """Multi-label: one calibrator per finding, fitted on its known validation labels as a two-class problem."""
+    fitted = []
+    for f in range(Y.shape[1]):
+        known = ~np.isnan(Y[:, f])
+        fitted.append(calibrator.fit(two_class(scores[known, f]), Y[known, f].astype(int)))
+    return fitted
+
+
+def calibrated_findings_block(name: str, fitted: list[tuple[int, list[dict]]], scores: np.ndarray,
+                              fold_of: np.ndarray, Y: np.ndarray, findings: list[str], *,
+                              clusters: np.ndarray | None, replicates: int, seed: int, fitted_on: str) -> Calibrated:
+    """A multi-label record's `calibrated`: per fold index, one fitted calibrator per finding applied to that
+    fold's test scores (rows where `fold_of` is the index), then ECE, Brier and NLL per finding and their means
+    with bootstrap CIs (the record's `metrics` ece/brier/nll are the raw ones)."""
+    calibrator = get_calibrator(name)
+    scaled = scores.copy()
+    for index, per_finding in fitted:
+        rows = fold_of == index
+        for f, params in enumerate(per_finding):
+            scaled[rows, f] = calibrator.apply(params, two_class(scores[rows, f]))[:, 1]
+    report = multilabel_report(Y, scaled, np.full_like(scaled, 0.5), findings, replicates=replicates, seed=seed,
+                               clusters=clusters, calibration=True)
+    metrics = {m: report["metrics"][m] for m in CALIBRATION_METRICS}
+    return Calibrated(name, True, summary=calibrator.summary + ", per finding", fitted_on=fitted_on,
+                      per_fold=[{"fold": index, "finding": findings[f], **params}
+                                for index, per_finding in fitted for f, params in enumerate(per_finding)],
+                      metrics=metrics)
 
 
 def not_applied(name: str, why: str) -> Calibrated:

@@ -11,11 +11,37 @@ import warnings
 
 import numpy as np
 
-from medprobe.results.metrics import _auroc_of_columns, _safe_divide, bootstrap_weights, metric_value
-from medprobe.results.schema import FindingMetrics, PatientMetrics
+from medprobe.results.metrics import (
+    CALIBRATION_BINS,
+    CALIBRATION_METRICS,
+    _auroc_of_columns,
+    _safe_divide,
+    bootstrap_weights,
+    calibration_metrics,
+    metric_value,
+)
+from medprobe.results.schema import Calibration, FindingMetrics, PatientMetrics
 
 SUMMARY_METRICS = ("macro_auroc", "micro_auroc", "mean_average_precision", "macro_f1")
 FINDING_METRICS = ("auroc", "average_precision", "f1")
+# with probabilities: ECE, Brier and NLL per finding (a binary problem each), and as summaries their means
+
+
+def two_class(p: np.ndarray) -> np.ndarray:
+    """A finding's probabilities p as the two-class rows [1 - p, p] that the calibration code scores."""
+    return np.stack([1 - p, p], axis=1)
+
+
+def finding_calibration_block(scores_are_probabilities: bool, why: str = "") -> Calibration:
+    """A multi-label record's `calibration`: how ECE, Brier and NLL were measured per finding, or why not."""
+    if not scores_are_probabilities:
+        return Calibration(False, why=why)
+    return Calibration(
+        True, ece_bins=CALIBRATION_BINS,
+        ece_binning="per finding: equal-mass over its known test images' confidence max(p, 1 - p), kept for the "
+                    "bootstrap; metrics.ece (and brier, nll) is the mean over findings",
+        brier="per finding: mean (p - y)^2 over its known test images (scikit-learn's brier_score_loss)",
+        nll="per finding: binary log loss, p floored at float64 eps (scikit-learn's log_loss)")
 
 
 def average_precision(score: np.ndarray, positive: np.ndarray, weights_t: np.ndarray) -> np.ndarray:
@@ -43,10 +69,11 @@ def f1_at(score: np.ndarray, positive: np.ndarray, threshold: np.ndarray, weight
     return _safe_divide(2 * tp, 2 * tp + fp + fn)
 
 
-def multilabel_metrics(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray,
-                       weights: np.ndarray) -> dict[str, np.ndarray]:
+def multilabel_metrics(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, weights: np.ndarray,
+                       calibration: bool = False) -> dict[str, np.ndarray]:
     """Every metric for each weight row. Y (samples, findings) with NaN unknown; thresholds (samples,
-    findings): the threshold each sample's fold chose for each finding."""
+    findings): the threshold each sample's fold chose for each finding; `calibration`: the scores are
+    probabilities, so ECE, Brier and NLL per finding and their means too."""
     weights_t = np.ascontiguousarray(weights.T)
     out: dict[str, np.ndarray] = {}
     pair_scores, pair_positive, pair_rows = [], [], []
@@ -57,6 +84,9 @@ def multilabel_metrics(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray
         out[f"auroc[{f}]"] = _auroc_of_columns(scores[known, f], positive, w)
         out[f"average_precision[{f}]"] = average_precision(scores[known, f], positive, w)
         out[f"f1[{f}]"] = f1_at(scores[known, f], positive, thresholds[known, f], w)
+        if calibration:
+            scored = calibration_metrics(positive.astype(int), two_class(scores[known, f]), weights[:, known])
+            out.update({f"{name}[{f}]": scored[name] for name in CALIBRATION_METRICS})
         pair_scores.append(scores[known, f])
         pair_positive.append(positive)
         pair_rows.append(known)
@@ -67,18 +97,21 @@ def multilabel_metrics(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray
         # a resample lacking every finding's positives has no macro value (NaN), without a RuntimeWarning
         warnings.simplefilter("ignore", RuntimeWarning)
         for summary, name in (("macro_auroc", "auroc"), ("mean_average_precision", "average_precision"),
-                              ("macro_f1", "f1")):
+                              ("macro_f1", "f1"), *((m, m) for m in CALIBRATION_METRICS if calibration)):
             out[summary] = np.nanmean(np.stack([out[f"{name}[{f}]"] for f in range(Y.shape[1])]), axis=0)
     return out
 
 
 def multilabel_report(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, findings: list[str], *,
-                      replicates: int, seed: int, clusters: np.ndarray | None) -> dict:
+                      replicates: int, seed: int, clusters: np.ndarray | None, calibration: bool = False) -> dict:
     """The record's `metrics` (the summary metrics) and `per_finding` (AUROC, AP and F1 per finding, with
-    its known, positive counts), values with 95% bootstrap CIs (patients resampled when grouped)."""
-    point = {k: float(v[0]) for k, v in multilabel_metrics(Y, scores, thresholds, np.ones((1, len(Y)))).items()}
-    chunks = [multilabel_metrics(Y, scores, thresholds, w) for w in bootstrap_weights(len(Y), replicates, seed,
-                                                                                       clusters)] if replicates else []
+    its known, positive counts; with `calibration` also ECE, Brier and NLL), values with 95% bootstrap CIs
+    (patients resampled when grouped)."""
+    point = {k: float(v[0]) for k, v in
+             multilabel_metrics(Y, scores, thresholds, np.ones((1, len(Y))), calibration).items()}
+    chunks = [multilabel_metrics(Y, scores, thresholds, w, calibration)
+              for w in bootstrap_weights(len(Y), replicates, seed, clusters)] if replicates else []
+    measured = (*FINDING_METRICS, *(CALIBRATION_METRICS if calibration else ()))
 
     def entry(name: str):
         return metric_value(point[name], np.concatenate([c[name] for c in chunks]) if chunks else np.empty(0))
@@ -87,8 +120,9 @@ def multilabel_report(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray,
     for f, finding in enumerate(findings):
         known = ~np.isnan(Y[:, f])
         per_finding[finding] = FindingMetrics(int(known.sum()), int((Y[known, f] == 1).sum()),
-                                              **{metric: entry(f"{metric}[{f}]") for metric in FINDING_METRICS})
-    return {"metrics": {name: entry(name) for name in SUMMARY_METRICS}, "per_finding": per_finding}
+                                              **{metric: entry(f"{metric}[{f}]") for metric in measured})
+    summaries = (*SUMMARY_METRICS, *(CALIBRATION_METRICS if calibration else ()))
+    return {"metrics": {name: entry(name) for name in summaries}, "per_finding": per_finding}
 
 
 def per_patient(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray,
@@ -110,15 +144,19 @@ def per_patient(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray,
 
 
 def multilabel_records(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, findings: list[str], *,
-                       replicates: int, seed: int, clusters: np.ndarray | None) -> dict:
+                       replicates: int, seed: int, clusters: np.ndarray | None, probabilities: bool,
+                       why_not: str = "") -> dict:
     """A record's metric part: multilabel_report per image, and with patients, `patient_metrics` (the same
-    metrics on patient-level arrays, patients resampled)."""
-    report = multilabel_report(Y, scores, thresholds, findings, replicates=replicates, seed=seed, clusters=clusters)
+    metrics on patient-level arrays, patients resampled); `calibration`: measured where the scores are
+    `probabilities`, else `why_not`."""
+    report = multilabel_report(Y, scores, thresholds, findings, replicates=replicates, seed=seed, clusters=clusters,
+                               calibration=probabilities)
+    report["calibration"] = finding_calibration_block(probabilities, why_not)
     report["patient_metrics"] = None
     if clusters is not None:
         truth, patient_scores, patient_thresholds = per_patient(Y, scores, thresholds, clusters)
         patient = multilabel_report(truth, patient_scores, patient_thresholds, findings, replicates=replicates,
-                                    seed=seed, clusters=None)
+                                    seed=seed, clusters=None, calibration=probabilities)
         report["patient_metrics"] = PatientMetrics(
             len(truth), "mean image score per finding; a patient has a finding when any of its known images has it",
             patient["metrics"], per_finding=patient["per_finding"])

@@ -239,13 +239,20 @@ class FindingMetrics:
     auroc: MetricValue
     average_precision: MetricValue
     f1: MetricValue
+    ece: MetricValue | None = None  # these three where the scores are probabilities
+    brier: MetricValue | None = None
+    nll: MetricValue | None = None
+
+    def to_dict(self) -> dict:
+        return _set_fields(self)
 
     @classmethod
     def from_json(cls, data) -> FindingMetrics | None:
         try:
             scores = {name: MetricValue.from_json(data.get(name)) or MetricValue(None)
                       for name in ("auroc", "average_precision", "f1")}
-            return cls(int(data["known"]), int(data["positives"]), **scores)
+            calibration = {name: MetricValue.from_json(data.get(name)) for name in ("ece", "brier", "nll")}
+            return cls(int(data["known"]), int(data["positives"]), **scores, **calibration)
         except (TypeError, KeyError, AttributeError, ValueError):
             return None
 

@@ -100,15 +100,16 @@ def run_subgroups(dataset: Dataset, positions: np.ndarray, scores: np.ndarray, *
 
 
 def run_multilabel_subgroups(dataset: Dataset, positions: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, *,
-                             columns: Sequence[str], min_samples: int, replicates: int, seed: int) -> Subgroups:
-    """The multi-label summary metrics (macro and micro AUROC, mAP, macro F1 at the validated thresholds) per
-    subgroup of the test images of `dataset` at `positions`."""
+                             columns: Sequence[str], min_samples: int, replicates: int, seed: int,
+                             probabilities: bool) -> Subgroups:
+    """The multi-label summary metrics (macro and micro AUROC, mAP, macro F1 at the validated thresholds; mean
+    ECE, Brier and NLL with `probabilities`) per subgroup of the test images of `dataset` at `positions`."""
     Y = dataset.finding_matrix()[positions]
     groups = [dataset.samples[i].group for i in positions]
 
     def score_group(members: np.ndarray, codes: np.ndarray | None):
         report = multilabel_report(Y[members], scores[members], thresholds[members], list(dataset.findings),
-                                   replicates=replicates, seed=seed, clusters=codes)
+                                   replicates=replicates, seed=seed, clusters=codes, calibration=probabilities)
         return report["metrics"], None
 
     values = {column: subgroup_values(dataset, positions, column) for column in columns}
