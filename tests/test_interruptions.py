@@ -162,7 +162,7 @@ def test_finetune_resume_after_stops_mid_training_equals_an_uninterrupted_run(tm
     data = many_images(tmp_path / "data", 48)
     model = tiny_timm_models["resnet"]
     # one loader worker, so Ctrl-C also meets fine-tuning's worker processes
-    epochs = 20
+    epochs = 12  # enough epochs that stops land mid-training; fewer keep the suite short
     common = ["finetune", data, "--model", model, "--epochs", epochs, "--batch-size", 8, "--workers", 1, "--fold", 0,
               "--folds", 3, "--precision", "fp32", "--device", "cpu", "--bootstrap", 50, "--patience", epochs]
     reference = medprobe(*common, "--out", tmp_path / "reference")

@@ -33,13 +33,14 @@ def test_demo_runs_offline_with_every_method_in_the_report(tmp_path, monkeypatch
     assert load_experiment(own).backbones == ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
     from medprobe.run.runner import plan_steps
 
-    kinds = [step.kind for step in plan_steps(load_experiment(own))]  # the README's "30 steps"
-    assert (len(kinds), kinds.count("extract"), kinds.count("probe"), kinds.count("finetune")) == (30, 15, 12, 3)
+    kinds = [step.kind for step in plan_steps(load_experiment(own))]  # the README's "36 steps"
+    assert (len(kinds), kinds.count("extract"), kinds.count("probe"), kinds.count("finetune")) == (36, 18, 15, 3)
     # the run itself with Lite0 alone keeps the suite short; the three load as they do in test_fidelity
     experiment = demo.prepare_demo(tmp_path / "demo", QUIET, xray_patients=10, glioma_patients=15, epochs=1,
                                    backbones=["efficientnet-lite0"])
     summary = Runner(load_experiment(experiment), QUIET).run(show_progress=False)
-    assert summary.count("ran") == len(summary.steps) == 5 + 4 + 1  # extract x5 (+ site 2), probe x4, finetune x1
+    # extract x6 (+ site 2, + the findings' manifest over the X-rays' cache), probe x5, finetune x1
+    assert summary.count("ran") == len(summary.steps) == 6 + 5 + 1
     with summary.report_html.with_name("summary.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     methods = {(row["dataset"], row["method"]) for row in rows}
@@ -51,6 +52,9 @@ def test_demo_runs_offline_with_every_method_in_the_report(tmp_path, monkeypatch
     page = summary.report_html.read_text()
     assert "chest-xray: internal vs external test" in page and "chest-xray: balanced_accuracy by sex" in page
     assert "reliability of the" in page and "balanced_accuracy by subgroup" in page
+    assert "chest-xray: calibration" in page and "chest-xray-findings: AUROC per finding (multi-label)" in page
+    findings = {row["method"]: row for row in rows if row["dataset"] == "chest-xray-findings"}
+    assert set(findings) == {"logreg", "svm", "knn"} and all(row["macro_auroc"] for row in findings.values())
     logreg = json.loads(next((tmp_path / "demo").rglob("chest-xray/efficientnet-lite0__gap__logreg__kfold3-seed0.json"))
                         .read_text())
     sexes = {group["value"] for group in logreg["subgroups"]["columns"]["sex"]["groups"]}
@@ -59,7 +63,8 @@ def test_demo_runs_offline_with_every_method_in_the_report(tmp_path, monkeypatch
     assert glioma["patient_balanced_accuracy"], "slices aggregate to patients"
     assert "<img" in summary.report_html.read_text()
     caches = list((tmp_path / "demo").rglob("*.h5"))
-    assert caches and {read_contents(path).attrs["precision"] for path in caches} == {"fp32"}  # same on every CPU
+    assert len(caches) == 3  # X-rays, site 2, the MRI folder's: the findings reuse the X-rays' cache
+    assert {read_contents(path).attrs["precision"] for path in caches} == {"fp32"}  # same on every CPU
     finetuned = [json.loads(p.read_text()) for p in (tmp_path / "demo").rglob("*finetune-*.json")]
     assert finetuned and {record["cost"]["precision"] for record in finetuned} == {"fp32"}
     assert {record["backbone"]["licence"] for record in finetuned} == {"apache-2.0"}  # the registry's, recorded

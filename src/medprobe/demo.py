@@ -24,10 +24,11 @@ SITE2_EXPOSURE = 0.08  # the second X-ray site's detector: brighter and noisier
 
 
 def synthetic_radiograph(rng: np.random.Generator, *, opacity: bool, size: int = 256,
-                         exposure: float = 0.0) -> np.ndarray:
+                         exposure: float = 0.0, device: bool = False) -> np.ndarray:
     """A 16-bit 'radiograph': body and two dark lung fields over noise; `opacity` adds a bright
     blurred consolidation inside one lung (the finding a classifier has to see). `exposure`: another
-    site's detector, brighter and noisier."""
+    site's detector, brighter and noisier. `device`: a small bright implant (a pacemaker) high on the left,
+    a second finding independent of the first."""
     yy, xx = np.mgrid[0:size, 0:size] / size
     image = 0.55 + exposure + 0.1 * yy + rng.normal(0, 0.03 + exposure / 2, (size, size))
     for centre_x in (0.32, 0.68):
@@ -37,29 +38,37 @@ def synthetic_radiograph(rng: np.random.Generator, *, opacity: bool, size: int =
         cx, cy = rng.choice([0.32, 0.68]) + rng.normal(0, 0.03), 0.5 + rng.normal(0, 0.1)
         radius = rng.uniform(0.05, 0.1)
         image += 0.35 * np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius**2)))
+    if device:
+        top, left = int(size * rng.uniform(0.12, 0.18)), int(size * rng.uniform(0.16, 0.24))
+        image[top:top + size // 14, left:left + size // 10] = 0.95
     return (np.clip(image, 0, 1) * 4095).astype(np.uint16)  # 12-bit data in 16-bit PNGs, as detectors write
 
 
 def write_cohort(folder: Path, *, patients: int = 24, images_per_patient: int = 2, seed: int = 0,
                  exposure: float = 0.0) -> Path:
-    """Writes PNGs and a manifest.csv (path,label,group,sex: both sexes in both classes); returns its path."""
+    """Writes PNGs, a manifest.csv (path,label,group,sex: both sexes in both classes) and findings.csv (the
+    same images multi-label: path,labels,group,sex with `opacity` and `device`, which every third patient
+    has); returns manifest.csv's path."""
     rng = np.random.default_rng(seed)
     rows = []
     for patient in range(patients):
         label = "opacity" if patient % 2 else "normal"
+        device = patient % 3 == 0
         for view in range(images_per_patient):
             relative = Path("images") / f"p{patient:03d}_{view}.png"
             (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-            pixels = synthetic_radiograph(rng, opacity=label == "opacity", exposure=exposure)
+            pixels = synthetic_radiograph(rng, opacity=label == "opacity", exposure=exposure, device=device)
             Image.fromarray(pixels).save(folder / relative)
-            rows.append({"path": relative.as_posix(), "label": label, "group": f"patient{patient:03d}",
-                         "sex": "FM"[patient // 2 % 2]})
-    manifest = folder / "manifest.csv"
-    with manifest.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["path", "label", "group", "sex"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+            findings = "|".join([*(["opacity"] if label == "opacity" else []), *(["device"] if device else [])])
+            rows.append({"path": relative.as_posix(), "label": label, "labels": findings,
+                         "group": f"patient{patient:03d}", "sex": "FM"[patient // 2 % 2]})
+    for name, columns in (("manifest.csv", ["path", "label", "group", "sex"]),
+                          ("findings.csv", ["path", "labels", "group", "sex"])):
+        with (folder / name).open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    return folder / "manifest.csv"
 
 
 def synthetic_brain(rng: np.random.Generator, grade: int, shape=(48, 56, 32)) -> dict[str, np.ndarray]:
@@ -128,6 +137,9 @@ def write_experiment(out_dir: Path, *, backbones: list[str], xray: Path, glioma:
         # a second site as the external test; subgroups by sex, with a demo-sized minimum (studies: 20 or more)
         "[[datasets]]", f'data = "{xray.relative_to(out_dir).as_posix()}"',
         f'test = "{xray_site2.relative_to(out_dir).as_posix()}"', 'subgroups = ["sex"]', "subgroup_min = 12", "",
+        # the same images with two findings each may have (multi-label): its probes reuse the X-rays' cache
+        "[[datasets]]", f'data = "{xray.with_name("chest-xray-findings.toml").relative_to(out_dir).as_posix()}"',
+        "finetune = false", "",
     ]
     for spec in glioma:
         lines += ["[[datasets]]", f'data = "{spec.relative_to(out_dir).as_posix()}"', "ordinal = true",
@@ -179,4 +191,5 @@ def _named_cohort(folder: Path, name: str, **options) -> Path:
     manifest = write_cohort(folder, **options)
     spec = manifest.with_name(f"{name}.toml")
     spec.write_text(f'name = "{name}"\nmanifest = "{manifest.name}"\n')
+    manifest.with_name(f"{name}-findings.toml").write_text(f'name = "{name}-findings"\nmanifest = "findings.csv"\n')
     return spec
