@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from medprobe.models.backbone import Backbone, load_backbone
 from medprobe.models.registry import auto_pools, resolve_model
 from medprobe.progress import STDERR, progress_bar
 from medprobe.results.calibration import calibrated_block, calibrated_findings_block, fit_findings, get_calibrator
-from medprobe.results.external import EXTERNAL, EXTERNAL_FOLD, external_block, matched_test_set
+from medprobe.results.external import EXTERNAL, EXTERNAL_FOLD, mark_external, matched_test_set
 from medprobe.results.metrics import PROBABILITIES, group_codes, test_report
 from medprobe.results.multilabel import finding_thresholds, multilabel_records
 from medprobe.results.record import fold_sizes, run_header, safe_name, save_multilabel_run, save_run
@@ -297,6 +297,10 @@ def finetune(*, dataset: Dataset, model: str, settings: FinetuneSettings, out_di
                             wall, out_dir, internal=Path(internal["record_path"]).name)]
 
 
+TRAINED_ON = ("all {samples} samples of DATA: trained on all but a validation part carved from them as in every "
+              "fold, which chose the checkpoint")
+
+
 def _save(trainer: FoldTrainer, plan, folds: list[Fold], results: list[dict], tested: Dataset, protocol: str,
           wall: float, out_dir: Path, internal: str | None = None) -> dict:
     """The run record of `folds` scored on `tested` (DATA itself, or with `internal` set, an external cohort)."""
@@ -321,7 +325,8 @@ def _save(trainer: FoldTrainer, plan, folds: list[Fold], results: list[dict], te
         "backbone": _backbone_block(trainer, results),
     }
     if external:
-        sizes = _mark_external(record, trainer, plan, tested, internal, groups, sizes)
+        sizes = mark_external(record, tested, sizes, groups, internal=internal, internal_protocol=plan.protocol,
+                              trained_on=TRAINED_ON.format(samples=len(trainer.y)))
     record.update({
         "sizes": sizes,
         "hyperparameters": [{"fold": f.index, "best_epoch": r["best_epoch"],
@@ -364,17 +369,6 @@ def _cost(trainer: FoldTrainer, results: list[dict], wall: float) -> Cost:
                 device_name=device_name(trainer.device), precision=trainer.precision)
 
 
-def _mark_external(record: dict, trainer: FoldTrainer, plan, tested: Dataset, internal: str,
-                   groups: list[str | None], sizes: list) -> list:
-    """An external record's `external` block and bootstrap unit (the cohort's); its sizes with the cohort as test."""
-    record["external"] = external_block(
-        tested, internal=internal, internal_protocol=plan.protocol,
-        trained_on=f"all {len(trainer.y)} samples of DATA: trained on all but a validation part carved from "
-                   "them as in every fold, which chose the checkpoint")
-    record["bootstrap"]["unit"] = "patient" if group_codes(groups) is not None else "sample"
-    return [replace(size, test=len(groups)) for size in sizes]
-
-
 def _save_multilabel(trainer: FoldTrainer, plan, folds: list[Fold], results: list[dict], tested: Dataset,
                      positions: np.ndarray, fold_of: np.ndarray, protocol: str, wall: float, out_dir: Path,
                      internal: str | None) -> dict:
@@ -396,7 +390,8 @@ def _save_multilabel(trainer: FoldTrainer, plan, folds: list[Fold], results: lis
     }
     sizes = fold_sizes(folds)
     if internal is not None:
-        sizes = _mark_external(record, trainer, plan, tested, internal, groups, sizes)
+        sizes = mark_external(record, tested, sizes, groups, internal=internal, internal_protocol=plan.protocol,
+                              trained_on=TRAINED_ON.format(samples=len(trainer.y)))
     record.update({
         "sizes": sizes,
         "hyperparameters": [{"fold": f.index, "best_epoch": r["best_epoch"], "val_macro_auroc": r["val_score"],

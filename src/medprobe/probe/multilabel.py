@@ -7,7 +7,6 @@ part. Unknown labels (blank, or an ignored -1) are left out of that finding's fi
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from medprobe.probe.classifiers import get_probe
 from medprobe.probe.protocol import FoldData, Probe, best
 from medprobe.probe.settings import ProbeSettings
 from medprobe.results.calibration import Calibrator, calibrated_findings_block, get_calibrator, not_applied
-from medprobe.results.external import EXTERNAL, EXTERNAL_FOLD, external_block
+from medprobe.results.external import EXTERNAL, EXTERNAL_FOLD, mark_external
 from medprobe.results.metrics import PROBABILITIES, group_codes
 from medprobe.results.multilabel import best_f1_threshold, multilabel_records
 from medprobe.results.record import fold_sizes, record_paths, run_header, safe_name, save_multilabel_run
@@ -113,13 +112,12 @@ class MultilabelProber:
         sizes = fold_sizes(folds)
         if X_test is not None:
             internal = record_name(job.name, method, self.plan.protocol, s.seed, pool=job.pool)
-            record["external"] = external_block(
-                tested, internal=record_paths(self.out_dir, self.dataset.name, internal)[0].name,
-                internal_protocol=self.plan.protocol,
-                trained_on=f"all {len(self.Y)} images of DATA: per finding, hyperparameters and threshold chosen on "
-                           "a validation part carved from them as in every fold, then one refit on all of them")
-            record["bootstrap"]["unit"] = "patient" if group_codes(groups) is not None else "sample"
-            sizes = [replace(size, refit=len(self.Y), test=len(positions)) for size in sizes]
+            sizes = mark_external(record, tested, sizes, groups, refit=len(self.Y),
+                                  internal=record_paths(self.out_dir, self.dataset.name, internal)[0].name,
+                                  internal_protocol=self.plan.protocol,
+                                  trained_on=f"all {len(self.Y)} images of DATA: per finding, hyperparameters and "
+                                             "threshold chosen on a validation part carved from them as in every "
+                                             "fold, then one refit on all of them")
         record.update({
             "sizes": sizes,
             "hyperparameters": [{"fold": fold.index, "finding": findings[f], **r["params"],

@@ -24,7 +24,7 @@ from medprobe.probe.protocol import FoldData, Probe, SearchOutcome, best, fit_sc
 from medprobe.probe.settings import ProbeSettings
 from medprobe.progress import STDERR, progress_bar
 from medprobe.results.calibration import Calibrator, calibrated_block, get_calibrator, not_applied
-from medprobe.results.external import EXTERNAL, EXTERNAL_FOLD, external_block, matched_test_set
+from medprobe.results.external import EXTERNAL, EXTERNAL_FOLD, mark_external, matched_test_set
 from medprobe.results.metrics import (
     PROBABILITIES,
     calibration_block,
@@ -221,12 +221,11 @@ class Prober:
         sizes = fold_sizes(folds)
         if external:
             internal = record_paths(self.out_dir, self.dataset.name, self._name(job, method, self.plan.protocol))[0]
-            record["external"] = external_block(
-                tested, internal=internal.name, internal_protocol=self.plan.protocol,
-                trained_on=f"all {len(self.y)} samples of DATA: hyperparameters chosen on a validation part carved "
-                           "from them as in every fold, then one refit on all of them")
-            record["bootstrap"]["unit"] = "patient" if group_codes(groups) is not None else "sample"
-            sizes = [replace(size, refit=len(self.y), test=len(positions)) for size in sizes]
+            sizes = mark_external(record, tested, sizes, groups, internal=internal.name,
+                                  internal_protocol=self.plan.protocol, refit=len(self.y),
+                                  trained_on=f"all {len(self.y)} samples of DATA: hyperparameters chosen on a "
+                                             "validation part carved from them as in every fold, then one refit on "
+                                             "all of them")
         record.update({
             "sizes": sizes,
             "hyperparameters": [{"fold": f.index, **r["params"], "val_balanced_accuracy": r["val_balanced_accuracy"]}

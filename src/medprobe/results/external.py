@@ -4,9 +4,12 @@ record's `external` block and the protocol name."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from medprobe.data.samples import Dataset
 from medprobe.errors import MedprobeError
-from medprobe.results.schema import CohortInfo, ExternalInfo
+from medprobe.results.metrics import group_codes
+from medprobe.results.schema import CohortInfo, ExternalInfo, FoldSize
 
 EXTERNAL = "external"  # the record's protocol; its file name adds the cohort: ...__external-<name>-seed0
 EXTERNAL_FOLD = -1  # the fold index of the one refit on all of DATA (the predictions CSV's fold column)
@@ -45,3 +48,14 @@ def external_block(tested: Dataset, *, internal: str, internal_protocol: str, tr
     cohort = CohortInfo(tested.name, str(tested.source), len(tested.samples), dict(tested.class_counts()),
                         any(s.group is not None for s in tested.samples))
     return ExternalInfo(cohort, trained_on, internal_protocol, internal).to_dict()
+
+
+def mark_external(record: dict, tested: Dataset, sizes: list[FoldSize], groups: list[str | None], *, internal: str,
+                  internal_protocol: str, trained_on: str, refit: int | None = None) -> list[FoldSize]:
+    """Make `record` an external one: its `external` block and the bootstrap unit of the cohort (patients when
+    DATA2 has groups); returns the sizes with DATA2's images as the test part (and `refit`, when the final
+    model was refitted on that many samples of DATA)."""
+    record["external"] = external_block(tested, internal=internal, internal_protocol=internal_protocol,
+                                        trained_on=trained_on)
+    record["bootstrap"]["unit"] = "patient" if group_codes(groups) is not None else "sample"
+    return [replace(size, refit=refit, test=len(groups)) for size in sizes]
