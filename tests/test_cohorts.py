@@ -201,7 +201,7 @@ def test_the_report_shows_internal_beside_external_and_the_subgroup_tables_and_f
     assert rows["kfold5"]["worst_subgroup_accuracy"] == f"sex={worst['group']}"
     calibration = next(t for t in report.content.sections if t.title.endswith(": calibration"))
     assert calibration.columns[3:] == ["ECE", "Brier", "NLL", "ECE calibrated", "Brier calibrated", "NLL calibrated",
-                                       "temperature per fold"]
+                                       "temperature per fold (and finding)"]
     for row, record in zip(calibration.rows, (internal, external), strict=True):  # raw, then after temperature
         ece, after = record["metrics"]["ece"], record["calibrated"]["metrics"]["ece"]
         assert row[3] == f"{ece['value']:.3f} [{ece['ci'][0]:.3f}, {ece['ci'][1]:.3f}]"
@@ -215,3 +215,18 @@ def test_an_external_cohort_that_shares_images_with_data_is_refused(tmp_path):
         probe(dataset=data, models=None, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
               settings=ProbeSettings(bootstrap=0), tested=data, show_progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_two_datasets_whose_records_share_file_names_each_get_their_sections(tmp_path):
+    from medprobe.report import build_report
+
+    for name, seed in (("one", 1), ("two", 2)):  # the same backbone and classifier: the same record file names
+        labels, features = two_class_features(80, 16, np.full(80, 1.0), seed=seed)
+        data = synthetic_study(tmp_path / name, tmp_path / "cache", labels, features)
+        probe(dataset=data, models=None, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
+              settings=ProbeSettings(bootstrap=50, classifiers=("logreg",), calibrate="temperature"),
+              show_progress=False)
+    report = build_report(results_dirs=[tmp_path / "out"], out_dir=tmp_path / "report", replicates=50)
+    tables = {t.dataset: t for t in report.content.sections if t.title.endswith(": calibration")}
+    assert set(tables) == {"one-labels", "two-labels"}
+    assert all([row[1:3] for row in t.rows] == [["logreg", "kfold5"]] for t in tables.values())

@@ -186,7 +186,7 @@ def test_multilabel_refusals_name_the_option(tmp_path, capsys):
         dataset_splits(dataset, folds=20, seed=0)
 
 
-def test_the_report_has_a_findings_table_heatmap_and_summary_columns(tmp_path):
+def test_the_report_has_a_findings_table_heatmap_and_summary_columns(tmp_path, capsys):
     from medprobe.report import build_report
 
     dataset, _ = two_finding_study(tmp_path)
@@ -213,6 +213,10 @@ def test_the_report_has_a_findings_table_heatmap_and_summary_columns(tmp_path):
     with report.summary_csv.open() as handle:
         rows = list(csv.DictReader(handle))
     assert {row["method"] for row in rows} == {"logreg", "knn"} and all(row["macro_auroc"] for row in rows)
+    with pytest.raises(SystemExit) as info:  # the console shows the findings table as a dataset's own table
+        main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "report2"), "--bootstrap", "50"])
+    out = capsys.readouterr().out
+    assert info.value.code in (0, None) and "AUROC per finding (multi-label)" in out and "macro AUROC" in out
 
 
 def test_probe_cli_prints_the_multilabel_summary_metrics(tmp_path, capsys):

@@ -332,15 +332,11 @@ def report_command(
     """A leaderboard (backbone x dataset), tables (backbone x method, CI, paired test vs the best) and figures
     from every run record."""
     from medprobe.api import report as build_report
-    from medprobe.report.render import console_table
+    from medprobe.report.render import print_headline
 
     report = build_report(list(results or []) or [RESULTS_DIR], out=out, metric=metric, latex=latex,
                           bootstrap=bootstrap, seed=seed, embedding=embedding)
-    if report.leaderboard is not None:
-        console.print(console_table(report.leaderboard))
-    for table in report.tables:
-        if table.level == "sample":
-            console.print(console_table(table))
+    print_headline(console, report.leaderboard, report.tables, report.content.sections)
     console.print(f"report: {report.html}")
 
 
@@ -483,18 +479,14 @@ def run_command(
 
 def print_run_summary(summary, *, dry_run: bool) -> None:
     """The plan (with --dry-run) or the outcome, then the headline tables and the report's path."""
-    from medprobe.report.render import console_table
+    from medprobe.report.render import print_headline
 
     if dry_run:
         table = Table("step", "status")
         for step in summary.steps:
             table.add_row(step.label(summary.names), step.status)
         console.print(table)
-    if summary.report_leaderboard is not None:
-        console.print(console_table(summary.report_leaderboard))
-    for table in summary.report_tables:
-        if table.level == "sample":
-            console.print(console_table(table))
+    print_headline(console, summary.report_leaderboard, summary.report_tables, summary.report_sections)
     counts = {status: summary.count(status) for status in ("done", "ran")}
     failed = [step for step in summary.steps if step.status.startswith(("failed", "blocked"))]
     to_do = len(summary.steps) - counts["done"] - counts["ran"] - len(failed)

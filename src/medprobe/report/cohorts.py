@@ -24,6 +24,7 @@ class TextTable:
     columns: list[str]
     rows: list[list[str]]
     note: str
+    headline: bool = False  # printed on the console beside the per-dataset tables (a multi-label dataset's own)
 
 
 def _value_text(entry: MetricValue | None) -> str:
@@ -35,10 +36,11 @@ def _value_text(entry: MetricValue | None) -> str:
 
 
 def _newest(records: list[RunRecord]) -> list[RunRecord]:
-    """One record per backbone, pool, method and protocol: the newest (as the comparison tables choose)."""
+    """One record per dataset, backbone, pool, method and protocol: the newest (as the comparison tables
+    choose). Two datasets' records may share a file name (e.g. two manifests over one image folder)."""
     chosen: dict[tuple, RunRecord] = {}
     for record in sorted(records, key=lambda r: (r.created_at, r.name)):
-        chosen[(record.model, record.pool, record.method, record.name.rsplit("-seed", 1)[0])] = record
+        chosen[(record.dataset, record.model, record.pool, record.method, record.name.rsplit("-seed", 1)[0])] = record
     return sorted(chosen.values(), key=lambda r: (r.model, method_order(r.method), r.external is not None, r.name))
 
 
@@ -119,9 +121,9 @@ def calibration_tables(records: list[RunRecord]) -> list[TextTable]:
     --calibrate the same after the calibrator and its fitted parameter per fold; runs whose scores are not
     probabilities are named as such, not scored."""
     tables = []
-    mine_all = _newest([r for r in records if r.calibration is not None])
-    for dataset in dict.fromkeys(r.dataset for r in mine_all):
-        runs = [r for r in mine_all if r.dataset == dataset]
+    scored = _newest([r for r in records if r.calibration is not None])
+    for dataset in dict.fromkeys(r.dataset for r in scored):
+        runs = [r for r in scored if r.dataset == dataset]
         if not any(r.probabilities for r in runs):
             continue
         rows = []
@@ -139,7 +141,8 @@ def calibration_tables(records: list[RunRecord]) -> list[TextTable]:
                          temperature or (f"not applied: {calibrated.why}" if calibrated and calibrated.why else "—")])
         tables.append(TextTable(dataset, f"{dataset}: calibration",
                                 ["backbone", "method", "protocol", *(name for name, _ in CALIBRATION_COLUMNS),
-                                 *(f"{name} calibrated" for name, _ in CALIBRATION_COLUMNS), "temperature per fold"],
+                                 *(f"{name} calibrated" for name, _ in CALIBRATION_COLUMNS),
+                                 "temperature per fold (and finding)"],
                                 rows,
                                 "As scored, and after --calibrate (fitted on each fold's validation part only, "
                                 "applied to its test part; predictions unchanged). ECE over "
@@ -219,5 +222,5 @@ def finding_tables(records: list[RunRecord], replicates: int, seed: int) -> list
                                 "bootstrap CIs (patients resampled when grouped). F1 uses the validated "
                                 "thresholds; per-finding AP and F1 are in the records. The paired test scores both "
                                 "runs' macro AUROC on the same resamples of the shared test images (the report's "
-                                "--bootstrap and --seed)."))
+                                "--bootstrap and --seed).", headline=True))
     return tables

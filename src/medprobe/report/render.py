@@ -478,3 +478,27 @@ def console_table(table: Table):
         cells = method_cells(table, row, best=lambda text: f"[bold]{text}*[/bold]", plain=escape)
         rich_table.add_row(*(escape(c) for c in backbone_cells(table, row)), *cells)
     return rich_table
+
+
+def console_text_table(table: TextTable):
+    """A report section (report.cohorts.TextTable) for the terminal."""
+    from rich.markup import escape
+    from rich.table import Table as RichTable
+
+    rich_table = RichTable(*(escape(c) for c in table.columns), title=escape(table.title))
+    for row in table.rows:
+        rich_table.add_row(*(escape(str(c)) for c in row))
+    return rich_table
+
+
+def print_headline(console, leaderboard: Table | None, tables: list[Table], sections: list[TextTable]) -> None:
+    """What `medprobe report` and `medprobe run` print: the leaderboard, each dataset's per-image table and
+    each multi-label dataset's findings table."""
+    if leaderboard is not None:
+        console.print(console_table(leaderboard))
+    for table in tables:
+        if table.level == "sample":
+            console.print(console_table(table))
+    for section in sections:
+        if section.headline:
+            console.print(console_text_table(section))

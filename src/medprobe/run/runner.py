@@ -72,6 +72,7 @@ class RunSummary:
     report_html: Path | None = None
     report_tables: list = field(default_factory=list)
     report_leaderboard: object = None  # report.tables.Table: backbone x dataset
+    report_sections: list = field(default_factory=list)  # report.cohorts.TextTable: external, findings, ...
 
     def count(self, status: str) -> int:
         return sum(step.status == status for step in self.steps)
@@ -276,3 +277,4 @@ class Runner:
         summary.report_html = report.html
         summary.report_tables = report.tables
         summary.report_leaderboard = report.leaderboard
+        summary.report_sections = report.content.sections
