@@ -1,8 +1,8 @@
 """svm: standardised float32 features; linear (C in 1e-4..1) and RBF (gamma="scale", C in 0.1..100).
 
 - Up to KERNEL_LIMIT training samples, both are libsvm SVCs (hinge loss, one-vs-one) on kernel matrices
-  computed once per fold from one Gram matrix (one float32 matrix product): the linear kernel is the Gram
-  matrix itself, the RBF kernel follows from it, and every C of both grids reuses them
+  computed once per fold and family from a Gram matrix (one float32 matrix product): the linear kernel is
+  the Gram matrix itself, the RBF kernel follows from it, and every C of the family's grid reuses it
   (SVC(kernel="precomputed")). The final fit is the same: a kernel against the training rows by one matrix
   product (scikit-learn's linear_kernel / rbf_kernel in a FunctionTransformer), then SVC(kernel="precomputed"),
   a plain scikit-learn pipeline that predicts as SVC(kernel="linear" | "rbf", gamma="scale") does; libsvm's
@@ -14,10 +14,11 @@
   the primal when d > n: 80 s against 2 s for one fit at C=1 on the digits features), and the RBF kernel is
   approximated (Nystroem, 1024 components, seeded), mapped once per fold, and fed to the primal linear
   solver; the records say `solver` and `approximate`.
-The search of a fold is one part (the shared kernels) up to the limit, and two (linear, approximate RBF)
-above it. Along each exact grid, once a C's solution has no dual multiplier at its bound C, every larger C has
-the same solution (no constraint it relaxes is active): those candidates take its score without a fit and
-say `same_as_C` (on 10k x 1024 features with 10 classes, C = 1 repeats C = 0.1's hard-margin solution).
+The search of a fold is two parts, one per family (linear, RBF; each computes its kernel from its own Gram
+matrix), so ten parts of five folds share two cores evenly. Along each exact grid, once a C's solution has
+no dual multiplier at its bound C, every larger C has the same solution (no constraint it relaxes is
+active): those candidates take its score without a fit and say `same_as_C` (on 10k x 1024 features with
+10 classes, C = 1 repeats C = 0.1's hard-margin solution).
 """
 
 from __future__ import annotations
@@ -88,18 +89,20 @@ def kernel_map(kernel: str, reference: np.ndarray) -> FunctionTransformer:
     return FunctionTransformer(rbf_kernel, kw_args={"Y": reference, "gamma": scale_gamma(reference)})
 
 
-def kernels(Ztr: np.ndarray, Zval: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(train x train, val x train) linear and RBF kernel matrices from one Gram matrix; the RBF's gamma is
-    SVC's gamma="scale"."""
+def kernels(Ztr: np.ndarray, Zval: np.ndarray, kernel: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (train x train, val x train) `kernel` matrices (linear or RBF) from one float32 Gram matrix, as
+    float64 for libsvm; the RBF's gamma is SVC's gamma="scale", its exponential taken in float32 (a third of
+    the float64 one's time; the kernel values differ by float32 rounding, below libsvm's tolerance)."""
     gram, cross = Ztr @ Ztr.T, Zval @ Ztr.T
-    gamma = scale_gamma(Ztr)
+    if kernel == "linear":
+        return gram.astype(np.float64), cross.astype(np.float64)
+    gamma = np.float32(scale_gamma(Ztr))
     norms_tr, norms_val = np.diag(gram), (Zval * Zval).sum(1)
 
     def rbf(products: np.ndarray, norms: np.ndarray) -> np.ndarray:
-        return np.exp(-gamma * np.maximum(norms[:, None] + norms_tr[None, :] - 2 * products, 0), dtype=np.float64)
+        return np.exp(-gamma * np.maximum(norms[:, None] + norms_tr[None, :] - 2 * products, 0)).astype(np.float64)
 
-    return {"linear": (gram.astype(np.float64), cross.astype(np.float64)),
-            "rbf": (rbf(gram, norms_tr), rbf(cross, norms_val))}
+    return rbf(gram, norms_tr), rbf(cross, norms_val)
 
 
 @register
@@ -117,7 +120,11 @@ class Svm(Probe):
                 "nystroem_components": NYSTROEM_COMPONENTS}
 
     def parts(self, n_train: int) -> list[tuple]:
-        return [("kernels",)] if n_train <= KERNEL_LIMIT else [("linear",), ("nystroem",)]
+        """Each family's grid is a part of its own, run side by side with the other folds' parts (two per fold
+        keep both cores busy where five folds would leave one idle for the last)."""
+        if n_train <= KERNEL_LIMIT:
+            return [("kernel", "linear"), ("kernel", "rbf")]
+        return [("linear",), ("nystroem",)]
 
     def search(self, part: tuple, data: FoldData, seed: int, *, coarse_to_fine: bool = False) -> SearchOutcome:
         Ztr, Zval = data.standardised()
@@ -131,18 +138,18 @@ class Svm(Probe):
                                                                                              data.n_classes))))
             return estimator
 
-        if part[0] == "kernels":
-            matrices = kernels(Ztr, Zval)
-            for kernel, grid in (("linear", SVM_LINEAR_GRID), ("rbf", SVM_RBF_GRID)):
-                saturated = None  # the first C whose solution has no multiplier at its bound
-                for c in grid:
-                    params = {"kernel": kernel, "C": c, "solver": "libsvm"}
-                    if saturated is not None:  # a larger C changes nothing: that solution is optimal here too
-                        outcome.candidates.append((params | {"same_as_C": saturated[0]}, saturated[1]))
-                        continue
-                    fitted = score(params, kernel_svc(c, "precomputed"), *matrices[kernel])
-                    if not at_bound(fitted, c):
-                        saturated = (c, outcome.candidates[-1][1])
+        if part[0] == "kernel":
+            kernel = part[1]
+            matrices = kernels(Ztr, Zval, kernel)
+            saturated = None  # the first C whose solution has no multiplier at its bound
+            for c in SVM_LINEAR_GRID if kernel == "linear" else SVM_RBF_GRID:
+                params = {"kernel": kernel, "C": c, "solver": "libsvm"}
+                if saturated is not None:  # a larger C changes nothing: that solution is optimal here too
+                    outcome.candidates.append((params | {"same_as_C": saturated[0]}, saturated[1]))
+                    continue
+                fitted = score(params, kernel_svc(c, "precomputed"), *matrices)
+                if not at_bound(fitted, c):
+                    saturated = (c, outcome.candidates[-1][1])
         elif part[0] == "linear":
             for c in SVM_LINEAR_GRID:
                 score({"kernel": "linear", "C": c, "solver": "liblinear"}, linear_svc(c, *Ztr.shape, seed), Ztr, Zval)
