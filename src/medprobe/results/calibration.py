@@ -9,7 +9,7 @@ import numpy as np
 
 from medprobe.errors import MedprobeError
 from medprobe.results.metrics import CALIBRATION_METRICS, PROBABILITY_FLOOR, evaluate, softmax, summarize_metrics
-from medprobe.results.multilabel import multilabel_report, two_class
+from medprobe.results.multilabel import calibration_summary, two_class
 from medprobe.results.schema import Calibrated
 
 CALIBRATORS: dict[str, type[Calibrator]] = {}
@@ -109,9 +109,7 @@ def calibrated_findings_block(name: str, fitted: list[tuple[int, list[dict]]], s
         rows = fold_of == index
         for f, params in enumerate(per_finding):
             scaled[rows, f] = calibrator.apply(params, two_class(scores[rows, f]))[:, 1]
-    report = multilabel_report(Y, scaled, np.full_like(scaled, 0.5), findings, replicates=replicates, seed=seed,
-                               clusters=clusters, calibration=True)
-    metrics = {m: report["metrics"][m] for m in CALIBRATION_METRICS}
+    metrics = calibration_summary(Y, scaled, replicates=replicates, seed=seed, clusters=clusters)
     return Calibrated(name, True, summary=calibrator.summary + ", per finding", fitted_on=fitted_on,
                       per_fold=[{"fold": index, "finding": findings[f], **params}
                                 for index, per_finding in fitted for f, params in enumerate(per_finding)],

@@ -84,22 +84,57 @@ def multilabel_metrics(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray
         out[f"auroc[{f}]"] = _auroc_of_columns(scores[known, f], positive, w)
         out[f"average_precision[{f}]"] = average_precision(scores[known, f], positive, w)
         out[f"f1[{f}]"] = f1_at(scores[known, f], positive, thresholds[known, f], w)
-        if calibration:
-            scored = calibration_metrics(positive.astype(int), two_class(scores[known, f]), weights[:, known])
-            out.update({f"{name}[{f}]": scored[name] for name in CALIBRATION_METRICS})
         pair_scores.append(scores[known, f])
         pair_positive.append(positive)
         pair_rows.append(known)
     rows = np.concatenate(pair_rows)
     out["micro_auroc"] = _auroc_of_columns(np.concatenate(pair_scores), np.concatenate(pair_positive),
                                            weights_t[rows])
+    _add_means(out, (("macro_auroc", "auroc"), ("mean_average_precision", "average_precision"),
+                     ("macro_f1", "f1")), Y.shape[1])
+    if calibration:
+        out.update(finding_calibration(Y, scores, weights))
+    return out
+
+
+def finding_calibration(Y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """ECE, Brier and NLL of each finding (a two-class problem on its known labels) and their means over
+    findings, for each weight row."""
+    out: dict[str, np.ndarray] = {}
+    for f in range(Y.shape[1]):
+        known = np.flatnonzero(~np.isnan(Y[:, f]))
+        scored = calibration_metrics((Y[known, f] == 1).astype(int), two_class(scores[known, f]), weights[:, known])
+        out.update({f"{name}[{f}]": scored[name] for name in CALIBRATION_METRICS})
+    _add_means(out, ((m, m) for m in CALIBRATION_METRICS), Y.shape[1])
+    return out
+
+
+def _add_means(out: dict[str, np.ndarray], pairs, findings: int) -> None:
+    """out[summary] = the mean over findings of out[name[f]], for each (summary, name)."""
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         # a resample lacking every finding's positives has no macro value (NaN), without a RuntimeWarning
         warnings.simplefilter("ignore", RuntimeWarning)
-        for summary, name in (("macro_auroc", "auroc"), ("mean_average_precision", "average_precision"),
-                              ("macro_f1", "f1"), *((m, m) for m in CALIBRATION_METRICS if calibration)):
-            out[summary] = np.nanmean(np.stack([out[f"{name}[{f}]"] for f in range(Y.shape[1])]), axis=0)
-    return out
+        for summary, name in pairs:
+            out[summary] = np.nanmean(np.stack([out[f"{name}[{f}]"] for f in range(findings)]), axis=0)
+
+
+def _bootstrapped(compute, n: int, *, replicates: int, seed: int, clusters: np.ndarray | None):
+    """`compute(weights)` on all samples and on each bootstrap resample; returns name -> MetricValue."""
+    point = {k: float(v[0]) for k, v in compute(np.ones((1, n))).items()}
+    chunks = [compute(w) for w in bootstrap_weights(n, replicates, seed, clusters)] if replicates else []
+
+    def entry(name: str):
+        return metric_value(point[name], np.concatenate([c[name] for c in chunks]) if chunks else np.empty(0))
+
+    return entry
+
+
+def calibration_summary(Y: np.ndarray, scores: np.ndarray, *, replicates: int, seed: int,
+                        clusters: np.ndarray | None) -> dict:
+    """The means over findings of ECE, Brier and NLL with their bootstrap CIs (no ranking metrics computed)."""
+    entry = _bootstrapped(lambda w: finding_calibration(Y, scores, w), len(Y), replicates=replicates, seed=seed,
+                          clusters=clusters)
+    return {name: entry(name) for name in CALIBRATION_METRICS}
 
 
 def multilabel_report(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, findings: list[str], *,
@@ -107,14 +142,9 @@ def multilabel_report(Y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray,
     """The record's `metrics` (the summary metrics) and `per_finding` (AUROC, AP and F1 per finding, with
     its known, positive counts; with `calibration` also ECE, Brier and NLL), values with 95% bootstrap CIs
     (patients resampled when grouped)."""
-    point = {k: float(v[0]) for k, v in
-             multilabel_metrics(Y, scores, thresholds, np.ones((1, len(Y))), calibration).items()}
-    chunks = [multilabel_metrics(Y, scores, thresholds, w, calibration)
-              for w in bootstrap_weights(len(Y), replicates, seed, clusters)] if replicates else []
+    entry = _bootstrapped(lambda w: multilabel_metrics(Y, scores, thresholds, w, calibration), len(Y),
+                          replicates=replicates, seed=seed, clusters=clusters)
     measured = (*FINDING_METRICS, *(CALIBRATION_METRICS if calibration else ()))
-
-    def entry(name: str):
-        return metric_value(point[name], np.concatenate([c[name] for c in chunks]) if chunks else np.empty(0))
 
     per_finding = {}
     for f, finding in enumerate(findings):
