@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from probe_helpers import synthetic_study
-from sklearn.svm import SVC
+from sklearn.svm import SVC, LinearSVC
 
 from medprobe.errors import MedprobeError
 from medprobe.probe import classifiers, logreg, svm
@@ -145,26 +145,51 @@ def test_a_c_beyond_the_hard_margin_solution_is_not_fitted_again_and_equals_a_pl
         assert np.abs(larger.decision_function(Zval) - base.decision_function(Zval)).max() < 1e-2
 
 
-def test_above_the_kernel_limit_the_svm_search_is_liblinear_and_nystroem(monkeypatch):
+def test_above_the_kernel_limit_the_svm_search_is_the_squared_hinge_and_nystroem(monkeypatch):
     monkeypatch.setattr(svm, "KERNEL_LIMIT", 50)
     data = fold_data(n=120, n_classes=3, dim=12, spread=1.5, seed=5)
     probe = get_probe("svm")
     assert probe.parts(len(data.Xtr)) == [("linear",), ("nystroem",)]
     rbf = probe.search(("nystroem",), data, 0).candidates
-    assert all(p["approximate"] and p["solver"] == "liblinear" for p, _ in rbf)
+    assert all(p["approximate"] and p["solver"] == "squared-hinge-lbfgs" for p, _ in rbf)
     fitted = probe.fit(rbf[0][0], data.Xtr, data.ytr, 3, 0)
     assert [name for name, _ in fitted.model.steps] == ["standardscaler", "nystroem", "linearsvc"]
+    linear = probe.search(("linear",), data, 0).candidates
+    Ztr, Zval = data.standardised()
+    plain = [balanced_accuracy(data.yval, decision_scores(
+        LinearSVC(C=p["C"], dual=False, tol=1e-10, max_iter=100_000).fit(Ztr, data.ytr), Zval, 3)) for p, _ in linear]
+    assert [score for _, score in linear] == pytest.approx(plain, abs=1e-12)  # liblinear's choices, C by C
 
 
-def test_exact_kernels_up_to_8000_training_samples_then_liblinear_and_nystroem():
+def objective(model, X: np.ndarray, y: np.ndarray, C: float) -> float:
+    """LinearSVC's primal: per one-vs-rest problem 1/2 |(w, b)|^2 + C sum max(0, 1 - y (w.x + b))^2."""
+    signs = np.where(y[:, None] == model.classes_[None, :], 1.0, -1.0)
+    signs = signs[:, 1:] if len(model.classes_) == 2 else signs
+    weights = np.vstack([model.coef_.T, model.intercept_[None, :]])
+    slack = np.maximum(0, 1 - signs * (np.hstack([X, np.ones((len(X), 1))]) @ weights))
+    return 0.5 * float((weights ** 2).sum()) + C * float((slack ** 2).sum())
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+@pytest.mark.parametrize("C", [1e-3, 0.1, 1.0])
+def test_the_squared_hinge_solver_reaches_liblinears_optimum(n_classes, C):
+    from medprobe.probe.squared_hinge import fit_squared_hinge
+
+    X, y = blobs(600, n_classes, 30, 1.0, seed=n_classes)
+    reference = LinearSVC(C=C, dual=False, tol=1e-10, max_iter=100_000).fit(X, y)
+    mine = fit_squared_hinge(X, y, C, tol=svm.LINEAR_LIMITS.tol, max_iter=svm.LINEAR_LIMITS.max_iter)
+    assert isinstance(mine, LinearSVC) and mine.coef_.shape == reference.coef_.shape
+    assert objective(mine, X, y, C) == pytest.approx(objective(reference, X, y, C), rel=1e-5)
+    assert (mine.predict(X) == reference.predict(X)).mean() >= 0.995
+    warm = fit_squared_hinge(X, y, C, tol=svm.LINEAR_LIMITS.tol, max_iter=svm.LINEAR_LIMITS.max_iter,
+                             start=fit_squared_hinge(X, y, C / 10, tol=1e-6, max_iter=1000))
+    assert objective(warm, X, y, C) == pytest.approx(objective(reference, X, y, C), rel=1e-5)
+
+
+def test_exact_kernels_up_to_8000_training_samples_then_the_squared_hinge_and_nystroem():
     assert svm.KERNEL_LIMIT == 8000
     assert get_probe("svm").parts(8000) == [("kernel", "linear"), ("kernel", "rbf")]
     assert get_probe("svm").parts(8001) == [("linear",), ("nystroem",)]
-
-
-def test_linear_svm_solves_the_dual_only_when_features_outnumber_samples():
-    assert svm.linear_svc(1.0, 100, 500, 0).dual is True
-    assert svm.linear_svc(1.0, 5000, 500, 0).dual is False
 
 
 def test_iteration_caps_are_counted_recorded_and_warned_about(tmp_path, monkeypatch, capsys):
@@ -224,7 +249,7 @@ def test_the_readme_grids_limits_and_thresholds_are_the_code_s():
     assert runner.SERIAL_LIMIT == 1_000_000
     records = {name: get_probe(name).settings() for name in ("logreg", "svm")}
     assert (records["logreg"]["tol"], records["logreg"]["max_iter"]) == (1e-4, 1000)
-    assert (records["svm"]["liblinear"]["tol"], records["svm"]["liblinear"]["max_iter"]) == (1e-4, 1000)
+    assert (records["svm"]["squared_hinge"]["tol"], records["svm"]["squared_hinge"]["max_iter"]) == (1e-6, 1000)
     assert (records["svm"]["libsvm"]["tol"], records["svm"]["libsvm"]["max_iter"]) == (1e-3, 100_000)
 
 
@@ -240,3 +265,20 @@ def test_knn_caps_k_at_the_training_size_and_its_scores_sum_to_one():
 
 def test_nystroem_keeps_1024_components_or_all_samples():
     assert svm.nystroem(5000, 768, 0).n_components == 1024 and svm.nystroem(300, 768, 0).n_components == 300
+
+
+def test_each_folds_standardisation_is_fitted_once_for_every_standardised_probe_and_part(tmp_path, monkeypatch):
+    from medprobe.probe import protocol, runner
+
+    X, y = blobs(90, 3, 12, 2.0, seed=6)
+    dataset = synthetic_study(tmp_path / "d", tmp_path / "cache", [f"c{v}" for v in y], X)
+    fitted, in_parts = [], []
+    plain_fit_scaler = runner.fit_scaler
+    monkeypatch.setattr(runner, "fit_scaler", lambda X: fitted.append(len(X)) or plain_fit_scaler(X))
+    monkeypatch.setattr(protocol, "fit_scaler", lambda X: in_parts.append(len(X)) or plain_fit_scaler(X))
+    records = probe(dataset=dataset, models=None, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
+                    settings=ProbeSettings(classifiers=("logreg", "svm"), bootstrap=20, n_jobs=1),
+                    show_progress=False)
+    folds = len(records[0]["hyperparameters"])
+    assert folds == 5 and len(fitted) == folds  # once per fold, for logreg and the SVM's two parts alike
+    assert in_parts == []  # no search part standardised on its own

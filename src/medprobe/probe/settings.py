@@ -16,7 +16,7 @@ class ProbeSettings:
     folds: int = 5
     seed: int = 0
     bootstrap: int = 5000
-    n_jobs: int = -1  # folds in parallel processes, one per core (liblinear and libsvm are single-threaded)
+    n_jobs: int = -1  # folds in parallel processes, one per core (each with one BLAS thread; libsvm has one)
     ordinal: bool = False
     shots: tuple[int | str, ...] = ()
     repeats: int = 5
