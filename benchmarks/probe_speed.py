@@ -15,6 +15,7 @@ binary and 10-class, 384 to 1536 dims, 500 to 20,000 samples.
 
     python benchmarks/probe_speed.py [--only digits10,n10000-d1024-k10] [--old-timeout 240] [--json out.json]
     python benchmarks/probe_speed.py --goals [--goal-10k]  # digits against plain logreg; 10k x 1024 x 10
+    python benchmarks/probe_speed.py --profile-fold digits10   # where one fold's search time goes, one thread
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 OLD_REF = "9f64220"
 ROOT = Path(__file__).resolve().parent.parent
 CLASSIFIERS = ("logreg", "svm", "knn")
+RUN_ORDER = ("logreg", "knn", "svm")  # the old SVM, the slow one, last: a timeout then stops only it
 # (samples, dims, classes): class centres N(0, 1) x SEPARATION / sqrt(2 dims) apart by about SEPARATION noise
 # standard deviations, so that test balanced accuracy stays well inside (chance, 1) at every width
 SYNTHETIC = [(500, 384, 2), (500, 768, 10), (500, 1536, 2), (500, 1536, 10), (1000, 384, 10), (1000, 1024, 2),
@@ -126,7 +128,7 @@ def child(features: Path, bootstrap: int) -> None:
             out.append_rows(dataset.ids)
             out.write(np.arange(len(y)), {"gap": X}, [fingerprint] * len(y),
                       [file_stat(sample.path) for sample in dataset.samples])
-        for name in CLASSIFIERS:
+        for name in RUN_ORDER:
             started = time.perf_counter()
             record = probe(dataset=dataset, models=None, cache_dir=root / "cache", out_dir=root / "out",
                            settings=ProbeSettings(classifiers=(name,), bootstrap=bootstrap), show_progress=False)[0]
@@ -193,7 +195,7 @@ def compare(args) -> list[dict]:
                             "old_chosen": old[clf]["chosen"], "new_chosen": new[clf]["chosen"]}
             else:  # stopped in this classifier (it ran at least the rest of the wall time), or before it (None)
                 done = sum(old[c]["total_seconds"] for c in old)
-                lower = old_wall - done if clf == next(c for c in CLASSIFIERS if c not in old) else None
+                lower = old_wall - done if clf == next(c for c in RUN_ORDER if c not in old) else None
                 row[clf] = {"old_s": None, "old_at_least_s": lower and round(lower, 1),
                             "new_s": new[clf]["fit_seconds"],
                             "old_bacc": None, "new_bacc": round(new[clf]["balanced_accuracy"], 4),
@@ -279,6 +281,56 @@ def goals(args) -> None:
                       "wall_s": round(time.perf_counter() - started, 1), "per_classifier": new}))
 
 
+def profile_fold(args) -> None:
+    """One fold of a problem (64% train, 16% validation, seeded), one BLAS thread: the seconds of every
+    solver fit of the logreg and SVM searches (and L-BFGS iterations), the SVM's kernel matrices, and the
+    refit of each search's choice on train+val. Printed as one JSON line per classifier."""
+    from threadpoolctl import threadpool_limits
+
+    from medprobe.probe import logreg, svm
+    from medprobe.probe.classifiers import get_probe
+    from medprobe.probe.protocol import FoldData, best, fit_scaler
+
+    X, y = problems(args.work)[args.profile_fold]
+    order = np.random.default_rng(0).permutation(len(y))
+    n_train, n_val = int(0.64 * len(y)), int(0.16 * len(y))
+    train, val = np.sort(order[:n_train]), np.sort(order[n_train:n_train + n_val])
+    data = FoldData(X[train], y[train], X[val], y[val], int(y.max() + 1), fit_scaler(X[train]))
+    for module, name, solvers in ((logreg, "logreg", ("quiet_fit",)), (svm, "svm", ("quiet_fit", "linear_svm"))):
+        fits, plain = [], {solver: getattr(module, solver) for solver in solvers}
+
+        def timed(*arguments, solver, fits=fits, plain=plain):
+            started = time.perf_counter()
+            fitted = plain[solver](*arguments)
+            fits.append({"C": fitted.C, "s": round(time.perf_counter() - started, 3),
+                         "iterations": int(np.max(fitted.n_iter_))})
+            return fitted
+
+        for solver in solvers:
+            setattr(module, solver, lambda *arguments, solver=solver: timed(*arguments, solver=solver))
+        row = {"problem": args.profile_fold, "train": n_train, "val": n_val, "clf": name}
+        with threadpool_limits(1):
+            if name == "svm" and n_train <= svm.KERNEL_LIMIT:
+                for kernel in ("linear", "rbf"):
+                    started = time.perf_counter()
+                    svm.kernels(*data.standardised(), kernel)
+                    row[f"{kernel}_kernel_s"] = round(time.perf_counter() - started, 3)
+            probe, candidates = get_probe(name), []
+            started = time.perf_counter()
+            for part in probe.parts(n_train):
+                candidates += probe.search(part, data, 0).candidates
+            row["search_s"] = round(time.perf_counter() - started, 2)
+            row["fits"] = list(fits)
+            params, _ = best(candidates)
+            train_val = np.sort(np.concatenate([train, val]))
+            started = time.perf_counter()
+            probe.fit(params, X[train_val], y[train_val], data.n_classes, 0)
+            row["refit"] = {"params": params, "s": round(time.perf_counter() - started, 2)}
+        for solver, function in plain.items():
+            setattr(module, solver, function)
+        print(json.dumps(row), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", help="comma-separated problem names (default: all)")
@@ -287,6 +339,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "medprobe-probe-speed")
     parser.add_argument("--goals", action="store_true", help="the digits goal (plain logreg yardstick), new only")
     parser.add_argument("--goal-10k", action="store_true", help="with --goals: also 10k x 1024 x 10, 5000 bootstrap")
+    parser.add_argument("--profile-fold", metavar="PROBLEM", help="time one fold's search fits (one thread)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -294,6 +347,8 @@ def main() -> None:
         child(Path(args.child[0]), int(args.child[1]))
     elif args.goals:
         goals(args)
+    elif args.profile_fold:
+        profile_fold(args)
     else:
         rows = compare(args)
         if args.json:
