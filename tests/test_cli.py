@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from torch_blocker import BLOCK_TORCH
 
@@ -67,6 +69,53 @@ def test_extract_then_manage_the_cache(capsys, tiny_timm_models, image_folder, t
     assert code == 1 and "1 changed source file(s), e.g. benign/img0.jpg" in out
     code, out, _ = cli(capsys, "cache", "rm", "--all", "--cache-dir", cache)
     assert code == 0 and not list(cache.rglob("*.h5"))
+
+
+def test_verify_finds_non_finite_features_and_rm_removes_only_the_named_cache(capsys, tiny_timm_models,
+                                                                              image_folder, tmp_path):
+    import h5py
+
+    cache = tmp_path / "cache"
+    for model in (tiny_timm_models["resnet"], tiny_timm_models["densenet"]):
+        code, _, _ = cli(capsys, "extract", image_folder, "--model", model, "--cache-dir", cache,
+                         "--precision", "fp32", "--workers", "0")
+        assert code == 0
+    damaged, kept = sorted(cache.rglob("*.h5"))
+    with h5py.File(damaged, "a") as handle:
+        pool = next(iter(handle["features"]))
+        handle["features"][pool][5, 0] = np.nan
+    code, out, _ = cli(capsys, "cache", "verify", "--cache-dir", cache)
+    assert code == 1
+    assert f"pool {pool} has non-finite values near row 0" in out and out.count("PROBLEMS:") == 1
+    assert f"ok:{kept}" in "".join(out.split())  # rich may wrap the long path
+    code, out, _ = cli(capsys, "cache", "rm", damaged)
+    assert code == 0 and "removed" in out
+    assert sorted(cache.rglob("*.h5")) == [kept] and not damaged.with_suffix(".lock").exists()
+    code, out, _ = cli(capsys, "cache", "verify", "--cache-dir", cache)
+    assert code == 0 and out.startswith("ok:")
+
+
+def test_cache_dir_is_the_flag_else_medprobe_cache_else_xdg_else_home(capsys, tiny_timm_models, image_folder,
+                                                                     tmp_path, monkeypatch):
+    from medprobe.locations import default_cache_dir
+
+    model = tiny_timm_models["resnet"]
+    monkeypatch.setenv("MEDPROBE_CACHE", str(tmp_path / "env"))
+    code, _, _ = cli(capsys, "extract", image_folder, "--model", model, "--precision", "fp32", "--workers", "0")
+    [made] = list((tmp_path / "env").rglob("*.h5"))
+    # <cache-dir>/<dataset-folder>-<hash of its path>/<model>--<key>.h5
+    assert re.fullmatch(rf"{re.escape(image_folder.name)}-[0-9a-f]+/[^/]+--[0-9a-f]+\.h5",
+                        made.relative_to(tmp_path / "env").as_posix()), made
+    code, _, _ = cli(capsys, "extract", image_folder, "--model", model, "--precision", "fp32", "--workers", "0",
+                     "--cache-dir", tmp_path / "flag")
+    assert code == 0 and len(list((tmp_path / "flag").rglob("*.h5"))) == 1
+    assert len(list((tmp_path / "env").rglob("*.h5"))) == 1  # the flag won: nothing new under $MEDPROBE_CACHE
+    monkeypatch.delenv("MEDPROBE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "medprobe"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "medprobe"
 
 
 def test_project_file_makes_data_optional(capsys, tiny_timm_models, manifest, tmp_path, monkeypatch):

@@ -112,8 +112,21 @@ def test_16bit_is_windowed_by_percentiles():
 def test_rgba_and_palette_become_rgb():
     rgba = Image.new("RGBA", (8, 8), (10, 20, 30, 0))
     assert np.asarray(decode_image(encode(rgba, "PNG"), "x"))[0, 0].tolist() == [10, 20, 30]
-    palette = Image.new("RGB", (8, 8), (200, 100, 50)).convert("P")
-    assert decode_image(encode(palette, "PNG"), "x").mode == "RGB"
+    palette = Image.new("P", (8, 8), 2)
+    palette.putpalette([0, 0, 0, 9, 9, 9, 200, 100, 50])
+    assert np.asarray(decode_image(encode(palette, "PNG"), "x"))[0, 0].tolist() == [200, 100, 50]
+    grey_alpha = Image.new("LA", (8, 8), (77, 0))
+    assert np.asarray(decode_image(encode(grey_alpha, "PNG"), "x"))[0, 0].tolist() == [77, 77, 77]
+
+
+def test_a_multi_page_tiff_gives_its_first_page():
+    import io
+
+    pages = [Image.new("L", (16, 16), value) for value in (40, 200)]
+    buffer = io.BytesIO()
+    pages[0].save(buffer, format="TIFF", save_all=True, append_images=pages[1:])
+    assert Image.open(io.BytesIO(buffer.getvalue())).n_frames == 2
+    assert np.unique(np.asarray(decode_image(buffer.getvalue(), "x.tif"))).tolist() == [40]
 
 
 def test_undecodable_bytes_name_the_file():

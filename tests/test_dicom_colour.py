@@ -55,6 +55,8 @@ def test_every_file_pydicom_decodes_is_extracted(tmp_path):
 
     files = decodable()
     assert len(files) >= 40  # the set this test is about (pydicom 3 with Pillow)
+    if pydicom.__version__.startswith("3.0."):
+        assert len(files) == 47  # the README's count
     folder = tmp_path / "pydicom-files"  # a flat folder: no labels needed to extract
     folder.mkdir()
     for path in files:
@@ -75,14 +77,14 @@ def test_every_file_pydicom_decodes_is_extracted(tmp_path):
     # 0.68 with the double YBR conversion. The floor is the JPEG loss itself: these twins' pixels equal
     # libjpeg's own RGB decode (next test), and efficientnet-lite0 puts them at 0.971-0.974 from the (also
     # lossy) RGB original on this 100x100 colour-bar picture, so 0.98 is out of any decoder's reach.
-    assert cosines.min() >= 0.97, dict(zip(YBR_TWINS, cosines.round(3), strict=True))
+    assert cosines.min() >= 0.971, dict(zip(YBR_TWINS, cosines.round(3), strict=True))
 
 
 @pytest.mark.parametrize("name", YBR_TWINS)
 def test_ybr_twins_differ_from_the_rgb_original_by_jpeg_noise_only(name):
     original = np.asarray(decode_image((TEST_FILES / RGB_ORIGINAL).read_bytes(), RGB_ORIGINAL), dtype=float)
     twin = np.asarray(decode_image((TEST_FILES / name).read_bytes(), name), dtype=float)
-    assert np.abs(twin - original).mean() < 4  # a second YBR->RGB conversion gave 96
+    assert 0.56 <= np.abs(twin - original).mean() <= 2.84  # the README's range; a second YBR->RGB conversion: 96
 
 
 @pytest.mark.parametrize("name", [n for n in YBR_TWINS if "uncompressed" not in n] + [RGB_ORIGINAL])
@@ -152,3 +154,26 @@ def test_pydicom_warnings_become_one_counted_line(tmp_path, capsys):
             assert len(notes) == 1 and "pydicom warned 1 time(s)" in notes[0] and "--debug" in notes[0], err
             assert "UserWarning" not in err
     assert "warning: " in err and "a.dcm" in err and "pydicom warned" not in err, err
+
+
+@pytest.mark.parametrize("photometric", ["CMYK", "HSV"])
+def test_other_photometric_interpretations_are_refused_naming_the_file(tmp_path, capsys, photometric):
+    from medprobe.cli import main
+    from medprobe.errors import MedprobeError
+
+    folder = tmp_path / "data" / "colour"
+    folder.mkdir(parents=True)
+    dataset = pydicom.dcmread(TEST_FILES / RGB_ORIGINAL)
+    dataset.PhotometricInterpretation = photometric
+    path = folder / "odd.dcm"
+    dataset.save_as(path)
+    with pytest.raises(MedprobeError) as refused:
+        decode_image(path.read_bytes(), path)
+    message = str(refused.value)
+    assert f"{path} has photometric interpretation {photometric!r}" in message and "re-export" in message
+    assert "\n" not in message
+    shutil.copy(TEST_FILES / RGB_ORIGINAL, folder / "fine.dcm")
+    with pytest.raises(SystemExit):
+        main(["datasets", "inspect", str(tmp_path / "data")])
+    out = "".join(capsys.readouterr().out.split())
+    assert "1unreadablefile(s)" in out and "odd.dcm" in out and photometric in out

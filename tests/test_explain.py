@@ -88,6 +88,9 @@ def test_vit_class_evidence_lies_on_the_square(squares):
     masses = [mass_inside(e.heat, *boxes[e.sample_id]) for e in correct]
     assert min(masses) > 0.5, masses  # the square covers 9 to 16 of the 64 cells
     assert all(e.probe_agrees for e in result.explanations)  # the same probe, the same prediction as the record
+    for e in result.explanations:  # evidence above the median position, the strongest at 1
+        assert e.heat.max() == pytest.approx(1.0) and e.heat.min() == 0
+        assert (e.heat == 0).sum() >= e.heat.size / 2
     index = json.loads(result.index.read_text())
     assert [s["id"] for s in index["samples"]] == [e.sample_id for e in result.explanations]
     with Image.open(result.explanations[0].png) as picture:

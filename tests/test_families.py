@@ -75,6 +75,30 @@ def test_text_checkpoint_is_one_clear_error(tmp_path):
         resolve_model(str(tmp_path / "bert"))
 
 
+@pytest.mark.parametrize("checkpoint", ["bert", "naflex"])
+def test_unrecognised_checkpoints_are_one_line_and_exit_2_on_the_command_line(tmp_path, capsys, image_folder,
+                                                                               checkpoint):
+    from test_reliability import cli, one_error_line
+
+    if checkpoint == "bert":
+        from transformers import BertConfig, BertModel
+
+        BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                             vocab_size=64)).save_pretrained(tmp_path / checkpoint)
+        message = "no transformers backbone family recognises model_type 'bert'"
+    else:
+        (tmp_path / checkpoint).mkdir()
+        (tmp_path / checkpoint / "config.json").write_text(json.dumps({"model_type": "siglip2"}))
+        from safetensors.torch import save_file
+
+        save_file({"weight": torch.zeros(1)}, str(tmp_path / checkpoint / "model.safetensors"))
+        message = "NaFlex"
+    code, _, err = cli(capsys, "extract", image_folder, "--model", tmp_path / checkpoint, "--cache-dir",
+                       tmp_path / "cache", "--workers", 0, "--device", "cpu")
+    assert code == 2 and one_error_line(err) and message in err, err
+    assert not list((tmp_path / "cache").rglob("*.h5"))
+
+
 def test_siglip2_naflex_is_refused_with_the_fixed_resolution_alternative(tmp_path):
     (tmp_path / "naflex").mkdir()
     (tmp_path / "naflex" / "config.json").write_text(json.dumps({"model_type": "siglip2"}))

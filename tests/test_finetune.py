@@ -89,8 +89,10 @@ def test_interrupted_run_resumes_to_the_same_result(blobs, tiny_timm_models, tmp
         return original(self, key)
 
     monkeypatch.setattr(augment.TrainImages, "__getitem__", crash_in_epoch_three)
-    with pytest.raises(Interrupted, match="run the same command with --resume"):
+    with pytest.raises(Interrupted, match="run the same command with --resume") as interrupted:
         run(blobs, model, tmp_path / "b", epochs=4)
+    named = str(interrupted.value).split("checkpointed under ")[1].split(";")[0]
+    assert Path(named) == tmp_path / "b" / blobs.name / "checkpoints" and list(Path(named).rglob("last.safetensors"))
     epochs_trained = set()
 
     def record_epochs(self, key):

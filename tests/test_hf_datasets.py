@@ -76,6 +76,28 @@ def test_parquet_files_and_a_spec_with_the_column_keys(tmp_path):
     assert all(item.error is None for item in read_all(dataset.samples, dataset.root))
 
 
+@pytest.mark.parametrize("validation_name", ["val", "valid"])
+def test_val_and_valid_split_names_are_the_validation_split(tmp_path, validation_name):
+    parts = splits(np.random.default_rng(2))
+    parts[validation_name] = parts.pop("validation")
+    folder = tmp_path / "renamed"
+    datasets.DatasetDict(parts).save_to_disk(str(folder))
+    dataset = load_dataset(f"hf-dataset:{folder}", image_column="img", label_column="dx")
+    assert [s.split for s in dataset.samples].count("val") == COUNTS["validation"]
+    assert sum(i.startswith("val/") for i in dataset.ids) == COUNTS["validation"]  # ids carry the split's name
+
+
+def test_a_single_saved_dataset_and_a_single_parquet_file_have_no_split_column(tmp_path):
+    train = splits(np.random.default_rng(3))["train"]
+    train.save_to_disk(str(tmp_path / "one"))
+    train.to_parquet(str(tmp_path / "one.parquet"))
+    for data in (tmp_path / "one", tmp_path / "one.parquet"):
+        dataset = load_dataset(f"hf-dataset:{data}", image_column="img", label_column="dx")
+        assert len(dataset.samples) == COUNTS["train"] and dataset.classes == NAMES
+        assert {s.split for s in dataset.samples} == {None}
+        assert all(item.error is None for item in read_all(dataset.samples, dataset.root))
+
+
 def test_hf_dataset_errors_are_one_clear_line(saved, capsys, monkeypatch):
     code, out, err = cli(capsys, "datasets", "inspect", f"hf-dataset:{saved}")
     assert code == 2 and one_error_line(err) and "no image column 'image'" in err and "img" in err, err

@@ -31,6 +31,14 @@ def one_class(root: Path) -> Path:
     return root
 
 
+def images_only(root: Path) -> Path:
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(blob_image(rng, i % 2, (24, 24))).save(root / f"im{i}.png")
+    return root
+
+
 def path_only(root: Path) -> Path:
     flat(root / "img")
     paths = sorted(p.relative_to(root).as_posix() for p in (root / "img").rglob("*.png"))
@@ -42,6 +50,8 @@ CASES = {
     # images beside a sub-folder: the folder is unlabelled, and the error names an image that keeps it so
     "flat": (flat, r"no labels; .*holds 3 image\(s\) in itself \(e\.g\. im3\.png\) besides its sub-folders, "
                    r"so .*; move "),
+    "images-only": (images_only, r"no labels; .*data has no class sub-folders; put images in .*data/<class>/ or "
+                                 r"pass a CSV manifest with labels"),
     "one-class": (one_class, r"only one class \(normal\); a classifier needs at least two"),
     "path-only": (path_only, r"no labels; .*paths\.csv has no label column"),
 }

@@ -70,6 +70,8 @@ def bad_image(kind: str, path: Path) -> Path:
         png_header_only(path, 60_000, 60_000)
     elif kind == "one-pixel":
         Image.new("L", (1, 1), 7).save(path, format="PNG")
+    elif kind == "seven-wide":  # one pixel below the smallest accepted side
+        Image.new("L", (7, 40), 7).save(path, format="PNG")
     elif kind == "html-as-png":
         path.write_text("<html><body>login required</body></html>")
     return path
@@ -82,7 +84,16 @@ BAD_IMAGES = {  # kind -> (file name, what the error says)
     "bomb": ("b.png", r"b\.png.*decompression bomb"),
     "one-pixel": ("p.png", r"p\.png.*1x1 pixels"),
     "html-as-png": ("h.png", r"h\.png"),
+    "seven-wide": ("s.png", r"s\.png.*7x40 pixels \(at least 8 per side"),
 }
+
+
+def test_eight_pixels_a_side_is_the_smallest_image_accepted(tmp_path):
+    from medprobe.data import decode_image
+
+    path = tmp_path / "small.png"
+    Image.new("L", (8, 40), 7).save(path)
+    assert decode_image(path.read_bytes(), path).size == (8, 40)
 
 
 def csv_case(root: Path, kind: str) -> tuple[list, str]:

@@ -260,8 +260,14 @@ def test_broken_and_partial_records_are_listed_not_fatal(study, tmp_path):
     del data["metrics"]
     knn.write_text(json.dumps(data))
     (folder / "tiny-cnn__gap__logreg__kfold4-seed0.predictions.csv").unlink()
+    [unfrozen] = [path for path in folder.glob("*finetune-all*.json")]
+    unfrozen.unlink()  # no unfrozen fine-tune left: the frozen-vs-unfrozen figure cannot be drawn
     result = build_report(results_dirs=[results], out_dir=tmp_path / "report", metric="auroc", replicates=50)
     markdown = result.markdown.read_text()
+    not_drawn = markdown.split("## Figures not drawn", 1)[1].split("\n## ", 1)[0]
+    assert "blobs-labels: no frozen-vs-unfrozen figure (no unfrozen fine-tuning record; run `medprobe finetune " \
+           "--unfreeze all`)" in not_drawn
+    assert "Figures not drawn" in result.html.read_text()
     skipped = markdown.split("## Skipped or incomplete records", 1)[1]
     expected = {"truncated.json": "not valid JSON", "notes.json": "not a medprobe run record",
                 "half.json.partial": "interrupted write", knn.name: "no metrics",

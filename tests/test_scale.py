@@ -347,6 +347,8 @@ def test_out_of_core_is_chosen_above_the_memory_threshold(tmp_path):
     assert record["out_of_core"]["feature_matrix_bytes"] == 60 * 16 * 4
     with pytest.raises(MedprobeError, match="only logreg supports \\(not svm\\); use --clf logreg"):
         run_probe(dataset, tmp_path / "cache", tmp_path / "out", memory_fraction=1e-9, classifiers=("logreg", "svm"))
+    with pytest.raises(MedprobeError, match="only logreg supports \\(not knn\\); use --clf logreg"):
+        run_probe(dataset, tmp_path / "cache", tmp_path / "out", out_of_core=True, classifiers=("knn",))
     with pytest.raises(MedprobeError, match="--shots does not support"):
         run_probe(dataset, tmp_path / "cache", tmp_path / "out", out_of_core=True, shots=(4,))
     assert run_probe(dataset, tmp_path / "cache", tmp_path / "out")[0]["method"] == "logreg"

@@ -97,11 +97,14 @@ def test_mask_guided_selection(tmp_path):
 def test_window_is_per_volume_and_nans_are_handled(tmp_path):
     voxels = brain(np.random.default_rng(4), 1)
     voxels[0, 0, :] = np.nan
+    voxels[1, 0, :] = np.inf
+    voxels[2, 0, :] = -np.inf
     dataset = one_volume_dataset(tmp_path, voxels, slices="all", window=[1.0, 99.0])
     expected = window_to_uint8(voxels, (1.0, 99.0))  # one window for the whole volume
     for sample, image in zip(dataset.samples[:16], images_of(dataset)[:16], strict=True):
         np.testing.assert_array_equal(image[..., 0], np.rot90(expected[:, :, sample.slice.index]))
-    assert images_of(dataset)[0][-1, 0, 0] == 0  # the NaN voxel (x=0, y=0) is black
+    first = images_of(dataset)[0][-1, :3, 0]  # the voxels x = 0, 1, 2 at y = 0: NaN, +inf, -inf
+    assert first.tolist() == [0, 255, 0]  # NaN and -inf at the window's low end, +inf at its high end
 
 
 def test_nibabel_example_images(tmp_path):
