@@ -3,9 +3,9 @@ one-vs-rest, the intercept a regularised feature of value 1), solved by L-BFGS o
 
 liblinear stores dense rows as sparse (index, value) pairs and solves one class after another; on 6,400 x 1,024
 standardised features with 10 classes its primal took 4.5 s at C = 1e-4 and 171 s at C = 1 (581 iterations),
-where these dense products fit all classes at once (BENCHMARKS.md, `--profile-fold`). The objective per class
-is 1/2 |w|^2 + C sum_i max(0, 1 - y_i w.x_i)^2, the same as LinearSVC's: the result is a LinearSVC whose coef_
-and intercept_ are this solution, so saved probes stay plain scikit-learn pipelines.
+where these dense products fit all classes at once (BENCHMARKS.md; the liblinear timings were ad hoc). The
+objective per class is 1/2 |w|^2 + C sum_i max(0, 1 - y_i w.x_i)^2, the same as LinearSVC's: the result is a
+LinearSVC whose coef_ and intercept_ are this solution, so saved probes stay plain scikit-learn pipelines.
 """
 
 from __future__ import annotations
