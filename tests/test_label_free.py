@@ -97,7 +97,7 @@ def test_a_partly_labelled_manifest_is_still_refused_line_by_line(tmp_path):
         load_dataset(data)
 
 
-def test_every_frame_of_a_multi_frame_dicom_is_a_sample_grouped_by_file(tmp_path):
+def test_every_frame_of_a_multi_frame_dicom_is_a_sample_grouped_by_file(tmp_path, monkeypatch):
     pydicom = pytest.importorskip("pydicom")
     files = Path(pydicom.__file__).parent / "data" / "test_files"
     (tmp_path / "scans" / "a").mkdir(parents=True)
@@ -111,7 +111,16 @@ def test_every_frame_of_a_multi_frame_dicom_is_a_sample_grouped_by_file(tmp_path
     assert {s.group for s in dataset.samples[:30]} == {"a/cine.dcm"}
     assert dataset.key != load_dataset(tmp_path / "scans").key
     reference = pydicom.dcmread(files / "examples_ybr_color.dcm").pixel_array
+    decoded, plain_dcmread = [], pydicom.dcmread
+
+    def counted(source, *args, **kwargs):
+        decoded.append(bool(kwargs.get("stop_before_pixels")))
+        return plain_dcmread(source, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", counted)
     items = list(read_all(dataset.samples, dataset.root))
+    monkeypatch.setattr(pydicom, "dcmread", plain_dcmread)
+    assert decoded.count(False) == 2  # pixels read once per file: the 30-frame one and the MR
     assert all(item.error is None for item in items)
     for frame in (0, 3, 29):
         np.testing.assert_array_equal(np.asarray(items[frame].image), reference[frame])
