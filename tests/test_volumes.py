@@ -92,6 +92,15 @@ def test_mask_guided_selection(tmp_path):
     write_rows(folder / "nomask.csv", [{"path": "a.nii.gz", "label": "a"}, {"path": "b.nii.gz", "label": "b"}])
     with pytest.raises(MedprobeError, match="lacks column.*mask"):
         load_dataset(write_spec(folder / "bad.toml", manifest="nomask.csv", slices="mask"))
+    write_rows(folder / "seg.csv", [{"path": f"{n}.nii.gz", "label": n, "seg": f"{n}-mask.nii.gz"} for n in "ab"])
+    named = load_dataset(write_spec(folder / "seg.toml", manifest="seg.csv", slices="mask", mask="seg"))
+    assert [s.slice.index for s in named.samples if s.label == "a"] == [3, 5, 7]  # mask = "seg": that column
+    save_nifti(folder / "small-mask.nii.gz", mask[:, :, :6], axcodes="LPS")
+    write_rows(folder / "off-grid.csv", [{"path": "a.nii.gz", "label": "a", "mask": "small-mask.nii.gz"},
+                                         {"path": "b.nii.gz", "label": "b", "mask": "b-mask.nii.gz"}])
+    with pytest.raises(MedprobeError, match=r"mask .*small-mask\.nii\.gz has shape") as refused:
+        load_dataset(write_spec(folder / "off.toml", manifest="off-grid.csv", slices="mask"))
+    assert "\n" not in str(refused.value)
 
 
 def test_window_is_per_volume_and_nans_are_handled(tmp_path):
