@@ -269,3 +269,15 @@ def test_the_extraction_cost_travels_with_the_record_once_the_cache_is_gone(tmp_
     cache.unlink()  # the report of a copied results folder has no caches to read
     [loaded] = load_records([tmp_path / "out"], "balanced_accuracy").records
     assert (loaded.backbone.peak_memory_mb, loaded.backbone.images_per_second) == (1234.5, 56.7)
+
+
+def test_any_plus_joined_list_of_stored_pools_is_probed(tmp_path):
+    labels, informative = clustered(20, 2, 6, 0.3, seed=4)
+    noise = np.random.default_rng(5).normal(size=(len(labels), 6)).astype(np.float32)
+    dataset = load_dataset(write_manifest(tmp_path / "d", labels))
+    write_cache(dataset, tmp_path / "cache", "dinov2-small", {"cls": noise[:, :3], "mean": noise[:, 3:],
+                                                              "cls4": informative})
+    joined = run_probe(dataset, tmp_path / "cache", tmp_path / "out", pool="cls4+mean", bootstrap=50)[0]
+    plain = run_probe(dataset, tmp_path / "cache", tmp_path / "out", pool="cls+mean", bootstrap=50)[0]
+    assert joined["pool"] == "cls4+mean" and plain["pool"] == "cls+mean"
+    assert joined["metrics"]["balanced_accuracy"]["value"] > 0.9 > plain["metrics"]["balanced_accuracy"]["value"]
