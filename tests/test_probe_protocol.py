@@ -154,6 +154,8 @@ def test_above_the_kernel_limit_the_svm_search_is_the_squared_hinge_and_nystroem
     assert all(p["approximate"] and p["solver"] == "squared-hinge-lbfgs" for p, _ in rbf)
     fitted = probe.fit(rbf[0][0], data.Xtr, data.ytr, 3, 0)
     assert [name for name, _ in fitted.model.steps] == ["standardscaler", "nystroem", "linearsvc"]
+    with pytest.raises(MedprobeError, match="svm solver 'liblinear' is not one of libsvm, squared-hinge-lbfgs"):
+        probe.fit({"kernel": "linear", "C": 1.0, "solver": "liblinear"}, data.Xtr, data.ytr, 3, 0)
     linear = probe.search(("linear",), data, 0).candidates
     Ztr, Zval = data.standardised()
     plain = [balanced_accuracy(data.yval, decision_scores(
@@ -184,6 +186,8 @@ def test_the_squared_hinge_solver_reaches_liblinears_optimum(n_classes, C):
     warm = fit_squared_hinge(X, y, C, tol=svm.LINEAR_LIMITS.tol, max_iter=svm.LINEAR_LIMITS.max_iter,
                              start=fit_squared_hinge(X, y, C / 10, tol=1e-6, max_iter=1000))
     assert objective(warm, X, y, C) == pytest.approx(objective(reference, X, y, C), rel=1e-5)
+    with pytest.raises(ValueError, match="at least 2 classes"):  # as LinearSVC refuses it
+        fit_squared_hinge(X, np.zeros_like(y), C, tol=1e-6, max_iter=10)
 
 
 def test_exact_kernels_up_to_8000_training_samples_then_the_squared_hinge_and_nystroem():

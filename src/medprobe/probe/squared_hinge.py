@@ -26,6 +26,8 @@ def fit_squared_hinge(X: np.ndarray, y: np.ndarray, C: float, *, tol: float, max
     """A fitted LinearSVC(C) (squared hinge, L2, one-vs-rest, intercept_scaling 1). `start`: a solution to start
     from (e.g. the previous C's). Stops when the largest gradient entry is `tol` times the one at zero."""
     classes = np.unique(y)
+    if len(classes) < 2:  # as LinearSVC.fit refuses it
+        raise ValueError(f"a squared-hinge SVM needs samples of at least 2 classes; the data hold only {classes}")
     signs = _signs(y, classes)
     rows = np.hstack([np.asarray(X, dtype=np.float32), np.ones((len(X), 1), dtype=np.float32)])
     shape = (rows.shape[1], signs.shape[1])

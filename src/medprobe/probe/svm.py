@@ -30,6 +30,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.svm import SVC, LinearSVC
 
+from medprobe.errors import MedprobeError
 from medprobe.probe.protocol import (
     FittedProbe,
     FoldData,
@@ -133,9 +134,8 @@ class Svm(Probe):
         Ztr, Zval = data.standardised()
         outcome = SearchOutcome([])
 
-        def score(params: dict, estimator, train: np.ndarray | None, val: np.ndarray):
-            if train is not None:  # None: fitted already
-                quiet_fit(estimator, train, data.ytr)
+        def score(params: dict, estimator, val: np.ndarray):
+            """Counts a fitted candidate and records its validation score."""
             outcome.fits += 1
             outcome.capped += capped(estimator)
             outcome.candidates.append((params, balanced_accuracy(data.yval, decision_scores(estimator, val,
@@ -151,7 +151,7 @@ class Svm(Probe):
                 if saturated is not None:  # a larger C changes nothing: that solution is optimal here too
                     outcome.candidates.append((params | {"same_as_C": saturated[0]}, saturated[1]))
                     continue
-                fitted = score(params, kernel_svc(c, "precomputed"), *matrices)
+                fitted = score(params, quiet_fit(kernel_svc(c, "precomputed"), matrices[0], data.ytr), matrices[1])
                 if not at_bound(fitted, c):
                     saturated = (c, outcome.candidates[-1][1])
         else:
@@ -164,7 +164,7 @@ class Svm(Probe):
             previous = None  # each C starts from the previous one's solution (the grid always runs in order)
             for c in grid:
                 previous = score(extra | {"C": c, "solver": SQUARED_HINGE}, linear_svm(c, train, data.ytr, previous),
-                                 None, val)
+                                 val)
         return outcome
 
     def fit(self, params: dict, X: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> FittedProbe:
@@ -173,6 +173,8 @@ class Svm(Probe):
         Z = as_float32(scaler.transform(X))
         steps = [scaler]
         solver = params.get("solver", "libsvm" if len(X) <= KERNEL_LIMIT else SQUARED_HINGE)
+        if solver not in ("libsvm", SQUARED_HINGE):
+            raise MedprobeError(f"svm solver {solver!r} is not one of libsvm, {SQUARED_HINGE}")
         if solver == "libsvm":
             steps.append(kernel_map(params["kernel"], Z).fit(Z))
             Z = steps[-1].transform(Z)
