@@ -66,11 +66,17 @@ def test_two_tower_checkpoint_loads_only_the_vision_tower(tmp_path):
     assert backbone.standard == ("embed",) and backbone.pools == ("embed", "pooled", "mean")
 
 
-def test_text_checkpoint_is_one_clear_error(tmp_path):
+def save_tiny_bert(folder):
+    """A text model's checkpoint, as the hub publishes one."""
     from transformers import BertConfig, BertModel
 
     BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                         vocab_size=64)).save_pretrained(tmp_path / "bert")
+                         vocab_size=64)).save_pretrained(folder)
+    return folder
+
+
+def test_text_checkpoint_is_one_clear_error(tmp_path):
+    save_tiny_bert(tmp_path / "bert")
     with pytest.raises(MedprobeError, match="no transformers backbone family recognises model_type 'bert'"):
         resolve_model(str(tmp_path / "bert"))
 
@@ -81,10 +87,7 @@ def test_unrecognised_checkpoints_are_one_line_and_exit_2_on_the_command_line(tm
     from test_reliability import cli, one_error_line
 
     if checkpoint == "bert":
-        from transformers import BertConfig, BertModel
-
-        BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                             vocab_size=64)).save_pretrained(tmp_path / checkpoint)
+        save_tiny_bert(tmp_path / checkpoint)
         message = "no transformers backbone family recognises model_type 'bert'"
     else:
         (tmp_path / checkpoint).mkdir()
