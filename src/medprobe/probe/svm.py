@@ -46,7 +46,8 @@ from medprobe.probe.protocol import (
 from medprobe.probe.squared_hinge import fit_squared_hinge
 from medprobe.results.metrics import balanced_accuracy
 
-SQUARED_HINGE = "squared-hinge-lbfgs"  # records' solver name for the path above KERNEL_LIMIT
+LIBSVM = "libsvm"  # records' solver names: up to KERNEL_LIMIT training samples, and above it
+SQUARED_HINGE = "squared-hinge-lbfgs"
 
 SVM_LINEAR_GRID = tuple(float(c) for c in np.logspace(-4, 0, 5))
 SVM_RBF_GRID = tuple(float(c) for c in np.logspace(-1, 2, 4))
@@ -147,7 +148,7 @@ class Svm(Probe):
             matrices = kernels(Ztr, Zval, kernel)
             saturated = None  # the first C whose solution has no multiplier at its bound
             for c in SVM_LINEAR_GRID if kernel == "linear" else SVM_RBF_GRID:
-                params = {"kernel": kernel, "C": c, "solver": "libsvm"}
+                params = {"kernel": kernel, "C": c, "solver": LIBSVM}
                 if saturated is not None:  # a larger C changes nothing: that solution is optimal here too
                     outcome.candidates.append((params | {"same_as_C": saturated[0]}, saturated[1]))
                     continue
@@ -172,10 +173,10 @@ class Svm(Probe):
         scaler = fit_scaler(X)
         Z = as_float32(scaler.transform(X))
         steps = [scaler]
-        solver = params.get("solver", "libsvm" if len(X) <= KERNEL_LIMIT else SQUARED_HINGE)
-        if solver not in ("libsvm", SQUARED_HINGE):
-            raise MedprobeError(f"svm solver {solver!r} is not one of libsvm, {SQUARED_HINGE}")
-        if solver == "libsvm":
+        solver = params.get("solver", LIBSVM if len(X) <= KERNEL_LIMIT else SQUARED_HINGE)
+        if solver not in (LIBSVM, SQUARED_HINGE):
+            raise MedprobeError(f"svm solver {solver!r} is not one of {LIBSVM}, {SQUARED_HINGE}")
+        if solver == LIBSVM:
             steps.append(kernel_map(params["kernel"], Z).fit(Z))
             Z = steps[-1].transform(Z)
             model = kernel_svc(params["C"], "precomputed")
