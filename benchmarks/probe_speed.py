@@ -313,7 +313,7 @@ def profile_fold(args) -> None:
             if name == "svm" and n_train <= svm.KERNEL_LIMIT:
                 for kernel in ("linear", "rbf"):
                     started = time.perf_counter()
-                    svm.kernels(*data.standardised(), kernel)
+                    svm.kernels(data.standardised()[0], kernel, data.standardised()[1])
                     row[f"{kernel}_kernel_s"] = round(time.perf_counter() - started, 3)
             probe, candidates = get_probe(name), []
             started = time.perf_counter()
