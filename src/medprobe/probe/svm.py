@@ -116,6 +116,14 @@ def kernels(Ztr: np.ndarray, kernel: str, *others: np.ndarray) -> list[np.ndarra
     return [rbf(products[0], norms_tr), *(rbf(p, (Z * Z).sum(1)) for p, Z in zip(products[1:], others, strict=True))]
 
 
+def by_class(Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows grouped by class (stable). libsvm's one-vs-one pairs read their kernel entries by training-row
+    index; with each class's rows together, a pair's entries are two contiguous blocks of every kernel row
+    (the RBF grid at 6,400 x 1,024 with 10 classes: 2.9 -> 2.1 s)."""
+    order = np.argsort(y, kind="stable")
+    return Z[order], y[order]
+
+
 @register
 class Svm(Probe):
     name = "svm"
@@ -152,6 +160,7 @@ class Svm(Probe):
 
         if part[0] == "kernel":
             kernel = part[1]
+            Ztr, ytr = by_class(Ztr, data.ytr)
             matrices = kernels(Ztr, kernel, Zval)
             saturated = None  # the first C whose solution has no multiplier at its bound
             for c in SVM_LINEAR_GRID if kernel == "linear" else SVM_RBF_GRID:
@@ -159,7 +168,7 @@ class Svm(Probe):
                 if saturated is not None:  # a larger C changes nothing: that solution is optimal here too
                     outcome.candidates.append((params | {"same_as_C": saturated[0]}, saturated[1]))
                     continue
-                fitted = score(params, quiet_fit(kernel_svc(c, "precomputed"), matrices[0], data.ytr), matrices[1])
+                fitted = score(params, quiet_fit(kernel_svc(c, "precomputed"), matrices[0], ytr), matrices[1])
                 if not at_bound(fitted, c):
                     saturated = (c, outcome.candidates[-1][1])
         else:
@@ -184,6 +193,7 @@ class Svm(Probe):
         if solver not in (LIBSVM, SQUARED_HINGE):
             raise MedprobeError(f"svm solver {solver!r} is not one of {LIBSVM}, {SQUARED_HINGE}")
         if solver == LIBSVM:
+            Z, y = by_class(Z, y)
             # the pipeline maps new rows by scikit-learn's kernel; training uses the same kernel from one float32
             # product (as the search does), several times faster than the pipeline's own transform
             steps.append(kernel_map(params["kernel"], Z).fit(Z))
