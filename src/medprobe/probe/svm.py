@@ -3,10 +3,11 @@
 - Up to KERNEL_LIMIT training samples, both are libsvm SVCs (hinge loss, one-vs-one) on kernel matrices
   computed once per fold and family from a Gram matrix (one float32 matrix product): the linear kernel is
   the Gram matrix itself, the RBF kernel follows from it, and every C of the family's grid reuses it
-  (SVC(kernel="precomputed")). The final fit is the same: a kernel against the training rows by one matrix
-  product (scikit-learn's linear_kernel / rbf_kernel in a FunctionTransformer), then SVC(kernel="precomputed"),
-  a plain scikit-learn pipeline that predicts as SVC(kernel="linear" | "rbf", gamma="scale") does; libsvm's
-  own kernel evaluation took 37 s to fit and 13 s to predict 2,000 samples at 8,000 x 1024. One-vs-one:
+  (SVC(kernel="precomputed")), the rows grouped by class (`by_class`). The final fit trains the same way; its
+  pipeline maps new rows by a kernel against the training rows (scikit-learn's linear_kernel / rbf_kernel in a
+  FunctionTransformer), then SVC(kernel="precomputed"), a plain scikit-learn pipeline that predicts as
+  SVC(kernel="linear" | "rbf", gamma="scale") does; libsvm's own kernel evaluation took 37 s to fit and 13 s
+  to predict 2,000 samples at 8,000 x 1024. One-vs-one:
   at 10 classes its 45 pairwise problems each hold a fifth of the data, cheaper than 10 full-size
   one-vs-rest problems; on the digits features this made the linear grid 30x faster than liblinear.
 - Above it, the linear SVM is liblinear's LinearSVC problem (squared hinge, one-vs-rest), solved by L-BFGS
