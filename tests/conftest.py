@@ -4,8 +4,10 @@ folders and loaded through the same code path as hub models."""
 from __future__ import annotations
 
 import csv
+import ipaddress
 import os
 import signal
+import socket
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -43,6 +45,70 @@ def private_medprobe_cache(tmp_path_factory):
         os.environ.pop("MEDPROBE_CACHE", None)
     else:
         os.environ["MEDPROBE_CACHE"] = previous
+
+
+LOCAL_NAMES = {"localhost", socket.gethostname()}
+try:
+    LOCAL_ADDRESSES = {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+except OSError:  # a host name the resolver does not know: loopback only
+    LOCAL_ADDRESSES = set()
+
+
+def is_local(host) -> bool:
+    """Loopback, this machine's own name, or an address of this machine (a local Dask cluster binds to one)."""
+    if host in (None, "") or host in LOCAL_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(str(host).split("%")[0])
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified or str(address) in LOCAL_ADDRESSES
+
+
+class NetworkGuard:
+    """Refuses every name lookup and connection that would leave this machine, and keeps each attempt: code
+    that turns a refused connection into "not reachable" would otherwise hide it."""
+
+    def __init__(self) -> None:
+        self.attempts: list[str] = []
+        self.real = (socket.getaddrinfo, socket.socket.connect, socket.socket.connect_ex)
+
+    def refuse(self, what: str):
+        self.attempts.append(what)
+        raise OSError(f"tests must not touch the network: {what}")
+
+    def getaddrinfo(self, host, *args, **kwargs):
+        return self.real[0](host, *args, **kwargs) if is_local(host) else self.refuse(f"name lookup of {host}")
+
+    def install(self) -> None:
+        guard = self
+
+        def connect(sock, address):
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and not is_local(address[0]):
+                guard.refuse(f"connection to {address[0]}:{address[1]}")
+            return guard.real[1](sock, address)
+
+        def connect_ex(sock, address):
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and not is_local(address[0]):
+                guard.refuse(f"connection to {address[0]}:{address[1]}")
+            return guard.real[2](sock, address)
+
+        socket.getaddrinfo = self.getaddrinfo
+        socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
+
+    def remove(self) -> None:
+        socket.getaddrinfo, socket.socket.connect, socket.socket.connect_ex = self.real
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_network():
+    """README: the tests never touch the network. In the pytest process (where the CLI tests run main()) every
+    lookup or connection off this machine is refused, and the session fails if one was even tried."""
+    guard = NetworkGuard()
+    guard.install()
+    yield guard
+    guard.remove()
+    assert not guard.attempts, f"tests tried to reach the network: {guard.attempts}"
 
 
 def blob_patients(root: Path, *, patients: int, per_patient: int, size: tuple[int, int]) -> Path:

@@ -381,3 +381,25 @@ def test_nothing_unpickles_or_runs_remote_code_by_default():
     # record the user passes (the README says so)
     assert [p.split(":")[0] + ":" + p.split(": ")[1] for p in problems] == ["medprobe/explain/__init__.py:joblib.load"]
     assert any("allow_pickle=False" in path.read_text() for path in sources)  # the journal reads without pickle
+
+
+def test_the_suite_refuses_the_network_and_would_fail_on_an_attempt(no_network, monkeypatch):
+    """README: the tests never touch the network. The session guard refuses lookups and connections off this
+    machine and keeps each attempt (the session fails on any); medprobe's own hub probe, with the offline
+    switch off, is refused too and reads as "not reachable"."""
+    import socket
+
+    from medprobe.models.hub import hub_reachable
+
+    before = len(no_network.attempts)
+    with pytest.raises(OSError, match="must not touch the network"):
+        socket.create_connection(("huggingface.co", 443), timeout=1)
+    with pytest.raises(OSError, match="must not touch the network"):
+        socket.socket().connect(("8.8.8.8", 53))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert hub_reachable(timeout=1) is False
+    tried = no_network.attempts[before:]
+    assert tried[:2] == ["name lookup of huggingface.co", "connection to 8.8.8.8:53"] and len(tried) == 3
+    with socket.create_server(("127.0.0.1", 0)) as server:  # this machine stays reachable (local clusters)
+        socket.create_connection(server.getsockname(), timeout=1).close()
+    del no_network.attempts[before:]  # these were this test's own, on purpose
