@@ -106,3 +106,22 @@ def test_timm_vit_image_size_override_resamples_position_embeddings(tiny_timm_mo
     assert backbone.preprocessing.input_size == (96, 96)
     pooled = backbone.embed(torch.randn(1, 3, 96, 96))
     assert pooled["mean"].shape == (1, 64) and torch.isfinite(pooled["cls4"]).all()
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "timm-vit", "timm-resnet"])
+def test_every_pool_comes_from_one_forward_pass(kind, tiny_dinov2, tiny_timm_models):
+    """README: pools are all computed in one forward pass. Every convolution of the backbone (a ViT's patch
+    embedding, each of a CNN's layers) runs once per embed call, however many pools it returns."""
+    folder = {"dinov2": tiny_dinov2, "timm-vit": tiny_timm_models["vit"],
+              "timm-resnet": tiny_timm_models["resnet"]}[kind]
+    backbone = load_backbone(resolve_model(str(folder)))
+    calls: dict[str, int] = {}
+    convolutions = [(name, m) for name, m in backbone.module.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions
+    for name, module in convolutions:
+        module.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+    size = backbone.preprocessing.input_size
+    with torch.inference_mode():
+        pooled = backbone.embed(torch.randn(2, 3, *size))
+    assert set(pooled) == set(backbone.pools) and (len(pooled) > 1 or kind == "timm-resnet")
+    assert calls == {name: 1 for name, _ in convolutions}
