@@ -388,3 +388,29 @@ def test_cpu_name_is_the_model_name_from_cpuinfo(tmp_path):
     info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC   7B13 64-Core Processor\n")
     assert cpu_name(info).startswith("AMD EPYC 7B13 64-Core Processor (")
     assert cpu_name(tmp_path / "missing")  # falls back to what platform knows
+
+
+def test_several_pools_get_a_row_each_and_the_newest_of_several_records_is_shown(study, tmp_path):
+    """README: a backbone probed with several pools gets a row per pool; where a backbone and method have
+    several records (two seeds), the newest is shown and the other is listed."""
+    results = tmp_path / "results"
+    shutil.copytree(study, results)
+    dataset = load_dataset(study.parent / "blobs" / "labels.csv")
+    settings = {"folds": 4, "bootstrap": REPLICATES, "n_jobs": 1}
+    [mean_pool] = probe(dataset=dataset, models=["dinov2-small"], cache_dir=study.parent / "cache", out_dir=results,
+                        show_progress=False, settings=ProbeSettings(classifiers=("logreg",), pool="mean", seed=0,
+                                                                    **settings))
+    [second_seed] = probe(dataset=dataset, models=["vgg16"], cache_dir=study.parent / "cache", out_dir=results,
+                          show_progress=False, settings=ProbeSettings(classifiers=("knn",), seed=1, **settings))
+    markdown = build_report(results_dirs=[results], out_dir=tmp_path / "report", metric="accuracy",
+                            replicates=REPLICATES).markdown.read_text()
+    rows = {row["backbone"]: row for row in markdown_table(markdown, "blobs-labels: accuracy, per image")}
+    # the study probed it with its default pools (cls+mean here), this test with mean alone
+    assert {"dinov2-small (cls+mean)", "dinov2-small (mean)"} <= set(rows) and "dinov2-small" not in rows
+    assert rows["dinov2-small (mean)"]["logreg"].lstrip("*").startswith(
+        f"{mean_pool['metrics']['accuracy']['value']:.3f}")
+    assert rows["dinov2-small (mean)"]["svm"] == ""  # only logreg was probed on the mean pool
+    assert rows["vgg16"]["knn"].lstrip("*").startswith(f"{second_seed['metrics']['accuracy']['value']:.3f}")
+    skipped = markdown.split("## Skipped or incomplete records", 1)[1]
+    older = next(line for line in skipped.splitlines() if "vgg16__gap__knn__kfold4-seed0.json" in line)
+    assert "vgg16__gap__knn__kfold4-seed1" in older and "newer record" in older
