@@ -281,3 +281,32 @@ def test_any_plus_joined_list_of_stored_pools_is_probed(tmp_path):
     plain = run_probe(dataset, tmp_path / "cache", tmp_path / "out", pool="cls+mean", bootstrap=50)[0]
     assert joined["pool"] == "cls4+mean" and plain["pool"] == "cls+mean"
     assert joined["metrics"]["balanced_accuracy"]["value"] > 0.9 > plain["metrics"]["balanced_accuracy"]["value"]
+
+
+def test_record_files_appear_only_complete_through_a_rename(tmp_path, monkeypatch):
+    """README: both files are written to a temporary name and renamed. Every final file arrives by one
+    os.replace from its .partial twin, already complete; a run stopped before the record's rename leaves no
+    record under its final name (only the .partial, which the report lists as an interrupted write)."""
+    import os
+
+    from medprobe.results import record as record_module
+
+    labels, features = clustered(20, 2, 8, 0.5)
+    dataset = synthetic_study(tmp_path / "d", tmp_path / "cache", labels, features)
+    renames, real_replace = [], os.replace
+
+    def replace(source, target):
+        source, target = str(source), str(target)
+        assert source == target + ".partial" and os.path.getsize(source) > 0
+        renames.append(os.path.basename(target))
+        if target.endswith(".json"):
+            raise OSError("disk gone")  # stops the run between the predictions' rename and the record's
+        return real_replace(source, target)
+
+    monkeypatch.setattr(record_module.os, "replace", replace)
+    with pytest.raises(OSError, match="disk gone"):
+        run_probe(dataset, tmp_path / "cache", tmp_path / "out", bootstrap=50)
+    assert len(renames) == 2 and renames[0] == renames[1].removesuffix(".json") + ".predictions.csv"
+    written = {path.name for path in (tmp_path / "out").rglob("*") if path.is_file()}
+    assert written == {renames[0], renames[1] + ".partial"}
+    json.loads((tmp_path / "out").rglob("*.json.partial").__next__().read_text())  # complete, just not renamed
