@@ -414,3 +414,16 @@ def test_several_pools_get_a_row_each_and_the_newest_of_several_records_is_shown
     skipped = markdown.split("## Skipped or incomplete records", 1)[1]
     older = next(line for line in skipped.splitlines() if "vgg16__gap__knn__kfold4-seed0.json" in line)
     assert "vgg16__gap__knn__kfold4-seed1" in older and "newer record" in older
+
+
+def test_report_cli_defaults_to_accuracy_and_prints_the_leaderboard_tables_and_path(study, tmp_path, capsys):
+    """README: `medprobe report` prints the leaderboard, the per-image tables and the path of report.html;
+    --metric defaults to accuracy."""
+    out = tmp_path / "report"
+    with pytest.raises(SystemExit) as info:
+        main(["report", str(study), "--out", str(out), "--bootstrap", "100"])
+    printed = capsys.readouterr().out
+    assert info.value.code in (0, None)
+    assert printed.startswith("Leaderboard: accuracy per image, each backbone's method chosen on validation")
+    assert "blobs-labels: accuracy, per image" in printed and "balanced_accuracy, per image" not in printed
+    assert str(out / "report.html") in printed.replace("\n", "")
