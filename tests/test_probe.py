@@ -310,3 +310,29 @@ def test_record_files_appear_only_complete_through_a_rename(tmp_path, monkeypatc
     written = {path.name for path in (tmp_path / "out").rglob("*") if path.is_file()}
     assert written == {renames[0], renames[1] + ".partial"}
     json.loads((tmp_path / "out").rglob("*.json.partial").__next__().read_text())  # complete, just not renamed
+
+
+def test_few_shot_runs_fit_the_fixed_hyperparameters_the_readme_names(tmp_path, monkeypatch):
+    """README: --shots runs use fixed hyperparameters (logreg C=1, linear SVM C=1, kNN k=20 softmax): every
+    fit of every repeat and fold gets exactly those, and the record says so."""
+    from medprobe.probe.classifiers import get_probe
+
+    fixed = {"logreg": {"C": 1.0}, "svm": {"kernel": "linear", "C": 1.0}, "knn": {"k": 20, "weighting": "softmax"}}
+    fitted_with: dict[str, list[dict]] = {name: [] for name in fixed}
+    for name in fixed:
+        probe_class = type(get_probe(name))
+        real_fit = probe_class.fit
+
+        def fit(self, params, *args, real_fit=real_fit, **kwargs):
+            fitted_with[self.name].append(dict(params))
+            return real_fit(self, params, *args, **kwargs)
+
+        monkeypatch.setattr(probe_class, "fit", fit)
+    labels, features = clustered(20, 2, 8, 0.8, seed=6)
+    dataset = synthetic_study(tmp_path / "d", tmp_path / "cache", labels, features)
+    records = run_probe(dataset, tmp_path / "cache", tmp_path / "out", classifiers=tuple(fixed), shots=(2,),
+                        repeats=2, bootstrap=50)
+    assert [r["protocol"] for r in records] == ["shots2x2-kfold5"] * 3
+    for record in records:
+        assert record["hyperparameters"] == [fixed[record["method"]]]
+        assert fitted_with[record["method"]] == [fixed[record["method"]]] * (2 * 5)  # repeats x folds
