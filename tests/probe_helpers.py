@@ -67,3 +67,33 @@ def synthetic_study(root: Path, cache_dir: Path, labels: list[str], features: np
         blocks[pools[1]] = features[:, half:]
     write_cache(dataset, cache_dir, model, blocks)
     return dataset
+
+
+class BlasThreadsProbe:
+    """A stand-in probe whose search and fit report the BLAS threads they ran with (for the runner's
+    one-BLAS-thread-per-task rule; importable by joblib's worker processes)."""
+
+    name = "blas-threads"
+
+    @staticmethod
+    def _threads() -> int:
+        from threadpoolctl import threadpool_info
+
+        return max(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+
+    def search(self, part, data, seed, *, coarse_to_fine=False):
+        from medprobe.probe.protocol import SearchOutcome
+
+        return SearchOutcome([({"blas_threads": self._threads()}, 1.0)])
+
+    def fit(self, params, X, y, n_classes, seed):
+        threads = self._threads()
+
+        class Fitted:
+            capped = False
+
+            @staticmethod
+            def scores(X, n_classes):
+                return np.full((len(X), n_classes), float(threads))
+
+        return Fitted()

@@ -336,3 +336,26 @@ def test_few_shot_runs_fit_the_fixed_hyperparameters_the_readme_names(tmp_path, 
     for record in records:
         assert record["hyperparameters"] == [fixed[record["method"]]]
         assert fitted_with[record["method"]] == [fixed[record["method"]]] * (2 * 5)  # repeats x folds
+
+
+def test_search_parts_and_final_fits_run_with_one_blas_thread_in_worker_processes():
+    """README: folds and search parts run side by side in worker processes, one BLAS thread each (so two
+    tasks on two cores do not oversubscribe them). Workers allowed two BLAS threads (a plain function there
+    sees two) run the runner's task functions with one."""
+    from joblib import Parallel, delayed, parallel_config
+    from probe_helpers import BlasThreadsProbe
+
+    from medprobe.data.splits import Fold
+    from medprobe.probe import runner
+
+    X, y = np.random.default_rng(0).normal(size=(12, 4)), np.arange(12) % 2
+    fold = Fold(index=0, train=np.arange(8), val=np.arange(8, 10), test=np.arange(10, 12))
+    with parallel_config(backend="loky", inner_max_num_threads=2), Parallel(n_jobs=2) as parallel:
+        plain = parallel(delayed(BlasThreadsProbe._threads)() for _ in range(2))
+        searched = parallel(delayed(runner._search_part)(BlasThreadsProbe(), ("all",), X, y, fold, None, 2, 0, False)
+                            for _ in range(2))
+        fitted = parallel(delayed(runner._fit_fold)(BlasThreadsProbe(), {}, X, y, fold, 2, 0, False)
+                          for _ in range(2))
+    assert plain == [2, 2]
+    assert [outcome.candidates[0][0]["blas_threads"] for outcome in searched] == [1, 1]
+    assert all((result["scores"] == 1).all() for result in fitted)
