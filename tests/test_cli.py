@@ -44,9 +44,13 @@ def test_bad_input_is_one_line_and_exit_2(capsys, image_folder, tmp_path, args, 
     assert not list((tmp_path / "cache").rglob("*.h5"))
 
 
-def test_debug_shows_the_traceback(image_folder):
+@pytest.mark.parametrize("where", ["first", "after the command", "last"])
+def test_debug_anywhere_shows_the_traceback(image_folder, where):
+    """README: add --debug anywhere to see the traceback instead of the one error line."""
+    args = ["extract", str(image_folder), "--model", "dinov2-smal"]
+    args.insert({"first": 0, "after the command": 1, "last": len(args)}[where], "--debug")
     with pytest.raises(Exception, match="did you mean"):
-        main(["extract", str(image_folder), "--model", "dinov2-smal", "--debug"])
+        main(args)
 
 
 def test_extract_then_manage_the_cache(capsys, tiny_timm_models, image_folder, tmp_path, monkeypatch):
