@@ -207,7 +207,11 @@ def test_iteration_caps_are_counted_recorded_and_warned_about(tmp_path, monkeypa
     convergence = record["convergence"]
     assert convergence["search_fits"] == 5 * 45 and convergence["final_fits"] == 5
     assert 0 < convergence["search_fits_at_cap"] <= 5 * 45
-    assert "stopped at their iteration cap" in " ".join(capsys.readouterr().err.split())
+    warning = " ".join(capsys.readouterr().err.split())
+    at_cap = convergence["search_fits_at_cap"] + convergence["final_fits_at_cap"]
+    # the line names the run (its backbone, pool and method) and counts what the record counts
+    assert (f"warning: dinov2-small/cls+mean logreg: {at_cap} of {5 * 45 + 5} solver fits stopped at their "
+            "iteration cap") in warning
 
 
 @pytest.mark.parametrize("kernel", ["rbf", "linear"])

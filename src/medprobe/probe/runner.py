@@ -208,7 +208,7 @@ class Prober:
         started = time.perf_counter()
         results, convergence = self._fold_results(job, method, folds, X_test)
         if job.stream is None:
-            _warn_capped(job.name, method, convergence)
+            _warn_capped(f"{job.name}/{job.pool}", method, convergence)  # the run: backbone, pool, method
         search = get_probe(method).settings() if job.stream is None else None
         scores_are = get_probe(method).scores_are if job.stream is None else streaming.SCORES_ARE
         method = streaming.METHOD if job.stream is not None else method
