@@ -107,3 +107,29 @@ def test_default_loader_workers_leave_one_core_and_stop_at_eight(cores, workers,
 
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     assert default_workers() == workers
+
+
+@pytest.mark.parametrize(("device", "bf16_hardware", "expected"), [
+    ("cuda", True, "bf16"), ("cuda", False, "fp16"), ("cpu", True, "bf16"), ("cpu", False, "fp32")])
+def test_precision_auto_is_bf16_where_the_hardware_runs_it_else_fp16_on_gpus_and_fp32_on_cpus(
+        device, bf16_hardware, expected, monkeypatch):
+    """README: --precision auto is bf16 on GPUs that support it (else fp16) and on CPUs with AVX512-BF16/AMX
+    (oneDNN's own bf16 check), else fp32; an explicit precision is kept whatever the hardware."""
+    from medprobe.errors import MedprobeError
+    from medprobe.runtime import device as device_module
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_hardware)
+    monkeypatch.setattr(device_module, "cpu_supports_bf16", lambda: bf16_hardware)
+    assert device_module.resolve_precision("auto", torch.device(device)) == expected
+    for explicit in ("fp32", "bf16", "fp16"):
+        assert device_module.resolve_precision(explicit, torch.device(device)) == explicit
+    with pytest.raises(MedprobeError, match="--precision 'half' is not one of auto, fp32, bf16, fp16"):
+        device_module.resolve_precision("half", torch.device(device))
+
+
+def test_cpu_bf16_support_is_onednns_own_answer(monkeypatch):
+    from medprobe.runtime.device import cpu_supports_bf16
+
+    for answer in (True, False):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda answer=answer: answer)
+        assert cpu_supports_bf16() is answer
