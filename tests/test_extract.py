@@ -190,3 +190,37 @@ def test_second_writer_is_refused(tiny_dinov2, image_folder, cache_dir):
     with cache_lock(target.path):
         with pytest.raises(MedprobeError, match="another medprobe process is extracting into .*wait for it"):
             run(dataset, tiny_dinov2, cache_dir)
+
+
+@pytest.mark.parametrize(("kind", "channels_last"), [("resnet", True), ("vit", False)])
+def test_the_forward_runs_under_inference_mode_and_autocast_and_cnns_channels_last(
+        kind, channels_last, image_folder, tiny_timm_models, tmp_path, monkeypatch):
+    """README: the forward runs under inference_mode and autocast; CNNs run channels-last (input and
+    weights), ViTs as they are."""
+    import torch
+
+    seen = []
+    real_load = runner.load_backbone
+
+    def load_backbone(*args, **kwargs):
+        backbone = real_load(*args, **kwargs)
+
+        conv = next(m for m in backbone.module.modules() if isinstance(m, torch.nn.Conv2d))  # the pixels' first
+
+        def record(module, inputs):
+            seen.append({"inference": torch.is_inference_mode_enabled(),
+                         "autocast": torch.is_autocast_enabled("cpu"), "dtype": torch.get_autocast_dtype("cpu"),
+                         "input_channels_last": inputs[0].is_contiguous(memory_format=torch.channels_last),
+                         "weights_channels_last": conv.weight.is_contiguous(memory_format=torch.channels_last)})
+
+        conv.register_forward_pre_hook(record)  # embed may call forward_features, not the module itself
+        return backbone
+
+    monkeypatch.setattr(runner, "load_backbone", load_backbone)
+    dataset = load_dataset(image_folder)
+    extract(dataset=dataset, model=str(tiny_timm_models[kind]), cache_dir=tmp_path / "cache", device="cpu",
+            precision="bf16", batch_size=4, workers=0, show_progress=False)
+    assert len(seen) == 3  # 12 images, batches of 4
+    for forward in seen:
+        assert forward["inference"] and forward["autocast"] and forward["dtype"] == torch.bfloat16
+        assert forward["input_channels_last"] is channels_last and forward["weights_channels_last"] is channels_last
