@@ -127,3 +127,37 @@ def test_explain_refuses_a_record_without_its_probe_or_of_another_model(squares,
             explain(dataset=dataset, model=str(models["vit"]), record_path=stripped)
     finally:
         stripped.unlink()
+
+
+@pytest.mark.parametrize("kind", ["vit", "cnn"])
+def test_the_map_averages_to_the_probe_s_own_decision_on_the_cached_embedding(squares, kind):
+    """README: because the probe is linear and the pool is a mean, the map averages to the probe's own
+    decision. The per-position features explain finds average to the image's embedding (the one the cache
+    holds, to its float16), and the saved fold probe's per-position decisions average to its decision on it."""
+    import joblib
+
+    from medprobe.cache import read_features
+    from medprobe.data.reader import SampleImages
+    from medprobe.explain.spatial import spatial_features
+    from medprobe.models.backbone import load_backbone
+    from medprobe.models.registry import resolve_model
+    from medprobe.models.transforms import ImageTransform
+
+    dataset, _, models, records, base = squares
+    record = json.loads(records[kind].read_text())
+    pool = record["pool"]
+    backbone = load_backbone(resolve_model(str(models[kind])))
+    probe_0 = joblib.load(records[kind].parent / record["model_file"])["fold_models"][0].model
+    [cache_file] = (base / "cache").rglob(f"*{resolve_model(str(models[kind])).slug}*.h5")
+    cached = read_features(cache_file, [s.id for s in dataset.samples[:4]], pool)
+    transform = ImageTransform(backbone.preprocessing)
+    images = SampleImages(dataset.samples[:4], dataset.root)
+    for i in range(4):
+        found = spatial_features(backbone, transform(images[i]).unsqueeze(0), pool)
+        grid = found.grid[0].numpy().astype(np.float64)
+        positions = grid.reshape(-1, grid.shape[-1])
+        np.testing.assert_allclose(positions.mean(0), found.pooled[0].numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(positions.mean(0), cached[i], rtol=2**-10, atol=2**-14)  # the cache is float16
+        per_position = probe_0.decision_function(positions)
+        whole = probe_0.decision_function(found.pooled.numpy().astype(np.float64))
+        np.testing.assert_allclose(per_position.mean(0), whole[0], rtol=1e-6, atol=1e-9)
