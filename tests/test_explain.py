@@ -3,6 +3,7 @@ the evidence of a correctly classified image must lie on the square."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -138,6 +139,7 @@ def test_the_map_averages_to_the_probe_s_own_decision_on_the_cached_embedding(sq
 
     from medprobe.cache import read_features
     from medprobe.data.reader import SampleImages
+    from medprobe.explain.linear import linear_evidence
     from medprobe.explain.spatial import spatial_features
     from medprobe.models.backbone import load_backbone
     from medprobe.models.registry import resolve_model
@@ -147,7 +149,8 @@ def test_the_map_averages_to_the_probe_s_own_decision_on_the_cached_embedding(sq
     record = json.loads(records[kind].read_text())
     pool = record["pool"]
     backbone = load_backbone(resolve_model(str(models[kind])))
-    probe_0 = joblib.load(records[kind].parent / record["model_file"])["fold_models"][0].model
+    fold_0 = joblib.load(records[kind].parent / record["model_file"])["fold_models"][0]
+    probe_0, linear = fold_0.model, linear_evidence(fold_0, records[kind])
     [cache_file] = (base / "cache").rglob(f"*{resolve_model(str(models[kind])).slug}*.h5")
     cached = read_features(cache_file, [s.id for s in dataset.samples[:4]], pool)
     transform = ImageTransform(backbone.preprocessing)
@@ -158,6 +161,50 @@ def test_the_map_averages_to_the_probe_s_own_decision_on_the_cached_embedding(sq
         positions = grid.reshape(-1, grid.shape[-1])
         np.testing.assert_allclose(positions.mean(0), found.pooled[0].numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(positions.mean(0), cached[i], rtol=2**-10, atol=2**-14)  # the cache is float16
-        per_position = probe_0.decision_function(positions)
-        whole = probe_0.decision_function(found.pooled.numpy().astype(np.float64))
+        per_position = linear.evidence(positions)
+        whole = linear.evidence(found.pooled.numpy().astype(np.float64))
         np.testing.assert_allclose(per_position.mean(0), whole[0], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(whole[0, 1], probe_0.decision_function(found.pooled.numpy())[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+@pytest.mark.parametrize("probe_params", [("logreg", {"C": 1.0}),
+                                          ("svm", {"kernel": "linear", "C": 0.1, "solver": "libsvm"}),
+                                          ("svm", {"kernel": "linear", "C": 0.1, "solver": "squared-hinge-lbfgs"})])
+def test_every_linear_probe_gives_affine_class_evidence_that_matches_its_own_decisions(probe_params, n_classes):
+    """README: explain applies a logreg or linear-SVM record's probe to every position. Each saved linear
+    probe (logreg; the linear SVM by libsvm one-vs-one or by the squared hinge) becomes per-class evidence that
+    is affine in the features (so a mean pool's map averages to the evidence on the embedding) and equals the
+    probe's own decisions: the decision value for binary probes, the decision relative to the class mean for
+    one-vs-rest ones, the sum of the one-vs-one pair decisions turned towards the class for libsvm's. An RBF
+    SVM and a kNN are refused."""
+    from medprobe.explain.linear import linear_evidence
+    from medprobe.probe.classifiers import get_probe
+
+    rng = np.random.default_rng(n_classes)
+    y = np.arange(120) % n_classes
+    X = rng.normal(size=(120, 6)) + y[:, None] * 0.8 + 3.0
+    name, params = probe_params
+    fitted = get_probe(name).fit(params, X, y, n_classes, 0)
+    evidence = linear_evidence(fitted, Path("run.json")).evidence(X)
+    final = fitted.model[-1]
+    if n_classes == 2:
+        np.testing.assert_allclose(evidence[:, 1], fitted.model.decision_function(X), rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(evidence[:, 0], -evidence[:, 1], atol=1e-12)
+    elif getattr(final, "kernel", None) == "precomputed":
+        final.decision_function_shape = "ovo"
+        pairs = fitted.model.decision_function(X)  # positive: the pair's first class
+        expected = np.zeros_like(evidence)
+        for p, (first, second) in enumerate(itertools.combinations(range(n_classes), 2)):
+            expected[:, first] += pairs[:, p]
+            expected[:, second] -= pairs[:, p]
+        np.testing.assert_allclose(evidence, expected, rtol=1e-6, atol=1e-8)
+    else:
+        decision = fitted.model.decision_function(X)
+        np.testing.assert_allclose(evidence, decision - decision.mean(1, keepdims=True), rtol=1e-6, atol=1e-8)
+    at_mean = linear_evidence(fitted, Path("run.json")).evidence(X[:16].mean(0, keepdims=True))[0]
+    np.testing.assert_allclose(at_mean, evidence[:16].mean(0), rtol=1e-9, atol=1e-9)  # affine: means commute
+    for other, other_params in (("svm", {"kernel": "rbf", "C": 1.0, "solver": "libsvm"}),
+                                ("knn", {"k": 5, "weighting": "softmax"})):
+        with pytest.raises(MedprobeError, match="not linear"):
+            linear_evidence(get_probe(other).fit(other_params, X, y, n_classes, 0), Path("run.json"))

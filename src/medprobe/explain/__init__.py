@@ -5,7 +5,8 @@ The run's own fitted linear probe (saved by `medprobe probe --save-model`; the f
 the sample) is applied to every position of the backbone's spatial features (explain/spatial.py): for a ViT
 each patch token (a class-evidence map), for a CNN each cell of the last feature map, which for the `gap`
 pool is exactly the class activation map (CAM; Zhou et al. 2016) including the probe's standardisation.
-The probe is linear and the pool a mean, so the map's mean is the probe's own score for the image. The
+The probe is linear and the pool a mean, so the map's mean is the probe's own evidence for the image
+(explain/linear.py: logreg, the linear SVM of either solver). The
 overlays go into `<record>.explain/` beside the record, with an index (explain.json) the report reads.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from medprobe.data.samples import Dataset
 from medprobe.errors import MedprobeError
+from medprobe.explain.linear import linear_evidence
 from medprobe.results.record import EXPLAIN_INDEX, _atomic_write, explanation_dir, read_record, safe_name
 
 EXPLAIN_SCHEMA = "medprobe.explain/1"
@@ -64,23 +66,6 @@ def _fold_models(record_path: Path, record: dict) -> list:
     import joblib
 
     return joblib.load(record_path.parent / name)["fold_models"]
-
-
-def _linear(fitted, record_path: Path):
-    pipeline = getattr(fitted, "model", None)
-    final = pipeline[-1] if hasattr(pipeline, "__getitem__") else None
-    if final is None or not hasattr(final, "coef_") or len(pipeline) != 2:
-        raise MedprobeError(f"{record_path}: its probe is not linear (an RBF SVM or kNN); explain a logreg or linear "
-                            "SVM record")
-    return pipeline
-
-
-def class_evidence(decision: np.ndarray, n_classes: int, target: int) -> np.ndarray:
-    """Per-position evidence for class `target` from decision_function values: binary probes score the
-    second class; multiclass ones relative to the mean over classes (what softmax sees)."""
-    if n_classes == 2:
-        return decision if target == 1 else -decision
-    return decision[:, target] - decision.mean(axis=1)
 
 
 def evidence_heat(evidence: np.ndarray) -> np.ndarray:
@@ -156,12 +141,13 @@ def explain(*, dataset: Dataset, model: str, record_path: Path, count: int = DEF
         fold = int(row["fold"])
         if not 0 <= fold < len(fold_models) or fold_models[fold] is None:
             raise MedprobeError(f"{record_path}: no saved probe for fold {fold}; re-run with --save-model")
-        probe = _linear(fold_models[fold], record_path)
+        linear = linear_evidence(fold_models[fold], record_path)
         grid = found.grid[0].cpu().numpy().astype(np.float64)
         height, width, dim = grid.shape
         predicted = classes.index(row["prediction"])
-        evidence = class_evidence(probe.decision_function(grid.reshape(-1, dim)), len(classes), predicted)
-        pooled_choice = classes[int(probe.predict(found.pooled.cpu().numpy().astype(np.float64))[0])]
+        evidence = linear.evidence(grid.reshape(-1, dim))[:, predicted]
+        pooled = found.pooled.cpu().numpy().astype(np.float64)
+        pooled_choice = classes[int(np.argmax(fold_models[fold].scores(pooled, len(classes))[0]))]
         heat = evidence_heat(evidence).reshape(height, width)
         correct = row["label"] == row["prediction"]
         png = folder / f"{k:02d}-{'correct' if correct else 'wrong'}-{safe_name(row['id'])}.png"
