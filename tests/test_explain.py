@@ -208,3 +208,21 @@ def test_every_linear_probe_gives_affine_class_evidence_that_matches_its_own_dec
                                 ("knn", {"k": 5, "weighting": "softmax"})):
         with pytest.raises(MedprobeError, match="not linear"):
             linear_evidence(get_probe(other).fit(other_params, X, y, n_classes, 0), Path("run.json"))
+
+
+def test_explain_picks_the_most_confident_correct_and_wrong_predictions():
+    """README: the --count most confident correct and the --count most confident wrong test predictions."""
+    from medprobe.explain import choose
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(30):
+        high = float(rng.uniform(0.5, 1.0))
+        label, prediction = ("a", "a") if i % 3 else ("a", "b")
+        scores = {"score_a": high, "score_b": 1 - high} if prediction == "a" else {"score_a": 1 - high, "score_b": high}
+        rows.append({"id": f"s{i}", "label": label, "prediction": prediction, **scores})
+    picked = choose(rows, ["a", "b"], 3)
+    confidence = {r["id"]: max(r["score_a"], r["score_b"]) for r in rows}
+    correct = sorted((r["id"] for r in rows if r["label"] == r["prediction"]), key=confidence.get, reverse=True)
+    wrong = sorted((r["id"] for r in rows if r["label"] != r["prediction"]), key=confidence.get, reverse=True)
+    assert [r["id"] for r in picked] == correct[:3] + wrong[:3]
