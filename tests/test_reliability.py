@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import csv
+import json
 import re
 import shutil
 import struct
@@ -403,3 +405,28 @@ def test_the_suite_refuses_the_network_and_would_fail_on_an_attempt(no_network, 
     with socket.create_server(("127.0.0.1", 0)) as server:  # this machine stays reachable (local clusters)
         socket.create_connection(server.getsockname(), timeout=1).close()
     del no_network.attempts[before:]  # these were this test's own, on purpose
+
+
+def test_skipped_samples_are_left_out_of_every_backbone_alike_with_a_warning(tmp_path, capsys, tiny_timm_models):
+    """README: probe leaves samples --skip-bad skipped out of every backbone alike (so splits stay equal),
+    warns, and lists them in each run record: two backbones probed together predict the same samples."""
+    root = good_folder(tmp_path / "data", count=12)
+    bad_image("truncated", root / "c0" / "t.png")
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    extract(dataset=load_dataset(root), model=str(tiny_timm_models["resnet"]), cache_dir=cache, device="cpu",
+            workers=0, show_progress=False, skip_bad=True)
+    extract(dataset=load_dataset(root), model=str(tiny_timm_models["vit"]), cache_dir=cache, device="cpu",
+            workers=0, show_progress=False, skip_bad=True)
+    capsys.readouterr()
+    code, _, err = cli(capsys, "probe", root, "--model", tiny_timm_models["resnet"], "--model",
+                       tiny_timm_models["vit"], "--cache-dir", cache, "--out", out, "--clf", "knn",
+                       "--folds", "3", "--bootstrap", "50")
+    assert code == 0, err
+    assert "warning: 1 unreadable image(s) of data skipped at extraction are left out" in " ".join(err.split())
+    records = [json.loads(path.read_text()) for path in sorted(out.rglob("*.json"))]
+    assert len(records) == 2 and len({r["model"] for r in records}) == 2
+    for record in records:
+        assert [s["id"] for s in record["skipped_samples"]] == ["c0/t.png"]
+        assert record["dataset"]["samples"] == 12
+    predicted = [sorted(row["id"] for row in csv.DictReader(path.open())) for path in sorted(out.rglob("*.csv"))]
+    assert predicted[0] == predicted[1] and "c0/t.png" not in predicted[0] and len(predicted[0]) == 12
