@@ -224,3 +224,17 @@ def test_the_forward_runs_under_inference_mode_and_autocast_and_cnns_channels_la
     for forward in seen:
         assert forward["inference"] and forward["autocast"] and forward["dtype"] == torch.bfloat16
         assert forward["input_channels_last"] is channels_last and forward["weights_channels_last"] is channels_last
+
+
+def test_two_csv_manifests_over_one_image_folder_share_one_cache(tiny_dinov2, image_folder, cache_dir):
+    """README: two manifests over the same image folder share one cache, each reading only its own ids: the
+    second extracts only the images the first did not, into the same file, and reads the first's rows."""
+    images = sorted(str(p.relative_to(image_folder)) for p in image_folder.rglob("img*"))
+    for name, chosen in (("first.csv", images[:8]), ("second.csv", images[4:])):
+        rows = ["path,label"] + [f"{path},{path.split('/')[0]}" for path in chosen]
+        (image_folder / name).write_text("\n".join(rows) + "\n")
+    first = run(load_dataset(image_folder / "first.csv"), tiny_dinov2, cache_dir)
+    second = run(load_dataset(image_folder / "second.csv"), tiny_dinov2, cache_dir)
+    assert (first.extracted, first.reused) == (8, 0) and (second.extracted, second.reused) == (4, 4)
+    assert second.path == first.path and len(list(cache_dir.rglob("*.h5"))) == 1
+    assert read_features(second.path, images[4:], "cls").shape == (8, 32)  # every id of the second is there
