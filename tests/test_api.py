@@ -208,18 +208,21 @@ def test_load_results_has_the_rows_and_columns_of_summary_csv(study, tmp_path):
         assert str(row["run_record"].path) == row["record"] and row["run_record"].method == row["method"]
 
 
+@pytest.mark.parametrize("seed", [0, 3])
 @pytest.mark.parametrize("estimator, method", [(LogisticProbe(), "logreg"), (SVMProbe(), "svm"),
                                                (KNNProbe(), "knn")])
-def test_estimators_fit_as_the_probe_runner_does(study, tmp_path, estimator, method):
+def test_estimators_fit_as_the_probe_runner_does(study, tmp_path, estimator, method, seed):
+    """README: given random_state=seed + i and fold i's train + validation samples, each estimator chooses the
+    hyperparameters and predicts the test scores `medprobe probe --seed seed` records for that fold."""
     dataset, _, cache = study
     record = medprobe.probe(dataset.source, clf=method, bootstrap=0, cache_dir=cache, out=tmp_path / "o",
-                            progress=False)[0]
+                            progress=False, seed=seed)[0]
     fs = medprobe.features(dataset.source, model="dinov2-small", cache_dir=cache)
     labels = np.array(fs.labels)
     predictions = record.read_predictions()
-    for fold, chosen in zip(medprobe.splits(fs).folds, record.data["hyperparameters"], strict=True):
+    for fold, chosen in zip(medprobe.splits(fs, seed=seed).folds, record.data["hyperparameters"], strict=True):
         outer = np.sort(np.concatenate([fold.train, fold.val]))  # what the fold carved its validation from
-        probe = clone(estimator).set_params(random_state=fold.index).fit(fs.X[outer], labels[outer],
+        probe = clone(estimator).set_params(random_state=seed + fold.index).fit(fs.X[outer], labels[outer],
                                                                          groups=np.array(fs.groups)[outer])
         assert probe.best_params_ == {k: v for k, v in chosen.items() if k not in ("fold", "val_balanced_accuracy")}
         assert probe.best_score_ == pytest.approx(chosen["val_balanced_accuracy"])
@@ -259,3 +262,23 @@ def test_notebook_example_runs(tmp_path):
     figure = tmp_path / "work" / "balanced_accuracy.png"
     assert figure.stat().st_size > 5000
     assert len(list((tmp_path / "work" / "results").rglob("*.json"))) == 2
+
+
+@pytest.mark.parametrize("estimator, grid", [(LogisticProbe(), {"probe__coarse_to_fine": [True, False]}),
+                                             (SVMProbe(), {"scale__with_mean": [True, False]}),
+                                             (KNNProbe(), {"scale__with_std": [True, False]})])
+def test_estimators_work_in_a_pipeline_under_grid_search_and_pickle(estimator, grid):
+    """README: the estimators work with clone, pickling, Pipeline and GridSearchCV."""
+    import pickle
+
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    labels, X = clustered(20, 3, 6, 0.6, seed=1)
+    pipeline = Pipeline([("scale", StandardScaler()), ("probe", estimator)])
+    search = GridSearchCV(pipeline, grid, cv=3, scoring="balanced_accuracy").fit(X, labels)
+    assert set(search.cv_results_["params"][0]) == set(grid) and search.best_score_ > 0.8
+    restored = pickle.loads(pickle.dumps(search.best_estimator_))
+    np.testing.assert_array_equal(restored.predict_proba(X), search.best_estimator_.predict_proba(X))
+    assert (restored.predict(X) == np.array(labels)).mean() > 0.8
