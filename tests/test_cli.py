@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -130,6 +131,15 @@ def test_project_file_makes_data_optional(capsys, tiny_timm_models, manifest, tm
     assert code == 0 and "extracted 16" in out
     code, out, _ = cli(capsys, "datasets", "inspect")
     assert code == 0 and "16 images, 2 classes, 8 groups" in out and "0 unreadable" in out
+    code, out, err = cli(capsys, "probe", "--model", tiny_timm_models["densenet"], "--cache-dir", tmp_path / "c",
+                         "--clf", "knn", "--folds", "2", "--bootstrap", "50", "--out", tmp_path / "r")
+    assert code == 0, err
+    code, out, err = cli(capsys, "finetune", "--model", tiny_timm_models["resnet"], "--fold", "0", "--folds", "2",
+                         "--epochs", "1", "--workers", "0", "--bootstrap", "50", "--out", tmp_path / "r",
+                         "--device", "cpu", "--precision", "fp32")
+    assert code == 0, err
+    records = sorted(json.loads(p.read_text())["method"] for p in (tmp_path / "r").rglob("*.json"))
+    assert records == ["finetune-all", "knn"]  # finetune's default: --unfreeze all
 
 
 def test_inspect_lists_unreadable_files(capsys, image_folder):
