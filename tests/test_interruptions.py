@@ -227,3 +227,42 @@ def test_full_disk_is_a_clear_error_and_nothing_looks_complete(tmp_path, tiny_ti
     monkeypatch.undo()
     report = extract(**options)
     assert report.extracted == (40 - 12 if where == "journal" else 0) and read_contents(path).done.all()
+
+
+def test_a_full_disk_on_the_command_line_is_one_line_exit_2_and_the_previous_cache_is_kept(
+        tmp_path, tiny_timm_models, monkeypatch, capsys):
+    """README: a full disk ends with `error: cannot write ...: No space left on device; free disk space, then
+    run the same command again` and exit 2; the previous cache and the journal are left as they were."""
+    import errno
+
+    from medprobe.cache.store import CacheWriter
+    from medprobe.cli import main
+
+    root = many_images(tmp_path / "data", 20)
+    args = ["extract", str(root), "--model", str(tiny_timm_models["resnet"]), "--cache-dir", str(tmp_path / "cache"),
+            "--device", "cpu", "--precision", "fp32", "--batch-size", "4", "--workers", "0"]
+    with pytest.raises(SystemExit) as first:
+        main(args)
+    assert first.value.code in (0, None)
+    [path] = (tmp_path / "cache").rglob("*.h5")
+    before = path.read_bytes()
+    many_images(tmp_path / "more", 8, seed=1)
+    for image in (tmp_path / "more").rglob("*.png"):
+        image.rename(root / image.parent.name / f"new-{image.name}")
+    capsys.readouterr()
+    monkeypatch.setattr(CacheWriter, "write",
+                        lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(SystemExit) as full:
+        main(args)
+    err = capsys.readouterr().err
+    error_lines = [line for line in err.splitlines() if "error" in line]  # beside the progress bar
+    assert full.value.code == 2 and len(error_lines) == 1 and err.splitlines()[-1].startswith("error: cannot write ")
+    assert "Traceback" not in err
+    assert "No space left on device; free disk space, then run the same command again" in " ".join(err.split())
+    assert path.read_bytes() == before and not path.with_name(path.name + ".partial").exists()
+    assert len(list(journal_dir(path).glob("batch-*.npz"))) == 2  # the 8 new images' batches, kept
+    monkeypatch.undo()
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "up to date (28 images)" in capsys.readouterr().out  # the journal committed first: nothing redone
+    assert read_contents(path).done.sum() == 28
