@@ -175,3 +175,12 @@ def test_console_script_exit_code(image_folder):
     result = subprocess.run([sys.executable, "-m", "medprobe", "extract", str(image_folder), "--model", "nope"],
                             capture_output=True, text=True, env=env)
     assert result.returncode == 2 and result.stderr.startswith("error: unknown model 'nope'")
+
+
+def test_extraction_shows_a_progress_bar_with_images_per_second_on_stderr(capsys, tiny_timm_models, image_folder,
+                                                                          tmp_path):
+    """README: a progress bar on stderr shows images/s (stdout holds the one result line)."""
+    code, out, err = cli(capsys, "extract", image_folder, "--model", tiny_timm_models["resnet"], "--cache-dir",
+                         tmp_path / "cache", "--workers", "0", "--precision", "fp32")
+    assert code == 0 and out.count("\n") == 1 and "extracted 12" in out
+    assert re.search(r"resnet .* 12/12 +[\d.]+ img/s", err), err
