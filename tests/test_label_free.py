@@ -127,6 +127,25 @@ def test_every_frame_of_a_multi_frame_dicom_is_a_sample_grouped_by_file(tmp_path
     assert len({item.fingerprint for item in items[:30]}) == 1 and items[0].stat.endswith("dicom-frame")
 
 
+def test_a_manifest_row_s_group_goes_to_every_frame_of_its_file(tmp_path):
+    """README: with frames = "all" every frame is a sample grouped by file: the row's `group` where the
+    manifest has one (so two files of one patient share it), else the file's path."""
+    pydicom = pytest.importorskip("pydicom")
+    files = Path(pydicom.__file__).parent / "data" / "test_files"
+    (tmp_path / "scans").mkdir()
+    shutil.copy(files / "examples_ybr_color.dcm", tmp_path / "scans" / "cine.dcm")  # 30 frames
+    shutil.copy(files / "rtdose.dcm", tmp_path / "scans" / "dose.dcm")  # 15 frames
+    shutil.copy(files / "MR_small.dcm", tmp_path / "scans" / "mr.dcm")
+    (tmp_path / "scans.csv").write_text("path,label,group\nscans/cine.dcm,a,patient7\nscans/dose.dcm,b,patient7\n"
+                                        "scans/mr.dcm,b,patient9\n")
+    (tmp_path / "frames.toml").write_text('manifest = "scans.csv"\nframes = "all"\n')
+    dataset = load_dataset(tmp_path / "frames.toml")
+    assert len(dataset.samples) == 30 + 15 + 1
+    assert {s.group for s in dataset.samples if s.id.startswith(("scans/cine", "scans/dose"))} == {"patient7"}
+    assert [s.group for s in dataset.samples if s.id.startswith("scans/mr")] == ["patient9"]
+    assert {s.label for s in dataset.samples if s.id.startswith("scans/dose")} == {"b"}
+
+
 def test_frame_samples_pass_cache_verify(tmp_path, capsys, tiny_timm_models):
     pydicom = pytest.importorskip("pydicom")
     files = Path(pydicom.__file__).parent / "data" / "test_files"
