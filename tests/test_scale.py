@@ -198,6 +198,32 @@ def test_device_decoding_path_gives_the_cpu_features(tiny_dinov2, larger_folder,
             np.testing.assert_array_equal(a["features"][pool][()], b["features"][pool][()])
 
 
+def test_gpu_decoded_features_get_a_cache_file_of_their_own(tiny_dinov2, image_folder, tmp_path):
+    from medprobe.extract.runner import locate_cache
+
+    dataset = load_dataset(image_folder)
+    cpu, gpu = (locate_cache(dataset=dataset, model=str(tiny_dinov2), cache_dir=tmp_path, device="cpu",
+                             precision="fp32", decode=decode).path for decode in ("cpu", "gpu"))
+    assert cpu.parent == gpu.parent and cpu.name != gpu.name
+
+
+def test_gpu_decoding_refuses_a_backbone_resizing_with_a_pil_only_filter(tiny_dinov2, image_folder, tmp_path,
+                                                                        monkeypatch):
+    import json
+    import shutil
+
+    lanczos = tmp_path / "lanczos-dinov2"
+    shutil.copytree(tiny_dinov2, lanczos)
+    config = lanczos / "preprocessor_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "resample": 1}))  # PIL's LANCZOS
+    monkeypatch.setattr(device_decode, "DECODE_DEVICE_TYPES", ("cuda", "cpu"))
+    dataset = load_dataset(image_folder)
+    with pytest.raises(MedprobeError, match="resizes with lanczos, which only PIL implements; use --decode cpu"):
+        single_process(dataset, lanczos, tmp_path / "cache", decode="gpu")
+    assert not list((tmp_path / "cache").rglob("*.h5"))
+    single_process(dataset, tiny_dinov2, tmp_path / "bicubic", decode="gpu")  # the same set-up, a bicubic backbone
+
+
 def test_gpu_decoding_needs_a_gpu(tiny_dinov2, image_folder, tmp_path):
     with pytest.raises(MedprobeError, match="--decode gpu needs a CUDA device"):
         single_process(load_dataset(image_folder), tiny_dinov2, tmp_path, decode="gpu")
@@ -352,6 +378,48 @@ def test_out_of_core_is_chosen_above_the_memory_threshold(tmp_path):
     with pytest.raises(MedprobeError, match="--shots does not support"):
         run_probe(dataset, tmp_path / "cache", tmp_path / "out", out_of_core=True, shots=(4,))
     assert run_probe(dataset, tmp_path / "cache", tmp_path / "out")[0]["method"] == "logreg"
+
+
+def test_the_default_threshold_is_a_quarter_of_available_memory(tmp_path, monkeypatch):
+    from medprobe.probe import streaming
+    from medprobe.probe.runner import ProbeSettings
+
+    dataset = clustered_study(tmp_path / "d", tmp_path / "cache", n_per_class=20)
+    matrix_bytes = 60 * 16 * 4
+    assert ProbeSettings().memory_fraction == 0.25
+    monkeypatch.setattr(streaming, "available_memory", lambda: 4 * matrix_bytes)
+    assert run_probe(dataset, tmp_path / "cache", tmp_path / "fits")[0]["method"] == "logreg"
+    monkeypatch.setattr(streaming, "available_memory", lambda: 4 * matrix_bytes - 1)
+    record = run_probe(dataset, tmp_path / "cache", tmp_path / "streams")[0]
+    assert record["method"] == "logreg-sgd" and record["out_of_core"]["reason"] == "memory"
+    assert record["out_of_core"]["available_memory_bytes"] == 4 * matrix_bytes - 1
+
+
+def test_out_of_core_sgd_sees_blocks_never_the_whole_matrix(tmp_path, monkeypatch):
+    from sklearn.linear_model import SGDClassifier
+
+    from medprobe.data.splits import dataset_splits
+    from medprobe.probe import streaming
+
+    dataset = clustered_study(tmp_path / "d", tmp_path / "cache", n_per_class=20)
+    record = run_probe(dataset, tmp_path / "cache", tmp_path / "default", out_of_core=True)[0]
+    assert record["out_of_core"]["block_rows"] == 8192 and record["out_of_core"]["epochs"] == 5
+    np.testing.assert_allclose(record["out_of_core"]["alpha_grid"], [1, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6])
+    rows_seen = []
+    original = SGDClassifier.partial_fit
+
+    def counting(self, X, y, **kwargs):
+        rows_seen.append(len(X))
+        return original(self, X, y, **kwargs)
+
+    monkeypatch.setattr(SGDClassifier, "partial_fit", counting)
+    monkeypatch.setattr(streaming, "BLOCK_ROWS", 8)  # 60 samples: several blocks per pass
+    record = run_probe(dataset, tmp_path / "cache", tmp_path / "blocks", out_of_core=True, n_jobs=1)[0]
+    assert record["out_of_core"]["block_rows"] == 8 and max(rows_seen) <= 8
+    folds = dataset_splits(dataset).folds  # the probe's own splits (5 folds, seed 0)
+    assert len(record["hyperparameters"]) == len(folds)
+    # 5 passes: 7 search models over train, then the chosen alpha over train+val, in every fold
+    assert sum(rows_seen) == sum(5 * (7 * len(f.train) + len(f.train) + len(f.val)) for f in folds)
 
 
 def test_cluster_and_out_of_core_probes_never_import_torch(tmp_path):
