@@ -35,8 +35,10 @@ def test_prefixed_and_local_names(tiny_dinov2, tiny_timm_models):
 
 
 def test_offline_hub_model_fails_with_one_clear_error():
-    with pytest.raises(MedprobeError, match="cannot load model 'facebook/dinov2-small'"):
+    with pytest.raises(MedprobeError, match="cannot load model 'facebook/dinov2-small'") as caught:
         resolve_preprocessing(resolve_model("dinov2-small"))
+    assert str(caught.value).endswith("pre-download it with `hf download`, or pass a local directory")
+    assert "\n" not in str(caught.value)
 
 
 def test_timm_registry_preprocessing_needs_no_download():
