@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import csv
+import math
+import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,9 +127,12 @@ def test_finetune_cli_and_bad_input(blobs, tiny_timm_models, tmp_path, capsys):
     args = ["finetune", str(blobs.source), "--model", str(tiny_timm_models["resnet"]), "--epochs", "1",
             "--fold", "0", "--folds", "3", "--workers", "0", "--bootstrap", "100", "--out", str(tmp_path / "o")]
     with pytest.raises(SystemExit) as info:
-        main(args)
-    out = capsys.readouterr().out
-    assert info.value.code == 0 and "finetune-all" in out and "trainable" in out
+        main([*args, "--epochs", "2"])
+    captured = capsys.readouterr()
+    assert info.value.code == 0 and "finetune-all" in captured.out and "trainable" in captured.out
+    # a line per epoch on stderr, after that epoch's bar: the training loss and the validation score
+    assert re.findall(r"fold 0 epoch (\d)/2: train loss \d\.\d{4}, val balanced accuracy \d\.\d{3}",
+                      captured.err) == ["1", "2"]
     for bad, message in ((["--unfreeze", "some"], "--unfreeze 'some'"), (["--fold", "7"], "--fold 7")):
         with pytest.raises(SystemExit) as info:
             main(args + bad)
@@ -313,3 +319,110 @@ def test_multilabel_class_weights_are_each_findings_negatives_per_positive_in_th
                                                                  pos_weight=weights)
     mask = ~torch.isnan(targets)
     assert torch.allclose(MaskedBCE(weights)(logits, targets), (known * mask).sum() / mask.sum())
+
+
+def test_the_trainer_steps_adamw_on_a_linear_warmup_then_cosine_schedule(blobs, tiny_timm_models, tmp_path,
+                                                                         monkeypatch):
+    stepped = []
+    original = torch.optim.AdamW.step
+
+    def recording(self, *args, **kwargs):
+        stepped.append({group["name"]: group["lr"] for group in self.param_groups})
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording)
+    record = run(blobs, tiny_timm_models["resnet"], tmp_path / "out", epochs=4, warmup_epochs=1, batch_size=4,
+                 patience=10)
+    steps, per_epoch = len(stepped), len(stepped) // 4
+    assert steps == record["cost"]["optimizer_steps"] and per_epoch > 2
+    for step, lrs in enumerate(stepped):  # the lr each step was taken with
+        if step < per_epoch:
+            factor = (step + 1) / per_epoch  # linear warm-up to the peak at the end of the first epoch
+        else:
+            factor = 0.5 * (1 + math.cos(math.pi * (step - per_epoch) / (steps - per_epoch)))
+        assert lrs == pytest.approx({"head": 1e-2 * factor, "backbone": 1e-3 * factor}, rel=1e-9), step
+    assert stepped[per_epoch - 1]["backbone"] == pytest.approx(1e-3) and stepped[-1]["backbone"] < 1e-4
+
+
+def test_training_images_are_cropped_flipped_and_rotated_as_documented(blobs):
+    from medprobe.data.reader import SampleImages
+    from medprobe.models.preprocess import Preprocessing
+
+    prep = Preprocessing(resize=32, crop=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3)
+    images = SampleImages(blobs.samples, blobs.root)
+    train = augment.TrainImages(images, [0], [0], prep, seed=0)
+    crop, flip, rotate = train.augment.transforms
+    assert tuple(crop.size) == (32, 32) and crop.scale == (0.7, 1.0)
+    assert flip.p == 0.5 and list(rotate.degrees) == [-10.0, 10.0]
+    # on a marker image (a bright left column band): some epochs flip it to the right, never anything else
+    marker = np.zeros((64, 64, 3), np.uint8)
+    marker[:, :30] = 255  # wide enough to survive any crop of scale >= 0.7
+    train.images = [Image.fromarray(marker)]
+    sides = set()
+    for epoch in range(24):
+        pixels = train[epoch][0]
+        assert pixels.shape == (3, 32, 32)
+        left, right = pixels[:, 8:24, :3].mean(), pixels[:, 8:24, -3:].mean()
+        assert (left > 0.5) != (right > 0.5)  # the band is on one side, whatever the crop and rotation
+        sides.add("left" if left > 0.5 else "right")
+    assert sides == {"left", "right"}
+    assert torch.equal(train[3][0], train[3][0])  # seeded by (seed, epoch, image)
+
+
+def test_validation_and_test_images_are_the_extraction_s(blobs, tiny_timm_models, tmp_path):
+    from medprobe.cache import read_features
+    from medprobe.data.reader import SampleImages
+    from medprobe.extract.runner import extract
+
+    model = str(tiny_timm_models["resnet"])
+    info = extract(dataset=blobs, model=model, cache_dir=tmp_path / "cache", device="cpu", precision="fp32",
+                   workers=0, batch_size=4, show_progress=False)
+    backbone = load_backbone(resolve_model(model))
+    evaluation = augment.EvalImages(SampleImages(blobs.samples, blobs.root), list(range(6)),
+                                    backbone.preprocessing)
+    with torch.inference_mode():
+        pooled = backbone.embed(torch.stack([evaluation[i][0] for i in range(6)]))["gap"].numpy()
+    cached = read_features(info.path, blobs.ids[:6], "gap")  # float16 in the cache
+    np.testing.assert_allclose(pooled, cached, rtol=2e-3, atol=2e-3)
+
+
+def test_the_best_epoch_s_checkpoint_predicts_the_test_fold_and_patience_stops_the_run(blobs, tiny_timm_models,
+                                                                                        tmp_path, monkeypatch):
+    from medprobe.finetune import runner, tasks
+
+    scripted = iter([0.5, 0.9, 0.6, 0.6, 0.95, 0.99])  # peaks at epoch 2; epochs 3-4 bring nothing
+    monkeypatch.setattr(tasks.SingleLabel, "validation_score", lambda self, y, scores: next(scripted))
+    saved, predicted = [], []
+
+    def snapshot(model):
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    original_save, original_predict = runner.save_weights, runner.predict
+    monkeypatch.setattr(runner, "save_weights", lambda model, path: (saved.append(snapshot(model)),
+                                                                     original_save(model, path)))
+    monkeypatch.setattr(runner, "predict", lambda model, *a: (predicted.append(snapshot(model)),
+                                                              original_predict(model, *a))[1])
+    record = run(blobs, tiny_timm_models["resnet"], tmp_path / "out", epochs=6, patience=2)
+    assert [e["epoch"] for e in record["history"][0]["epochs"]] == [1, 2, 3, 4]  # 2 stale epochs: stopped
+    assert len(saved) == 2  # best.safetensors written at epochs 1 and 2 only
+    at_the_end = predicted[-2]  # the validation pass of epoch 4
+    test_model = predicted[-1]
+    assert all(torch.equal(test_model[k], saved[-1][k]) for k in test_model)
+    assert not all(torch.equal(at_the_end[k], saved[-1][k]) for k in test_model)
+    on_disk = best_weights(tmp_path / "out", "resnet")
+    assert all(torch.equal(on_disk[k], saved[-1][k].cpu()) for k in saved[-1])
+
+
+def test_the_record_states_the_cost_the_trainer_measured(blobs, tiny_timm_models, tmp_path):
+    import resource
+
+    started = time.perf_counter()
+    record = run(blobs, tiny_timm_models["resnet"], tmp_path / "out", epochs=2)
+    elapsed = time.perf_counter() - started
+    cost = record["cost"]
+    assert 0 < cost["wall_seconds"] <= elapsed
+    # the images/s are over training time alone, a part of the wall time
+    assert cost["train_images_per_second"] >= cost["train_images"] / cost["wall_seconds"] > 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert 100 < cost["peak_memory_mb"] <= peak  # torch alone is more than 100 MB
+    assert cost["device"] == "cpu" and cost["precision"] == "fp32"
