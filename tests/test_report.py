@@ -27,7 +27,7 @@ from medprobe.report import build_report
 from medprobe.report.browser import chromium_binary
 from medprobe.report.browser import screenshot as browser_screenshot
 from medprobe.report.records import RunRecord
-from medprobe.report.stats import PairedBootstrap, held_out
+from medprobe.report.stats import PairedBootstrap, held_out, two_sided_p
 from medprobe.results.metrics import interval
 
 PATIENTS, SLICES = 16, 2
@@ -144,6 +144,10 @@ def test_paired_bootstrap_shares_resamples_and_reproduces_the_records_cis(study,
     versus = bootstrap.compare("a", tests, "n", held_out(noise.read_predictions(), "sample"))
     assert versus.difference == pytest.approx(noise.value("accuracy")[0] - best.value("accuracy")[0])
     assert versus.p_value < 0.05 and versus.ci[1] < 0 and (versus.replicates, versus.seed) == (REPLICATES, 7)
+    # +1 correction: even when every resample favours one side, p is 2 / (R + 1), never 0
+    assert versus.p_value >= 2 / (REPLICATES + 1)
+    assert two_sided_p(np.full(REPLICATES, -0.2)) == pytest.approx(2 / (REPLICATES + 1))
+    assert two_sided_p(np.array([-0.1, 0.1, 0.0, 0.2])) == 1.0
     patients = bootstrap.compare("a", held_out(best.read_predictions(), "patient"), "n",
                                  held_out(noise.read_predictions(), "patient"))
     assert patients.comparable and patients.difference == pytest.approx(
@@ -239,9 +243,18 @@ def test_latex_table_marks_the_best(report):
         for cell in row.cells.values():  # each cell names the method validation chose
             assert rf"{cell.value:.3f}" in leaderboard and cell.record.method in leaderboard
     table = report.tables[0]
-    _, best = max(((row, row.cells["logreg"]) for row in table.rows), key=lambda item: item[1].value)
+    best_row, best = max(((row, row.cells["logreg"]) for row in table.rows), key=lambda item: item[1].value)
     assert rf"\textbf{{{best.value:.3f}}}" in latex
     assert "finetune-all" in latex and r"dinov2-small" in latex
+    # the dagger marks cells that differ from their column's best (vgg16's logreg: p < 0.05), not the best
+    _, _, per_dataset = latex.partition(r"\end{table}")
+    rows = {line.split(" & ")[0]: line.split(" & ") for line in per_dataset.split(r"\end{table}")[0].splitlines()
+            if " & " in line}
+    logreg = 3 + table.methods.index("logreg")
+    noise = next(row for row in table.rows if row.label == "vgg16").cells["logreg"]
+    assert noise.comparison.p_value < 0.05
+    assert rows["vgg16"][logreg].startswith(rf"{noise.value:.3f}$^\dagger$")
+    assert rows[best_row.label][logreg].startswith(rf"\textbf{{{best.value:.3f}}} {{")  # no dagger
 
 
 def test_broken_and_partial_records_are_listed_not_fatal(study, tmp_path):
