@@ -104,6 +104,7 @@ def csv_case(root: Path, kind: str) -> tuple[list, str]:
     rows = "path,label\nimg/c0/ok0.png,a\nimg/c1/ok1.png,b\n"
     cases = {
         "missing-column": ("path,diagnosis\nimg/c0/ok0.png,a\n", r"no labels; .*has no label column.*diagnosis"),
+        "missing-path-column": ("file,label\nimg/c0/ok0.png,a\n", r"lacks column\(s\) path; the header needs path"),
         "unknown-path": (rows + "img/c0/nope.png,a\n", r"nope\.png does not exist"),
         "duplicate-path": (rows + "img/c0/ok0.png,b\n", r"ok0\.png is listed twice"),
         "one-class": ("path,label\nimg/c0/ok0.png,a\nimg/c1/ok1.png,a\n", r"only one class"),
@@ -136,7 +137,7 @@ def test_bad_image_is_one_line_exit_2_and_nothing_complete(kind, tmp_path, capsy
         assert not read_contents(path).done.all()
 
 
-@pytest.mark.parametrize("kind", ["missing-column", "unknown-path", "duplicate-path", "one-class", "empty-label",
+@pytest.mark.parametrize("kind", ["missing-column", "missing-path-column", "unknown-path", "duplicate-path", "one-class", "empty-label",
                                   "bad-split", "mixed-split", "header-only", "not-an-image", "folder-as-image"])
 def test_bad_manifest_is_one_line_exit_2(kind, tmp_path, capsys, tiny_timm_models):
     args, message = csv_case(tmp_path, kind)
@@ -146,6 +147,27 @@ def test_bad_manifest_is_one_line_exit_2(kind, tmp_path, capsys, tiny_timm_model
     assert code == 2 and one_error_line(err), err
     assert re.search(message, err), err
     assert not list((tmp_path / "cache").rglob("*.h5"))
+
+
+def test_an_empty_class_folder_is_one_line_exit_2(tmp_path, capsys):
+    root = good_folder(tmp_path / "img")
+    (root / "c2").mkdir()
+    code, out, err = cli(capsys, "datasets", "inspect", root)
+    assert code == 2 and one_error_line(err), err
+    assert re.search(r"class folder .*c2 has no images .*; add images or remove it", err), err
+
+
+def test_datasets_inspect_warns_of_a_group_in_several_splits(tmp_path, capsys):
+    good_folder(tmp_path / "img")
+    rows = ["path,label,group,split", "img/c0/ok0.png,a,p1,train", "img/c1/ok1.png,b,p1,test",
+            "img/c0/ok2.png,a,p2,train", "img/c1/ok3.png,b,p3,test"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    code, out, err = cli(capsys, "datasets", "inspect", tmp_path / "labels.csv")
+    assert code == 0, err
+    assert re.search(r"^warning: 1 group\(s\) appear in several splits \(leakage\): p1$", out, re.M), out
+    (tmp_path / "labels.csv").write_text("\n".join(rows).replace("p1,test", "p4,test") + "\n")
+    code, out, err = cli(capsys, "datasets", "inspect", tmp_path / "labels.csv")
+    assert code == 0 and "several splits" not in out + err
 
 
 def volume_case(root: Path, kind: str) -> tuple[Path, str]:
