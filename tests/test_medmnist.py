@@ -108,3 +108,13 @@ def test_medmnist_refusals_are_one_clear_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "medmnist" else real(name, *a))
     code, out, err = cli(capsys, "datasets", "inspect", write_npz(tmp_path / "pneumoniamnist.npz"))
     assert code == 2 and "pip install 'medprobe[medmnist]'" in err, err
+
+
+def test_a_medmnist_name_reads_the_npz_from_medmnists_root(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # MedMNIST's root is ~/.medmnist
+    saved = write_npz(tmp_path / "home" / ".medmnist" / "pneumoniamnist_224.npz")
+    dataset = load_dataset("medmnist:pneumoniamnist_224")
+    assert dataset.root == saved and dataset.classes == ["normal", "pneumonia"]
+    assert [sum(s.split == split for s in dataset.samples) for split in COUNTS] == list(COUNTS.values())
+    code, out, err = cli(capsys, "datasets", "inspect", "medmnist:pneumoniamnist_224")
+    assert code == 0 and str(sum(COUNTS.values())) in out, err
