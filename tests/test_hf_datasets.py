@@ -116,3 +116,15 @@ def test_hf_dataset_errors_are_one_clear_line(saved, capsys, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", without_datasets)
     code, out, err = cli(capsys, "datasets", "inspect", f"hf-dataset:{saved}", "--image-column", "img")
     assert code == 2 and "pip install 'medprobe[hf]'" in err, err
+
+
+def test_an_hf_imagefolder_layout_is_refused_with_what_to_pass_instead(tmp_path, capsys):
+    from test_reliability import good_folder
+
+    root = good_folder(tmp_path / "imagefolder" / "train")
+    (root.parent / "metadata.csv").write_text("file_name,label\ntrain/c0/ok0.png,c0\n")
+    code, out, err = cli(capsys, "datasets", "inspect", f"hf-dataset:{root.parent}")
+    assert code == 2 and one_error_line(err), err
+    assert "HF imagefolder layout" in err and "pass the folder itself as DATA" in err, err
+    code, out, err = cli(capsys, "datasets", "inspect", root)  # what the message says to do instead
+    assert code == 0 and "c0" in out and "c1" in out, err

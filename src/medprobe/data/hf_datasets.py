@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medprobe.data.decoding import DecodingOptions
+from medprobe.data.images import IMAGE_SUFFIXES
 from medprobe.data.samples import NO_LABEL, Dataset, Member, Sample
 from medprobe.data.sources import checked
 from medprobe.errors import MedprobeError
@@ -69,6 +70,10 @@ def find_parts(path: Path) -> list[Part]:
     if (path / "state.json").is_file():
         return [Part(path, None)]
     files = sorted(path.rglob("*.parquet"))
+    if not files and any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*")):
+        raise MedprobeError(f"{path} is an image folder (an HF imagefolder layout?), which medprobe does not read "
+                            "through datasets; pass the folder itself as DATA (class sub-folders), or its "
+                            "metadata.csv as a CSV manifest (path,label)")
     if not files:
         raise MedprobeError(f"{path} holds no save_to_disk dataset (dataset_dict.json / state.json) and no .parquet "
                             "files; save it with Dataset.save_to_disk or to_parquet")
