@@ -177,3 +177,65 @@ def test_other_photometric_interpretations_are_refused_naming_the_file(tmp_path,
         main(["datasets", "inspect", str(tmp_path / "data")])
     out = "".join(capsys.readouterr().out.split())
     assert "1unreadablefile(s)" in out and "odd.dcm" in out and photometric in out
+
+
+def write_secondary_capture(path: Path, transfer_syntax: str, photometric: str, bits_stored: int,
+                            pixel_data: bytes, shape: tuple[int, int]) -> None:
+    """A minimal 3-sample Secondary Capture file, written as a scanner would (file meta, preamble)."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import UID, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    dataset.Modality = "OT"
+    dataset.Rows, dataset.Columns = shape
+    dataset.SamplesPerPixel, dataset.PlanarConfiguration = 3, 0
+    dataset.PhotometricInterpretation = photometric
+    dataset.BitsAllocated = 8 if bits_stored <= 8 else 16
+    dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = bits_stored, bits_stored - 1, 0
+    dataset.PixelData = pixel_data
+    dataset["PixelData"].VR = "OB" if dataset.BitsAllocated == 8 else "OW"
+    dataset.save_as(path, enforce_file_format=True)
+
+
+def test_rgb_stored_in_12_bits_is_scaled_to_8_by_255_over_4095(tmp_path):
+    rows, columns = 12, 20
+    values = np.random.default_rng(0).integers(0, 4096, size=(rows, columns, 3)).astype(np.uint16)
+    values[0, 0] = (0, 2048, 4095)  # the ends and the middle of the range
+    path = tmp_path / "rgb12.dcm"
+    write_secondary_capture(path, "1.2.840.10008.1.2.1", "RGB", 12, values.astype("<u2").tobytes(),
+                            (rows, columns))
+    _, pixels = pydicom_reference(path)
+    np.testing.assert_array_equal(pixels, values)  # the file holds what was written
+    mine = np.asarray(decode_image(path.read_bytes(), path))
+    np.testing.assert_array_equal(mine, np.rint(values * (255 / 4095)).astype(np.uint8))
+    assert tuple(mine[0, 0]) == (0, 128, 255)
+
+
+def test_lossy_jpeg2000_ybr_ict_colour_equals_the_decoders_rgb(tmp_path):
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+
+    rows, columns = 32, 40
+    y, x = np.mgrid[0:rows, 0:columns]
+    picture = np.stack([x * 6, y * 7, (x + y) * 3], axis=-1).astype(np.uint8)  # smooth: lossy but faithful
+    stream = io.BytesIO()  # irreversible wavelet + the ICT colour transform: what YBR_ICT labels
+    Image.fromarray(picture).save(stream, "JPEG2000", irreversible=True, no_jp2=True, mct=1)
+    codestream = stream.getvalue()
+    path = tmp_path / "ict.dcm"
+    write_secondary_capture(path, "1.2.840.10008.1.2.4.91", "YBR_ICT", 8, encapsulate([codestream]),
+                            (rows, columns))
+    dataset, pixels = pydicom_reference(path)
+    assert dataset.PhotometricInterpretation == "YBR_ICT"
+    decoder_rgb = np.asarray(Image.open(io.BytesIO(codestream)).convert("RGB"))
+    mine = np.asarray(decode_image(path.read_bytes(), path))
+    np.testing.assert_array_equal(mine, pixels)
+    np.testing.assert_array_equal(mine, decoder_rgb)
+    assert np.abs(mine.astype(int) - picture).max() > 0  # lossy: a test of decoding, not of a copy
+    assert np.abs(mine.astype(int) - picture).mean() < 3  # yet RGB, not raw Y/Cb/Cr

@@ -137,8 +137,9 @@ def test_bad_image_is_one_line_exit_2_and_nothing_complete(kind, tmp_path, capsy
         assert not read_contents(path).done.all()
 
 
-@pytest.mark.parametrize("kind", ["missing-column", "missing-path-column", "unknown-path", "duplicate-path", "one-class", "empty-label",
-                                  "bad-split", "mixed-split", "header-only", "not-an-image", "folder-as-image"])
+@pytest.mark.parametrize("kind", ["missing-column", "missing-path-column", "unknown-path", "duplicate-path",
+                                  "one-class", "empty-label", "bad-split", "mixed-split", "header-only",
+                                  "not-an-image", "folder-as-image"])
 def test_bad_manifest_is_one_line_exit_2(kind, tmp_path, capsys, tiny_timm_models):
     args, message = csv_case(tmp_path, kind)
     if args[0] == "extract":
