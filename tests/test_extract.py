@@ -238,3 +238,38 @@ def test_two_csv_manifests_over_one_image_folder_share_one_cache(tiny_dinov2, im
     assert (first.extracted, first.reused) == (8, 0) and (second.extracted, second.reused) == (4, 4)
     assert second.path == first.path and len(list(cache_dir.rglob("*.h5"))) == 1
     assert read_features(second.path, images[4:], "cls").shape == (8, 32)  # every id of the second is there
+
+
+def test_the_cache_file_has_the_documented_layout_and_provenance(tiny_dinov2, tmp_path, cache_dir):
+    import hashlib
+    import re
+    from pathlib import Path
+
+    from medprobe.cache import layout
+
+    folder = tmp_path / "flat"  # more rows than one 256-row chunk; no labels needed to extract
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    dataset = load_dataset(folder)
+    report = run(dataset, tiny_dinov2, cache_dir, batch_size=64)
+    with h5py.File(report.path, "r") as handle:
+        for name in ("ids", "source_fingerprint", "source_stat"):
+            assert h5py.check_string_dtype(handle[name].dtype).encoding == "utf-8", name
+        assert handle["done"].dtype == np.uint8 and handle["done"][()].tolist() == [1] * 300
+        for pool, dim in {"cls": 32, "mean": 32, "cls4": 128}.items():
+            features = handle[f"features/{pool}"]
+            assert features.dtype == np.float16 and features.shape == (300, dim)
+            assert features.chunks == (256, dim) and features.compression is None
+        ids = handle["ids"][()].astype(str)
+        for sample_id, digest, stat in zip(ids, handle["source_fingerprint"][()].astype(str),
+                                           handle["source_stat"][()].astype(str), strict=True):
+            path = folder / sample_id
+            assert digest == hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+            assert stat == f"{path.stat().st_size}:{path.stat().st_mtime_ns}"
+        attrs = set(handle.attrs)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    paragraph = readme.split("Attributes of `/` hold the provenance:")[1].split("\n\n")[0]
+    documented = set(re.findall(r"`([a-z_]+)`", paragraph)) - {"cpu", "gpu"}  # those two are values
+    assert attrs == documented == set(layout.PROVENANCE_KEYS)
