@@ -87,18 +87,53 @@ def test_ybr_twins_differ_from_the_rgb_original_by_jpeg_noise_only(name):
     assert 0.56 <= np.abs(twin - original).mean() <= 2.84  # the README's range; a second YBR->RGB conversion: 96
 
 
-@pytest.mark.parametrize("name", [n for n in YBR_TWINS if "uncompressed" not in n] + [RGB_ORIGINAL])
-def test_jpeg_colour_equals_libjpegs_own_rgb_decode(name):
-    """An independent reference: Pillow decoding the embedded JPEG stream straight to RGB."""
+def libjpeg_rgb(stream: bytes, photometric: str) -> np.ndarray:
+    """An independent reference: libjpeg (through Pillow) decoding the JPEG stream to RGB, told the stream's
+    colour space where the DICOM header states it (RGB-coded streams may lack the Adobe marker that says so,
+    and libjpeg would then assume YCbCr)."""
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(stream))
+    if photometric == "RGB":
+        image.tile = [image.tile[0]._replace(args=("RGB", "RGB"))]
+    return np.asarray(image.convert("RGB"))
+
+
+def test_every_colour_jpeg_equals_libjpegs_own_rgb_decode():
+    from pydicom.encaps import generate_frames
+
+    checked = []
+    for path in decodable():
+        dataset, _ = pydicom_reference(path)
+        if str(dataset.file_meta.get("TransferSyntaxUID", "")) != "1.2.840.10008.1.2.4.50" \
+                or int(dataset.SamplesPerPixel) != 3:
+            continue
+        frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+        stream = next(generate_frames(dataset.PixelData, number_of_frames=frames))
+        expected = libjpeg_rgb(stream, str(dataset.PhotometricInterpretation))
+        np.testing.assert_array_equal(np.asarray(decode_image(path.read_bytes(), path)), expected, err_msg=path.name)
+        checked.append(path.name)
+    assert {*YBR_TWINS[:-1], RGB_ORIGINAL, "SC_jpeg_no_color_transform.dcm"} <= set(checked)
+    assert len(checked) >= 12, checked  # 13 with pydicom 3.0
+
+
+def test_an_rgb_jpeg_without_the_adobe_marker_is_not_read_as_ycbcr():
+    """SC_jpeg_no_color_transform has no marker, its _2 twin the Adobe one; libjpeg left to guess reads
+    the first as YCbCr (a magenta picture). medprobe follows the header and decodes both alike."""
     import io
 
     from PIL import Image
     from pydicom.encaps import generate_frames
 
-    dataset = pydicom.dcmread(TEST_FILES / name)
-    stream = next(generate_frames(dataset.PixelData, number_of_frames=1))
-    expected = np.asarray(Image.open(io.BytesIO(stream)).convert("RGB"))
-    np.testing.assert_array_equal(np.asarray(decode_image((TEST_FILES / name).read_bytes(), name)), expected)
+    unmarked, marked = (np.asarray(decode_image((TEST_FILES / name).read_bytes(), name), dtype=float)
+                        for name in ("SC_jpeg_no_color_transform.dcm", "SC_jpeg_no_color_transform_2.dcm"))
+    assert np.abs(unmarked - marked).mean() < 2.5  # JPEG noise between two encodings of one picture
+    stream = next(generate_frames(pydicom.dcmread(TEST_FILES / "SC_jpeg_no_color_transform.dcm").PixelData,
+                                  number_of_frames=1))
+    guessed = np.asarray(Image.open(io.BytesIO(stream)).convert("RGB"), dtype=float)
+    assert np.abs(guessed - marked).mean() > 20
 
 
 def test_uncompressed_files_equal_pydicoms_rgb_pixels_exactly():
@@ -239,3 +274,24 @@ def test_lossy_jpeg2000_ybr_ict_colour_equals_the_decoders_rgb(tmp_path):
     np.testing.assert_array_equal(mine, decoder_rgb)
     assert np.abs(mine.astype(int) - picture).max() > 0  # lossy: a test of decoding, not of a copy
     assert np.abs(mine.astype(int) - picture).mean() < 3  # yet RGB, not raw Y/Cb/Cr
+
+
+@pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "JPEGLSNearLossless_08.dcm"])
+def test_a_syntax_pillow_cannot_decode_is_listed_unreadable_with_the_plugin_to_install(tmp_path, capsys, name):
+    import importlib.util
+
+    from medprobe.cli import main
+
+    if any(importlib.util.find_spec(plugin) for plugin in ("libjpeg", "gdcm", "jpeg_ls")):
+        pytest.skip("a JPEG-LS plugin for pydicom is installed: the file decodes")
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(TEST_FILES / name, folder / "jpeg-ls.dcm")
+    shutil.copy(TEST_FILES / "MR_small.dcm", folder / "plain.dcm")
+    with pytest.raises(SystemExit) as exited:
+        main(["datasets", "inspect", str(folder)])
+    out = capsys.readouterr().out
+    flat = " ".join(out.split())
+    assert exited.value.code == 0 and "1 unreadable file(s)" in flat, out  # a report: listed, not refused
+    assert "jpeg-ls.dcm" in flat and "plain.dcm" not in flat.split("unreadable")[1]
+    assert "pip install pylibjpeg pylibjpeg-libjpeg" in flat

@@ -116,7 +116,8 @@ def stored_pixels(dataset, source: Path | str, frame: int | None = None) -> np.n
             return dataset.pixel_array
     except Exception as exc:
         raise MedprobeError(f"cannot decode the pixels of DICOM {source}: {one_line(exc)}; install pydicom's pixel "
-                            "plugins (pylibjpeg) for compressed files or re-export uncompressed") from exc
+                            "plugins (`pip install pylibjpeg pylibjpeg-libjpeg`) for compressed files or re-export "
+                            "uncompressed") from exc
 
 
 def modality_pixels(dataset, source: Path | str, frame: int | None = None) -> np.ndarray:
