@@ -424,5 +424,6 @@ def test_the_record_states_the_cost_the_trainer_measured(blobs, tiny_timm_models
     # the images/s are over training time alone, a part of the wall time
     assert cost["train_images_per_second"] >= cost["train_images"] / cost["wall_seconds"] > 0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    assert 100 < cost["peak_memory_mb"] <= peak  # torch alone is more than 100 MB
+    # the record rounds to 0.1 MB, so it may sit up to 0.05 MB above the raw peak
+    assert 100 < cost["peak_memory_mb"] <= round(peak, 1)  # torch alone is more than 100 MB
     assert cost["device"] == "cpu" and cost["precision"] == "fp32"
