@@ -170,7 +170,7 @@ def test_the_map_averages_to_the_probe_s_own_decision_on_the_cached_embedding(sq
 @pytest.mark.parametrize("n_classes", [2, 4])
 @pytest.mark.parametrize("probe_params", [("logreg", {"C": 1.0}),
                                           ("svm", {"kernel": "linear", "C": 0.1, "solver": "libsvm"}),
-                                          ("svm", {"kernel": "linear", "C": 0.1, "solver": "squared-hinge-lbfgs"})])
+                                          ("svm", {"kernel": "linear", "C": 0.1, "solver": "squared-hinge-newton"})])
 def test_every_linear_probe_gives_affine_class_evidence_that_matches_its_own_decisions(probe_params, n_classes):
     """README: explain applies a logreg or linear-SVM record's probe to every position. Each saved linear
     probe (logreg; the linear SVM by libsvm one-vs-one or by the squared hinge) becomes per-class evidence that

@@ -151,10 +151,10 @@ def test_above_the_kernel_limit_the_svm_search_is_the_squared_hinge_and_nystroem
     probe = get_probe("svm")
     assert probe.parts(len(data.Xtr)) == [("linear",), ("nystroem",)]
     rbf = probe.search(("nystroem",), data, 0).candidates
-    assert all(p["approximate"] and p["solver"] == "squared-hinge-lbfgs" for p, _ in rbf)
+    assert all(p["approximate"] and p["solver"] == "squared-hinge-newton" for p, _ in rbf)
     fitted = probe.fit(rbf[0][0], data.Xtr, data.ytr, 3, 0)
     assert [name for name, _ in fitted.model.steps] == ["standardscaler", "nystroem", "linearsvc"]
-    with pytest.raises(MedprobeError, match="svm solver 'liblinear' is not one of libsvm, squared-hinge-lbfgs"):
+    with pytest.raises(MedprobeError, match="svm solver 'liblinear' is not one of libsvm, squared-hinge-newton"):
         probe.fit({"kernel": "linear", "C": 1.0, "solver": "liblinear"}, data.Xtr, data.ytr, 3, 0)
     linear = probe.search(("linear",), data, 0).candidates
     Ztr, Zval = data.standardised()

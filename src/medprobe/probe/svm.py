@@ -10,8 +10,8 @@
   to predict 2,000 samples at 8,000 x 1024. One-vs-one:
   at 10 classes its 45 pairwise problems each hold a fifth of the data, cheaper than 10 full-size
   one-vs-rest problems; on the digits features this made the linear grid 30x faster than liblinear.
-- Above it, the linear SVM is liblinear's LinearSVC problem (squared hinge, one-vs-rest), solved by L-BFGS
-  on dense float32 products and warm-started along the C grid (`squared_hinge`: liblinear itself took 171 s
+- Above it, the linear SVM is liblinear's LinearSVC problem (squared hinge, one-vs-rest), solved by
+  trust-region Newton-CG on dense float32 products and warm-started along the C grid (`squared_hinge`: liblinear itself took 171 s
   for one fit at C = 1 on 6,400 x 1,024 features with 10 classes, and 384 s for the whole SVM on 20,000 x 768),
   and the RBF kernel is approximated (Nystroem, 1024 components, seeded), mapped once per fold, and fed to
   the same solver; the records say `solver` and `approximate`.
@@ -48,13 +48,13 @@ from medprobe.probe.squared_hinge import fit_squared_hinge
 from medprobe.results.metrics import balanced_accuracy
 
 LIBSVM = "libsvm"  # records' solver names: up to KERNEL_LIMIT training samples, and above it
-SQUARED_HINGE = "squared-hinge-lbfgs"
+SQUARED_HINGE = "squared-hinge-newton"
 
 SVM_LINEAR_GRID = tuple(float(c) for c in np.logspace(-4, 0, 5))
 SVM_RBF_GRID = tuple(float(c) for c in np.logspace(-1, 2, 4))
 KERNEL_LIMIT = 8000  # training samples up to which the SVMs use exact kernel matrices (512 MB of float64 each)
 NYSTROEM_COMPONENTS = 1024
-LINEAR_LIMITS = SolverLimits(tol=1e-6, max_iter=1000)  # tol: of the largest gradient entry at zero
+LINEAR_LIMITS = SolverLimits(tol=1e-6, max_iter=1000)  # tol: of the gradient's norm at zero
 KERNEL_LIMITS = SolverLimits(tol=1e-3, max_iter=100_000)
 
 
@@ -136,8 +136,9 @@ class Svm(Probe):
         return {"linear_C_grid": list(SVM_LINEAR_GRID), "rbf_C_grid": list(SVM_RBF_GRID),
                 "libsvm": {"use": f"up to {KERNEL_LIMIT} training samples, one-vs-one, precomputed kernels",
                            **KERNEL_LIMITS.record()},
-                "squared_hinge": {"use": "above that: LinearSVC's problem (squared hinge, one-vs-rest) by L-BFGS, "
-                                          "warm-started along C", **LINEAR_LIMITS.record()},
+                "squared_hinge": {"use": "above that: LinearSVC's problem (squared hinge, one-vs-rest) by "
+                                          "trust-region Newton-CG, warm-started along C",
+                                  **LINEAR_LIMITS.record()},
                 "nystroem_components": NYSTROEM_COMPONENTS}
 
     def parts(self, n_train: int) -> list[tuple]:
