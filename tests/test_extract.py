@@ -150,6 +150,27 @@ def test_changed_weights_invalidate_every_row(tmp_path, image_folder, cache_dir)
     assert not np.allclose(read_features(second.path, dataset.ids, "cls"), old)
 
 
+def test_a_new_hub_commit_in_the_local_hub_cache_invalidates_every_row(tmp_path, image_folder, cache_dir,
+                                                                        monkeypatch):
+    import huggingface_hub.constants
+    from conftest import save_tiny_dinov2
+    from family_models import publish_to_hub_cache
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    dataset = load_dataset(image_folder)
+    features, identities = [], []
+    for seed, commit in ((0, "a" * 40), (0, "a" * 40), (1, "b" * 40)):  # the same snapshot twice, then a new one
+        model = save_tiny_dinov2(tmp_path / f"download-{seed}", seed=seed)
+        for file in sorted(model.iterdir()):
+            publish_to_hub_cache(tmp_path / "hub", "tiny-org/tiny-dinov2", file, commit=commit)
+        report = run(dataset, "hf:tiny-org/tiny-dinov2", cache_dir)
+        identities.append((report.extracted, read_contents(report.path).attrs["weights_identity"]))
+        features.append(read_features(report.path, dataset.ids, "cls"))
+    assert identities == [(12, f"hub:tiny-org/tiny-dinov2@{'a' * 40}"), (0, f"hub:tiny-org/tiny-dinov2@{'a' * 40}"),
+                          (12, f"hub:tiny-org/tiny-dinov2@{'b' * 40}")]
+    assert np.array_equal(features[0], features[1]) and not np.allclose(features[2], features[0])
+
+
 def test_other_preprocessing_uses_another_file(tiny_dinov2, image_folder, cache_dir):
     dataset = load_dataset(image_folder)
     default = run(dataset, tiny_dinov2, cache_dir)

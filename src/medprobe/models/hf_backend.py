@@ -92,11 +92,12 @@ def load_config(spec: ModelSpec):
         raise hub_error(spec.source, exc) from exc
 
 
-def identity(spec: ModelSpec, model) -> tuple[str, str | None]:
-    """(weights identity, resolved hub commit) of a loaded model."""
-    commit = getattr(model.config, "_commit_hash", None)
+def identity(spec: ModelSpec) -> tuple[str, str | None]:
+    """(weights identity, resolved hub commit) of a loaded model: the snapshot the local hub cache resolves
+    its revision to (transformers 5 no longer records the commit on the config)."""
     if spec.is_local:
-        return hash_model_directory(Path(spec.source)), commit
+        return hash_model_directory(Path(spec.source)), None
+    commit = cached_commit(spec.source, spec.revision)
     return f"hub:{spec.source}@{commit}", commit
 
 

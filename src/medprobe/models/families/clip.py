@@ -45,7 +45,7 @@ class Clip(TransformersFamily):
             return {"embed": model.visual_projection(out.pooler_output), "pooled": out.pooler_output,
                     "mean": tower.post_layernorm(out.last_hidden_state[:, 1:]).mean(dim=1)}
 
-        identity, commit = hf_backend.identity(spec, model)
+        identity, commit = hf_backend.identity(spec)
         return Backbone(spec=spec, module=model, preprocessing=prep, embed=embed, pools=self.pools, is_cnn=False,
                         weights_identity=identity, resolved_revision=commit)
 
@@ -86,7 +86,7 @@ class Siglip(TransformersFamily):
             out = model(pixel_values=pixels, **extra)
             return {"embed": out.pooler_output, "mean": out.last_hidden_state.mean(dim=1)}
 
-        identity, commit = hf_backend.identity(spec, model)
+        identity, commit = hf_backend.identity(spec)
         return Backbone(spec=spec, module=model, preprocessing=prep, embed=embed, pools=self.pools, is_cnn=False,
                         weights_identity=identity, resolved_revision=commit)
 

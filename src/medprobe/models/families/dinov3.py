@@ -61,7 +61,7 @@ class Dinov3ConvNext(TransformersFamily):
         from medprobe.models.backbone import Backbone
 
         model = hf_backend.load_model(DINOv3ConvNextModel, spec)
-        identity, commit = hf_backend.identity(spec, model)
+        identity, commit = hf_backend.identity(spec)
 
         def embed(pixels):
             return {"gap": model(pixel_values=pixels).pooler_output}

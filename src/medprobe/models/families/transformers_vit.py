@@ -49,7 +49,7 @@ class TokenFamily(TransformersFamily):
         hf_backend.takes_images(model, spec)
         prefix = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
         norm = self.final_norm(model)
-        identity, commit = hf_backend.identity(spec, model)
+        identity, commit = hf_backend.identity(spec)
         return Backbone(spec=spec, module=model, preprocessing=prep, is_cnn=False,
                         pools=self.pools if norm is not None else ("cls", "mean"),
                         embed=hf_backend.token_embed(model, prefix_tokens=prefix, norm=norm),
@@ -125,7 +125,7 @@ class TransformersCnn(TransformersFamily):
 
         model = hf_backend.load_model(AutoModel, spec)
         hf_backend.takes_images(model, spec)
-        identity, commit = hf_backend.identity(spec, model)
+        identity, commit = hf_backend.identity(spec)
 
         def embed(pixels):
             out = model(pixel_values=pixels)
