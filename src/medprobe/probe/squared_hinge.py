@@ -5,11 +5,11 @@ products.
 liblinear stores dense rows as sparse (index, value) pairs and solves one class after another; on 6,400 x 1,024
 standardised features with 10 classes its primal took 4.5 s at C = 1e-4 and 171 s at C = 1 (581 iterations),
 where these dense products fit all classes at once (BENCHMARKS.md; the liblinear timings were ad hoc). Newton
-steps with the generalised Hessian (I + 2C X_A^T X_A over the samples A with positive slack, the method of
-liblinear's own primal solver) took a third to a quarter of L-BFGS's time at large C, where L-BFGS's line
-searches ran into float32 noise. The objective per class is 1/2 |w|^2 + C sum_i max(0, 1 - y_i w.x_i)^2, the same
-as LinearSVC's: the result is a LinearSVC whose coef_ and intercept_ are this solution, so saved probes stay plain
-scikit-learn pipelines.
+steps with the generalised Hessian (I + 2C X_A^T X_A over the samples A with positive slack, as in liblinear's
+own primal solver) replaced L-BFGS, whose line searches at large C ran into float32 noise: hundreds of
+iterations per fit where Newton takes tens (BENCHMARKS.md, `--profile-fold`). The objective per class is
+1/2 |w|^2 + C sum_i max(0, 1 - y_i w.x_i)^2, the same as LinearSVC's: the result is a LinearSVC whose coef_ and
+intercept_ are this solution, so saved probes stay plain scikit-learn pipelines.
 """
 
 from __future__ import annotations

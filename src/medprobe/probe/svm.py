@@ -11,8 +11,9 @@
   at 10 classes its 45 pairwise problems each hold a fifth of the data, cheaper than 10 full-size
   one-vs-rest problems; on the digits features this made the linear grid 30x faster than liblinear.
 - Above it, the linear SVM is liblinear's LinearSVC problem (squared hinge, one-vs-rest), solved by
-  trust-region Newton-CG on dense float32 products and warm-started along the C grid (`squared_hinge`: liblinear itself took 171 s
-  for one fit at C = 1 on 6,400 x 1,024 features with 10 classes, and 384 s for the whole SVM on 20,000 x 768),
+  trust-region Newton-CG on dense float32 products and warm-started along the C grid (`squared_hinge`:
+  liblinear itself took 171 s for one fit at C = 1 on 6,400 x 1,024 features with 10 classes, and 384 s for
+  the whole SVM on 20,000 x 768),
   and the RBF kernel is approximated (Nystroem, 1024 components, seeded), mapped once per fold, and fed to
   the same solver; the records say `solver` and `approximate`.
 The search of a fold is two parts, one per family (linear, RBF; each computes its kernel from its own Gram
