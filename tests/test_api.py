@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import blob_patients
+from conftest import blob_image, blob_patients
 from probe_helpers import synthetic_study
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -183,6 +183,29 @@ def test_errors_are_medprobe_errors_with_the_cli_message(study, tmp_path, capsys
         assert capsys.readouterr().err.strip() == f"error: {raised.value}"
     with pytest.raises(MedprobeError, match="no feature cache of resnet50 .*medprobe extract"):
         medprobe.features(dataset.source, model="resnet50", cache_dir=cache)
+
+
+def test_extract_returns_per_backbone_its_cache_file_and_what_it_extracted_reused_and_changed(
+        image_folder, tiny_timm_models, tmp_path):
+    from PIL import Image
+
+    from medprobe.extract.settings import CacheInfo
+
+    models = [str(tiny_timm_models["resnet"]), str(tiny_timm_models["vit"])]
+    options = dict(models=models, cache_dir=tmp_path / "cache", device="cpu", precision="fp32", workers=0,
+                   progress=False)
+    first = medprobe.extract(image_folder, **options)
+    assert [type(info) for info in first] == [CacheInfo, CacheInfo] and [i.model for i in first] == ["resnet", "vit"]
+    assert len({info.path for info in first}) == 2 and all(info.path.is_file() for info in first)
+    assert [(i.extracted, i.reused, i.changed) for i in first] == [(12, 0, 0)] * 2
+    rng = np.random.default_rng(7)
+    Image.fromarray(blob_image(rng, 1, (50, 50))).save(image_folder / "benign" / "img1.png")  # was another image
+    Image.fromarray(blob_image(rng, 0, (44, 44))).save(image_folder / "benign" / "img6.png")  # a new one
+    second = medprobe.extract(image_folder, **options)
+    assert [(i.extracted, i.reused, i.changed) for i in second] == [(2, 11, 1)] * 2
+    assert [i.path for i in second] == [i.path for i in first]
+    third = medprobe.extract(image_folder, **options)
+    assert [(i.extracted, i.reused, i.changed, i.up_to_date) for i in third] == [(0, 13, 0, True)] * 2
 
 
 def test_progress_bars_can_be_turned_off(study, tmp_path, capfd):

@@ -239,6 +239,23 @@ def test_models_check_offline_says_not_reachable_without_downloading(capsys, mon
     assert not (tmp_path / "hub").exists() or not any((tmp_path / "hub").rglob("*.safetensors"))
 
 
+def test_models_check_says_which_models_are_in_the_local_hub_cache(capsys, monkeypatch, tmp_path):
+    import huggingface_hub.constants
+    from family_models import publish_to_hub_cache
+
+    from medprobe.cli import main
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    (tmp_path / "config.json").write_text("{}")
+    publish_to_hub_cache(tmp_path / "hub", resolve_model("dinov2-small").hub_repo, tmp_path / "config.json")
+    with pytest.raises(SystemExit) as info:
+        main(["models", "--check", "dinov2-small", "dinov2-base"])
+    assert info.value.code in (0, None)
+    rows = [[cell.strip() for cell in line.split("│")] for line in capsys.readouterr().out.splitlines()]
+    cached = {cells[1]: cells[2] for cells in rows if len(cells) > 5 and cells[1] != "name"}
+    assert cached == {"dinov2-small": "yes", "dinov2-base": "no"}  # the table's "cached" column
+
+
 def test_cache_keys_of_the_study_backbones_are_unchanged():
     """Families changed how backbones load, not what they compute: the reference study's cache keys are the
     ones medprobe wrote before (values from commit 9f64220)."""

@@ -128,3 +128,27 @@ def test_an_hf_imagefolder_layout_is_refused_with_what_to_pass_instead(tmp_path,
     assert "HF imagefolder layout" in err and "pass the folder itself as DATA" in err, err
     code, out, err = cli(capsys, "datasets", "inspect", root)  # what the message says to do instead
     assert code == 0 and "c0" in out and "c1" in out, err
+
+
+def test_rows_are_read_in_units_of_1024_each_loading_its_split_once(tmp_path, monkeypatch):
+    from collections import Counter
+
+    from medprobe.data import hf_datasets
+
+    features = datasets.Features({"img": datasets.Image(), "dx": datasets.ClassLabel(names=NAMES)})
+    tile = Image.fromarray(blob_image(np.random.default_rng(4), 0, (32, 32)))
+    parts = {split: datasets.Dataset.from_dict({"img": [tile] * n, "dx": [i % 2 for i in range(n)]},
+                                               features=features) for split, n in (("train", 2100), ("test", 5))}
+    datasets.DatasetDict(parts).save_to_disk(str(tmp_path / "big"))
+    dataset = load_dataset(f"hf-dataset:{tmp_path / 'big'}", image_column="img", label_column="dx")
+    opened = Counter()
+    plain = hf_datasets.open_part
+
+    def counted(path):
+        opened[path.name] += 1
+        return plain(path)
+
+    monkeypatch.setattr(hf_datasets, "open_part", counted)
+    decoded = list(read_all(dataset.samples, dataset.root))
+    assert len(decoded) == 2105 and all(item.error is None for item in decoded)
+    assert opened == {"train": 3, "test": 1}  # rows 0-1023, 1024-2047, 2048-2099; the 5 test rows

@@ -215,6 +215,22 @@ def test_summary_csv_has_one_tidy_row_per_record(study, report):
     assert {c["seed"] for c in comparisons} == {"0"} and {c["replicates"] for c in comparisons} == {str(REPLICATES)}
 
 
+def test_summary_csv_rounds_estimates_to_the_bootstrap_counts_to_integers_and_speeds_to_a_tenth(report):
+    from medprobe.report.render import bootstrap_digits
+
+    # 3 decimals for 1000 resamples (and fewer), 4 for 2000 to 10000
+    assert [bootstrap_digits(n) for n in (300, 1000, 2000, 5000, 10000)] == [3, 3, 4, 4, 4]
+    with report.summary_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        assert re.fullmatch(r"\d+", row["parameters"]), row["parameters"]
+        assert re.fullmatch(r"(\d+)?", row["trainable_parameters"]), row["trainable_parameters"]
+        for speed in ("extract_images_per_second", "train_images_per_second"):
+            assert re.fullmatch(r"(\d+\.\d)?", row[speed]), (speed, row[speed])
+    assert any(row["train_images_per_second"] for row in rows) and any(row["extract_images_per_second"]
+                                                                          for row in rows)
+
+
 def test_reliability_diagram_and_calibration_columns_come_from_runs_with_probabilities(study, report):
     [figure] = [f for f in report.content.figures if f.path.name.endswith("__reliability.png")]
     records = records_by_cell(study)
@@ -387,6 +403,37 @@ def test_embedding_map_separates_the_classes_of_the_informative_backbone(study, 
     assert all(len(m.points) == PATIENTS * SLICES and m.points.shape[1] == 2 for m in maps.values())
     assert separation(maps["dinov2-small"]) > 2 * separation(maps["vgg16"])
     assert maps["vgg16"].wrong.sum() > maps["dinov2-small"].wrong.sum()
+
+
+def test_embedding_maps_sample_above_the_limit_by_seed_and_note_a_cache_that_is_gone(study, tmp_path, monkeypatch):
+    from medprobe.report import embedding
+
+    assert embedding.MAX_POINTS == 3000
+    record = {key: RunRecord(Path(data["record_path"]), data) for key, data in records_by_cell(study).items()}[
+        ("dinov2-small", "logreg")]
+    predictions = record.read_predictions()
+    assert len(predictions.ids) > 20
+    monkeypatch.setattr(embedding, "MAX_POINTS", 20)
+    drawn = [embedding.embedding_map("d", record, predictions, embedding.projection("pca"), seed=seed)
+             for seed in (0, 0, 1)]
+    assert [len(m.points) for m in drawn] == [20, 20, 20]
+    assert np.array_equal(drawn[0].points, drawn[1].points) and not np.array_equal(drawn[0].points, drawn[2].points)
+    monkeypatch.undo()
+    gone = dict(record.data, features=[dict(record.data["features"][0], cache=str(tmp_path / "gone.h5"))])
+    with pytest.raises(MedprobeError, match="gone.h5 of .* is not here"):
+        embedding.embedding_map("d", RunRecord(record.path, gone), predictions, embedding.projection("pca"), seed=0)
+    # through the report: every cache moved away (another machine) -> noted under "Figures not drawn"
+    copy = tmp_path / "results"
+    shutil.copytree(study, copy)
+    for path in copy.rglob("*.json"):
+        data = json.loads(path.read_text())
+        for source in data.get("features") or []:
+            source["cache"] = str(tmp_path / "elsewhere" / Path(source["cache"]).name)
+        path.write_text(json.dumps(data))
+    built = build_report(results_dirs=[copy], out_dir=tmp_path / "report", replicates=REPLICATES)
+    page = built.html.read_text()
+    assert "Figures not drawn" in page and re.search(r"no embedding map for [^<]*is not here", page)
+    assert not list((tmp_path / "report").rglob("*embedding-pca.png"))
 
 
 def test_embedding_projection_errors_name_the_choices(study, tmp_path):

@@ -204,3 +204,43 @@ def test_the_reference_study_example_plans_the_whole_grid(tmp_path):
     assert len(experiment.datasets) == 6 and len(experiment.backbones) == 6
     kinds = [step.kind for step in plan_steps(experiment)]
     assert (kinds.count("extract"), kinds.count("probe"), kinds.count("finetune")) == (36, 36, 72)
+
+
+def test_a_failing_step_is_reported_while_the_independent_steps_go_on_and_the_run_exits_2(
+        tmp_path, tiny_timm_models, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))  # dinov2-small: not here, not downloadable
+    many_images(tmp_path / "images", 24)
+    model = tiny_timm_models["resnet"]
+    (tmp_path / "experiment.toml").write_text(f"""
+out = "results"
+cache_dir = "cache"
+backbones = ["{model}", "dinov2-small"]
+folds = 3
+bootstrap = 50
+
+[[datasets]]
+data = "images"
+finetune = false
+
+[extract]
+precision = "fp32"
+device = "cpu"
+batch_size = 4
+workers = 0
+
+[probe]
+classifiers = ["logreg"]
+""")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(tmp_path / "experiment.toml")])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: 2 step(s) failed or were blocked, first: ")
+    assert "dinov2-small" in errors[0] and "Traceback" not in captured.err + captured.out
+    assert "4 steps: 0 already done, 2 ran, 2 failed or blocked" in captured.out  # extract and probe, each
+    # the other backbone's extraction and probe ran, and the report was built from them
+    assert len(list((tmp_path / "results").rglob(f"{model.name}*logreg*.json"))) == 1
+    assert not list((tmp_path / "results").rglob("dinov2-small*.json"))
+    assert (tmp_path / "results" / "report" / "report.html").is_file()

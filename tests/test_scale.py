@@ -77,6 +77,26 @@ def test_shards_are_whole_batches_dealt_round_robin():
     assert together == positions
 
 
+def test_process_i_uses_gpu_i_and_the_cores_are_shared_between_the_ranks_loaders(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [distributed.rank_device(device, rank, 2) for device in ("cuda", "auto") for rank in (0, 1)] == [
+        "cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert distributed.rank_device("cpu", 1, 2) == "cpu"
+    with pytest.raises(MedprobeError, match="only 2 GPU.* use --gpus 2"):
+        distributed.rank_device("cuda", 2, 3)
+    with pytest.raises(MedprobeError, match="--device cuda:0 pins one GPU, but 2 processes run; use --device cuda"):
+        distributed.rank_device("cuda:0", 0, 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.rank_device("auto", 1, 2) == "auto"  # no GPU: the runner's own device choice (the CPU)
+    workers = {}
+    for cores, world in ((16, 2), (16, 4), (64, 2), (2, 2), (3, 1)):
+        monkeypatch.setattr(distributed.os, "cpu_count", lambda cores=cores: cores)
+        workers[cores, world] = distributed.default_rank_workers(world)
+    # (cores / N) - 1 per process, at most 8, at least 1
+    assert workers == {(16, 2): 7, (16, 4): 3, (64, 2): 8, (2, 2): 1, (3, 1): 2}
+
+
 def test_two_processes_write_the_single_process_caches(tiny_dinov2, tiny_timm_models, larger_folder, tmp_path):
     """Two backbones in one sharded command: each cache equals its single-process file."""
     resnet = tiny_timm_models["resnet"]
