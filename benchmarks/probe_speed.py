@@ -16,6 +16,8 @@ binary and 10-class, 384 to 1536 dims, 500 to 20,000 samples.
     python benchmarks/probe_speed.py [--only digits10,n10000-d1024-k10] [--old-timeout 240] [--json out.json]
     python benchmarks/probe_speed.py --goals [--goal-10k]  # digits against plain logreg; 10k x 1024 x 10
     python benchmarks/probe_speed.py --profile-fold digits10   # where one fold's search time goes, one thread
+    python benchmarks/probe_speed.py --table out.json          # the table and summary of a saved run
+    python benchmarks/probe_speed.py --old-ref 5f6fdfb --only n20000-d768-k10  # against another commit
 """
 
 from __future__ import annotations
@@ -99,9 +101,10 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def child(features: Path, bootstrap: int) -> None:
+def child(features: Path, bootstrap: int, together: bool = False) -> None:
     """In a fresh process on one implementation (PYTHONPATH): a dataset of blank images with the problem's
-    labels, a cache of its features, then one `probe` per classifier; one JSON line per classifier."""
+    labels, a cache of its features, then one `probe` per classifier; one JSON line per classifier. With
+    `together`: one `probe` of all three, as `medprobe probe --clf all` runs them, timed as one line."""
     from PIL import Image
 
     from medprobe.cache import CacheWriter, cache_path
@@ -128,6 +131,13 @@ def child(features: Path, bootstrap: int) -> None:
             out.append_rows(dataset.ids)
             out.write(np.arange(len(y)), {"gap": X}, [fingerprint] * len(y),
                       [file_stat(sample.path) for sample in dataset.samples])
+        if together:
+            started = time.perf_counter()
+            records = probe(dataset=dataset, models=None, cache_dir=root / "cache", out_dir=root / "out",
+                            settings=ProbeSettings(classifiers=CLASSIFIERS, bootstrap=bootstrap), show_progress=False)
+            print(json.dumps({"clf": "all", "total_seconds": round(time.perf_counter() - started, 2),
+                              "fit_seconds": {r["method"]: r["timings"]["fit_seconds"] for r in records}}), flush=True)
+            return
         for name in RUN_ORDER:
             started = time.perf_counter()
             record = probe(dataset=dataset, models=None, cache_dir=root / "cache", out_dir=root / "out",
@@ -139,10 +149,11 @@ def child(features: Path, bootstrap: int) -> None:
                                          for h in record["hyperparameters"]]}), flush=True)
 
 
-def run_side(src: Path, features: Path, bootstrap: int, timeout: float | None) -> tuple[dict, bool]:
-    """Per classifier, the child's result; and whether it was stopped at the timeout."""
+def run_side(src: Path, features: Path, bootstrap: int, timeout: float | None,
+             together: bool = False) -> tuple[dict, bool]:
+    """Per classifier (or "all", `together`), the child's result; and whether it was stopped at the timeout."""
     env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, __file__, "--child", str(features), str(bootstrap)]
+    command = [sys.executable, __file__, "--child", str(features), str(bootstrap), *(["together"] if together else [])]
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.DEVNULL, env=env, cwd=src.parent,
                                    start_new_session=True)  # its own process group: its workers stop with it
@@ -164,10 +175,10 @@ def run_side(src: Path, features: Path, bootstrap: int, timeout: float | None) -
     return results, stopped
 
 
-def old_checkout(work: Path) -> Path:
-    tree = Path(tempfile.gettempdir()) / f"medprobe-old-{OLD_REF}"
+def old_checkout(ref: str) -> Path:
+    tree = Path(tempfile.gettempdir()) / f"medprobe-old-{ref}"
     if not (tree / "src" / "medprobe").is_dir():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), OLD_REF], check=True,
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), ref], check=True,
                        capture_output=True)
     return tree / "src"
 
@@ -175,7 +186,7 @@ def old_checkout(work: Path) -> Path:
 def compare(args) -> list[dict]:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    old_src, new_src = old_checkout(work), ROOT / "src"
+    old_src, new_src = old_checkout(args.old_ref), ROOT / "src"
     rows = []
     found = problems(work)
     for name in args.only.split(",") if args.only else found:
@@ -205,6 +216,12 @@ def compare(args) -> list[dict]:
         print(json.dumps({k: v for k, v in row.items()}), flush=True)
     print_table(rows)
     return rows
+
+
+def svm_rbf_grid() -> list[float]:
+    from medprobe.probe.svm import SVM_RBF_GRID  # this checkout's (the new side's)
+
+    return list(SVM_RBF_GRID)
 
 
 def cell(c: dict) -> str:
@@ -237,6 +254,11 @@ def print_table(rows: list[dict]) -> None:
     losses = [(r["problem"], c, r[c]["old_bacc"] - r[c]["new_bacc"]) for r in rows for c in CLASSIFIERS
               if r[c]["old_bacc"] is not None and r[c]["old_bacc"] - r[c]["new_bacc"] > 0.005]
     print("test balanced accuracy lost beyond 0.005:", losses or "none")
+    choices = [(r["problem"], h) for r in rows for h in r["svm"]["new_chosen"]]
+    rbf_problems = {problem for problem, h in choices if h["kernel"] == "rbf"}
+    top_rbf = sum(h["kernel"] == "rbf" and h["C"] == max(svm_rbf_grid()) for _, h in choices)
+    print(f"svm (new): RBF chosen in at least one fold on {len(rbf_problems)} of {len(rows)} problems; "
+          f"RBF at its largest C in {top_rbf} of {len(choices)} fold selections")
 
 
 def plain_logreg(X: np.ndarray, y: np.ndarray) -> dict:
@@ -258,27 +280,28 @@ def plain_logreg(X: np.ndarray, y: np.ndarray) -> dict:
 
 
 def goals(args) -> None:
+    """Each goal problem twice, new side only: one `probe` per classifier (their seconds and the svm/logreg
+    ratio), then one `probe` of all three as `medprobe probe --clf all` runs them (the goal's time: from the
+    call to its records, after the child wrote the dataset and cache)."""
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     X, y = digits_features(work)
-    features = work / "digits10.npz"
-    np.savez(features, X=X, y=y)
-    plain = plain_logreg(X, y)
-    new, _ = run_side(ROOT / "src", features, 5000, None)
-    total = sum(r["total_seconds"] for r in new.values())
-    print(json.dumps({"goal": "digits probe --clf all vs plain 5-fold logreg", "plain_logreg_s": plain,
-                      "probe_all_s": round(total, 1), "per_classifier": new,
-                      "ratio": round(total / min(plain.values()), 1),
-                      "svm_over_logreg": round(new["svm"]["total_seconds"] / new["logreg"]["total_seconds"], 2)}))
-    if not args.goal_10k:
-        return
-    X, y = synthetic(10000, 1024, 10)
-    features = work / "goal-n10000-d1024-k10.npz"
-    np.savez(features, X=X, y=y)
-    started = time.perf_counter()
-    new, _ = run_side(ROOT / "src", features, 5000, None)
-    print(json.dumps({"goal": "10k x 1024 x 10, all three, 5 folds, 5000 bootstrap",
-                      "wall_s": round(time.perf_counter() - started, 1), "per_classifier": new}))
+    cases = [("digits probe --clf all vs plain 5-fold logreg", "digits10", X, y)]
+    if args.goal_10k:
+        cases.append(("10k x 1024 x 10, all three, 5 folds, 5000 bootstrap", "goal-n10000-d1024-k10",
+                      *synthetic(10000, 1024, 10)))
+    for goal, name, X, y in cases:
+        features = work / f"{name}.npz"
+        np.savez(features, X=X, y=y)
+        separate, _ = run_side(ROOT / "src", features, 5000, None)
+        together, _ = run_side(ROOT / "src", features, 5000, None, together=True)
+        row = {"goal": goal, "probe_all_s": together["all"]["total_seconds"],
+               "probe_all_fit_s": together["all"]["fit_seconds"], "per_classifier": separate,
+               "svm_over_logreg": round(separate["svm"]["total_seconds"] / separate["logreg"]["total_seconds"], 2)}
+        if name == "digits10":
+            row["plain_logreg_s"] = plain = plain_logreg(X, y)
+            row["ratio"] = {threads: round(row["probe_all_s"] / s, 1) for threads, s in plain.items()}
+        print(json.dumps(row), flush=True)
 
 
 def profile_fold(args) -> None:
@@ -335,20 +358,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", help="comma-separated problem names (default: all)")
     parser.add_argument("--old-timeout", type=float, default=240, help="seconds before an old run is stopped")
+    parser.add_argument("--old-ref", default=OLD_REF, help=f"the commit of the old side (default {OLD_REF}, the "
+                        "commit before issue 16)")
     parser.add_argument("--bootstrap", type=int, default=200, help="resamples (not timed: fit_seconds excludes it)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "medprobe-probe-speed")
     parser.add_argument("--goals", action="store_true", help="the digits goal (plain logreg yardstick), new only")
     parser.add_argument("--goal-10k", action="store_true", help="with --goals: also 10k x 1024 x 10, 5000 bootstrap")
     parser.add_argument("--profile-fold", metavar="PROBLEM", help="time one fold's search fits (one thread)")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--table", type=Path, metavar="JSON", help="print the table and summary of a --json file")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(Path(args.child[0]), int(args.child[1]))
+        child(Path(args.child[0]), int(args.child[1]), together=args.child[2:] == ["together"])
     elif args.goals:
         goals(args)
     elif args.profile_fold:
         profile_fold(args)
+    elif args.table:
+        print_table(json.loads(args.table.read_text()))
     else:
         rows = compare(args)
         if args.json:
