@@ -16,6 +16,7 @@ binary and 10-class, 384 to 1536 dims, 500 to 20,000 samples.
     python benchmarks/probe_speed.py [--only digits10,n10000-d1024-k10] [--old-timeout 240] [--json out.json]
     python benchmarks/probe_speed.py --goals [--goal-10k]  # digits against plain logreg; 10k x 1024 x 10
     python benchmarks/probe_speed.py --profile-fold digits10   # where one fold's search time goes, one thread
+    python benchmarks/probe_speed.py --primal-dual [--only ...] # the linear SVM by libsvm's dual and by the primal
     python benchmarks/probe_speed.py --table out.json          # the table and summary of a saved run
     python benchmarks/probe_speed.py --old-ref 5f6fdfb --only n20000-d768-k10  # against another commit
 """
@@ -304,6 +305,57 @@ def goals(args) -> None:
         print(json.dumps(row), flush=True)
 
 
+def one_fold(X: np.ndarray, y: np.ndarray):
+    """64% train, 16% validation (seeded): the FoldData and the two index arrays."""
+    from medprobe.probe.protocol import FoldData, fit_scaler
+
+    order = np.random.default_rng(0).permutation(len(y))
+    n_train, n_val = int(0.64 * len(y)), int(0.16 * len(y))
+    train, val = np.sort(order[:n_train]), np.sort(order[n_train:n_train + n_val])
+    return FoldData(X[train], y[train], X[val], y[val], int(y.max() + 1), fit_scaler(X[train])), train, val
+
+
+def primal_dual(args) -> None:
+    """One fold's linear-SVM grid two ways, one BLAS thread, on every problem up to the exact-kernel limit:
+    libsvm's dual on the exact linear kernel (as the search runs it: kernel once, larger C's skipped once no
+    multiplier is at its bound) and the squared-hinge primal by Newton (warm-started along C). Prints the
+    seconds of each, libsvm's fits at its iteration cap, each one's best validation balanced accuracy, the
+    training samples per feature, and the solver `svm.solver_for` picks. One JSON line per problem."""
+    from threadpoolctl import threadpool_limits
+
+    from medprobe.probe import svm
+    from medprobe.probe.protocol import decision_scores, quiet_fit
+    from medprobe.results.metrics import balanced_accuracy
+
+    wanted = set(args.only.split(",")) if args.only else None
+    for name, (X, y) in problems(args.work).items():
+        data, train, _ = one_fold(X, y)
+        if (wanted and name not in wanted) or len(train) > svm.KERNEL_LIMIT:
+            continue
+        Ztr, Zval = data.standardised()
+        with threadpool_limits(1):
+            started, previous, primal = time.perf_counter(), None, []
+            for c in svm.SVM_LINEAR_GRID:
+                previous = svm.linear_svm(c, Ztr, data.ytr, previous)
+                primal.append(balanced_accuracy(data.yval, decision_scores(previous, Zval, data.n_classes)))
+            primal_s = time.perf_counter() - started
+            started, dual, at_cap = time.perf_counter(), [], 0
+            grouped, y_grouped = svm.by_class(Ztr, data.ytr)
+            train_kernel, val_kernel = svm.kernels(grouped, "linear", Zval)
+            for c in svm.SVM_LINEAR_GRID:
+                fitted = quiet_fit(svm.kernel_svc(c, "precomputed"), train_kernel, y_grouped)
+                dual.append(balanced_accuracy(data.yval, decision_scores(fitted, val_kernel, data.n_classes)))
+                at_cap += svm.capped(fitted)
+                if not svm.at_bound(fitted, c):
+                    break
+            dual_s = time.perf_counter() - started
+        print(json.dumps({"problem": name, "classes": data.n_classes,
+                          "train_per_feature": round(len(train) / X.shape[1], 2), "primal_s": round(primal_s, 2),
+                          "dual_s": round(dual_s, 2), "dual_fits_at_cap": at_cap,
+                          "best_val_primal": round(max(primal), 4), "best_val_dual": round(max(dual), 4),
+                          "chosen": svm.solver_for("linear", len(train), X.shape[1], data.n_classes)}), flush=True)
+
+
 def profile_fold(args) -> None:
     """One fold of a problem (64% train, 16% validation, seeded), one BLAS thread: the seconds of every
     solver fit of the logreg and SVM searches (and L-BFGS iterations), the SVM's kernel matrices, and the
@@ -312,13 +364,11 @@ def profile_fold(args) -> None:
 
     from medprobe.probe import logreg, svm
     from medprobe.probe.classifiers import get_probe
-    from medprobe.probe.protocol import FoldData, best, fit_scaler
+    from medprobe.probe.protocol import best
 
     X, y = problems(args.work)[args.profile_fold]
-    order = np.random.default_rng(0).permutation(len(y))
-    n_train, n_val = int(0.64 * len(y)), int(0.16 * len(y))
-    train, val = np.sort(order[:n_train]), np.sort(order[n_train:n_train + n_val])
-    data = FoldData(X[train], y[train], X[val], y[val], int(y.max() + 1), fit_scaler(X[train]))
+    data, train, val = one_fold(X, y)
+    n_train, n_val = len(train), len(val)
     for module, name, solvers in ((logreg, "logreg", ("quiet_fit",)), (svm, "svm", ("quiet_fit", "linear_svm"))):
         fits, plain = [], {solver: getattr(module, solver) for solver in solvers}
 
@@ -333,14 +383,15 @@ def profile_fold(args) -> None:
             setattr(module, solver, lambda *arguments, solver=solver: timed(*arguments, solver=solver))
         row = {"problem": args.profile_fold, "train": n_train, "val": n_val, "clf": name}
         with threadpool_limits(1):
-            if name == "svm" and n_train <= svm.KERNEL_LIMIT:
-                for kernel in ("linear", "rbf"):
+            if name == "svm":  # the exact kernel matrices its parts compute
+                for kernel in [part[1] for part in get_probe(name).parts(n_train, X.shape[1], data.n_classes)
+                               if part[0] == "kernel"]:
                     started = time.perf_counter()
                     svm.kernels(data.standardised()[0], kernel, data.standardised()[1])
                     row[f"{kernel}_kernel_s"] = round(time.perf_counter() - started, 3)
             probe, candidates = get_probe(name), []
             started = time.perf_counter()
-            for part in probe.parts(n_train):
+            for part in probe.parts(n_train, X.shape[1], data.n_classes):
                 candidates += probe.search(part, data, 0).candidates
             row["search_s"] = round(time.perf_counter() - started, 2)
             row["fits"] = list(fits)
@@ -365,6 +416,8 @@ def main() -> None:
     parser.add_argument("--goals", action="store_true", help="the digits goal (plain logreg yardstick), new only")
     parser.add_argument("--goal-10k", action="store_true", help="with --goals: also 10k x 1024 x 10, 5000 bootstrap")
     parser.add_argument("--profile-fold", metavar="PROBLEM", help="time one fold's search fits (one thread)")
+    parser.add_argument("--primal-dual", action="store_true", help="the linear SVM grid by libsvm's dual and by "
+                        "the squared-hinge primal, one fold per problem up to the kernel limit (one thread)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--table", type=Path, metavar="JSON", help="print the table and summary of a --json file")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -375,6 +428,8 @@ def main() -> None:
         goals(args)
     elif args.profile_fold:
         profile_fold(args)
+    elif args.primal_dual:
+        primal_dual(args)
     elif args.table:
         print_table(json.loads(args.table.read_text()))
     else:

@@ -115,8 +115,8 @@ def test_coarse_to_fine_never_beats_the_full_grid():
 def test_kernels_from_one_gram_matrix_select_as_plain_svcs_do():
     data = fold_data(n=150, n_classes=3, dim=12, spread=1.5, seed=4)
     probe = get_probe("svm")
-    assert probe.parts(len(data.Xtr)) == [("kernel", "linear"), ("kernel", "rbf")]
-    parts = [probe.search(part, data, 0) for part in probe.parts(len(data.Xtr))]
+    assert probe.parts(*data.Xtr.shape, 3) == [("kernel", "linear"), ("kernel", "rbf")]
+    parts = [probe.search(part, data, 0) for part in probe.parts(*data.Xtr.shape, 3)]
     outcome = parts[0]
     outcome.candidates += parts[1].candidates
     outcome.fits += parts[1].fits
@@ -149,7 +149,7 @@ def test_above_the_kernel_limit_the_svm_search_is_the_squared_hinge_and_nystroem
     monkeypatch.setattr(svm, "KERNEL_LIMIT", 50)
     data = fold_data(n=120, n_classes=3, dim=12, spread=1.5, seed=5)
     probe = get_probe("svm")
-    assert probe.parts(len(data.Xtr)) == [("linear",), ("nystroem",)]
+    assert probe.parts(*data.Xtr.shape, 3) == [("linear",), ("nystroem",)]
     rbf = probe.search(("nystroem",), data, 0).candidates
     assert all(p["approximate"] and p["solver"] == "squared-hinge-newton" for p, _ in rbf)
     fitted = probe.fit(rbf[0][0], data.Xtr, data.ytr, 3, 0)
@@ -192,8 +192,26 @@ def test_the_squared_hinge_solver_reaches_liblinears_optimum(n_classes, C):
 
 def test_exact_kernels_up_to_8000_training_samples_then_the_squared_hinge_and_nystroem():
     assert svm.KERNEL_LIMIT == 8000
-    assert get_probe("svm").parts(8000) == [("kernel", "linear"), ("kernel", "rbf")]
-    assert get_probe("svm").parts(8001) == [("linear",), ("nystroem",)]
+    assert get_probe("svm").parts(8000, 2700, 2) == [("kernel", "linear"), ("kernel", "rbf")]
+    assert get_probe("svm").parts(8001, 2700, 2) == [("linear",), ("nystroem",)]
+    assert get_probe("svm").parts(8001, 384, 10) == [("linear",), ("nystroem",)]
+
+
+def test_a_binary_linear_svm_with_three_samples_per_feature_takes_the_primal_below_the_kernel_limit():
+    probe = get_probe("svm")
+    assert probe.parts(1152, 384, 2) == [("linear",), ("kernel", "rbf")]
+    assert probe.parts(1151, 384, 2) == [("kernel", "linear"), ("kernel", "rbf")]  # the dual below 3 per feature
+    assert probe.parts(1152, 384, 10) == [("kernel", "linear"), ("kernel", "rbf")]  # one-vs-one keeps the dual
+    data = fold_data(n=200, n_classes=2, dim=10, spread=1.5, seed=3)
+    linear = probe.search(*probe.parts(*data.Xtr.shape, 2)[:1], data, 0).candidates
+    assert [p["solver"] for p, _ in linear] == ["squared-hinge-newton"] * len(svm.SVM_LINEAR_GRID)
+    Ztr, Zval = data.standardised()
+    plain = [balanced_accuracy(data.yval, decision_scores(
+        LinearSVC(C=p["C"], dual=False, tol=1e-10, max_iter=100_000).fit(Ztr, data.ytr), Zval, 2)) for p, _ in linear]
+    assert [score for _, score in linear] == pytest.approx(plain, abs=1e-12)
+    few_shot = probe.fit(probe.few_shot, data.Xtr, data.ytr, 2, 0)  # no solver in the params: the same choice
+    assert [name for name, _ in few_shot.model.steps] == ["standardscaler", "linearsvc"]
+    assert probe.fit(probe.few_shot, data.Xtr[:20], data.ytr[:20], 2, 0).model.steps[-1][0] == "svc"
 
 
 def test_iteration_caps_are_counted_recorded_and_warned_about(tmp_path, monkeypatch, capsys):
@@ -269,6 +287,27 @@ def test_knn_caps_k_at_the_training_size_and_its_scores_sum_to_one():
     for weighting in ("uniform", "softmax"):
         fitted = get_probe("knn").fit({"k": 5, "weighting": weighting}, data.Xtr, data.ytr, 3, 0)
         assert np.allclose(fitted.scores(data.Xval, 3).sum(1), 1)
+
+
+def test_knn_similarity_blocks_stay_under_their_cap_and_find_the_same_neighbours(monkeypatch):
+    """BENCHMARKS.md: kNN's query x train similarities are held SIMILARITY_BLOCK floats (128 MB) at a time."""
+    import tracemalloc
+
+    from medprobe.probe import knn
+
+    assert knn.SIMILARITY_BLOCK * 4 == 128 * 2**20
+    rng = np.random.default_rng(0)
+    train, queries = rng.normal(size=(5000, 8)), rng.normal(size=(2000, 8))
+    index = knn.KnnIndex(train, rng.integers(0, 3, 5000), 3)
+    whole = index.neighbours(queries, 20)  # the default cap holds all 2,000 x 5,000 similarities (40 MB) at once
+    monkeypatch.setattr(knn, "SIMILARITY_BLOCK", 2**16)  # 256 KB
+    tracemalloc.start()
+    blocked = index.neighbours(queries, 20)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_allclose(blocked[0], whole[0], atol=1e-6)  # another product shape: float32 rounding
+    assert (blocked[1] == whole[1]).mean() > 0.999  # the same neighbours but for near-ties swapped by rounding
+    assert peak < 4 * 2**20  # a few blocks and their top-k, not the 40 MB of the whole matrix
 
 
 def test_nystroem_keeps_1024_components_or_all_samples():

@@ -34,7 +34,7 @@ def search(name: str, Xtr: np.ndarray, ytr: np.ndarray, Xval: np.ndarray, yval: 
     probe = get_probe(name)
     data = FoldData(Xtr, ytr, Xval, yval, n_classes)
     outcomes: list[SearchOutcome] = [probe.search(part, data, seed, coarse_to_fine=coarse_to_fine)
-                                     for part in probe.parts(len(Xtr))]
+                                     for part in probe.parts(*Xtr.shape, n_classes)]
     return best([candidate for outcome in outcomes for candidate in outcome.candidates])
 
 

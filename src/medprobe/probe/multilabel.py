@@ -43,7 +43,8 @@ def _fit_finding(probe: Probe, X: np.ndarray, y: np.ndarray, fold: Fold, finding
                             f"{'positive' if ytr.any() else 'negative'} labels; use fewer --folds or add data")
     data = FoldData(X[train], ytr, X[val], yval, 2)
     with threadpool_limits(1):
-        searched = [probe.search(part, data, seed, coarse_to_fine=coarse_to_fine) for part in probe.parts(len(train))]
+        searched = [probe.search(part, data, seed, coarse_to_fine=coarse_to_fine)
+                    for part in probe.parts(len(train), X.shape[1], 2)]
         params, val_score = best([candidate for found in searched for candidate in found.candidates])
         on_train = probe.fit(params, X[train], ytr, 2, seed)
         val_scores = on_train.scores(X[val], 2)

@@ -133,7 +133,7 @@ class Probe:
         """Grids and solver limits, for the run record."""
         raise NotImplementedError
 
-    def parts(self, n_train: int) -> list[tuple]:
+    def parts(self, n_train: int, n_features: int, n_classes: int) -> list[tuple]:
         """The independent parts of the search, in candidate order."""
         return [("all",)]
 

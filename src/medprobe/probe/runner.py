@@ -173,7 +173,7 @@ class Prober:
             return parallel(delayed(streaming.stream_fold)(job.stream, self.y, fold, n_classes, s.seed, s.save_model)
                             for fold in folds), {}
         probe = get_probe(method)
-        tasks = [(fold, part) for fold in folds for part in probe.parts(len(fold.train))]
+        tasks = [(fold, part) for fold in folds for part in probe.parts(len(fold.train), job.X.shape[1], n_classes)]
         searched = parallel(delayed(_search_part)(probe, part, job.X, self.y, fold,
                                                   self._scaler(job, fold) if probe.standardised else None,
                                                   n_classes, s.seed, s.coarse_to_fine) for fold, part in tasks)
