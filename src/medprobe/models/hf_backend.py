@@ -40,14 +40,22 @@ def preprocessing(spec: ModelSpec) -> Preprocessing:
     except LOAD_ERRORS as exc:
         raise hub_error(spec.source, exc) from exc
     size = processor.size if getattr(processor, "do_resize", True) else None
-    if _field(size, "shortest_edge"):
-        resize: int | tuple[int, int] | None = int(_field(size, "shortest_edge"))
+    crop_size = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+    crop = (int(_field(crop_size, "height")), int(_field(crop_size, "width"))) if crop_size else None
+    shortest_edge = _field(size, "shortest_edge")
+    crop_pct = getattr(processor, "crop_pct", None)
+    if shortest_edge and crop_pct and crop is None:
+        # ConvNextImageProcessor (microsoft/resnet-50, facebook/convnext-*): below 384 the shortest edge goes to
+        # shortest_edge / crop_pct, then a centre crop of shortest_edge square; from 384 a square resize
+        edge = int(shortest_edge)
+        resize: int | tuple[int, int] | None = int(edge / crop_pct) if edge < 384 else (edge, edge)
+        crop = (edge, edge) if edge < 384 else None
+    elif shortest_edge:
+        resize = int(shortest_edge)
     elif _field(size, "height"):
         resize = (int(_field(size, "height")), int(_field(size, "width")))
     else:
         resize = None
-    crop_size = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
-    crop = (int(_field(crop_size, "height")), int(_field(crop_size, "width"))) if crop_size else None
     resample = getattr(processor, "resample", 3)
     normalize = getattr(processor, "do_normalize", True)
     return Preprocessing(
