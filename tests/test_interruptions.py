@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import blob_image
 from PIL import Image
+from test_scale import assert_same_cache
 
 from medprobe.cache import read_contents, read_features
 from medprobe.cache.journal import journal_dir
@@ -153,7 +154,37 @@ def test_extraction_survives_stops_mid_run_and_kills_anywhere(tmp_path):
     assert read_contents(path).ids == read_contents(reference.path).ids  # same rows in the same order
     for pool in pools:
         assert np.array_equal(read_features(path, dataset.ids, pool), expected[pool])  # bit for bit
+    assert_same_cache(path, reference.path)  # the whole file: source fingerprints and stats, done flags too
     assert not journal_dir(path).exists()
+
+
+def test_ctrl_c_while_the_command_is_still_starting_is_exit_130_and_no_traceback(tmp_path):
+    """README: Ctrl-C while the command is still starting (importing its libraries, loading the data and the
+    model) ends with exit code 130 and no traceback. Stops at random moments of the first 2.5 s count only
+    where no batch had been journalled yet."""
+    from conftest import save_tiny_timm
+
+    data = many_images(tmp_path / "data", 40)
+    model, cache = save_tiny_timm(tmp_path / "resnet18", "resnet18", input_size=64), tmp_path / "cache"
+    command = ["extract", data, "--model", model, "--cache-dir", cache, "--device", "cpu", "--precision", "fp32",
+               "--batch-size", 4, "--workers", 1]
+    rng, during_start_up = np.random.default_rng(1), []
+    for _ in range(12):
+        if len(during_start_up) == 4:
+            break
+        shutil.rmtree(cache, ignore_errors=True)
+        process = medprobe(*command)
+        time.sleep(rng.uniform(0.05, 2.5))
+        if process.poll() is not None:
+            continue
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 130, (process.returncode, err)
+        assert "Traceback" not in err and "Exception" not in err, err
+        assert all(line.startswith("interrupted: ") for line in err.splitlines() if line.strip()), err
+        if not any(cache.rglob("batch-*.npz")) and not any(cache.rglob("*.h5")):
+            during_start_up.append(err)
+    assert len(during_start_up) == 4, during_start_up
 
 
 def test_finetune_resume_after_stops_mid_training_equals_an_uninterrupted_run(tmp_path, tiny_timm_models):
