@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
@@ -25,20 +26,34 @@ class _RateColumn(TextColumn):
         return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="cyan")
 
 
+@functools.cache
+def _jupyter_widgets() -> bool:
+    """Whether ipywidgets is there to draw bars in Jupyter; without it rich would warn at every refresh, so the
+    bars are left out, said once."""
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        STDERR.print("progress bars in Jupyter need ipywidgets: pip install 'medprobe[notebook]'", markup=False)
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def progress_bar(description: str, *, total: int, enabled: bool = True, unit: str = "img",
                  status: bool = False) -> Iterator[Callable[..., None]]:
     """A bar; `advance(n)` moves it on. With `status`, `advance(n, status=text)` also shows a short text
     after the rate (extraction's bottleneck stage)."""
-    if not enabled:
+    console = Console(stderr=True)
+    if not enabled or (console.is_jupyter and not _jupyter_widgets()):
         yield lambda n, status=None: None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(unit),
                TimeRemainingColumn(), *([TextColumn("{task.fields[status]}", style="dim")] if status else []))
-    with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
+    with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total, status="")
 
         def advance(n: int, status: str | None = None) -> None:
             progress.update(task, advance=n, **({"status": status} if status is not None else {}))
 
         yield advance
+        progress.refresh()  # rich's stop draws the final state in a terminal, not in Jupyter
