@@ -191,6 +191,33 @@ def test_pydicom_warnings_become_one_counted_line(tmp_path, capsys):
     assert "warning: " in err and "a.dcm" in err and "pydicom warned" not in err, err
 
 
+def test_extraction_worker_warnings_stay_off_the_terminal_and_debug_prints_them_in_full(tmp_path):
+    """README: --debug prints pydicom's warnings in full, in extraction workers too; without it a worker's
+    warnings are silenced (and not counted)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import save_tiny_timm
+
+    folder = tmp_path / "padded"
+    folder.mkdir()
+    shutil.copy(TEST_FILES / "MR_small_padded.dcm", folder / "a.dcm")
+    shutil.copy(TEST_FILES / "MR_small.dcm", folder / "b.dcm")
+    model = save_tiny_timm(tmp_path / "resnet18", "resnet18", input_size=64)
+    errs = {}
+    for debug in ([], ["--debug"]):
+        shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+        done = subprocess.run([sys.executable, "-m", "medprobe", "extract", str(folder), "--model", str(model),
+                               "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--precision", "fp32",
+                               "--batch-size", "2", "--workers", "1", *debug],
+                              capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert done.returncode == 0, done.stderr
+        errs[bool(debug)] = done.stderr
+    assert "excess padding" not in errs[False] and "UserWarning" not in errs[False], errs[False]
+    assert "bytes of excess padding to be removed" in errs[True], errs[True]
+
+
 @pytest.mark.parametrize("photometric", ["CMYK", "HSV"])
 def test_other_photometric_interpretations_are_refused_naming_the_file(tmp_path, capsys, photometric):
     from medprobe.cli import main

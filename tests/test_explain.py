@@ -115,6 +115,37 @@ def test_cnn_map_is_the_class_activation_map_and_the_report_embeds_it(squares, t
     assert all(f.title.split(":")[0] in html for f in explained)
 
 
+def test_the_cnn_map_equals_a_class_activation_map_computed_by_hand(squares):
+    """README: on a CNN's gap pool the map is exactly the class activation map, the probe's standardisation
+    included: timm's own forward_features, each cell standardised by the fold probe's scaler and weighed by
+    its logistic-regression weights, turned towards the predicted class; above the median cell, max 1."""
+    import joblib
+    import torch
+
+    from medprobe.data.reader import SampleImages
+    from medprobe.models.backbone import load_backbone
+    from medprobe.models.registry import resolve_model
+    from medprobe.models.transforms import ImageTransform
+
+    dataset, _, models, records, _ = squares
+    result = explain(dataset=dataset, model=str(models["cnn"]), record_path=records["cnn"], count=2)
+    record = json.loads(records["cnn"].read_text())
+    folds = joblib.load(records["cnn"].parent / record["model_file"])["fold_models"]
+    backbone = load_backbone(resolve_model(str(models["cnn"])))
+    transform = ImageTransform(backbone.preprocessing)
+    positions = {sample.id: i for i, sample in enumerate(dataset.samples)}
+    for e in result.explanations:
+        pixels = transform(SampleImages([dataset.samples[positions[e.sample_id]]], dataset.root)[0]).unsqueeze(0)
+        with torch.inference_mode():
+            feature_map = backbone.module.forward_features(pixels)[0].double().numpy()  # (C, h, w)
+        scaler, logreg = folds[e.fold].model.steps[0][1], folds[e.fold].model.steps[-1][1]
+        cells = (feature_map.reshape(feature_map.shape[0], -1).T - scaler.mean_) / scaler.scale_
+        cam = cells @ logreg.coef_[0] + logreg.intercept_[0]  # evidence for the second class
+        cam = cam if dataset.classes.index(e.prediction) == 1 else -cam
+        above = np.clip(cam - np.median(cam), 0, None)
+        np.testing.assert_allclose(e.heat.ravel(), above / above.max(), atol=1e-4)
+
+
 def test_explain_refuses_a_record_without_its_probe_or_of_another_model(squares, tmp_path):
     dataset, _, models, records, _ = squares
     with pytest.raises(MedprobeError, match="is a run of"):
@@ -125,6 +156,16 @@ def test_explain_refuses_a_record_without_its_probe_or_of_another_model(squares,
     stripped.write_text(json.dumps(data))
     try:
         with pytest.raises(MedprobeError, match="--save-model"):
+            explain(dataset=dataset, model=str(models["vit"]), record_path=stripped)
+        # README: cls4 and fused records are refused with the reason
+        fused = json.loads(records["vit"].read_text())
+        fused["features"] = fused["features"] * 2
+        stripped.write_text(json.dumps(fused))
+        with pytest.raises(MedprobeError, match="fused features of several backbones; explain one backbone's"):
+            explain(dataset=dataset, model=str(models["vit"]), record_path=stripped)
+        cls4 = json.loads(records["vit"].read_text()) | {"pool": "cls4"}
+        stripped.write_text(json.dumps(cls4))
+        with pytest.raises(MedprobeError, match="'cls4' embedding is not a mean over positions or the CLS token"):
             explain(dataset=dataset, model=str(models["vit"]), record_path=stripped)
     finally:
         stripped.unlink()

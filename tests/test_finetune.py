@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 import time
@@ -96,6 +97,20 @@ def test_interrupted_run_resumes_to_the_same_result(blobs, tiny_timm_models, tmp
         run(blobs, model, tmp_path / "b", epochs=4)
     named = str(interrupted.value).split("checkpointed under ")[1].split(";")[0]
     assert Path(named) == tmp_path / "b" / blobs.name / "checkpoints" and list(Path(named).rglob("last.safetensors"))
+    # README: last.safetensors holds the weights, optimizer moments, scheduler, RNG and history; best the weights
+    from safetensors import safe_open
+
+    [last] = Path(named).rglob("last.safetensors")
+    assert re.fullmatch(r".+__finetune-all__fold\d+-seed0", last.parent.name), last.parent.name
+    with safe_open(str(last), framework="pt") as handle:
+        keys, metadata = set(handle.keys()), handle.metadata()
+    assert {"rng.cpu"} <= keys and any(k.startswith("model.") for k in keys)
+    assert any(k.endswith(".exp_avg") for k in keys) and any(k.endswith(".exp_avg_sq") for k in keys)  # AdamW's
+    progress = json.loads(metadata["progress"])
+    assert progress["epoch"] == 2 and len(progress["history"]) == 2  # two whole epochs before the stop
+    assert json.loads(metadata["scheduler"])["last_epoch"] > 0 and json.loads(metadata["param_groups"])
+    with safe_open(str(last.with_name("best.safetensors")), framework="pt") as handle:
+        assert not any(k.startswith(("optimizer.", "rng.")) for k in handle.keys())
     epochs_trained = set()
 
     def record_epochs(self, key):

@@ -57,6 +57,13 @@ def test_save_to_disk_dataset_extracts_and_probes(saved, tmp_path, capsys, tiny_
     assert record["protocol"] == "given-split" and record["sizes"][0]["test"] == COUNTS["test"]
     code, out, err = cli(capsys, "cache", "verify", "--cache-dir", cache)
     assert code == 0, out
+    code, out, err = cli(capsys, "finetune", data, *columns, "--model", tiny_timm_models["resnet"], "--epochs", 1,
+                         "--workers", 0, "--bootstrap", 0, "--out", tmp_path / "tuned", "--device", "cpu",
+                         "--precision", "fp32")
+    assert code == 0, err
+    (tuned,) = [json.loads(p.read_text()) for p in (tmp_path / "tuned").rglob("*.json")]
+    assert tuned["method"] == "finetune-all" and tuned["protocol"] == "given-split"
+    assert tuned["sizes"][0]["test"] == COUNTS["test"]
     code, out, err = cli(capsys, "datasets", "inspect", data, "--image-column", "img")  # dx is not "label"
     assert code == 0 and "no labels" in out, out
     code, out, err = cli(capsys, "probe", data, "--image-column", "img", "--cache-dir", cache)

@@ -85,7 +85,13 @@ def plain_metrics(y: np.ndarray, scores: np.ndarray, n_classes: int, ordinal: bo
 def plain_bootstrap(y, scores, units: np.ndarray, replicates: int, seed: int, ordinal: bool,
                     calibration: bool) -> dict[str, list]:
     """Percentile bootstrap: draw `units` (patients, or samples) with replacement, score the drawn rows."""
-    bin_of = plain_bins(scores) if calibration else None
+    return plain_bootstrap_of_the_mean(y, [scores], units, replicates, seed, ordinal, calibration)
+
+
+def plain_bootstrap_of_the_mean(y, repeated: list[np.ndarray], units: np.ndarray, replicates: int, seed: int,
+                                ordinal: bool, calibration: bool) -> dict[str, list]:
+    """The same, each draw scoring every repeat's predictions of the drawn rows and taking their mean."""
+    bins = [plain_bins(scores) if calibration else None for scores in repeated]
     codes, members = np.unique(units, return_inverse=True)[1], {}
     for row, code in enumerate(codes):
         members.setdefault(code, []).append(row)
@@ -93,9 +99,11 @@ def plain_bootstrap(y, scores, units: np.ndarray, replicates: int, seed: int, or
     values: dict[str, list] = {}
     for draw in draws:
         rows = np.concatenate([members[unit] for unit in draw])
-        drawn_bins = bin_of[rows] if calibration else None
-        for name, value in plain_metrics(y[rows], scores[rows], scores.shape[1], ordinal, drawn_bins).items():
-            values.setdefault(name, []).append(value)
+        per_repeat = [plain_metrics(y[rows], scores[rows], scores.shape[1], ordinal,
+                                    bin_of[rows] if calibration else None)
+                      for scores, bin_of in zip(repeated, bins, strict=True)]
+        for name in per_repeat[0]:
+            values.setdefault(name, []).append(np.mean([found[name] for found in per_repeat]))
     return {name: [float(np.percentile(v[np.isfinite(v)], q)) for q in (2.5, 97.5)]
             for name, v in ((n, np.array(v, dtype=float)) for n, v in values.items())}
 
@@ -217,3 +225,38 @@ def assert_calibrated_recomputes(record: dict) -> None:
         assert calibrated["metrics"][name]["value"] == pytest.approx(point[name], abs=1e-9), name
         assert calibrated["metrics"][name]["ci"] == pytest.approx(cis[name], abs=1e-9), name
     assert (scaled.argmax(1) == scores.argmax(1)).all()
+
+
+def test_a_label_budget_record_is_the_mean_over_repeats_with_its_std_and_a_bootstrap_ci_of_that_mean(
+        tmp_path, monkeypatch):
+    """README: with --shots and --repeats the value is the mean over repeats, with its std and a bootstrap CI of
+    that mean; recomputed here from each repeat's test scores (caught on their way to the metrics) with
+    scikit-learn and the plain bootstrap, patients resampled."""
+    from medprobe.probe import runner
+
+    rng = np.random.default_rng(5)
+    labels = ["neg", "pos"] * 20
+    features = rng.normal(size=(40, 6)) + np.array([[0.8 * (label == "pos")] * 6 for label in labels])
+    groups = [f"p{i // 2}" for i in range(40)]
+    dataset = synthetic_study(tmp_path / "d", tmp_path / "cache", labels, features.astype(np.float32),
+                              groups=groups)
+    caught, real = [], runner.evaluate_mean
+    monkeypatch.setattr(runner, "evaluate_mean", lambda y, repeated, **kw: caught.append(
+        (y, [s.copy() for s in repeated])) or real(y, repeated, **kw))
+    records = probe(dataset=dataset, models=None, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
+                    settings=ProbeSettings(classifiers=("logreg",), shots=(2,), repeats=3, bootstrap=100, seed=2),
+                    show_progress=False)
+    [few] = [r for r in records if r.get("shots") == 2]
+    [(y, repeated)] = caught
+    assert few["repeats"] == len(repeated) == 3 and few["bootstrap"]["unit"] == "patient"
+    rows, _, y_csv, mean_scores = read_predictions(Path(few["record_path"]).with_name(few["predictions"]))
+    np.testing.assert_array_equal(y_csv, y)
+    np.testing.assert_allclose(mean_scores, np.mean(repeated, axis=0), atol=1e-6)  # the CSV: the repeats' mean
+    per_repeat = [plain_metrics(y, scores, 2, False, plain_bins(scores)) for scores in repeated]
+    cis = plain_bootstrap_of_the_mean(y, repeated, np.array([r["group"] for r in rows]), 100, 2, False, True)
+    assert np.std([p["accuracy"] for p in per_repeat]) > 0  # the repeats differ: the mean and std say something
+    for name, entry in few["metrics"].items():
+        values = [found[name] for found in per_repeat]
+        assert entry["value"] == pytest.approx(np.mean(values), abs=1e-9), name
+        assert entry["repeat_std"] == pytest.approx(np.std(values), abs=1e-9), name
+        assert entry["ci"] == pytest.approx(cis[name], abs=1e-9), name

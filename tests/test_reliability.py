@@ -322,6 +322,11 @@ def test_second_extraction_refuses_and_readers_work_during_a_write(tmp_path, cap
         [record] = probe(dataset=subset, models=[str(model)], cache_dir=cache, out_dir=tmp_path / "out",
                          settings=ProbeSettings(classifiers=("knn",), bootstrap=20, folds=3), show_progress=False)
         assert record["dataset"]["samples"] == 100 and verify(path).ok
+        if readings == 0:  # and the report, whose embedding map reads the features from the cache
+            from medprobe.report import build_report
+
+            report = build_report(results_dirs=[tmp_path / "out"], out_dir=tmp_path / "report", replicates=20)
+            assert any("embedding" in f.path.name for f in report.content.figures) and report.html.exists()
         readings += 1
         time.sleep(0.1)
     assert readings >= 1

@@ -487,3 +487,106 @@ def test_report_cli_defaults_to_accuracy_and_prints_the_leaderboard_tables_and_p
     assert printed.startswith("Leaderboard: accuracy per image, each backbone's method chosen on validation")
     assert "blobs-labels: accuracy, per image" in printed and "balanced_accuracy, per image" not in printed
     assert str(out / "report.html") in printed.replace("\n", "")
+
+
+def test_table_columns_put_probes_first_then_fine_tunes_from_frozen_to_unfrozen():
+    """README: columns are logreg, svm, knn, then finetune-none, finetune-last-N (by N), finetune-all; the
+    tables sort their methods by this order."""
+    from medprobe.report.tables import method_order
+
+    found = ["finetune-all", "knn", "finetune-last-10", "logreg", "finetune-none", "svm", "finetune-last-2", "mine"]
+    assert sorted(found, key=method_order) == ["logreg", "svm", "knn", "mine", "finetune-none", "finetune-last-2",
+                                               "finetune-last-10", "finetune-all"]
+
+
+def test_report_html_is_written_last_so_its_presence_means_the_report_is_whole(study, tmp_path, monkeypatch):
+    """README: report.html is written last (figures, tables, CSVs before it); a failure before it leaves none."""
+    import medprobe.report as report_module
+
+    written, real_write = [], report_module._atomic_write
+
+    def recording(path, write):
+        written.append(path.name)
+        real_write(path, write)
+
+    monkeypatch.setattr(report_module, "_atomic_write", recording)
+    done = build_report(results_dirs=[study], out_dir=tmp_path / "whole", replicates=REPLICATES, latex=True)
+    assert written == ["summary.csv", "comparisons.csv", "report.md", "report.tex", "report.html"]
+    newest_other = max(p.stat().st_mtime_ns for p in (tmp_path / "whole").rglob("*") if p.is_file() and p != done.html)
+    assert done.html.stat().st_mtime_ns >= newest_other  # the figures too
+    monkeypatch.setattr(report_module.render, "render_html", lambda content: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        build_report(results_dirs=[study], out_dir=tmp_path / "broken", replicates=REPLICATES)
+    assert not (tmp_path / "broken" / "report.html").exists()
+
+
+def test_comparisons_csv_rows_are_the_tables_paired_tests_and_their_differences_the_records(report):
+    """README: comparisons.csv has one row per paired test: the difference (other minus the column's best), its
+    95% CI, the p value and the unit, as the report's comparisons computed them; at the image level the
+    difference is the two records' own metric values apart (the same pooled test samples)."""
+    from medprobe.report.render import bootstrap_digits
+
+    tables = {(t.dataset, t.level, t.metric): t for t in [report.leaderboard, *report.tables] if t is not None}
+    with report.comparisons_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    checked = 0
+    for row in rows:
+        table = tables[(row["dataset"], row["level"], row["metric"])]
+        [cell] = [cell for r, cell in table.column(row["method"]) if r.label == row["model"]]
+        c, tolerance = cell.comparison, 10.0 ** -bootstrap_digits(int(row["replicates"]))
+        assert row["comparable"] == str(c.comparable) and row["unit"] == c.unit and row["note"] == c.reason
+        if not c.comparable:
+            continue
+        difference, low, high, p = (float(row[k]) for k in ("difference", "difference_ci_low",
+                                                            "difference_ci_high", "p_value"))
+        assert abs(difference - c.difference) <= tolerance and abs(p - c.p_value) <= tolerance
+        assert [abs(a - b) <= tolerance for a, b in zip((low, high), c.ci, strict=True)] == [True, True]
+        assert low - tolerance <= difference <= high + tolerance and 0 <= p <= 1
+        if row["level"] == "sample":
+            values = [json.loads(Path(row[k]).read_text())["metrics"][row["metric"]]["value"]
+                      for k in ("record", "best_record")]
+            assert abs(difference - (values[0] - values[1])) <= tolerance, row
+            checked += 1
+    assert checked >= 5 and {row["unit"] for row in rows} == {"patient"}  # resampled by patient: grouped data
+
+
+def test_a_backbone_that_was_only_fine_tuned_shows_its_total_parameter_count(study, tmp_path):
+    """README: rows show the parameter count from the cache provenance; a backbone that was only fine-tuned
+    (no cache read, no probe record) shows its fine-tune record's total parameter count."""
+    from medprobe.report.render import format_parameters
+
+    only = tmp_path / "finetuned-only"
+    for path in study.rglob("*finetune-*"):
+        if path.is_file():
+            (only / path.relative_to(study)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, only / path.relative_to(study))
+    totals = {json.loads(p.read_text())["cost"]["total_parameters"] for p in only.rglob("*.json")}
+    done = build_report(results_dirs=[only], out_dir=tmp_path / "report", replicates=REPLICATES)
+    [table] = [t for t in done.tables if t.level == "sample"]
+    assert [row.model for row in table.rows] == ["tiny-cnn"] and set(table.methods) == {"finetune-none",
+                                                                                        "finetune-all"}
+    assert len(totals) == 1 and table.rows[0].backbone.parameters == totals.pop() > 0
+    assert f"| {format_parameters(table.rows[0].backbone.parameters)} |" in done.markdown.read_text()
+
+
+def test_a_single_fold_fine_tune_beside_k_fold_runs_is_marked_not_comparable(study, tmp_path):
+    """README: k-fold runs pool their out-of-fold predictions, so they compare; a run on other test samples
+    (`finetune --fold 0` against the 4-fold runs) is marked n/c."""
+    from medprobe.finetune.runner import FinetuneSettings, finetune
+
+    results = tmp_path / "results"
+    shutil.copytree(study, results)
+    other = save_tiny_timm(tmp_path / "tiny-cnn-b", "test_resnet", input_size=32)
+    finetune(dataset=load_dataset(study.parent / "blobs" / "labels.csv"), model=str(other), out_dir=results,
+             show_progress=False,
+             settings=FinetuneSettings(unfreeze="all", epochs=1, batch_size=8, workers=0, bootstrap=REPLICATES,
+                                       precision="fp32", device="cpu", folds=4, fold=0))
+    done = build_report(results_dirs=[results], out_dir=tmp_path / "report", replicates=REPLICATES)
+    [table] = [t for t in done.tables if t.level == "sample"]
+    column = {row.model: cell for row, cell in table.column("finetune-all")}
+    assert set(column) == {"tiny-cnn", "tiny-cnn-b"}
+    compared = [cell.comparison for cell in column.values() if cell.comparison is not None]
+    assert len(compared) == 1 and not compared[0].comparable and "different test samples" in compared[0].reason
+    probes = [cell.comparison for _, cell in table.column("logreg") if cell.comparison is not None]
+    assert probes and all(c.comparable for c in probes)  # k-fold against k-fold: the same pooled test samples
+    assert "n/c" in [line for line in done.markdown.read_text().splitlines() if "tiny-cnn-b" in line][0]

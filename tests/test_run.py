@@ -24,7 +24,7 @@ from medprobe.run.runner import Runner
 QUIET = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the tests
 
 
-def test_demo_runs_offline_with_every_method_in_the_report(tmp_path, monkeypatch):
+def test_demo_runs_offline_with_every_method_in_the_report(tmp_path, monkeypatch, capsys):
     from medprobe import demo
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -35,13 +35,29 @@ def test_demo_runs_offline_with_every_method_in_the_report(tmp_path, monkeypatch
 
     kinds = [step.kind for step in plan_steps(load_experiment(own))]  # the README's "36 steps"
     assert (len(kinds), kinds.count("extract"), kinds.count("probe"), kinds.count("finetune")) == (36, 18, 15, 3)
-    # the run itself with Lite0 alone keeps the suite short; the three load as they do in test_fidelity
-    experiment = demo.prepare_demo(tmp_path / "demo", QUIET, xray_patients=10, glioma_patients=15, epochs=1,
-                                   backbones=["efficientnet-lite0"])
-    summary = Runner(load_experiment(experiment), QUIET).run(show_progress=False)
+    # the run itself, through the CLI as a user types it, with Lite0 alone to keep the suite short (the three
+    # load as they do in test_fidelity); the hub models are skipped offline, one line each
+    monkeypatch.setattr(demo, "DEMO_MODELS", ("efficientnet-lite0",))
+    full_size = demo.prepare_demo
+    monkeypatch.setattr(demo, "prepare_demo", lambda out, console: full_size(out, console, xray_patients=10,
+                                                                               glioma_patients=15, epochs=1))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(tmp_path / "demo")])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    skipped = [line for line in out.splitlines() if "skipped" in line]
+    assert [line.split(":")[0] for line in skipped] == list(demo.HUB_MODELS), out
+    assert all("the demo goes on without it" in line for line in skipped)
+    assert "Leaderboard: balanced_accuracy per image" in out
+    for dataset in ("chest-xray", "glioma-t1", "glioma-t1c", "glioma-flair"):  # a table per dataset
+        assert f"\n{dataset}: balanced_accuracy, per image" in out, dataset
     # extract x6 (+ site 2, + the findings' manifest over the X-rays' cache), probe x5, finetune x1
-    assert summary.count("ran") == len(summary.steps) == 6 + 5 + 1
-    with summary.report_html.with_name("summary.csv").open() as handle:
+    assert "12 steps: 0 already done, 12 ran, 0 failed or blocked" in out
+    report_html = Path(out.split("report: ")[1].split()[0])
+    assert report_html == tmp_path / "demo" / "results" / "report" / "report.html" and report_html.exists()
+    experiment = tmp_path / "demo" / "experiment.toml"
+    with report_html.with_name("summary.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     methods = {(row["dataset"], row["method"]) for row in rows}
     for dataset in ("chest-xray", "glioma-t1", "glioma-t1c", "glioma-flair"):
@@ -49,7 +65,7 @@ def test_demo_runs_offline_with_every_method_in_the_report(tmp_path, monkeypatch
     assert ("chest-xray", "finetune-all") in methods
     external = {row["method"] for row in rows if row["external_cohort"] == "chest-xray-site2"}
     assert external == {"logreg", "svm", "knn", "finetune-all"}  # the second site, probed and fine-tuned
-    page = summary.report_html.read_text()
+    page = report_html.read_text()
     assert "chest-xray: internal vs external test" in page and "chest-xray: balanced_accuracy by sex" in page
     assert "reliability of the" in page and "balanced_accuracy by subgroup" in page
     assert "chest-xray: calibration" in page and "chest-xray-findings: AUROC per finding (multi-label)" in page
@@ -61,7 +77,7 @@ def test_demo_runs_offline_with_every_method_in_the_report(tmp_path, monkeypatch
     assert logreg["calibrated"]["applied"] and sexes == {"F", "M"}
     glioma = [row for row in rows if row["dataset"] == "glioma-t1c" and row["method"] == "logreg"][0]
     assert glioma["patient_balanced_accuracy"], "slices aggregate to patients"
-    assert "<img" in summary.report_html.read_text()
+    assert "<img" in page
     caches = list((tmp_path / "demo").rglob("*.h5"))
     assert len(caches) == 3  # X-rays, site 2, the MRI folder's: the findings reuse the X-rays' cache
     assert {read_contents(path).attrs["precision"] for path in caches} == {"fp32"}  # same on every CPU
@@ -71,6 +87,37 @@ def test_demo_runs_offline_with_every_method_in_the_report(tmp_path, monkeypatch
     assert {row["licence"] for row in rows} == {"apache-2.0"}  # probes (cache provenance) and the fine-tune
     again = Runner(load_experiment(experiment), QUIET).run(show_progress=False)
     assert again.count("done") == len(again.steps)  # a rerun skips everything
+
+
+def test_the_demo_writes_the_cohorts_the_readme_describes(tmp_path):
+    """README: 20 patients x 2 images of 12-bit data in 16-bit PNGs with a sex column, a second site of 12, the
+    multi-label findings; 15 NIfTI patients, grades 2/3/4, T1/T1C/FLAIR with lesion masks, some stored in
+    another orientation; the four slices with the largest lesion area; patient-grouped 3-fold CV."""
+    import nibabel as nib
+    from PIL import Image
+
+    from medprobe import demo
+
+    experiment = load_experiment(demo.prepare_demo(tmp_path, QUIET, backbones=["efficientnet-lite0"]))
+    for folder, patients in (("xray", 20), ("xray-site2", 12)):
+        with (tmp_path / folder / "manifest.csv").open() as handle:
+            rows = list(csv.DictReader(handle))
+        assert len(rows) == 2 * patients and len({row["group"] for row in rows}) == patients
+        assert {row["sex"] for row in rows} == {"F", "M"}
+        pixels = [np.asarray(Image.open(tmp_path / folder / row["path"])) for row in rows[:6]]
+        assert {p.dtype for p in pixels} == {np.dtype(np.uint16)} and 255 < max(p.max() for p in pixels) <= 4095
+    with (tmp_path / "xray" / "findings.csv").open() as handle:
+        findings = {label for row in csv.DictReader(handle) for label in row["labels"].split("|") if label}
+    assert findings == {"opacity", "device"}
+    for modality in demo.MODALITIES:
+        with (tmp_path / "glioma" / f"{modality}.csv").open() as handle:
+            rows = list(csv.DictReader(handle))
+        assert len(rows) == 15 and {row["label"] for row in rows} == {"grade2", "grade3", "grade4"}
+        assert all((tmp_path / "glioma" / row["mask"]).exists() for row in rows)
+        orientations = {nib.aff2axcodes(nib.load(tmp_path / "glioma" / row["path"]).affine) for row in rows}
+        assert orientations == {("R", "A", "S"), ("L", "P", "S")}
+        assert 'slices = "mask-top:4"' in (tmp_path / "glioma" / f"{modality}.toml").read_text()
+    assert experiment.folds == 3 and experiment.backbones == ["efficientnet-lite0"]
 
 
 def small_study(root: Path, model: Path, vit: Path) -> Path:
@@ -187,6 +234,27 @@ def test_calibrate_in_the_run_file_reaches_the_probes_and_reruns_only_their_step
     assert load_experiment(tmp_path / "calibrated.toml").calibrate == "temperature"
     assert keys["plain"]["probe"] != keys["calibrated"]["probe"]  # the probe step runs again
     assert keys["plain"]["finetune"] == keys["calibrated"]["finetune"]  # nothing else does
+
+
+def test_changing_a_setting_reruns_only_the_steps_it_shapes(tmp_path, tiny_timm_models):
+    """README: change a setting and only the affected steps run again; the extractions stay done."""
+    experiment = small_study(tmp_path, tiny_timm_models["resnet"], tiny_timm_models["vit"])
+    experiment.write_text(experiment.read_text().replace(f'"{tiny_timm_models["vit"]}"', "")
+                          .replace(", ]", "]").replace("epochs = 3", "epochs = 1"))
+
+    def statuses() -> dict[str, list[str]]:
+        summary = Runner(load_experiment(experiment), QUIET).run(show_progress=False)
+        found: dict[str, list[str]] = {}
+        for step in summary.steps:
+            found.setdefault(step.kind, []).append(step.status)
+        return found
+
+    assert statuses() == {"extract": ["ran", "ran"], "probe": ["ran", "ran"], "finetune": ["ran"]}
+    assert statuses() == {"extract": ["done", "done"], "probe": ["done", "done"], "finetune": ["done"]}
+    experiment.write_text(experiment.read_text().replace('classifiers = ["logreg", "knn"]', 'classifiers = ["knn"]'))
+    assert statuses() == {"extract": ["done", "done"], "probe": ["ran", "ran"], "finetune": ["done"]}
+    experiment.write_text(experiment.read_text().replace("epochs = 1", "epochs = 2"))
+    assert statuses() == {"extract": ["done", "done"], "probe": ["done", "done"], "finetune": ["ran"]}
 
 
 def test_the_reference_study_example_plans_the_whole_grid(tmp_path):
