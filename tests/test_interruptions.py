@@ -160,31 +160,39 @@ def test_extraction_survives_stops_mid_run_and_kills_anywhere(tmp_path):
 
 def test_ctrl_c_while_the_command_is_still_starting_is_exit_130_and_no_traceback(tmp_path):
     """README: Ctrl-C while the command is still starting (importing its libraries, loading the data and the
-    model) ends with exit code 130 and no traceback. Stops at random moments of the first 2.5 s count only
-    where no batch had been journalled yet."""
+    model) ends with exit code 130 and no traceback. Stops are drawn within one uninterrupted run's wall time on
+    this machine and count only where no batch had been journalled yet; one landing after the command's end is
+    ignored by design (cli.main): exit 0 with the whole cache written."""
     from conftest import save_tiny_timm
 
     data = many_images(tmp_path / "data", 40)
     model, cache = save_tiny_timm(tmp_path / "resnet18", "resnet18", input_size=64), tmp_path / "cache"
     command = ["extract", data, "--model", model, "--cache-dir", cache, "--device", "cpu", "--precision", "fp32",
                "--batch-size", 4, "--workers", 1]
-    rng, during_start_up = np.random.default_rng(1), []
-    for _ in range(12):
+    started = time.monotonic()
+    assert medprobe(*command).wait(timeout=300) == 0
+    whole_run = time.monotonic() - started
+    rng, during_start_up, too_late = np.random.default_rng(1), [], 0
+    for _ in range(16):
         if len(during_start_up) == 4:
             break
         shutil.rmtree(cache, ignore_errors=True)
         process = medprobe(*command)
-        time.sleep(rng.uniform(0.05, 2.5))
+        time.sleep(rng.uniform(0.05, whole_run))
         if process.poll() is not None:
             continue
         os.killpg(process.pid, signal.SIGINT)
         _, err = process.communicate(timeout=120)
-        assert process.returncode == 130, (process.returncode, err)
         assert "Traceback" not in err and "Exception" not in err, err
-        assert all(line.startswith("interrupted: ") for line in err.splitlines() if line.strip()), err
-        if not any(cache.rglob("batch-*.npz")) and not any(cache.rglob("*.h5")):
+        if process.returncode == 0:  # landed after the command's end: the cache is whole, the journal gone
+            assert any(cache.rglob("*.h5")) and not any(cache.rglob("batch-*.npz")), err
+            too_late += 1
+            continue
+        assert process.returncode == 130, (process.returncode, err)
+        if not any(cache.rglob("batch-*.npz")) and not any(cache.rglob("*.h5")):  # before the progress bar too
+            assert all(line.startswith("interrupted: ") for line in err.splitlines() if line.strip()), err
             during_start_up.append(err)
-    assert len(during_start_up) == 4, during_start_up
+    assert len(during_start_up) == 4, (during_start_up, too_late, whole_run)
 
 
 def test_finetune_resume_after_stops_mid_training_equals_an_uninterrupted_run(tmp_path, tiny_timm_models):
