@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medprobe.cache import CacheWriter, cache_path
+from medprobe.cache import CacheWriter, cache_path, layout
 from medprobe.data import load_dataset
 from medprobe.data.signature import sample_fingerprint, sample_stat
 from medprobe.models.registry import resolve_model
@@ -42,7 +42,8 @@ def write_manifest(root: Path, labels: list[str], groups: list[str] | None = Non
 
 
 def write_cache(dataset, cache_dir: Path, model: str, features: dict[str, np.ndarray], **extra_provenance) -> Path:
-    """A cache with chosen features and the provenance a real extraction records (plus `extra_provenance`)."""
+    """A cache with chosen features and the provenance a real extraction records (plus `extra_provenance`).
+    A second dataset over the same image folder (another manifest) appends its rows, as extraction does."""
     spec = resolve_model(model)
     path = cache_path(cache_dir, dataset.cache_slug, spec.slug, "synthetic")
     provenance = {"model_name": model, "backend": spec.backend, "pools": list(features), "precision": "fp32",
@@ -50,8 +51,9 @@ def write_cache(dataset, cache_dir: Path, model: str, features: dict[str, np.nda
                   **extra_provenance}
     memo: dict = {}
     with CacheWriter(path, provenance) as writer:
+        start = len(writer.file[layout.IDS])
         writer.append_rows(dataset.ids)
-        writer.write(np.arange(len(dataset.ids)), features,
+        writer.write(start + np.arange(len(dataset.ids)), features,
                      [sample_fingerprint(s, memo) for s in dataset.samples],
                      [sample_stat(s, dataset.root) for s in dataset.samples])
     return path

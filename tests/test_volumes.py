@@ -267,3 +267,141 @@ def test_without_slices_every_axial_plane_is_a_sample(tmp_path):
     explicit = one_volume_dataset(tmp_path, voxels, name="explicit", axis="axial", slices="all")
     assert len(default.samples) == 2 * 7 and [s.id.split("#")[1] for s in default.samples] == \
         [s.id.split("#")[1] for s in explicit.samples]
+
+
+@pytest.mark.parametrize("axcodes", ["RAS", "LPS"])
+def test_columns_run_patient_left_to_right_and_sagittal_has_superior_up_anterior_right(tmp_path, axcodes):
+    """README (Orientation): axial anterior up, coronal and sagittal superior up; columns run patient-left to
+    patient-right for axial and coronal (and posterior to anterior for sagittal), whatever the file's order."""
+    voxels = np.zeros((20, 24, 16), np.float32)  # canonical RAS: x grows to the patient's right
+    voxels[:4] = 1000  # a band on the patient's left
+    voxels[:, 20:, :] += 300  # anterior
+    voxels[:, :, 13:] += 500  # superior
+    def middle(axis):
+        dataset = one_volume_dataset(tmp_path, voxels, axcodes=axcodes, name=f"{axcodes}-{axis}", axis=axis,
+                                     slices="middle:1")
+        return images_of(dataset)[0][..., 0]  # volume a, its one slice
+    axial, coronal, sagittal = middle("axial"), middle("coronal"), middle("sagittal")
+    assert axial.shape == (24, 20) and coronal.shape == (16, 20) and sagittal.shape == (16, 24)
+    for plane in (axial, coronal):
+        assert plane[:, :4].min() > plane[:, 4:].max()  # the left band is on the left of the image
+    assert axial[:4, 4:].min() > axial[4:, 4:].max()  # anterior up
+    assert coronal[:3, 4:].min() > coronal[3:, 4:].max()  # superior up
+    assert sagittal[:3].min() > sagittal[3:, :20].max()  # superior up
+    assert sagittal[3:, 20:].min() > sagittal[3:, :20].max()  # anterior on the right
+
+
+@pytest.mark.parametrize("zooms, axis, shape", [((1.0, 1.0, 3.0), "coronal", (48, 20)),
+                                                ((0.8, 1.2, 1.0), "axial", (36, 20))])
+def test_anisotropic_planes_are_bilinear_resampled_as_torch_does(tmp_path, zooms, axis, shape):
+    """README: anisotropic voxels are resampled (bilinear) to square pixels at the finer in-plane spacing:
+    equal within one grey level to torch's bilinear interpolation of the windowed plane (half-pixel centres),
+    and not what nearest-neighbour gives."""
+    import torch
+
+    voxels = brain(np.random.default_rng(5), 1)
+    dataset = one_volume_dataset(tmp_path, voxels, zooms=zooms, axis=axis, slices="middle:1", window=[1.0, 99.0])
+    image = images_of(dataset)[0][..., 0]
+    index = dataset.samples[0].slice.index
+    plane = np.rot90(np.take(window_to_uint8(voxels, (1.0, 99.0)), index, axis={"coronal": 1, "axial": 2}[axis]))
+    assert image.shape == shape
+    source = torch.from_numpy(plane.astype(np.float32).copy())[None, None]
+    bilinear = torch.nn.functional.interpolate(source, size=shape, mode="bilinear", align_corners=False)
+    nearest = torch.nn.functional.interpolate(source, size=shape, mode="nearest")
+    assert np.abs(image - bilinear[0, 0].round().numpy()).max() <= 1
+    assert np.abs(image - nearest[0, 0].numpy()).max() > 20
+
+
+@pytest.mark.parametrize("rule", ["mask", "mask-top:2"])
+def test_mask_rules_remember_their_selection_under_the_cache_until_the_mask_changes(tmp_path, monkeypatch, rule):
+    """README: nonzero and mask rules remember the selection in <medprobe cache>/slice-selections/, keyed by
+    the files' paths and stats and the rule, until a volume or mask changes."""
+    from medprobe.data import slicing
+
+    monkeypatch.setenv("MEDPROBE_CACHE", str(tmp_path / "cache"))
+    voxels = brain(np.random.default_rng(6), 0)
+    mask = np.zeros_like(voxels)
+    mask[5:9, 5:10, 3] = 1
+    mask[5:11, 5:10, 6] = 1
+    mask[5:7, 5:10, 9] = 1
+    for name in ("a", "b"):
+        save_nifti(tmp_path / f"{name}.nii.gz", voxels)
+        save_nifti(tmp_path / f"{name}-mask.nii.gz", mask)
+    write_rows(tmp_path / "rows.csv", [{"path": f"{n}.nii.gz", "label": n, "mask": f"{n}-mask.nii.gz"} for n in "ab"])
+    spec = write_spec(tmp_path / "s.toml", manifest="rows.csv", slices=rule)
+    reads = []
+    original = slicing._voxels
+    monkeypatch.setattr(slicing, "_voxels", lambda *a: reads.append(a[0].name) or original(*a))
+    def selected():
+        return [s.slice.index for s in load_dataset(spec).samples if s.label == "a"]
+    expected = [3, 6, 9] if rule == "mask" else [3, 6]
+    assert selected() == expected and sorted(reads) == ["a-mask.nii.gz", "b-mask.nii.gz"]  # masks only
+    memos = sorted((tmp_path / "cache" / "slice-selections").glob("*.json"))
+    assert len(memos) == 2  # one per volume
+    assert selected() == expected and len(reads) == 2  # remembered: no mask read
+    mask[5:11, 5:11, 12] = 1  # the largest area now
+    save_nifti(tmp_path / "a-mask.nii.gz", mask)
+    assert selected() == ([3, 6, 9, 12] if rule == "mask" else [6, 12]) and reads[2:] == ["a-mask.nii.gz"]
+    other_rule = write_spec(tmp_path / "t.toml", manifest="rows.csv", slices="mask-top:1")
+    assert [s.slice.index for s in load_dataset(other_rule).samples if s.label == "b"] == [6]  # keyed by rule too
+    assert len(list((tmp_path / "cache" / "slice-selections").glob("*.json"))) == 5
+
+
+def test_extraction_workers_read_each_volume_once(tmp_path, tiny_timm_models, monkeypatch):
+    """README (Speed): extraction hands whole volumes to the DataLoader workers, so each volume is read and
+    decompressed once, however many slices it gives: counted inside the worker processes, through a file."""
+    from medprobe.extract.runner import extract
+
+    root = glioma_cohort(tmp_path / "g", patients=4)
+    dataset = load_dataset(write_spec(root / "t1.toml", manifest="t1.csv", slices="every:2"))
+    reads_file = tmp_path / "reads.txt"
+    original = reader_module.read_volume
+    def counted(blobs, source, volume_index):
+        with reads_file.open("a") as handle:  # forked workers share no memory with the test
+            handle.write(f"{os.getpid()} {source.name}\n")
+        return original(blobs, source, volume_index)
+    monkeypatch.setattr(reader_module, "read_volume", counted)
+    report = extract(dataset=dataset, model=str(tiny_timm_models["resnet"]), cache_dir=tmp_path / "cache",
+                     device="cpu", precision="fp32", workers=2, batch_size=4, show_progress=False)
+    assert report.extracted == 4 * 8  # 8 of the 16 axial planes per volume
+    reads = [line.split() for line in reads_file.read_text().splitlines()]
+    assert sorted(name for _, name in reads) == [f"p{i:02d}.nii.gz" for i in range(4)]  # once each
+    assert all(int(pid) != os.getpid() for pid, _ in reads)  # in the loader's workers, not the main process
+
+
+def test_fused_modalities_join_slices_on_patient_and_slice_position(tmp_path):
+    """README (Modalities): `probe t1.toml --with flair.toml` joins slices on (group, slice position), not on
+    row order or file names: flair's manifest lists the patients in reverse, and its features carry each
+    slice's patient and position, or (second cache) the only label signal."""
+    import csv
+
+    from probe_helpers import write_cache
+
+    from medprobe.probe.features import extracted_models, feature_stream
+    from medprobe.probe.runner import ProbeSettings, probe
+
+    root = glioma_cohort(tmp_path / "g", patients=9, modalities=("t1", "flair"))
+    with (root / "flair.csv").open() as handle:
+        write_rows(root / "flair-reversed.csv", list(csv.DictReader(handle))[::-1])
+    t1 = load_dataset(write_spec(root / "t1.toml", manifest="t1.csv", slices="middle:4"))
+    flair = load_dataset(write_spec(root / "flair.toml", manifest="flair-reversed.csv", slices="middle:4"))
+    assert [s.group for s in t1.samples] != [s.group for s in flair.samples]  # another order
+
+    def where(sample):
+        return [float(sample.group[1:]), float(sample.slice.index)]
+
+    rng, tagged, labelled = np.random.default_rng(7), tmp_path / "tagged", tmp_path / "labelled"
+    write_cache(t1, tagged, "resnet50", {"gap": rng.normal(size=(len(t1.ids), 2))})  # one cache, both rows
+    write_cache(flair, tagged, "resnet50", {"gap": np.array([where(s) for s in flair.samples])})
+    stream, _ = feature_stream([t1, flair], [extracted_models(t1, tagged), extracted_models(flair, tagged)], "gap",
+                               t1.ids)
+    assert stream.matrix()[:, 2:].tolist() == [where(s) for s in t1.samples]  # each t1 slice met its twin
+
+    one_hot = {"grade2": [4, 0, 0], "grade3": [0, 4, 0], "grade4": [0, 0, 4]}
+    write_cache(t1, labelled, "resnet50", {"gap": rng.normal(size=(len(t1.ids), 3))})
+    write_cache(flair, labelled, "resnet50", {"gap": np.array([one_hot[s.label] for s in flair.samples])
+                                              + rng.normal(size=(len(flair.ids), 3))})
+    settings = ProbeSettings(classifiers=("logreg",), bootstrap=100, folds=3)
+    fused = probe(dataset=t1, models=["resnet50"], cache_dir=labelled, out_dir=tmp_path / "out", settings=settings,
+                  with_datasets=[flair], show_progress=False)[0]
+    assert fused["metrics"]["accuracy"]["value"] > 0.95  # flair's signal reached t1's labels
