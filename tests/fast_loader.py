@@ -41,9 +41,10 @@ except KeyboardInterrupt:
 
 
 def stop_fast_loaders(init: str, stops: int, seed: int = 0, timeout: float = 120,
-                      import_path: str | None = None) -> list[tuple[int, str]]:
+                      import_path: str | None = None, forked: bool = False) -> list[tuple[int, str]]:
     """Start the child `stops` times with worker_init_fn `init` ("module:function"), Ctrl-C it at a random
-    moment while batches flow; (exit code, stderr) of each. `import_path`: a folder the child imports `init` from."""
+    moment while batches flow; (exit code, stderr) of each. `import_path`: a folder the child imports `init` from.
+    `forked`: fork each child from tests/forked_commands.py's server, which has imported torch already."""
     module, function = init.split(":")
     code = CHILD.format(module=module, function=function)
     rng, outcomes = np.random.default_rng(seed), []
@@ -51,9 +52,16 @@ def stop_fast_loaders(init: str, stops: int, seed: int = 0, timeout: float = 120
     if import_path:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (import_path, env.get("PYTHONPATH")) if p)
     for _ in range(stops):
-        process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        assert process.stdout.readline().strip() == "receiving"
+        if forked:
+            from forked_commands import ForkedCommand
+
+            assert import_path is None, "the server imports from its own path"
+            process = ForkedCommand((), code=code)
+            assert process.wait_for_output("receiving", timeout)
+        else:
+            process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, text=True,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            assert process.stdout.readline().strip() == "receiving"
         time.sleep(rng.uniform(0.0, 0.3))
         os.killpg(process.pid, signal.SIGINT)
         try:

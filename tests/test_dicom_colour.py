@@ -194,11 +194,8 @@ def test_pydicom_warnings_become_one_counted_line(tmp_path, capsys):
 def test_extraction_worker_warnings_stay_off_the_terminal_and_debug_prints_them_in_full(tmp_path):
     """README: --debug prints pydicom's warnings in full, in extraction workers too; without it a worker's
     warnings are silenced (and not counted)."""
-    import os
-    import subprocess
-    import sys
-
     from conftest import save_tiny_timm
+    from test_interruptions import forked
 
     folder = tmp_path / "padded"
     folder.mkdir()
@@ -208,12 +205,11 @@ def test_extraction_worker_warnings_stay_off_the_terminal_and_debug_prints_them_
     errs = {}
     for debug in ([], ["--debug"]):
         shutil.rmtree(tmp_path / "cache", ignore_errors=True)
-        done = subprocess.run([sys.executable, "-m", "medprobe", "extract", str(folder), "--model", str(model),
-                               "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--precision", "fp32",
-                               "--batch-size", "2", "--workers", "1", *debug],
-                              capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        assert done.returncode == 0, done.stderr
-        errs[bool(debug)] = done.stderr
+        done = forked("extract", folder, "--model", model, "--cache-dir", tmp_path / "cache", "--device", "cpu",
+                      "--precision", "fp32", "--batch-size", 2, "--workers", 1, *debug)
+        _, err = done.communicate(timeout=300)
+        assert done.returncode == 0, err
+        errs[bool(debug)] = err
     assert "excess padding" not in errs[False] and "UserWarning" not in errs[False], errs[False]
     assert "bytes of excess padding to be removed" in errs[True], errs[True]
 

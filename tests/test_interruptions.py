@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import blob_image
+from forked_commands import COMMAND_ENV, ForkedCommand
 from PIL import Image
 from test_scale import assert_same_cache
 
@@ -23,7 +26,7 @@ from medprobe.cache.manage import verify
 from medprobe.data import load_dataset
 from medprobe.extract.runner import extract, locate_cache
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+ENV = COMMAND_ENV
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,16 @@ def many_images(root: Path, count: int, seed: int = 0) -> Path:
 
 
 def medprobe(*args) -> subprocess.Popen:
-    # a session of its own: SIGINT goes to the whole group, DataLoader workers included, as Ctrl-C does
+    """A fresh `python -m medprobe`, in a session of its own: SIGINT goes to the whole group, DataLoader
+    workers included, as Ctrl-C does."""
     return subprocess.Popen([sys.executable, "-m", "medprobe", *map(str, args)], env=ENV, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def forked(*args) -> ForkedCommand:
+    """The same command forked from a process that has already imported medprobe and torch (a session of its
+    own too): the stop harnesses' many runs skip the seconds of imports (tests/forked_commands.py)."""
+    return ForkedCommand(args, ENV)
 
 
 def wait_for_new_file(folder: Path, pattern: str | tuple[str, ...], process: subprocess.Popen,
@@ -78,31 +88,60 @@ class Stop:
     landed: bool  # the run had saved work (a new file) and died of the signal, not of anything else
     returncode: int
     err: str
+    workers_seen: int = 0  # child processes (the loader's workers) looked at just before the signal
+
+
+# a bar's final state ("extract m ━━╸ 4/40 5.9 img/s ...") or a fine-tune's line per epoch
+PROGRESS_LINE = re.compile(r" \d+/\d+ .*/s\b|^fold \d+ epoch \d+/\d+: ")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def ignores_sigint(pid: int) -> bool | None:
+    """From the kernel's SigIgn mask of the process (None once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), 16)
+    return bool(mask >> (signal.SIGINT - 1) & 1)
 
 
 def stop_once_it_saved(command: list, folder: Path, pattern: str | tuple[str, ...], how: signal.Signals,
-                       delay: float) -> Stop:
+                       delay: float, check_workers: bool = False) -> Stop:
     """Start `medprobe COMMAND`, wait until it has written a file matching `pattern` under `folder`, wait
     `delay` more, send `how` to its whole process group. A Ctrl-C that reached a running process must end
-    in the one line and exit code 130 (or the run had just finished)."""
-    process = medprobe(*command)
+    in the one line and exit code 130 (or the run had just finished). With `check_workers`, every child
+    process alive just before the signal (the DataLoader's workers) must be ignoring SIGINT."""
+    process = forked(*command)
     saved = wait_for_new_file(folder, pattern, process)
     time.sleep(delay)
+    seen = [flag for flag in map(ignores_sigint, children(process.pid) if check_workers else []) if flag is not None]
     signalled = process.poll() is None
     if signalled:
         os.killpg(process.pid, how)
     _, err = process.communicate(timeout=300)
+    assert all(seen), "a loader worker does not ignore SIGINT"
     if how == signal.SIGINT and signalled:
         assert process.returncode in (0, 130), (process.returncode, err)
     if process.returncode == 130:
         assert_one_line_interrupt(err)
-    return Stop(saved and process.returncode == (-9 if how == signal.SIGKILL else 130), process.returncode, err)
+    return Stop(saved and process.returncode == (-9 if how == signal.SIGKILL else 130), process.returncode, err,
+                len(seen))
 
 
 def assert_one_line_interrupt(err: str) -> None:
-    """Ctrl-C's whole story is one `interrupted: ...` line: no traceback from any process or thread."""
-    assert [line for line in err.splitlines() if line.startswith("interrupted: ")], err
-    assert "run the same command" in err and "Traceback" not in err and "Exception" not in err, err
+    """Ctrl-C's whole story is one `interrupted: ...` line: beside the progress bars' final states, stderr
+    holds nothing else, no traceback from any process or thread."""
+    story = [line for line in err.splitlines() if line.strip() and not PROGRESS_LINE.search(line)]
+    assert len(story) == 1 and story[0].startswith("interrupted: "), err
+    assert "run the same command" in story[0] and "Traceback" not in err and "Exception" not in err, err
 
 
 def test_extraction_survives_stops_mid_run_and_kills_anywhere(tmp_path):
@@ -122,6 +161,7 @@ def test_extraction_survives_stops_mid_run_and_kills_anywhere(tmp_path):
     rng = np.random.default_rng(0)
     mid_run = {"SIGKILL": 0, "SIGINT": 0}  # stops that landed after this run journalled a batch
     anywhere = 0  # SIGKILLs at a random time: start-up, planning, recovery, commit
+    workers_seen = 0  # loader workers found ignoring SIGINT just before a mid-run stop
     for attempt in range(80):
         more_mid_run, more_anywhere = min(mid_run.values()) < STOPS.extract_mid_run, anywhere < STOPS.extract_anywhere
         if not (more_mid_run or more_anywhere):
@@ -129,7 +169,7 @@ def test_extraction_survives_stops_mid_run_and_kills_anywhere(tmp_path):
         if path.exists() and read_contents(path).done.all() and not journal_dir(path).exists():
             path.unlink()  # all extracted between stops: start another cycle (the final check still holds)
         if (attempt % 4 == 0 and more_anywhere) or not more_mid_run:
-            process = medprobe(*command)
+            process = forked(*command)
             time.sleep(rng.uniform(0.2, 4.0))
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
@@ -137,8 +177,10 @@ def test_extraction_survives_stops_mid_run_and_kills_anywhere(tmp_path):
             anywhere += process.returncode == -9
         else:
             how = signal.SIGINT if mid_run["SIGINT"] < mid_run["SIGKILL"] else signal.SIGKILL
-            stop = stop_once_it_saved(command, journal_dir(path), "batch-*.npz", how, rng.uniform(0.0, 0.3))
+            stop = stop_once_it_saved(command, journal_dir(path), "batch-*.npz", how, rng.uniform(0.0, 0.3),
+                                      check_workers=True)
             mid_run[how.name] += stop.landed
+            workers_seen += stop.workers_seen
         if path.exists():  # every stop leaves a complete, valid cache whose done rows are the right ones
             assert verify(path).ok
             contents = read_contents(path)
@@ -148,7 +190,8 @@ def test_extraction_survives_stops_mid_run_and_kills_anywhere(tmp_path):
                 assert np.array_equal(read_features(path, done, pool), expected[pool][positions])
     assert mid_run == {"SIGKILL": STOPS.extract_mid_run, "SIGINT": STOPS.extract_mid_run}, (mid_run, anywhere)
     assert anywhere >= STOPS.extract_anywhere, (mid_run, anywhere)
-    final = medprobe(*command)
+    assert workers_seen >= STOPS.extract_mid_run  # the check above looked at live workers, not at none
+    final = forked(*command)
     out, err = final.communicate(timeout=300)
     assert final.returncode == 0, err
     assert read_contents(path).ids == read_contents(reference.path).ids  # same rows in the same order
@@ -204,8 +247,8 @@ def test_finetune_resume_after_stops_mid_training_equals_an_uninterrupted_run(tm
     epochs = 12  # enough epochs that stops land mid-training; fewer keep the suite short
     common = ["finetune", data, "--model", model, "--epochs", epochs, "--batch-size", 8, "--workers", 1, "--fold", 0,
               "--folds", 3, "--precision", "fp32", "--device", "cpu", "--bootstrap", 50, "--patience", epochs]
-    reference = medprobe(*common, "--out", tmp_path / "reference")
-    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+    reference = forked(*common, "--out", tmp_path / "reference")
+    assert reference.wait(timeout=300) == 0, reference.communicate()[1]
     [record] = (tmp_path / "reference").rglob("*seed0.json")
     # an epoch here takes a fraction of a second, and more on a loaded machine: a stop's delay is drawn
     # from this machine's own epoch time, so that it lands in the next epoch or its checkpoint write
@@ -225,8 +268,8 @@ def test_finetune_resume_after_stops_mid_training_equals_an_uninterrupted_run(tm
             shutil.rmtree(checkpoints)
             stops = []
     assert len(stops) == STOPS.finetune and {"SIGKILL", "SIGINT"} <= set(stops), stops
-    final = medprobe(*common, "--out", checkpoints, "--resume")
-    assert final.wait(timeout=300) == 0, final.stderr.read()
+    final = forked(*common, "--out", checkpoints, "--resume")
+    assert final.wait(timeout=300) == 0, final.communicate()[1]
     [expected] = list((tmp_path / "reference").rglob("*.predictions.csv"))
     [resumed] = list(checkpoints.rglob("*.predictions.csv"))
     assert resumed.read_text() == expected.read_text()

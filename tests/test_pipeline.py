@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from test_interruptions import many_images, medprobe, stop_once_it_saved
+from test_interruptions import forked, many_images, stop_once_it_saved
 from torch_blocker import BLOCK_TORCH
 
 from medprobe.cache import read_contents, read_features
@@ -201,7 +201,7 @@ def test_two_backbones_killed_mid_run_resume_each_cache_bit_identically(tmp_path
                 for pool, values in reference.items():
                     assert np.array_equal(read_features(path, done, pool), values[positions])
     assert min(landed.values()) >= 3, landed
-    final = medprobe(*command)
+    final = forked(*command)
     _, err = final.communicate(timeout=300)
     assert final.returncode == 0, err
     for path, reference in zip(paths, expected, strict=True):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import blob_image
 from PIL import Image
-from test_interruptions import many_images, medprobe, wait_for_new_file
+from test_interruptions import forked, many_images, wait_for_new_file
 from volume_helpers import brain, save_nifti, write_rows, write_spec
 
 from medprobe.cache import read_contents, read_features
@@ -312,7 +312,7 @@ def test_second_extraction_refuses_and_readers_work_during_a_write(tmp_path, cap
             show_progress=False)
     command = ["extract", root, "--model", model, "--cache-dir", cache, "--device", "cpu", "--precision", "fp32",
                "--batch-size", 2, "--workers", 1]
-    writer = medprobe(*command)
+    writer = forked(*command)
     path = locate_cache(dataset=subset, model=str(model), cache_dir=cache, device="cpu", precision="fp32").path
     assert wait_for_new_file(journal_dir(path), "batch-*.npz", writer)
     code, out, err = cli(capsys, *command)  # in this process: no start-up delay, the writer is still busy

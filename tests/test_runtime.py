@@ -38,7 +38,7 @@ def test_workers_send_tensors_by_value_not_through_shared_memory():
 def test_ctrl_c_while_batches_cross_from_workers_prints_no_traceback():
     # with torch's default fd passing about half of such stops printed a ConnectionResetError traceback
     # (benchmarks/ctrl_c_tracebacks.py measures both ways)
-    for code, err in stop_fast_loaders("medprobe.runtime.workers:start_worker", stops=10):
+    for code, err in stop_fast_loaders("medprobe.runtime.workers:start_worker", stops=10, forked=True):
         assert code == 130 and err == "interrupted: one line\n", err
 
 

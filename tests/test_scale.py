@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,13 @@ def test_killed_rank_resumes_from_the_journal(tiny_dinov2, larger_folder, tmp_pa
     assert killed.returncode != 0
     journal = next((tmp_path / "two").rglob("*.journal"))
     assert len(list(journal.glob("batch-r1-*.npz"))) == 2  # rank 1's two written batches survived the kill
+    # mid-run, rank 0 held the lock: another process's extraction into that cache was refused
+    assert "another medprobe process is extracting into" in (tmp_path / "second-writer.txt").read_text()
+    alone = tmp_path / "alone"
+    shutil.copytree(tmp_path / "two", alone)  # the same journal, resumed by one process instead of two
+    resumed_alone = single_process(load_dataset(larger_folder), tiny_dinov2, alone)
+    assert resumed_alone.extracted + resumed_alone.reused == 30 and resumed_alone.reused >= 8
+    assert_same_cache(reference.path, resumed_alone.path)
     resumed = cli_extract(larger_folder, tiny_dinov2, tmp_path / "two", "--gpus", "2")
     assert resumed.returncode == 0, resumed.stderr
     extracted, reused = (int(n) for n in re.search(r"extracted (\d+), reused (\d+)", resumed.stdout).groups())
@@ -284,19 +292,45 @@ def assert_same_records(left: list[dict], right: list[dict]) -> None:
         assert predictions(a) == predictions(b), a["method"]
 
 
-def test_dask_cluster_gives_the_local_records(tmp_path):
+def test_dask_cluster_gives_the_local_records(tmp_path, monkeypatch):
+    """README: the records equal the local ones, and the feature matrix is sent to the cluster once per round
+    of tasks (joblib.Parallel call), not once per task: Client.scatter counted in this process."""
+    import joblib
+
+    from medprobe.probe import runner
+
     distributed_lib = pytest.importorskip("distributed")
     dataset = clustered_study(tmp_path / "d", tmp_path / "cache")
     classifiers = ("logreg", "svm", "knn")
     local = run_probe(dataset, tmp_path / "cache", tmp_path / "local", classifiers=classifiers)
+    rounds, scattered = [], []
+
+    class CountedRounds(joblib.Parallel):
+        def __call__(self, iterable):
+            tasks = list(iterable)
+            rounds.append(len(tasks))
+            return super().__call__(tasks)
+
+    real_scatter = distributed_lib.Client.scatter
+
+    def counted_scatter(self, data, *args, **kwargs):
+        scattered.append(getattr(data, "shape", None))
+        return real_scatter(self, data, *args, **kwargs)
+
     with distributed_lib.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                       dashboard_address=None) as cluster:
+        monkeypatch.setattr(runner, "Parallel", CountedRounds)
+        monkeypatch.setattr(distributed_lib.Client, "scatter", counted_scatter)
         remote = run_probe(dataset, tmp_path / "cache", tmp_path / "dask", classifiers=classifiers,
                            backend="dask", scheduler=cluster.scheduler_address)
+        monkeypatch.undo()
         streamed_local = run_probe(dataset, tmp_path / "cache", tmp_path / "sl", out_of_core=True)
         streamed_remote = run_probe(dataset, tmp_path / "cache", tmp_path / "sd", out_of_core=True, backend="dask",
                                     scheduler=cluster.scheduler_address)
     assert_same_records(local, remote)
+    matrix_sent = scattered.count((len(dataset.ids), remote[0]["feature_dim"]))
+    assert matrix_sent == len(rounds) == 2 * len(classifiers)  # each classifier: its search round, its fits round
+    assert sum(rounds) > 3 * len(rounds)  # rounds of many tasks: fold x search part, then a fit per fold
     assert_same_records(streamed_local, streamed_remote)
     assert remote[0]["timings"]["backend"] == f"dask {cluster.scheduler_address}"
     assert local[0]["timings"]["backend"] == "local"

@@ -1,0 +1,177 @@
+"""`medprobe COMMAND` as a fork of one process that has already imported medprobe and what its commands
+import (torch, torchvision, timm, transformers). The stop harnesses start dozens of commands; a fresh
+`python -m medprobe` spends most of its first seconds importing (torchvision alone pulls in torch._dynamo),
+which no stop needs to repeat. A fork runs the real command from `medprobe.__main__.main` in a new session
+(its own process group, the loader workers in it) and ends through the interpreter's own exit, so signals,
+exit codes and shutdown are those of the command; only the import phase is left out, and Ctrl-C landing
+there is tested with fresh processes (test_interruptions.py).
+
+Run as a script, this module is the forking server: one JSON request per line on stdin
+({"argv": [...], "out": path, "err": path}, or "code" instead of "argv": a Python program to run), answered
+on stdout by {"pid": N} once the child leads its session, and {"exited": N, "returncode": R} when it ends
+(R as subprocess reports it: -9 for SIGKILL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from itertools import count
+from pathlib import Path
+
+COMMAND_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}  # every command's, by default
+PRELOADED = ("medprobe.cli", "medprobe.extract.runner", "medprobe.finetune.runner", "medprobe.run.runner", "timm",
+             "transformers")
+
+
+def _serve() -> None:
+    import importlib
+
+    for module in PRELOADED:
+        importlib.import_module(module)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a background job's; a fresh python would reset it
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    # native pools (OpenBLAS, jemalloc) have fork handlers, as for the DataLoader's own forks; a Python thread
+    # would be lost in the child holding whatever it held
+    assert threading.active_count() == 1, "the forking server must not run Python threads"
+    os.write(1, b'{"ready": true}\n')
+    pending = b""
+    while True:
+        readable, _, _ = select.select([0], [], [], 0.02)
+        if readable:
+            chunk = os.read(0, 65536)
+            if not chunk:
+                return
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                _fork(json.loads(line))
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            os.write(1, json.dumps({"exited": pid, "returncode": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+
+
+def _fork(request: dict) -> None:
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the command: its own session, its own files, the CLI's exit as the process's exit
+        os.setsid()
+        for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["out"], os.O_WRONLY | os.O_CREAT),
+                                (2, request["err"], os.O_WRONLY | os.O_CREAT)):
+            opened = os.open(path, flags, 0o644)
+            os.dup2(opened, fd)
+            os.close(opened)
+        os.write(ready_write, b"x")
+        os.close(ready_write)
+        os.close(ready_read)
+        if "code" in request:  # a program of its own, as `python -c CODE` would run it
+            sys.argv = ["-c"]
+            exec(compile(request["code"], "<forked>", "exec"), {"__name__": "__main__"})  # noqa: S102 - the tests'
+        else:
+            sys.argv = ["medprobe", *request["argv"]]
+            from medprobe.__main__ import main
+
+            main()
+        sys.exit(0)  # SystemExit leaves through the server's frames: the interpreter's exit, as in `python -m`
+    os.close(ready_write)
+    os.read(ready_read, 1)  # the child leads its process group: killpg may be sent from now on
+    os.close(ready_read)
+    os.write(1, json.dumps({"pid": pid}).encode() + b"\n")
+
+
+class _Server:
+    def __init__(self, env: dict) -> None:
+        self.process = subprocess.Popen([sys.executable, __file__], env=env, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, start_new_session=True)
+        self.exits: dict[int, int] = {}
+        assert json.loads(self.process.stdout.readline()) == {"ready": True}
+
+    def start(self, request: dict, out: Path, err: Path) -> int:
+        self.process.stdin.write(json.dumps({**request, "out": str(out), "err": str(err)}).encode() + b"\n")
+        self.process.stdin.flush()
+        while True:
+            reply = self._reply(timeout=120)
+            if "pid" in reply:
+                return reply["pid"]
+
+    def _reply(self, timeout: float) -> dict:
+        readable, _, _ = select.select([self.process.stdout], [], [], timeout)
+        if not readable:
+            raise TimeoutError("the forking server did not answer")
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the forking server ended (exit {self.process.wait()})")
+        reply = json.loads(line)
+        if "exited" in reply:
+            self.exits[reply["exited"]] = reply["returncode"]
+        return reply
+
+    def returncode(self, pid: int, timeout: float = 0.0) -> int | None:
+        deadline = time.monotonic() + timeout
+        while pid not in self.exits:
+            left = deadline - time.monotonic()
+            if left < 0 or not select.select([self.process.stdout], [], [], max(left, 0))[0]:
+                return None
+            self._reply(timeout=1)
+        return self.exits[pid]
+
+
+_servers: dict[str, _Server] = {}
+_outputs, _numbers = Path(tempfile.mkdtemp(prefix="medprobe-forked-")), count()
+
+
+class ForkedCommand:
+    """What the stop harnesses use of subprocess.Popen: pid (which leads its process group), poll(),
+    wait(), communicate() -> (stdout, stderr) and returncode."""
+
+    def __init__(self, args, env: dict | None = None, code: str | None = None) -> None:
+        env = COMMAND_ENV if env is None else env
+        key = json.dumps(sorted(env.items()))
+        server = _servers.get(key)
+        if server is None or server.process.poll() is not None:
+            server = _servers[key] = _Server(env)
+        self.server, self.returncode = server, None
+        number = next(_numbers)
+        self.out, self.err = _outputs / f"{number}.out", _outputs / f"{number}.err"
+        request = {"code": code} if code is not None else {"argv": [str(a) for a in args]}
+        self.pid = server.start(request, self.out, self.err)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self.server.returncode(self.pid)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self.returncode = self.server.returncode(self.pid, timeout=1e9 if timeout is None else timeout)
+        if self.returncode is None:
+            raise subprocess.TimeoutExpired(f"medprobe (pid {self.pid})", timeout)
+        return self.returncode
+
+    def wait_for_output(self, text: str, timeout: float) -> bool:
+        """Until stdout holds `text` (True), or the command ended or `timeout` passed (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.poll() is None:
+            if text in self.out.read_text():
+                return True
+            time.sleep(0.01)
+        return text in self.out.read_text()
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout)
+        return self.out.read_text(), self.err.read_text()
+
+
+if __name__ == "__main__":
+    _serve()
