@@ -40,7 +40,7 @@ def test_demo_runs_offline_with_every_method_in_the_report(tmp_path, monkeypatch
     monkeypatch.setattr(demo, "DEMO_MODELS", ("efficientnet-lite0",))
     full_size = demo.prepare_demo
     monkeypatch.setattr(demo, "prepare_demo", lambda out, console: full_size(out, console, xray_patients=10,
-                                                                               glioma_patients=15, epochs=1))
+                                                                               glioma_patients=9, epochs=1))
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--out", str(tmp_path / "demo")])
