@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,8 +34,6 @@ def _serve() -> None:
 
     for module in PRELOADED:
         importlib.import_module(module)
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a background job's; a fresh python would reset it
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     # native pools (OpenBLAS, jemalloc) have fork handlers, as for the DataLoader's own forks; a Python thread
     # would be lost in the child holding whatever it held
     assert threading.active_count() == 1, "the forking server must not run Python threads"
@@ -91,8 +88,8 @@ def _fork(request: dict) -> None:
 
 
 class _Server:
-    def __init__(self, env: dict) -> None:
-        self.process = subprocess.Popen([sys.executable, __file__], env=env, stdin=subprocess.PIPE,
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, __file__], env=COMMAND_ENV, stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, start_new_session=True)
         self.exits: dict[int, int] = {}
         assert json.loads(self.process.stdout.readline()) == {"ready": True}
@@ -127,7 +124,7 @@ class _Server:
         return self.exits[pid]
 
 
-_servers: dict[str, _Server] = {}
+_server: _Server | None = None  # started by the first command, shared by every later one
 _outputs, _numbers = Path(tempfile.mkdtemp(prefix="medprobe-forked-")), count()
 
 
@@ -135,17 +132,15 @@ class ForkedCommand:
     """What the stop harnesses use of subprocess.Popen: pid (which leads its process group), poll(),
     wait(), communicate() -> (stdout, stderr) and returncode."""
 
-    def __init__(self, args, env: dict | None = None, code: str | None = None) -> None:
-        env = COMMAND_ENV if env is None else env
-        key = json.dumps(sorted(env.items()))
-        server = _servers.get(key)
-        if server is None or server.process.poll() is not None:
-            server = _servers[key] = _Server(env)
-        self.server, self.returncode = server, None
+    def __init__(self, args, code: str | None = None) -> None:
+        global _server
+        if _server is None or _server.process.poll() is not None:
+            _server = _Server()
+        self.server, self.returncode = _server, None
         number = next(_numbers)
         self.out, self.err = _outputs / f"{number}.out", _outputs / f"{number}.err"
         request = {"code": code} if code is not None else {"argv": [str(a) for a in args]}
-        self.pid = server.start(request, self.out, self.err)
+        self.pid = self.server.start(request, self.out, self.err)
 
     def poll(self) -> int | None:
         if self.returncode is None:

@@ -64,7 +64,7 @@ def medprobe(*args) -> subprocess.Popen:
 def forked(*args) -> ForkedCommand:
     """The same command forked from a process that has already imported medprobe and torch (a session of its
     own too): the stop harnesses' many runs skip the seconds of imports (tests/forked_commands.py)."""
-    return ForkedCommand(args, ENV)
+    return ForkedCommand(args)
 
 
 def wait_for_new_file(folder: Path, pattern: str | tuple[str, ...], process: subprocess.Popen,

@@ -13,6 +13,7 @@ from medprobe.data import load_dataset
 from medprobe.data import reader as reader_module
 from medprobe.data.images import window_to_uint8
 from medprobe.data.reader import read_all
+from medprobe.data.volumes import AXES
 from medprobe.errors import MedprobeError
 
 
@@ -303,7 +304,7 @@ def test_anisotropic_planes_are_bilinear_resampled_as_torch_does(tmp_path, zooms
     dataset = one_volume_dataset(tmp_path, voxels, zooms=zooms, axis=axis, slices="middle:1", window=[1.0, 99.0])
     image = images_of(dataset)[0][..., 0]
     index = dataset.samples[0].slice.index
-    plane = np.rot90(np.take(window_to_uint8(voxels, (1.0, 99.0)), index, axis={"coronal": 1, "axial": 2}[axis]))
+    plane = np.rot90(np.take(window_to_uint8(voxels, (1.0, 99.0)), index, axis=AXES[axis]))
     assert image.shape == shape
     source = torch.from_numpy(plane.astype(np.float32).copy())[None, None]
     bilinear = torch.nn.functional.interpolate(source, size=shape, mode="bilinear", align_corners=False)
