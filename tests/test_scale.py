@@ -337,12 +337,14 @@ def test_dask_cluster_gives_the_local_records(tmp_path, monkeypatch):
 
 
 def test_ray_cluster_gives_the_local_records(tmp_path):
+    """README: the records of all three classifiers equal the local ones on a Ray instance."""
     ray = pytest.importorskip("ray")
     dataset = clustered_study(tmp_path / "d", tmp_path / "cache")
-    local = run_probe(dataset, tmp_path / "cache", tmp_path / "local", classifiers=("logreg", "svm"))
+    classifiers = ("logreg", "svm", "knn")
+    local = run_probe(dataset, tmp_path / "cache", tmp_path / "local", classifiers=classifiers)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        remote = run_probe(dataset, tmp_path / "cache", tmp_path / "ray", classifiers=("logreg", "svm"),
+        remote = run_probe(dataset, tmp_path / "cache", tmp_path / "ray", classifiers=classifiers,
                            backend="ray")
     finally:
         ray.shutdown()
