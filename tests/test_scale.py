@@ -226,6 +226,48 @@ def test_device_decoding_path_gives_the_cpu_features(tiny_dinov2, larger_folder,
             np.testing.assert_array_equal(a["features"][pool][()], b["features"][pool][()])
 
 
+def test_device_decoding_reads_tiff_dicom_and_volume_slices_on_the_cpu(tiny_dinov2, tmp_path, monkeypatch):
+    """README: under --decode gpu only JPEG bytes reach the device decoder; PNG, TIFF, DICOM and volume slices
+    are decoded on the CPU, so their features equal the CPU path's bit for bit."""
+    import pydicom
+    from conftest import blob_image
+    from volume_helpers import brain, save_nifti, write_rows, write_spec
+
+    rng = np.random.default_rng(5)
+    images = tmp_path / "images"
+    dicom = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
+    for label, name in enumerate(["a", "b"]):
+        (images / name).mkdir(parents=True)
+        for suffix in ("jpg", "png", "tif"):
+            Image.fromarray(blob_image(rng, label, (40, 44))).save(images / name / f"{name}.{suffix}")
+        shutil.copy(dicom, images / name / f"{name}.dcm")
+    volumes = tmp_path / "volumes"
+    for grade, name in enumerate(["a", "b"]):
+        save_nifti(volumes / f"{name}.nii.gz", brain(rng, grade))
+    write_rows(volumes / "rows.csv", [{"path": "a.nii.gz", "label": "a"}, {"path": "b.nii.gz", "label": "b"}])
+    device_decoded: list[str] = []
+    real_decode = device_decode.DeviceDecodeLoader._decode_jpegs
+
+    def counted_decode(self, encoded, paths):
+        device_decoded.extend(Path(path).name for path in paths)
+        return real_decode(self, encoded, paths)
+
+    monkeypatch.setattr(device_decode, "DECODE_DEVICE_TYPES", ("cuda", "cpu"))
+    monkeypatch.setattr(device_decode.DeviceDecodeLoader, "_decode_jpegs", counted_decode)
+    datasets = {"images": load_dataset(images),
+                "volumes": load_dataset(write_spec(volumes / "spec.toml", manifest="rows.csv", slices="middle:3"))}
+    assert len(datasets["images"].samples) == 8 and len(datasets["volumes"].samples) == 6
+    for name, dataset in datasets.items():
+        single_process(dataset, tiny_dinov2, tmp_path / "cpu" / name)
+        single_process(dataset, tiny_dinov2, tmp_path / "device" / name, workers=1, decode="gpu")
+        cpu_path, device_path = (next((tmp_path / side / name).rglob("*.h5")) for side in ("cpu", "device"))
+        with h5py.File(cpu_path, "r") as a, h5py.File(device_path, "r") as b:
+            assert a["done"][()].all() and b["done"][()].all()
+            for pool in ("cls", "mean"):
+                np.testing.assert_array_equal(a["features"][pool][()], b["features"][pool][()])
+    assert sorted(device_decoded) == ["a.jpg", "b.jpg"]
+
+
 def test_gpu_decoded_features_get_a_cache_file_of_their_own(tiny_dinov2, image_folder, tmp_path):
     from medprobe.extract.runner import locate_cache
 
