@@ -90,9 +90,10 @@ def _fork(request: dict) -> None:
 class _Server:
     def __init__(self) -> None:
         self.process = subprocess.Popen([sys.executable, __file__], env=COMMAND_ENV, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, start_new_session=True)
+                                        stdout=subprocess.PIPE, bufsize=0, start_new_session=True)
         self.exits: dict[int, int] = {}
-        assert json.loads(self.process.stdout.readline()) == {"ready": True}
+        self.pending = b""  # read but not yet parsed: select() sees only what is still in the pipe
+        assert self._reply(timeout=120) == {"ready": True}
 
     def start(self, request: dict, out: Path, err: Path) -> int:
         self.process.stdin.write(json.dumps({**request, "out": str(out), "err": str(err)}).encode() + b"\n")
@@ -102,13 +103,24 @@ class _Server:
             if "pid" in reply:
                 return reply["pid"]
 
+    def _answered(self, timeout: float) -> bool:
+        """Whether a whole reply line is at hand, reading from the pipe for up to `timeout` s. Lines are
+        buffered here, not in a file object: two replies can arrive in one read (a command that ends as soon
+        as it starts), and select() would not report the second one once a buffered reader held it."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.pending:  # a timeout of 0 still looks once (poll)
+            if not select.select([self.process.stdout], [], [], max(deadline - time.monotonic(), 0))[0]:
+                return False
+            chunk = os.read(self.process.stdout.fileno(), 65536)
+            if not chunk:
+                raise RuntimeError(f"the forking server ended (exit {self.process.wait()})")
+            self.pending += chunk
+        return True
+
     def _reply(self, timeout: float) -> dict:
-        readable, _, _ = select.select([self.process.stdout], [], [], timeout)
-        if not readable:
+        if not self._answered(timeout):
             raise TimeoutError("the forking server did not answer")
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the forking server ended (exit {self.process.wait()})")
+        line, self.pending = self.pending.split(b"\n", 1)
         reply = json.loads(line)
         if "exited" in reply:
             self.exits[reply["exited"]] = reply["returncode"]
@@ -117,10 +129,9 @@ class _Server:
     def returncode(self, pid: int, timeout: float = 0.0) -> int | None:
         deadline = time.monotonic() + timeout
         while pid not in self.exits:
-            left = deadline - time.monotonic()
-            if left < 0 or not select.select([self.process.stdout], [], [], max(left, 0))[0]:
+            if not self._answered(max(deadline - time.monotonic(), 0)):
                 return None
-            self._reply(timeout=1)
+            self._reply(timeout=0)
         return self.exits[pid]
 
 
@@ -146,6 +157,17 @@ class ForkedCommand:
         if self.returncode is None:
             self.returncode = self.server.returncode(self.pid)
         return self.returncode
+
+    def signal_group(self, how: int) -> bool:
+        """Sends `how` to the command's process group, if it is still running. False when it had already
+        ended: the server reaps its children at once, so the group can go between poll() and the signal."""
+        if self.poll() is not None:
+            return False
+        try:
+            os.killpg(self.pid, how)
+        except ProcessLookupError:
+            return False
+        return True
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None:

@@ -92,7 +92,7 @@ class Stop:
 
 
 # a bar's final state ("extract m ━━╸ 4/40 5.9 img/s ...") or a fine-tune's line per epoch
-PROGRESS_LINE = re.compile(r" \d+/\d+ .*/s\b|^fold \d+ epoch \d+/\d+: ")
+PROGRESS_LINE = re.compile(r" \d+/\d+ .*/s\b|^(fold \d+|all data) epoch \d+/\d+: ")
 
 
 def children(pid: int) -> list[int]:
@@ -123,9 +123,7 @@ def stop_once_it_saved(command: list, folder: Path, pattern: str | tuple[str, ..
     saved = wait_for_new_file(folder, pattern, process)
     time.sleep(delay)
     seen = [flag for flag in map(ignores_sigint, children(process.pid) if check_workers else []) if flag is not None]
-    signalled = process.poll() is None
-    if signalled:
-        os.killpg(process.pid, how)
+    signalled = process.signal_group(how)
     _, err = process.communicate(timeout=300)
     assert all(seen), "a loader worker does not ignore SIGINT"
     if how == signal.SIGINT and signalled:
@@ -171,8 +169,7 @@ def test_extraction_survives_stops_mid_run_and_kills_anywhere(tmp_path):
         if (attempt % 4 == 0 and more_anywhere) or not more_mid_run:
             process = forked(*command)
             time.sleep(rng.uniform(0.2, 4.0))
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+            process.signal_group(signal.SIGKILL)
             process.communicate(timeout=120)
             anywhere += process.returncode == -9
         else:
