@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -21,6 +22,7 @@ from medprobe.errors import MedprobeError
 from medprobe.run.experiment import load_experiment
 from medprobe.run.runner import Runner
 
+EPOCH_LINE = re.compile(r"(fold \d+|all data) epoch \d+/\d+: train loss \d")  # --verbose's line per fine-tune epoch
 QUIET = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the tests
 
 
@@ -43,9 +45,9 @@ def test_demo_runs_offline_with_every_method_in_the_report(tmp_path, monkeypatch
                                                                                glioma_patients=9, epochs=1))
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main(["demo", "--out", str(tmp_path / "demo")])
+        main(["demo", "--out", str(tmp_path / "demo"), "--verbose"])
     assert exit_info.value.code in (0, None)
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     skipped = [line for line in out.splitlines() if "skipped" in line]
     assert [line.split(":")[0] for line in skipped] == list(demo.HUB_MODELS), out
     assert all("the demo goes on without it" in line for line in skipped)
@@ -85,6 +87,10 @@ def test_demo_runs_offline_with_every_method_in_the_report(tmp_path, monkeypatch
     assert finetuned and {record["cost"]["precision"] for record in finetuned} == {"fp32"}
     assert {record["backbone"]["licence"] for record in finetuned} == {"apache-2.0"}  # the registry's, recorded
     assert {row["licence"] for row in rows} == {"apache-2.0"}  # probes (cache provenance) and the fine-tune
+    # --verbose: a line per epoch of every training the fine-tune records hold (folds, the external test's)
+    trained = [(entry["fold"], epoch["epoch"]) for record in finetuned for entry in record["history"]
+               for epoch in entry["epochs"]]
+    assert len([line for line in err.splitlines() if EPOCH_LINE.match(line)]) == len(trained) > 0
     monkeypatch.setattr(Runner, "_report", lambda self, summary: None)  # what is asked here is the steps'
     again = Runner(load_experiment(experiment), QUIET).run(show_progress=False)
     assert again.count("done") == len(again.steps)  # a rerun skips everything
@@ -201,6 +207,89 @@ def test_run_resumes_after_kills_and_ends_with_the_same_results(tmp_path, tiny_t
     assert f"{len(Runner(load_experiment(experiment), QUIET).run(dry_run=True).steps)} steps: " \
            f"{len(Runner(load_experiment(experiment), QUIET).run(dry_run=True).steps)} already done" \
         in capsys.readouterr().out
+
+
+def finetune_study(root: Path, model: Path, epochs: int) -> Path:
+    """One backbone on 36 images: a kNN probe, then a frozen fine-tune of 3 folds x `epochs` (no early stop)."""
+    many_images(root / "images", 36)
+    (root / "experiment.toml").write_text(f"""
+out = "results"
+cache_dir = "cache"
+backbones = ["{model}"]
+folds = 3
+bootstrap = 50
+[[datasets]]
+data = "images"
+[extract]
+precision = "fp32"
+device = "cpu"
+workers = 0
+[probe]
+classifiers = ["knn"]
+[finetune]
+modes = ["none"]
+epochs = {epochs}
+patience = {epochs}
+batch_size = 8
+workers = 0
+precision = "fp32"
+device = "cpu"
+""")
+    return root / "experiment.toml"
+
+
+def checkpointed_epochs(out: Path) -> int:
+    """The finished epochs that the fine-tune's last.safetensors files hold, over all folds."""
+    from safetensors import safe_open
+
+    done = 0
+    for path in out.rglob("last.safetensors"):
+        with safe_open(str(path), framework="pt") as handle:
+            done += json.loads(handle.metadata()["progress"])["epoch"]
+    return done
+
+
+def test_run_resumes_an_interrupted_fine_tune_from_its_checkpoints(tmp_path, tiny_timm_models, capsys):
+    """README: after a stop, `medprobe run` continues an interrupted fine-tune from its last checkpoint and
+    ends with the uninterrupted run's predictions; without --verbose a fine-tune is one bar, with it a line
+    per epoch (only the epochs left after the checkpoints)."""
+    epochs, folds = 6, 3
+    model = tiny_timm_models["resnet"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(finetune_study(tmp_path / "a", model, epochs))])
+    assert exit_info.value.code in (0, None)
+    err = capsys.readouterr().err
+    assert not [line for line in err.splitlines() if EPOCH_LINE.match(line)] and "finetune " in err, err
+    expected = predictions(tmp_path / "a" / "results")
+    [record] = (tmp_path / "a" / "results").rglob("*finetune-none*seed0.json")
+    epoch_seconds = json.loads(record.read_text())["cost"]["wall_seconds"] / (folds * epochs)
+
+    experiment = finetune_study(tmp_path / "b", model, epochs)
+    out = tmp_path / "b" / "results"
+    rng = np.random.default_rng(4)
+    stops = []
+    for attempt in range(30):  # until STOPS.finetune stops landed while the run's fine-tune was training
+        if len(stops) == STOPS.finetune:
+            break
+        how = signal.SIGINT if attempt % 2 else signal.SIGKILL
+        stop = stop_once_it_saved(["run", experiment], tmp_path / "b", "results/**/last.safetensors", how,
+                                  rng.uniform(0.0, 1.5 * epoch_seconds))
+        assert not [line for line in stop.err.splitlines() if EPOCH_LINE.match(line)], stop.err
+        training = not list(out.rglob("*finetune-none*.json"))  # the stop came before the fine-tune's records
+        stops += [how.name] if stop.landed and training else []
+        if stop.returncode == 0:  # it finished before the stop: the fine-tune starts again from nothing
+            shutil.rmtree(out)
+            stops = []
+    assert len(stops) == STOPS.finetune and {"SIGKILL", "SIGINT"} <= set(stops), stops
+    done = checkpointed_epochs(out)
+    assert 0 < done < folds * epochs
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(experiment), "--verbose"])
+    assert exit_info.value.code in (0, None)
+    trained = [line for line in capsys.readouterr().err.splitlines() if EPOCH_LINE.match(line)]
+    assert len(trained) == folds * epochs - done  # resumed: no checkpointed epoch was trained again
+    assert predictions(out) == expected
 
 
 def test_bad_experiment_files_are_one_line(tmp_path):

@@ -179,7 +179,8 @@ class FoldTrainer:
             if frozen:
                 model.backbone.eval()  # nothing of the backbone changes, batch-norm statistics included
             started, losses, seen = time.perf_counter(), [], 0
-            description = f"fold {fold.index} epoch {epoch + 1}/{s.epochs}"
+            trained_on = "all data" if fold.index == EXTERNAL_FOLD else f"fold {fold.index}"  # all: for --test
+            description = f"{trained_on} epoch {epoch + 1}/{s.epochs}"
             with (contextlib.nullcontext(advance_all) if advance_all else
                   progress_bar(description, total=images_per_epoch, enabled=show_progress)) as advance:
                 for pixels, labels in train_loader:
