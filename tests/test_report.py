@@ -393,9 +393,12 @@ def separation(found) -> float:
     return float(np.linalg.norm(centres[0] - centres[1]) / spread)
 
 
-@pytest.mark.parametrize("name", ["pca", "tsne"])
+@pytest.mark.parametrize("name", ["pca", "tsne", "umap"])
 def test_embedding_map_separates_the_classes_of_the_informative_backbone(study, name):
     from medprobe.report.embedding import embedding_map, projection
+
+    if name == "umap":
+        pytest.importorskip("umap", reason="umap-learn is an optional extra, not in the dev environment")
 
     records = {key: RunRecord(Path(data["record_path"]), data) for key, data in records_by_cell(study).items()}
     maps = {model: embedding_map(model, records[(model, "logreg")], records[(model, "logreg")].read_predictions(),
@@ -403,6 +406,33 @@ def test_embedding_map_separates_the_classes_of_the_informative_backbone(study, 
     assert all(len(m.points) == PATIENTS * SLICES and m.points.shape[1] == 2 for m in maps.values())
     assert separation(maps["dinov2-small"]) > 2 * separation(maps["vgg16"])
     assert maps["vgg16"].wrong.sum() > maps["dinov2-small"].wrong.sum()
+
+
+def test_each_embedding_map_shows_the_backbone_s_best_on_validation_probe(study, tmp_path, monkeypatch):
+    """README: a backbone's map shows the test samples of its probe with the best mean validation balanced
+    accuracy over the folds (per pool), whichever classifier that is; computed here from the record files."""
+    from medprobe.report import figures
+
+    best: dict[tuple[str, str], tuple[float, str]] = {}
+    for path in study.rglob("*.json"):
+        data = json.loads(path.read_text())
+        if data["kind"] != "probe" or "shots" in data:
+            continue
+        score = float(np.mean([fold["val_balanced_accuracy"] for fold in data["hyperparameters"]]))
+        key = (data["model"], data["pool"])
+        best[key] = max(best.get(key, (-1.0, "")), (score, path.stem))
+    drawn = {}
+    real_map = figures.embedding_map
+
+    def recorded_map(label, record, predictions, chosen, seed):
+        drawn[(record.data["model"], record.data["pool"])] = record.path.stem
+        assert list(predictions.ids) == list(record.read_predictions().ids)  # the chosen record's own test predictions
+        return real_map(label, record, predictions, chosen, seed)
+
+    monkeypatch.setattr(figures, "embedding_map", recorded_map)
+    build_report(results_dirs=[study], out_dir=tmp_path / "report", replicates=REPLICATES)
+    assert drawn == {key: stem for key, (_, stem) in best.items()}
+    assert {stem.rsplit("__", 2)[-2] for stem in drawn.values()} != {"logreg"}  # not simply the first method
 
 
 def test_embedding_maps_sample_above_the_limit_by_seed_and_note_a_cache_that_is_gone(study, tmp_path, monkeypatch):
