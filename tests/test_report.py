@@ -25,7 +25,6 @@ from medprobe.errors import MedprobeError
 from medprobe.probe.runner import ProbeSettings, probe
 from medprobe.report import build_report
 from medprobe.report.browser import chromium_binary
-from medprobe.report.browser import screenshot as browser_screenshot
 from medprobe.report.records import RunRecord
 from medprobe.report.stats import PairedBootstrap, held_out, two_sided_p
 from medprobe.results.metrics import interval
@@ -343,10 +342,17 @@ def test_report_errors_exit_2(tmp_path, capsys):
 
 @pytest.mark.skipif(chromium_binary() is None, reason="no chromium binary (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(report, tmp_path):
-    """The HTML renders in a real browser with no network (docs/screenshot.py makes docs/report.png)."""
-    screenshot = browser_screenshot(report.html, tmp_path / "report.png", width=1200, height=1500)
-    with Image.open(screenshot) as image:
-        assert image.size == (1200, 1500)
+    """The HTML renders in a real browser with no network, through docs/screenshot.py (what makes
+    docs/report.png), pointed at this report as if a demo folder held it."""
+    demo = tmp_path / "demo"
+    (demo / "results").mkdir(parents=True)
+    (demo / "results" / "report").symlink_to(report.html.parent)
+    shot = tmp_path / "report.png"
+    done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "docs" / "screenshot.py"), "--demo",
+                           str(demo), "--out", str(shot)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == str(shot), done.stderr
+    with Image.open(shot) as image:
+        assert image.size == (1200, 1700)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 200  # text, tables and plots, not a blank page
 
