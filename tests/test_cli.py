@@ -183,4 +183,4 @@ def test_extraction_shows_a_progress_bar_with_images_per_second_on_stderr(capsys
     code, out, err = cli(capsys, "extract", image_folder, "--model", tiny_timm_models["resnet"], "--cache-dir",
                          tmp_path / "cache", "--workers", "0", "--precision", "fp32")
     assert code == 0 and out.count("\n") == 1 and "extracted 12" in out
-    assert re.search(r"resnet .* 12/12 +[\d.]+ img/s", err), err
+    assert re.search(r"resnet .* 12/12 +[\d,.]+ img/s", err), err  # 1,110.3 img/s on a fast CPU
