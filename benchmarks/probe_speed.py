@@ -17,6 +17,7 @@ binary and 10-class, 384 to 1536 dims, 500 to 20,000 samples.
     python benchmarks/probe_speed.py --goals [--goal-10k]  # digits against plain logreg; 10k x 1024 x 10
     python benchmarks/probe_speed.py --profile-fold digits10   # where one fold's search time goes, one thread
     python benchmarks/probe_speed.py --primal-dual [--only ...] # the linear SVM by libsvm's dual and by the primal
+    python benchmarks/probe_speed.py --kernel-timing            # the SVM's kernel matrices, whole against blocks
     python benchmarks/probe_speed.py --table out.json          # the table and summary of a saved run
     python benchmarks/probe_speed.py --old-ref 5f6fdfb --only n20000-d768-k10  # against another commit
 """
@@ -405,6 +406,67 @@ def profile_fold(args) -> None:
         print(json.dumps(row), flush=True)
 
 
+def whole_matrix_kernel(Ztr: np.ndarray, kernel: str, Z: np.ndarray | None = None) -> np.ndarray:
+    """The kernels before they were built block by block (the way of commit 1f3fef8): one whole float32
+    product, the RBF taken from it in place, then one float64 copy."""
+    from medprobe.probe.svm import scale_gamma
+
+    products = Ztr @ Ztr.T if Z is None else Z @ Ztr.T
+    if kernel == "linear":
+        return products.astype(np.float64)
+    norms_tr = (Ztr * Ztr).sum(1)
+    products *= -2
+    products += (norms_tr if Z is None else (Z * Z).sum(1))[:, None]
+    products += norms_tr[None, :]
+    np.maximum(products, 0, out=products)
+    products *= -np.float32(scale_gamma(Ztr))
+    return np.exp(products, out=products).astype(np.float64)
+
+
+KERNEL_WAYS = {("linear", "train"): ("whole", "blocks"), ("rbf", "train"): ("whole", "blocks"),
+               ("rbf", "new rows"): ("whole", "blocks", "scikit-learn")}
+
+
+def kernel_once(kernel: str, rows: str, way: str) -> None:
+    """In a fresh process, as a search or refit task computes it: one kernel matrix at the exact-kernel limit
+    (8,000 training rows x 1,024 features, or 2,000 new rows against them), one BLAS thread; prints its
+    seconds and a checksum."""
+    from sklearn.metrics.pairwise import rbf_kernel
+    from threadpoolctl import threadpool_limits
+
+    from medprobe.probe import svm
+
+    rng = np.random.default_rng(0)
+    Ztr = rng.normal(size=(svm.KERNEL_LIMIT, 1024)).astype(np.float32)
+    Znew = rng.normal(size=(2000, 1024)).astype(np.float32) if rows == "new rows" else None
+    compute = {"whole": lambda: whole_matrix_kernel(Ztr, kernel, Znew),
+               "blocks": lambda: svm.kernels(Ztr, kernel)[0] if Znew is None else svm.kernel_against(Znew, Ztr, kernel),
+               "scikit-learn": lambda: rbf_kernel(Znew, Ztr, gamma=svm.scale_gamma(Ztr))}[way]
+    with threadpool_limits(1):
+        started = time.perf_counter()
+        matrix = compute()
+        seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "checksum": float(matrix[::97, ::89].sum())}))
+
+
+def kernel_timing(args) -> None:
+    """Each way of each kernel matrix in 5 fresh processes, the ways interleaved; the median seconds, the
+    whole-matrix way's over the block-by-block one's, and whether their checksums agree to 1e-4."""
+    for (kernel, rows), ways in KERNEL_WAYS.items():
+        runs = {way: [] for way in ways}
+        for _ in range(5):
+            for way in ways:
+                command = [sys.executable, __file__, "--kernel-child", kernel, rows, way]
+                runs[way].append(json.loads(subprocess.run(command, check=True, capture_output=True, text=True,
+                                                           env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+                                                           ).stdout.splitlines()[-1]))
+        seconds = {way: round(float(np.median([run["seconds"] for run in found])), 3) for way, found in runs.items()}
+        checksums = [found[0]["checksum"] for found in runs.values()]
+        print(json.dumps({"kernel": kernel, "rows": rows, "median_seconds": seconds,
+                          "whole_over_blocks": round(seconds["whole"] / seconds["blocks"], 2),
+                          "checksums_agree": bool(np.allclose(checksums, checksums[0], rtol=1e-4))}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", help="comma-separated problem names (default: all)")
@@ -418,9 +480,12 @@ def main() -> None:
     parser.add_argument("--profile-fold", metavar="PROBLEM", help="time one fold's search fits (one thread)")
     parser.add_argument("--primal-dual", action="store_true", help="the linear SVM grid by libsvm's dual and by "
                         "the squared-hinge primal, one fold per problem up to the kernel limit (one thread)")
+    parser.add_argument("--kernel-timing", action="store_true", help="the SVM's kernel matrices at 8,000 x 1,024, "
+                        "whole-matrix against block by block (one thread)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--table", type=Path, metavar="JSON", help="print the table and summary of a --json file")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--kernel-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(Path(args.child[0]), int(args.child[1]), together=args.child[2:] == ["together"])
@@ -430,6 +495,10 @@ def main() -> None:
         profile_fold(args)
     elif args.primal_dual:
         primal_dual(args)
+    elif args.kernel_child:
+        kernel_once(*args.kernel_child)
+    elif args.kernel_timing:
+        kernel_timing(args)
     elif args.table:
         print_table(json.loads(args.table.read_text()))
     else:

@@ -131,6 +131,30 @@ def test_kernels_from_one_gram_matrix_select_as_plain_svcs_do():
     assert {p["solver"] for p, _ in outcome.candidates} == {"libsvm"}
 
 
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_kernel_matrices_built_block_by_block_equal_scikit_learn_s_kernels(kernel, monkeypatch):
+    """Blocks of 7 rows over 50 training and 23 other rows (neither a multiple of 7): the float64 matrices libsvm
+    reads equal scikit-learn's float64 kernels to float32 rounding, and the train matrix is exactly symmetric."""
+    from sklearn.metrics.pairwise import linear_kernel, rbf_kernel
+
+    monkeypatch.setattr(svm, "KERNEL_BLOCK", 7)
+    X, _ = blobs(73, 3, 30, 1.0, seed=5)
+    Ztr, Zother = X[:50], X[50:]
+    train, other = svm.kernels(Ztr, kernel, Zother)
+    wide = Ztr.astype(np.float64)
+    if kernel == "linear":
+        expected = [linear_kernel(wide), linear_kernel(Zother.astype(np.float64), wide)]
+    else:
+        gamma = 1 / (Ztr.shape[1] * Ztr.var())
+        expected = [rbf_kernel(wide, gamma=gamma), rbf_kernel(Zother.astype(np.float64), wide, gamma=gamma)]
+    for matrix, reference in zip((train, other), expected, strict=True):
+        assert matrix.dtype == np.float64 and matrix.flags.c_contiguous and matrix.shape == reference.shape
+        assert np.abs(matrix - reference).max() <= 1e-5 * np.abs(reference).max()
+    assert (train == train.T).all()
+    assert kernel == "linear" or (np.diag(train) == 1).all()  # no distance of a row to itself
+    assert np.array_equal(svm.kernel_against(Zother, Ztr, kernel), other)
+
+
 def test_a_c_beyond_the_hard_margin_solution_is_not_fitted_again_and_equals_a_plain_svc():
     data = fold_data(n=60, n_classes=3, dim=200, spread=2.0, seed=8)  # more features than samples: separable
     outcome = get_probe("svm").search(("kernel", "linear"), data, 0)
@@ -329,3 +353,32 @@ def test_each_folds_standardisation_is_fitted_once_for_every_standardised_probe_
     folds = len(records[0]["hyperparameters"])
     assert folds == 5 and len(fitted) == folds  # once per fold, for logreg and the SVM's two parts alike
     assert in_parts == []  # no search part standardised on its own
+
+
+def test_search_parts_are_dispatched_part_major_and_each_fold_keeps_its_candidates_in_part_order(tmp_path,
+                                                                                                  monkeypatch):
+    """Every fold's first (costliest) SVM part before any fold's second, so cheap parts fill both cores at the
+    end; each fold's chosen hyperparameters are still the best of its own candidates in grid order."""
+    from medprobe.probe import runner
+    from medprobe.probe.protocol import best
+
+    X, y = blobs(90, 3, 12, 2.0, seed=6)
+    dataset = synthetic_study(tmp_path / "d", tmp_path / "cache", [f"c{v}" for v in y], X)
+    dispatched, found = [], {}
+    plain_search = runner._search_part
+
+    def spy(probe_, part, X_, y_, fold, *rest):
+        outcome = plain_search(probe_, part, X_, y_, fold, *rest)
+        dispatched.append((fold.index, part))
+        found.setdefault(fold.index, []).extend(outcome.candidates)
+        return outcome
+
+    monkeypatch.setattr(runner, "_search_part", spy)
+    record = probe(dataset=dataset, models=None, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
+                   settings=ProbeSettings(classifiers=("svm",), bootstrap=20, n_jobs=1), show_progress=False)[0]
+    folds = [h["fold"] for h in record["hyperparameters"]]
+    assert dispatched == [(f, ("kernel", "linear")) for f in folds] + [(f, ("kernel", "rbf")) for f in folds]
+    for chosen in record["hyperparameters"]:
+        params, score = best(found[chosen["fold"]])
+        assert chosen == {"fold": chosen["fold"], **params, "val_balanced_accuracy": score}
+        assert [p["kernel"] for p, _ in found[chosen["fold"]]] == ["linear"] * 5 + ["rbf"] * 4

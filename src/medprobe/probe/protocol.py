@@ -134,7 +134,8 @@ class Probe:
         raise NotImplementedError
 
     def parts(self, n_train: int, n_features: int, n_classes: int) -> list[tuple]:
-        """The independent parts of the search, in candidate order."""
+        """The independent parts of the search, in candidate order; where it is known, the costliest first (the
+        runner dispatches every fold's first part before any fold's second)."""
         return [("all",)]
 
     def search(self, part: tuple, data: FoldData, seed: int, *, coarse_to_fine: bool = False) -> SearchOutcome:

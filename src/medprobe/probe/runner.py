@@ -173,7 +173,11 @@ class Prober:
             return parallel(delayed(streaming.stream_fold)(job.stream, self.y, fold, n_classes, s.seed, s.save_model)
                             for fold in folds), {}
         probe = get_probe(method)
-        tasks = [(fold, part) for fold in folds for part in probe.parts(len(fold.train), job.X.shape[1], n_classes)]
+        fold_parts = [(fold, probe.parts(len(fold.train), job.X.shape[1], n_classes)) for fold in folds]
+        # part-major: every fold's first part, then every fold's second, ...; a probe lists its costliest part
+        # first, so the cheaper ones fill both cores at the end instead of one long part running alone
+        tasks = [(fold, parts[i]) for i in range(max(len(parts) for _, parts in fold_parts))
+                 for fold, parts in fold_parts if i < len(parts)]
         searched = parallel(delayed(_search_part)(probe, part, job.X, self.y, fold,
                                                   self._scaler(job, fold) if probe.standardised else None,
                                                   n_classes, s.seed, s.coarse_to_fine) for fold, part in tasks)

@@ -1,11 +1,11 @@
 """svm: standardised float32 features; linear (C in 1e-4..1) and RBF (gamma="scale", C in 0.1..100).
 
 - Up to KERNEL_LIMIT training samples, both are libsvm SVCs (hinge loss, one-vs-one) on kernel matrices
-  computed once per fold and family from a Gram matrix (one float32 matrix product): the linear kernel is
+  computed once per fold and family from float32 products, block by block (`kernels`): the linear kernel is
   the Gram matrix itself, the RBF kernel follows from it, and every C of the family's grid reuses it
   (SVC(kernel="precomputed")), the rows grouped by class (`by_class`). The final fit trains the same way; its
-  pipeline maps new rows by a kernel against the training rows (scikit-learn's linear_kernel / rbf_kernel in a
-  FunctionTransformer), then SVC(kernel="precomputed"), a plain scikit-learn pipeline that predicts as
+  pipeline maps new rows by a kernel against the training rows (scikit-learn's linear_kernel, or
+  `kernel_against` for the RBF, in a FunctionTransformer), then SVC(kernel="precomputed"), a pipeline that predicts as
   SVC(kernel="linear" | "rbf", gamma="scale") does; libsvm's own kernel evaluation took 37 s to fit and 13 s
   to predict 2,000 samples at 8,000 x 1024. One-vs-one:
   at 10 classes its 45 pairwise problems each hold a fifth of the data, cheaper than 10 full-size
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.kernel_approximation import Nystroem
-from sklearn.metrics.pairwise import linear_kernel, rbf_kernel
+from sklearn.metrics.pairwise import linear_kernel
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.svm import SVC, LinearSVC
@@ -56,6 +56,7 @@ SQUARED_HINGE = "squared-hinge-newton"
 SVM_LINEAR_GRID = tuple(float(c) for c in np.logspace(-4, 0, 5))
 SVM_RBF_GRID = tuple(float(c) for c in np.logspace(-1, 2, 4))
 KERNEL_LIMIT = 8000  # training samples up to which the SVMs use exact kernel matrices (512 MB of float64 each)
+KERNEL_BLOCK = 512  # rows per block of a kernel matrix: the block's float32 product is 16 MB at the limit
 NYSTROEM_COMPONENTS = 1024
 PRIMAL_SAMPLES_PER_FEATURE = 3  # binary linear SVMs from this many training samples per feature: the primal
 LINEAR_LIMITS = SolverLimits(tol=1e-6, max_iter=1000)  # tol: of the gradient's norm at zero
@@ -105,33 +106,69 @@ def scale_gamma(Z: np.ndarray) -> float:
 
 
 def kernel_map(kernel: str, reference: np.ndarray) -> FunctionTransformer:
-    """X -> its kernel against the training rows, the input SVC(kernel="precomputed") expects."""
+    """X -> its kernel against the training rows, the input SVC(kernel="precomputed") expects: scikit-learn's
+    linear_kernel (a float32 product; explain/linear.py reads its weights), and for the RBF `kernel_against`
+    (scikit-learn's rbf_kernel computes float64 products: 1.9x slower for 2,000 x 8,000 x 1,024 features,
+    `benchmarks/probe_speed.py --kernel-timing`)."""
     if kernel == "linear":
         return FunctionTransformer(linear_kernel, kw_args={"Y": reference})
-    return FunctionTransformer(rbf_kernel, kw_args={"Y": reference, "gamma": scale_gamma(reference)})
+    return FunctionTransformer(kernel_against, kw_args={"Ztr": reference, "kernel": "rbf"})
 
 
 def kernels(Ztr: np.ndarray, kernel: str, *others: np.ndarray) -> list[np.ndarray]:
-    """The train x train `kernel` matrix (linear or RBF), then each of `others` x train, from float32 matrix
-    products, as float64 for libsvm; the RBF's gamma is SVC's gamma="scale", its exponential taken in float32 in
-    place (a third of the float64 one's time; the kernel values differ by float32 rounding, below libsvm's
-    tolerance). scikit-learn's rbf_kernel upcasts float32 to float64 products: 2.6 s of a 5.9 s RBF refit at
-    8,000 x 1,024, against about 1 s here."""
-    products = [Ztr @ Ztr.T, *(Z @ Ztr.T for Z in others)]
+    """The train x train `kernel` matrix (linear or RBF), then each of `others` x train, as float64 for libsvm.
+    Computed KERNEL_BLOCK rows at a time: each block's float32 product (on and right of the diagonal only, for
+    the symmetric train matrix, mirrored below it) is turned into the kernel in place while it is in cache and
+    written once into the float64 matrix. The RBF's gamma is SVC's gamma="scale", its exponential taken in
+    float32 (the kernel values differ from float64 ones by float32 rounding, below libsvm's tolerance).
+    In a fresh process at 8,000 x 1,024 (as a task computes it) this was 1.8x (linear) and 1.5x (RBF) faster
+    than one whole-matrix product, then the kernel, then a float64 copy (`benchmarks/probe_speed.py
+    --kernel-timing`)."""
+    n = len(Ztr)
+    transform = _kernel_transform(kernel, Ztr)
+    train = np.empty((n, n))
+    for start in range(0, n, KERNEL_BLOCK):
+        stop = min(start + KERNEL_BLOCK, n)
+        block = transform(Ztr[start:stop] @ Ztr[start:].T, slice(start, stop), slice(start, n))
+        train[start:stop, start:] = block
+        train[stop:, start:stop] = block[:, stop - start:].T
+        diagonal = train[start:stop, start:stop]  # its product's own lower triangle may differ in rounding
+        below = np.tril_indices(stop - start, -1)
+        diagonal[below] = diagonal.T[below]
+    if kernel == "rbf":
+        np.fill_diagonal(train, 1.0)  # a row's distance to itself is 0, whatever the rounding of its norm
+    return [train, *(kernel_against(Z, Ztr, kernel) for Z in others)]
+
+
+def kernel_against(Z: np.ndarray, Ztr: np.ndarray, kernel: str) -> np.ndarray:
+    """Rows of Z against the training rows Ztr: float64, KERNEL_BLOCK rows of Z at a time."""
+    Z, Ztr = as_float32(Z), as_float32(Ztr)
+    transform = _kernel_transform(kernel, Ztr, Z)
+    matrix = np.empty((len(Z), len(Ztr)))
+    for start in range(0, len(Z), KERNEL_BLOCK):
+        stop = min(start + KERNEL_BLOCK, len(Z))
+        matrix[start:stop] = transform(Z[start:stop] @ Ztr.T, slice(start, stop), slice(None))
+    return matrix
+
+
+def _kernel_transform(kernel: str, Ztr: np.ndarray, Z: np.ndarray | None = None):
+    """(products of rows of Z (default Ztr) and columns of Ztr, their row slice, column slice) -> the kernel
+    values, in place."""
     if kernel == "linear":
-        return [p.astype(np.float64) for p in products]
+        return lambda products, rows, columns: products
     gamma = np.float32(scale_gamma(Ztr))
-    norms_tr = np.diag(products[0]).copy()
+    norms_tr = np.einsum("ij,ij->i", Ztr, Ztr)
+    norms = norms_tr if Z is None else np.einsum("ij,ij->i", Z, Z)
 
-    def rbf(distances: np.ndarray, norms: np.ndarray) -> np.ndarray:
-        distances *= -2  # the products become squared distances, then the kernel, without temporaries
-        distances += norms[:, None]
-        distances += norms_tr[None, :]
-        np.maximum(distances, 0, out=distances)
-        distances *= -gamma
-        return np.exp(distances, out=distances).astype(np.float64)
+    def rbf(products: np.ndarray, rows: slice, columns: slice) -> np.ndarray:
+        products *= -2  # the products become squared distances, then the kernel, without temporaries
+        products += norms[rows, None]
+        products += norms_tr[None, columns]
+        np.maximum(products, 0, out=products)
+        products *= -gamma
+        return np.exp(products, out=products)
 
-    return [rbf(products[0], norms_tr), *(rbf(p, (Z * Z).sum(1)) for p, Z in zip(products[1:], others, strict=True))]
+    return rbf
 
 
 def by_class(Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
