@@ -153,6 +153,8 @@ def test_kernel_matrices_built_block_by_block_equal_scikit_learn_s_kernels(kerne
     assert (train == train.T).all()
     assert kernel == "linear" or (np.diag(train) == 1).all()  # no distance of a row to itself
     assert np.array_equal(svm.kernel_against(Zother, Ztr, kernel), other)
+    with pytest.raises(MedprobeError, match="svm kernel 'poly' is not one of linear, rbf"):
+        svm.kernels(Ztr, "poly")
 
 
 def test_a_c_beyond_the_hard_margin_solution_is_not_fitted_again_and_equals_a_plain_svc():

@@ -124,6 +124,7 @@ def kernels(Ztr: np.ndarray, kernel: str, *others: np.ndarray) -> list[np.ndarra
     In a fresh process at 8,000 x 1,024 (as a task computes it) this was 1.8x (linear) and 1.5x (RBF) faster
     than one whole-matrix product, then the kernel, then a float64 copy (`benchmarks/probe_speed.py
     --kernel-timing`)."""
+    Ztr = as_float32(Ztr)
     n = len(Ztr)
     transform = _kernel_transform(kernel, Ztr)
     train = np.empty((n, n))
@@ -156,6 +157,8 @@ def _kernel_transform(kernel: str, Ztr: np.ndarray, Z: np.ndarray | None = None)
     values, in place."""
     if kernel == "linear":
         return lambda products, rows, columns: products
+    if kernel != "rbf":
+        raise MedprobeError(f"svm kernel {kernel!r} is not one of linear, rbf")
     gamma = np.float32(scale_gamma(Ztr))
     norms_tr = np.einsum("ij,ij->i", Ztr, Ztr)
     norms = norms_tr if Z is None else np.einsum("ij,ij->i", Z, Z)
