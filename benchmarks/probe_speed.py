@@ -407,8 +407,9 @@ def profile_fold(args) -> None:
 
 
 def whole_matrix_kernel(Ztr: np.ndarray, kernel: str, Z: np.ndarray | None = None) -> np.ndarray:
-    """The kernels before they were built block by block (the way of commit 1f3fef8): one whole float32
-    product, the RBF taken from it in place, then one float64 copy."""
+    """The kernels before they were built block by block, as commit 1f3fef8 computed them: one whole float32
+    product, the RBF taken from it in place, then one float64 copy (the row norms here from the rows, there
+    from the product's diagonal: 8,000 x 1,024 more multiplications, a few ms)."""
     from medprobe.probe.svm import scale_gamma
 
     products = Ztr @ Ztr.T if Z is None else Z @ Ztr.T
