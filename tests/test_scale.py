@@ -201,25 +201,33 @@ def test_tensor_preprocessing_matches_the_pil_path(interpolation, resize_impl):
     assert (ours - reference).abs().max() <= level + 1e-6
 
 
-def test_device_decoding_path_gives_the_cpu_features(tiny_dinov2, larger_folder, tmp_path, monkeypatch):
-    """The --decode gpu pipeline run with the CPU as the decoding device: JPEGs as bytes through the
-    loader, a batched decode_jpeg, on-device resize; PNGs and an undecodable JPEG take the CPU path."""
-    bad = larger_folder / "b" / "i03.jpg"
+def extracted_both_ways(model, folder: Path, tmp_path: Path, device: str) -> tuple[Path, Path]:
+    """`folder` with one JPEG cut short (header intact, pixels cut off), extracted on `device` with CPU and with
+    device decoding: both stop on that JPEG's decode error with the other 29 images journalled. The CPU- and
+    device-decoded caches, checked to hold the same rows and sources and to record their decoding."""
+    bad = folder / "b" / "i03.jpg"
     data = bad.read_bytes()
-    bad.write_bytes(data[: len(data) // 2])  # header intact, pixels cut off
-    dataset = load_dataset(larger_folder)
-    with pytest.raises(MedprobeError, match="failed to decode.*i03.jpg"):
-        single_process(dataset, tiny_dinov2, tmp_path / "cpu", workers=1)
-    monkeypatch.setattr(device_decode, "DECODE_DEVICE_TYPES", ("cuda", "cpu"))
-    with pytest.raises(MedprobeError, match="failed to decode.*i03.jpg"):
-        single_process(dataset, tiny_dinov2, tmp_path / "device", workers=1, decode="gpu")
-    cpu_path, device_path = (next((tmp_path / name).rglob("*.h5")) for name in ("cpu", "device"))
+    bad.write_bytes(data[: len(data) // 2])
+    dataset = load_dataset(folder)
+    for decode in ("cpu", "gpu"):
+        with pytest.raises(MedprobeError, match="failed to decode.*i03.jpg"):
+            single_process(dataset, model, tmp_path / decode, device=device, workers=1, decode=decode)
+    cpu_path, device_path = (next((tmp_path / name).rglob("*.h5")) for name in ("cpu", "gpu"))
     assert read_contents(device_path).attrs["decode"] == "gpu"
     assert read_contents(cpu_path).attrs["decode"] == "cpu"
     with h5py.File(cpu_path, "r") as a, h5py.File(device_path, "r") as b:
         np.testing.assert_array_equal(a["done"][()], b["done"][()])
         assert a["done"][()].sum() == 29
         np.testing.assert_array_equal(a["source_fingerprint"][()], b["source_fingerprint"][()])
+    return cpu_path, device_path
+
+
+def test_device_decoding_path_gives_the_cpu_features(tiny_dinov2, larger_folder, tmp_path, monkeypatch):
+    """The --decode gpu pipeline run with the CPU as the decoding device: JPEGs as bytes through the
+    loader, a batched decode_jpeg, on-device resize; PNGs and an undecodable JPEG take the CPU path."""
+    monkeypatch.setattr(device_decode, "DECODE_DEVICE_TYPES", ("cuda", "cpu"))
+    cpu_path, device_path = extracted_both_ways(tiny_dinov2, larger_folder, tmp_path, "cpu")
+    with h5py.File(cpu_path, "r") as a, h5py.File(device_path, "r") as b:
         # on the CPU, decode_jpeg is libjpeg-turbo as in PIL and the uint8 resize equals PIL's: every row must
         # be the same, which checks that positions, fallbacks and errors line up (a GPU differs by a level)
         for pool in ("cls", "mean", "cls4"):
@@ -231,23 +239,15 @@ def test_device_decoding_on_cuda_gives_features_close_to_the_cpu_decoded_ones(ti
     """README (--decode gpu) on a real GPU, DECODE_DEVICE_TYPES as shipped: the same rows, sources and errors as
     CPU decoding, and features within the decoders' rounding (nvJPEG's IDCT may differ from libjpeg-turbo's by
     a grey level; benchmarks/gpu_decode.py measured a CLS cosine >= 0.99992 on an H200)."""
-    bad = larger_folder / "b" / "i03.jpg"
-    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # header intact, pixels cut off
-    dataset = load_dataset(larger_folder)
-    for decode in ("cpu", "gpu"):
-        with pytest.raises(MedprobeError, match="failed to decode.*i03.jpg"):
-            single_process(dataset, tiny_dinov2, tmp_path / decode, device="cuda", workers=1, decode=decode)
-    cpu_path, device_path = (next((tmp_path / name).rglob("*.h5")) for name in ("cpu", "gpu"))
-    assert read_contents(device_path).attrs["decode"] == "gpu"
+    from test_fidelity import cosine
+
+    cpu_path, device_path = extracted_both_ways(tiny_dinov2, larger_folder, tmp_path, "cuda")
     with h5py.File(cpu_path, "r") as a, h5py.File(device_path, "r") as b:
-        np.testing.assert_array_equal(a["done"][()], b["done"][()])
-        assert a["done"][()].sum() == 29
-        np.testing.assert_array_equal(a["source_fingerprint"][()], b["source_fingerprint"][()])
         done = a["done"][()].astype(bool)
         for pool in ("cls", "mean"):
             left, right = (f["features"][pool][()][done].astype(np.float64) for f in (a, b))
-            cosine = (left * right).sum(1) / np.linalg.norm(left, axis=1) / np.linalg.norm(right, axis=1)
-            assert cosine.min() >= 0.999, (pool, cosine.min())
+            lowest = cosine(left, right).min()
+            assert lowest >= 0.999, (pool, lowest)
 
 
 def test_device_decoding_reads_tiff_dicom_and_volume_slices_on_the_cpu(tiny_dinov2, tmp_path, monkeypatch):
