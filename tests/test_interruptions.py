@@ -198,6 +198,28 @@ def test_extraction_survives_stops_mid_run_and_kills_anywhere(tmp_path):
     assert not journal_dir(path).exists()
 
 
+def test_a_ctrl_c_that_meets_importlib_s_own_code_is_delivered_again_just_after():
+    """A KeyboardInterrupt inside importlib's bootstrap can leave CPython's import lock held (the next import then
+    hangs); medprobe's handler raises none there and sends SIGINT again RETRY_S later, which raises outside it."""
+    from types import SimpleNamespace
+
+    import medprobe.__main__ as command
+
+    inside_importlib = SimpleNamespace(f_code=SimpleNamespace(co_filename="<frozen importlib._bootstrap>"))
+    previous = signal.signal(signal.SIGINT, command.interrupt), signal.signal(signal.SIGALRM, command._interrupt_again)
+    try:
+        command.interrupt(signal.SIGINT, inside_importlib)  # no KeyboardInterrupt here
+        assert 0 < signal.getitimer(signal.ITIMER_REAL)[0] <= command.RETRY_S
+        with pytest.raises(KeyboardInterrupt):
+            time.sleep(1)  # the retry arrives here, outside importlib
+        with pytest.raises(KeyboardInterrupt):
+            command.interrupt(signal.SIGINT, sys._getframe())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGALRM, previous[1])
+
+
 def test_ctrl_c_while_the_command_is_still_starting_is_exit_130_and_no_traceback(tmp_path):
     """README: Ctrl-C while the command is still starting (importing its libraries, loading the data and the
     model) ends with exit code 130 and no traceback. Stops are drawn within one uninterrupted run's wall time on
